@@ -1,0 +1,54 @@
+"""Bearer-token authentication and role checks for the API's routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+from flask import g, request
+
+from api.problems import Problem
+from api.resources import resources
+from shared.auth import Principal, authenticate
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = 'Bearer realm="tally"'
+    if error:
+        challenge += f', error="{error}"'
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of this request (set by `require_writer`)."""
+    principal: Principal = g.principal
+    return principal
+
+
+def _authenticate() -> Principal:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("a bearer token is required")
+    with resources().sessions() as session:
+        principal = authenticate(session, token.strip())
+    if principal is None:
+        raise _unauthorized("the token is invalid or revoked", "invalid_token")
+    return principal
+
+
+def require_writer(view: Callable[P, R]) -> Callable[P, R]:
+    """Allow only admin and moderator tokens; 401 without a valid token, 403 for others."""
+
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        principal = _authenticate()
+        if not principal.can_write:
+            raise Problem(403, "forbidden", "this operation requires the admin or moderator role")
+        g.principal = principal
+        return view(*args, **kwargs)
+
+    return wrapper

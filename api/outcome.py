@@ -1,0 +1,75 @@
+"""After a request is recorded: publish it, wait for the worker, answer 201, 202 or 409."""
+
+from __future__ import annotations
+
+import redis.exceptions
+from flask import Response, current_app, jsonify, url_for
+
+from api.body import Preferences
+from api.problems import Problem
+from api.resources import publisher, resources
+from api.serializers import load_score, status_object
+from shared.models import FINAL_STATUSES, AdjustmentRequest, AdjustmentStatus
+from shared.notify import CompletionWaiter
+from worker.app import APPLY_ACCOUNT_TASK
+
+
+def publish(account_id: str) -> None:
+    """Hand the account to the workers; if Redis is down the outbox relay does it later."""
+    try:
+        publisher().send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    except Exception:  # kombu raises many kinds; the row is safe either way
+        current_app.logger.warning("publish failed for account %s; relay will retry", account_id)
+
+
+def _final_status(request_id: int) -> str:
+    with resources().sessions() as session:
+        return session.get_one(AdjustmentRequest, request_id).status
+
+
+def wait_for_outcome(request_id: int, preferences: Preferences) -> bool:
+    """Wait up to the preferred time for the request to reach a final status."""
+    settings = resources().settings
+    wait = settings.default_wait if preferences.wait is None else preferences.wait
+    wait = min(wait, settings.max_wait)
+    if preferences.respond_async or wait <= 0:
+        return False
+    try:
+        with CompletionWaiter(resources().redis, request_id) as waiter:
+            if _final_status(request_id) in FINAL_STATUSES:
+                return True
+            return waiter.wait(wait)
+    except redis.exceptions.RedisError:
+        current_app.logger.warning("cannot wait on Redis for request %s", request_id)
+        return False
+
+
+def status_url(request_id: int) -> str:
+    return url_for("score.request_status", request_id=request_id, _external=True)
+
+
+def answer(request_id: int, preferences: Preferences, *, replayed: bool) -> Response:
+    """201 with the Score object, 409 with the rejection, or 202 with the status object."""
+    wait_for_outcome(request_id, preferences)
+    with resources().sessions() as session:
+        row = session.get_one(AdjustmentRequest, request_id)
+        if row.status == AdjustmentStatus.COMPLETED and row.ledger_entry_id is not None:
+            response = jsonify(load_score(session, row.ledger_entry_id))
+            response.status_code = 201
+        elif row.status == AdjustmentStatus.REJECTED:
+            raise Problem(
+                409,
+                row.error_code or "rejected",
+                row.error_message or "the adjustment was rejected",
+                headers={"Location": status_url(request_id)},
+                extra={"request_id": request_id, "code": row.error_code},
+            )
+        else:
+            response = jsonify(status_object(session, row))
+            response.status_code = 202
+            if preferences.respond_async:
+                response.headers["Preference-Applied"] = "respond-async"
+    response.headers["Location"] = status_url(request_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

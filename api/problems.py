@@ -1,0 +1,92 @@
+"""RFC 9457 problem details: the one way every error leaves the API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.validation import FieldError
+
+PROBLEM_TYPE_BASE = "https://tally.dev/problems/"
+RETRY_AFTER_SECONDS = 5
+
+
+class Problem(Exception):
+    """An error answer: status, a short type slug, a detail and the fields at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        if self.errors:
+            body["errors"] = [
+                {"field": e.field, "code": e.code, "message": e.message} for e in self.errors
+            ]
+        response = jsonify(body)
+        response.status_code = self.status
+        response.mimetype = "application/problem+json"
+        response.headers.update(self.headers)
+        return response
+
+
+def validation_problem(errors: Sequence[FieldError]) -> Problem:
+    return Problem(400, "validation", "the request has invalid fields", errors)
+
+
+def unavailable(what: str) -> Problem:
+    return Problem(
+        503,
+        "unavailable",
+        f"{what} is unreachable; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    import sqlalchemy.exc
+
+    @app.errorhandler(Problem)
+    def _problem(error: Problem) -> Response:
+        return error.response()
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        status = error.code or 500
+        slug = HTTPStatus(status).phrase.lower().replace(" ", "-")
+        problem = Problem(status, slug, error.description or HTTPStatus(status).phrase)
+        response = problem.response()
+        allowed = getattr(error, "valid_methods", None)
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    def _database_down(error: Exception) -> Response:
+        app.logger.warning("database unavailable: %s", error)
+        return unavailable("the database").response()

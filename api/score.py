@@ -1,0 +1,94 @@
+"""The community score routes: POST /api/v2/score/ and the request status routes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from api.auth import current_principal, require_writer
+from api.body import read_object, read_preferences
+from api.outcome import answer, publish
+from api.problems import Problem, validation_problem
+from api.resources import resources
+from api.serializers import status_object
+from shared.adjustments import Adjustment, find_user, record
+from shared.db import transaction
+from shared.idempotency import IdempotencyConflict
+from shared.models import AdjustmentRequest
+from shared.validation import (
+    FieldError,
+    InvalidInput,
+    validate_idempotency_key,
+    validate_score,
+)
+
+bp = Blueprint("score", __name__, url_prefix="/api/v2/score")
+
+
+@bp.post("/")
+@require_writer
+def create_score() -> Response:
+    """Accept a score adjustment (seeds 000 and 001) and answer 201, 202 or 409."""
+    principal = current_principal()
+    settings = resources().settings
+    try:
+        key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+        command = validate_score(read_object(), settings.max_amount)
+        points_type = settings.points_types[settings.default_points_type]
+        with transaction(resources().sessions) as session:
+            user = find_user(session, principal.tenant_id, command.user)
+            adjustment = Adjustment(
+                user_id=user.id,
+                points_type=points_type.name,
+                amount=command.amount,
+                reputation_context=command.reputation_context,
+                comment=command.comment,
+            )
+            row, created = record(session, principal, adjustment, points_type, key)
+            request_id, account_id = row.id, row.account_id
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
+    except IdempotencyConflict as conflict:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            str(conflict),
+            [FieldError("Idempotency-Key", "reused", "this key was used with a different body")],
+        ) from None
+    if created:
+        publish(account_id)
+    return answer(request_id, read_preferences(), replayed=not created)
+
+
+@bp.get("/requests/<int:request_id>")
+@require_writer
+def request_status(request_id: int) -> Response:
+    """The status object of one request of the caller's tenant."""
+    principal = current_principal()
+    with resources().sessions() as session:
+        row = session.get(AdjustmentRequest, request_id)
+        if row is None or row.tenant_id != principal.tenant_id:
+            raise Problem(404, "not-found", f"no request {request_id}")
+        return jsonify(status_object(session, row))
+
+
+@bp.get("/requests")
+@require_writer
+def request_by_key() -> Response:
+    """The status object of the request with `?idempotency_key=K`."""
+    key = request.args.get("idempotency_key", "")
+    if not key:
+        raise validation_problem(
+            [FieldError("idempotency_key", "required", "this query parameter is required")]
+        )
+    principal = current_principal()
+    with resources().sessions() as session:
+        row = session.scalars(
+            select(AdjustmentRequest).where(
+                AdjustmentRequest.tenant_id == principal.tenant_id,
+                AdjustmentRequest.idempotency_key == key,
+            )
+        ).one_or_none()
+        if row is None:
+            raise Problem(404, "not-found", "no request with this idempotency key")
+        return jsonify(status_object(session, row))

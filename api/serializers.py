@@ -1,0 +1,71 @@
+"""JSON shapes of the seeds: the Score object and the request status object."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from shared.models import Account, AdjustmentRequest, LedgerEntry, ReputationType, User
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """UTC, ISO 8601, with a `Z`."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def score_object(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]:
+    """Seed 000's Score object (with seed 001's extra user fields)."""
+    return {
+        "id": entry.id,
+        "user": {
+            "id": user.id,
+            "username": user.username,
+            "real_name": user.real_name,
+            "email": user.email,
+            "description": user.description,
+            "avatar": user.avatar,
+            "reputation": entry.balance_after,
+        },
+        "score": entry.amount,
+        "reputation_type": entry.reputation_type,
+        "reputation_type_description": ReputationType(entry.reputation_type).name.lower(),
+        "comment": entry.comment,
+        "reputation_context": entry.reputation_context,
+        "created_by": {"id": creator.id, "username": creator.username, "avatar": creator.avatar},
+        "reputed_at": timestamp(entry.created_at),
+    }
+
+
+def load_score(session: Session, entry_id: int) -> dict[str, Any]:
+    creator = aliased(User)
+    entry, user, created_by = session.execute(
+        select(LedgerEntry, User, creator)
+        .join(Account, Account.id == LedgerEntry.account_id)
+        .join(User, User.id == Account.user_id)
+        .join(creator, creator.id == LedgerEntry.created_by)
+        .where(LedgerEntry.id == entry_id)
+    ).one()
+    return score_object(entry, user, created_by)
+
+
+def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
+    """The request's status, with its Score object once completed."""
+    error = {"code": row.error_code, "message": row.error_message} if row.error_code else None
+    return {
+        "id": row.id,
+        "idempotency_key": row.idempotency_key,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "error": error,
+        "created_at": timestamp(row.created_at),
+        "started_at": timestamp(row.started_at),
+        "completed_at": timestamp(row.completed_at),
+        "batch_id": row.batch_id,
+        "score": load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None,
+    }

@@ -1,0 +1,1 @@
+"""The `tally` command line: run the stack, migrate, manage users and tokens."""

@@ -1,0 +1,5 @@
+"""`python -m cli`: the same as the `tally` command."""
+
+from cli.main import cli
+
+cli()

@@ -1,0 +1,203 @@
+"""`tally`: one command for operators and scripts (every command takes --json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from shared.auth import create_token
+from shared.config import Settings, load_settings
+from shared.db import make_engine, make_session_factory, transaction
+from shared.migrate import upgrade
+from shared.models import DEFAULT_TENANT, Role, Tenant, Token, User
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, default=str) if as_json else text)
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    return make_session_factory(make_engine(settings.database_url))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def cli() -> None:
+    """tally: an asynchronous points and reputation ledger."""
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@json_option
+def db_upgrade(as_json: bool) -> None:
+    """Migrate the database to the latest schema."""
+    upgrade(load_settings().database_url)
+    _emit(as_json, {"status": "ok"}, "database is at the latest revision")
+
+
+@cli.group()
+def users() -> None:
+    """Users of a tenant."""
+
+
+def ensure_user(
+    session: Any,
+    username: str,
+    *,
+    role: str = Role.USER,
+    tenant: str = DEFAULT_TENANT,
+    external_id: str | None = None,
+    real_name: str = "",
+    avatar: str = "",
+) -> User:
+    """The user `username` of `tenant`, created if missing (the tenant too)."""
+    if session.get(Tenant, tenant) is None:
+        session.add(Tenant(id=tenant, name=tenant))
+        session.flush()
+    user = session.scalars(
+        select(User).where(User.tenant_id == tenant, User.username == username)
+    ).one_or_none()
+    if user is None:
+        user = User(
+            tenant_id=tenant,
+            username=username,
+            role=role,
+            external_id=external_id,
+            real_name=real_name,
+            avatar=avatar,
+            email="",
+            description="",
+        )
+        session.add(user)
+        session.flush()
+    return user
+
+
+@users.command("create")
+@click.option("--username", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), default=Role.USER.value)
+@click.option("--tenant", default=DEFAULT_TENANT)
+@click.option("--external-id")
+@click.option("--real-name", default="")
+@json_option
+def users_create(
+    username: str, role: str, tenant: str, external_id: str | None, real_name: str, as_json: bool
+) -> None:
+    """Create a user (or show the existing one)."""
+    with transaction(_sessions(load_settings())) as session:
+        user = ensure_user(
+            session, username, role=role, tenant=tenant, external_id=external_id,
+            real_name=real_name,
+        )
+        data = {"id": user.id, "username": user.username, "role": user.role, "tenant": tenant}
+    _emit(as_json, data, f"user {data['id']} {username} ({data['role']}) in tenant {tenant}")
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens (shown once, stored as hashes)."""
+
+
+@tokens.command("create")
+@click.option("--username", required=True)
+@click.option("--tenant", default=DEFAULT_TENANT)
+@click.option("--name", default="")
+@json_option
+def tokens_create(username: str, tenant: str, name: str, as_json: bool) -> None:
+    """Create a token for a user and print it once."""
+    with transaction(_sessions(load_settings())) as session:
+        user = session.scalars(
+            select(User).where(User.tenant_id == tenant, User.username == username)
+        ).one_or_none()
+        if user is None:
+            raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
+        token, plain = create_token(session, user, name)
+        data = {"id": token.id, "token": plain, "username": username, "role": user.role}
+    _emit(as_json, data, plain)
+
+
+@tokens.command("list")
+@json_option
+def tokens_list(as_json: bool) -> None:
+    """List tokens (never their values)."""
+    with _sessions(load_settings())() as session:
+        rows = session.execute(
+            select(Token, User.username).join(User, User.id == Token.user_id).order_by(Token.id)
+        ).all()
+        data = [
+            {
+                "id": token.id,
+                "tenant": token.tenant_id,
+                "username": username,
+                "name": token.name,
+                "created_at": token.created_at,
+                "revoked_at": token.revoked_at,
+            }
+            for token, username in rows
+        ]
+    lines = [
+        f"{d['id']:>5}  {d['tenant']:<12} {d['username']:<20} {d['name']:<16} "
+        f"{'revoked' if d['revoked_at'] else 'active'}"
+        for d in data
+    ]
+    _emit(as_json, data, "\n".join(lines) or "no tokens")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@json_option
+def tokens_revoke(token_id: int, as_json: bool) -> None:
+    """Revoke a token by its id."""
+    from sqlalchemy import func
+
+    with transaction(_sessions(load_settings())) as session:
+        token = session.get(Token, token_id)
+        if token is None:
+            raise click.ClickException(f"no token {token_id}")
+        token.revoked_at = token.revoked_at or func.now()
+    _emit(as_json, {"id": token_id, "revoked": True}, f"token {token_id} revoked")
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def api(gunicorn_args: tuple[str, ...]) -> None:
+    """Serve the HTTP API under gunicorn (extra arguments go to gunicorn)."""
+    _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+           *gunicorn_args, "api.wsgi:app"])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+           "--loglevel", "INFO", *celery_args])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat, which drives the outbox relay."""
+    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+           "--loglevel", "INFO", *celery_args])
+
+
+from cli.run import run  # noqa: E402
+
+cli.add_command(run)

@@ -1,0 +1,98 @@
+"""`tally run`: the whole stack in the foreground (embedded services unless told otherwise)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+from honcho.manager import Manager
+
+from shared.auth import create_token
+from shared.db import make_engine, make_session_factory, transaction
+from shared.migrate import upgrade
+from shared.models import Role
+
+DEMO_USERS = (
+    # (username, real name, role)
+    ("admin", "Demo Admin", Role.ADMIN),
+    ("mario.rossi", "Mario Rossi", Role.USER),
+)
+
+
+def _provision_demo(database_url: str) -> str:
+    """Create the demo users and a fresh admin token; return the token."""
+    from cli.main import ensure_user
+
+    engine = make_engine(database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            admin = None
+            for username, real_name, role in DEMO_USERS:
+                user = ensure_user(session, username, role=role, real_name=real_name)
+                admin = admin or user
+            assert admin is not None
+            _, token = create_token(session, admin, "demo")
+    finally:
+        engine.dispose()
+    return token
+
+
+def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
+    python = sys.executable
+    processes = {
+        "api": [python, "-m", "cli", "api", "--bind", f"127.0.0.1:{port}"],
+        "worker": [python, "-m", "cli", "worker", "--concurrency", "2"],
+        "beat": [python, "-m", "cli", "beat",
+                 "--schedule", str(data_dir / "celerybeat-schedule")],
+    }
+    if flower:
+        processes["flower"] = [python, "-m", "celery", "-A", "worker.celery_app", "flower",
+                               "--port=5555", "--address=127.0.0.1"]
+    return processes
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".tally"),
+              show_default=True, help="Where embedded PostgreSQL and Redis keep their data.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--flower", is_flag=True, help="Also start Flower on port 5555.")
+def run(data_dir: Path, port: int, flower: bool) -> None:
+    """Run the API, a worker and beat in the foreground; Ctrl-C stops everything.
+
+    Uses TALLY_DATABASE_URL and TALLY_REDIS_URL when both are set, otherwise
+    starts embedded PostgreSQL and Redis with their data under --data-dir.
+    """
+    from cli.embedded import embedded_postgres, embedded_redis
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as services:
+        database_url = os.environ.get("TALLY_DATABASE_URL")
+        redis_url = os.environ.get("TALLY_REDIS_URL")
+        if not (database_url and redis_url):
+            click.echo(f"starting embedded PostgreSQL and Redis in {data_dir}")
+            database_url = services.enter_context(embedded_postgres(data_dir / "postgres"))
+            redis_url = services.enter_context(embedded_redis(data_dir / "redis"))
+        upgrade(database_url)
+        token = _provision_demo(database_url)
+        base = f"http://127.0.0.1:{port}"
+        body = ('{"username": "mario.rossi", "score": 10, '
+                '"reputation_context": "contest|first_place|apis", '
+                '"comment": "Winner of the APIS contest"}')
+        click.echo(f"\ntally is starting on {base}\ndemo admin token: {token}\n")
+        click.echo("try:\n  curl -X POST " + base + "/api/v2/score/ \\\n"
+                   "    -H 'Content-Type: application/json' \\\n"
+                   f"    -H 'Authorization: Bearer {token}' \\\n"
+                   f"    --data-raw {shlex.quote(body)}\n")
+        if flower:
+            click.echo("Flower: http://127.0.0.1:5555\n")
+        env = os.environ | {"TALLY_DATABASE_URL": database_url, "TALLY_REDIS_URL": redis_url}
+        manager = Manager()
+        for name, argv in _processes(port, data_dir, flower).items():
+            manager.add_process(name, shlex.join(argv), env=env)
+        manager.loop()
+    sys.exit(manager.returncode)

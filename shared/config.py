@@ -1,0 +1,88 @@
+"""tally's configuration: one typed object, read from TALLY_* environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tally"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class PointsType:
+    """How one kind of points behaves: may it go negative, and what is it worth."""
+
+    name: str
+    allow_negative: bool
+    exchange_rate: int
+
+
+DEFAULT_POINTS_TYPES: Mapping[str, PointsType] = {
+    "reputation": PointsType("reputation", allow_negative=True, exchange_rate=1),
+    "points": PointsType("points", allow_negative=False, exchange_rate=100),
+    "cash_equivalent": PointsType("cash_equivalent", allow_negative=False, exchange_rate=100),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything tally can be told; each field maps to TALLY_<FIELD> in the environment."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    # How long POST waits for the worker before answering 202 (seconds).
+    default_wait: float = 5.0
+    # Upper bound a client may ask for with `Prefer: wait=N`.
+    max_wait: float = 30.0
+    # A request still queued this long after acceptance is re-published by the relay.
+    relay_delay: float = 30.0
+    relay_interval: float = 10.0
+    # The per-account Redis lock: its TTL and how long a task waits to take it.
+    lock_ttl: float = 30.0
+    lock_wait: float = 10.0
+    # How many pending requests one account transaction applies at most.
+    apply_chunk: int = 500
+    max_amount: int = 1_000_000_000
+    max_body_bytes: int = 64 * 1024
+    default_points_type: str = "reputation"
+    points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
+    queue_name: str = "tally"
+
+    def points_type(self, name: str) -> PointsType | None:
+        return self.points_types.get(name)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        return replace(self, **overrides)
+
+
+def _parse_points_types(raw: str) -> dict[str, PointsType]:
+    """Parse `{"name": {"allow_negative": bool, "exchange_rate": int}, ...}`."""
+    parsed = json.loads(raw)
+    return {
+        name: PointsType(
+            name,
+            allow_negative=bool(spec.get("allow_negative", False)),
+            exchange_rate=int(spec.get("exchange_rate", 1)),
+        )
+        for name, spec in parsed.items()
+    }
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment (TALLY_DATABASE_URL, TALLY_REDIS_URL, ...)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, default in Settings.__dataclass_fields__.items():
+        raw = env.get(f"TALLY_{name.upper()}")
+        if raw is None:
+            continue
+        if name == "points_types":
+            values[name] = _parse_points_types(raw)
+            continue
+        kind = type(getattr(Settings(), name)) if default.default is not None else str
+        values[name] = kind(raw)
+    return Settings(**values)

@@ -1,0 +1,31 @@
+"""Database engine and sessions, built from Settings and passed around explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
+    return create_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_pre_ping=True,
+        # Fail fast when PostgreSQL is down so the caller can answer 503 or retry.
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is committed on success and rolled back on error."""
+    with factory() as session, session.begin():
+        yield session

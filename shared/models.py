@@ -1,0 +1,222 @@
+"""The database tables of tally, as SQLAlchemy models; Alembic migrations create them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from ulid import ULID
+
+DEFAULT_TENANT = "default"
+
+
+def new_ulid() -> str:
+    return str(ULID())
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    MODERATOR = "moderator"
+    ADMIN = "admin"
+
+
+class AdjustmentStatus(enum.StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+
+
+FINAL_STATUSES = frozenset({AdjustmentStatus.COMPLETED, AdjustmentStatus.REJECTED})
+
+
+class AccountStatus(enum.StrEnum):
+    ACTIVE = "active"
+    FROZEN = "frozen"
+
+
+class EntryType(enum.StrEnum):
+    EARN = "earn"
+    SPEND = "spend"
+    ADJUST = "adjust"
+    REVERSAL = "reversal"
+    EXPIRE = "expire"
+
+
+class ReputationType(enum.IntEnum):
+    MANUAL = 10
+    REVERSAL = 11
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "username"),
+        UniqueConstraint("tenant_id", "external_id"),
+        CheckConstraint("role IN ('user', 'moderator', 'admin')", name="role_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    username: Mapped[str] = mapped_column(String(150))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    real_name: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    avatar: Mapped[str] = mapped_column(String(2000), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    role: Mapped[str] = mapped_column(String(16), default=Role.USER)
+    created_at: Mapped[datetime] = _now()
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # sha256 of the token; the token itself is shown once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "points_type"),
+        CheckConstraint("status IN ('active', 'frozen')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_ulid)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    points_type: Mapped[str] = mapped_column(String(64))
+    allow_negative: Mapped[bool] = mapped_column(Boolean)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    frozen_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    expired_points: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_earned: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    exchange_rate: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default=AccountStatus.ACTIVE)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class AdjustmentRequest(Base):
+    """An accepted adjustment: the outbox row the worker applies exactly once."""
+
+    __tablename__ = "adjustment_requests"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        CheckConstraint(
+            "status IN ('queued', 'processing', 'completed', 'rejected')", name="status_known"
+        ),
+        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        # The worker's and the relay's scan: pending requests of one account, in order.
+        Index(
+            "ix_adjustment_requests_pending",
+            "account_id",
+            "id",
+            postgresql_where="status IN ('queued', 'processing')",
+        ),
+        Index(
+            "ix_adjustment_requests_queued_created",
+            "created_at",
+            postgresql_where="status IN ('queued', 'processing')",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    entry_type: Mapped[str] = mapped_column(String(16), default=EntryType.ADJUST)
+    reputation_context: Mapped[str] = mapped_column(String(255), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(255), default="")
+    related_id: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    allow_negative: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    batch_id: Mapped[str | None] = mapped_column(String(26))
+    status: Mapped[str] = mapped_column(String(16), default=AdjustmentStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ledger_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class LedgerEntry(Base):
+    """One applied adjustment; rows are never updated or deleted (a trigger refuses it)."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("balance_after = balance_before + amount", name="balance_arithmetic"),
+        # Invariant 6: only an entry applied under a negative-allowing rule may end below zero.
+        CheckConstraint("negative_allowed OR balance_after >= 0", name="balance_not_negative"),
+        Index("ix_ledger_entries_account_id", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    ulid: Mapped[str] = mapped_column(String(26), unique=True, default=new_ulid)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # At most one entry per request, however often its task runs.
+    request_id: Mapped[int] = mapped_column(ForeignKey("adjustment_requests.id"), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_before: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    negative_allowed: Mapped[bool] = mapped_column(Boolean)
+    type: Mapped[str] = mapped_column(String(16))
+    reputation_type: Mapped[int] = mapped_column(Integer)
+    reputation_context: Mapped[str] = mapped_column(String(255))
+    comment: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(255))
+    related_id: Mapped[str] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = _now()

@@ -1,0 +1,79 @@
+"""Draining one account: take its Redis lock, apply pending requests, announce them."""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.exceptions import LockError
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import transaction
+from shared.ledger import PENDING_STATUSES, Outcome, apply_pending
+from shared.models import AdjustmentRequest
+from shared.notify import announce
+
+LOCK_KEY_PREFIX = "tally:lock:account:"
+
+log = logging.getLogger(__name__)
+
+
+class AccountBusy(Exception):
+    """Another worker held the account's lock for longer than we would wait."""
+
+
+def lock_key(account_id: str) -> str:
+    return f"{LOCK_KEY_PREFIX}{account_id}"
+
+
+def drain_account(
+    account_id: str,
+    *,
+    redis: Redis,
+    sessions: sessionmaker[Session],
+    lock_ttl: float,
+    lock_wait: float,
+    chunk: int,
+) -> list[Outcome]:
+    """Apply every pending request of the account, `chunk` per transaction.
+
+    The Redis lock (TTL plus a unique token, from redis-py) keeps workers from
+    queueing up on the account row; correctness does not depend on it, since
+    apply_pending locks the row in PostgreSQL as well.
+    """
+    lock = redis.lock(lock_key(account_id), timeout=lock_ttl, blocking_timeout=lock_wait)
+    if not lock.acquire():
+        raise AccountBusy(account_id)
+    outcomes: list[Outcome] = []
+    try:
+        while True:
+            with transaction(sessions) as session:
+                applied = apply_pending(session, account_id, chunk)
+            announce(redis, (outcome.request_id for outcome in applied))
+            outcomes += applied
+            if len(applied) < chunk:
+                return outcomes
+            try:
+                lock.extend(lock_ttl, replace_ttl=True)
+            except LockError:
+                log.warning("lock on account %s expired while draining", account_id)
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            # Expired while we worked; the row lock kept the ledger right.
+            log.warning("lock on account %s expired before release", account_id)
+
+
+def note_transient_error(sessions: sessionmaker[Session], account_id: str, error: str) -> None:
+    """Record a transient failure on the account's pending requests, if the database lets us."""
+    with transaction(sessions) as session:
+        session.execute(
+            update(AdjustmentRequest)
+            .where(
+                AdjustmentRequest.account_id == account_id,
+                AdjustmentRequest.status.in_(PENDING_STATUSES),
+            )
+            .values(attempts=AdjustmentRequest.attempts + 1, last_error=error[:1000])
+        )

@@ -1,0 +1,214 @@
+"""Validation of adjustment input: one pydantic model per input shape, errors named by field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
+
+INTEGER_PATTERN = re.compile(r"-?[0-9]+")
+CONTEXT_MAX = 255
+COMMENT_MAX = 2000
+USERNAME_MAX = 150
+IDEMPOTENCY_KEY_MAX = 255
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One reason a field was refused: `{field, code, message}` in problem+json."""
+
+    field: str
+    code: str
+    message: str
+
+
+class InvalidInput(Exception):
+    """Input that cannot be accepted; carries every field error found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+def _check_text(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("invalid_character", "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "invalid_character", "must not contain unpaired surrogates"
+        ) from None
+    return value
+
+
+def _blank_to_none(value: Any) -> Any:
+    """Empty or whitespace-only strings count as absent."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def parse_integer(value: Any) -> int | None:
+    """A JSON integer or a string of ASCII digits with an optional minus; nothing else."""
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PydanticCustomError("integer", "must be an integer")
+    if isinstance(value, str):
+        if not INTEGER_PATTERN.fullmatch(value):
+            raise PydanticCustomError("integer", "must be an integer")
+        return int(value)
+    return value
+
+
+def _text(max_length: int) -> Any:
+    def parse(value: Any) -> str | None:
+        value = _blank_to_none(value)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise PydanticCustomError("string", "must be a string")
+        if len(value) > max_length:
+            raise PydanticCustomError(
+                "too_long", "must be at most {max_length} characters", {"max_length": max_length}
+            )
+        return _check_text(value)
+
+    return BeforeValidator(parse)
+
+
+def parse_context(value: Any) -> str | None:
+    """Pipe-separated segments, each trimmed, none empty: `contest|first_place|apis`."""
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PydanticCustomError("string", "must be a string")
+    segments = [segment.strip() for segment in value.split("|")]
+    if any(not segment for segment in segments):
+        raise PydanticCustomError("empty_segment", "must not contain empty segments")
+    normalised = "|".join(segments)
+    if len(normalised) > CONTEXT_MAX:
+        raise PydanticCustomError(
+            "too_long", "must be at most {max_length} characters", {"max_length": CONTEXT_MAX}
+        )
+    return _check_text(normalised)
+
+
+Integer = Annotated[int | None, BeforeValidator(parse_integer)]
+Context = Annotated[str | None, BeforeValidator(parse_context)]
+Comment = Annotated[str | None, _text(COMMENT_MAX)]
+Username = Annotated[str | None, _text(USERNAME_MAX)]
+
+
+class ScoreInput(BaseModel):
+    """The body of POST /api/v2/score/ (seed 000, and seed 001's `user`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    user_id: Integer = None
+    username: Username = None
+    user: Integer = None
+    score: Integer = None
+    reputation_context: Context = None
+    comment: Comment = None
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """Who an adjustment is for: an integer id or a username, as the client named it."""
+
+    field: str
+    user_id: int | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreCommand:
+    """A validated community adjustment, before the user is looked up."""
+
+    user: UserRef
+    amount: int
+    reputation_context: str
+    comment: str
+
+
+def _pydantic_errors(error: ValidationError) -> list[FieldError]:
+    return [
+        FieldError(
+            field=".".join(str(part) for part in item["loc"]) or "body",
+            code=item["type"],
+            message=item["msg"],
+        )
+        for item in error.errors()
+    ]
+
+
+def check_amount(field: str, amount: int | None, max_amount: int) -> list[FieldError]:
+    if amount is None:
+        return [FieldError(field, "required", "this field is required")]
+    if amount == 0:
+        return [FieldError(field, "zero", "must not be 0")]
+    if abs(amount) > max_amount:
+        return [
+            FieldError(field, "out_of_range", f"must be between -{max_amount} and {max_amount}")
+        ]
+    return []
+
+
+def _user_ref(data: ScoreInput) -> tuple[UserRef | None, list[FieldError]]:
+    given = [name for name in ("user_id", "username", "user") if getattr(data, name) is not None]
+    if not given:
+        return None, [FieldError("user_id", "required", "give user_id or username")]
+    if len(given) > 1:
+        message = f"give only one of {', '.join(given)}"
+        return None, [FieldError(name, "conflict", message) for name in given]
+    name = given[0]
+    if name == "username":
+        return UserRef(field=name, username=data.username), []
+    return UserRef(field=name, user_id=getattr(data, name)), []
+
+
+def validate_score(raw: Mapping[str, Any], max_amount: int) -> ScoreCommand:
+    """Validate a community score body; raise InvalidInput naming every bad field."""
+    try:
+        data = ScoreInput.model_validate(dict(raw))
+    except ValidationError as error:
+        raise InvalidInput(_pydantic_errors(error)) from None
+    user, errors = _user_ref(data)
+    errors += check_amount("score", data.score, max_amount)
+    if data.reputation_context is None and data.comment is None:
+        errors.append(
+            FieldError("reputation_context", "required", "give reputation_context or comment")
+        )
+    if errors or user is None or data.score is None:
+        raise InvalidInput(errors)
+    return ScoreCommand(
+        user=user,
+        amount=data.score,
+        reputation_context=data.reputation_context or "",
+        comment=data.comment or "",
+    )
+
+
+def validate_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: 1 to 255 characters, visible ASCII, or absent."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not value.isprintable() or not value.isascii():
+        raise InvalidInput(
+            [
+                FieldError(
+                    "Idempotency-Key",
+                    "invalid",
+                    f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+                )
+            ]
+        )
+    return value

@@ -1,0 +1,90 @@
+"""Celery tasks: apply an account's pending requests; relay stale outbox rows."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task, shared_task
+from celery.signals import worker_process_init
+
+from shared.db import transaction
+from shared.outbox import stale_accounts
+from shared.processing import AccountBusy, drain_account, note_transient_error
+from worker.app import APPLY_ACCOUNT_TASK, RELAY_OUTBOX_TASK, TallyCelery
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    AccountBusy,
+)
+
+
+def _app(task: Task) -> TallyCelery:
+    app = task.app
+    assert isinstance(app, TallyCelery)
+    return app
+
+
+class ApplyTask(Task):
+    def on_retry(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        if isinstance(exc, AccountBusy):
+            return
+        try:
+            note_transient_error(_app(self).resources.sessions, args[0], repr(exc))
+        except TRANSIENT_ERRORS:
+            log.warning("could not record transient error for account %s", args[0])
+
+
+@shared_task(
+    name=APPLY_ACCOUNT_TASK,
+    base=ApplyTask,
+    bind=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+)
+def apply_account(self: Task, account_id: str) -> int:
+    """Apply every pending request of one account; safe to run any number of times."""
+    resources = _app(self).resources
+    settings = resources.settings
+    outcomes = drain_account(
+        account_id,
+        redis=resources.redis,
+        sessions=resources.sessions,
+        lock_ttl=settings.lock_ttl,
+        lock_wait=settings.lock_wait,
+        chunk=settings.apply_chunk,
+    )
+    return len(outcomes)
+
+
+@shared_task(name=RELAY_OUTBOX_TASK, bind=True, acks_late=True)
+def relay_outbox(self: Task) -> int:
+    """Re-publish accounts whose requests are still pending after the relay delay."""
+    resources = _app(self).resources
+    with transaction(resources.sessions) as session:
+        accounts = stale_accounts(session, resources.settings.relay_delay)
+    for account_id in accounts:
+        self.app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    if accounts:
+        log.info("relayed %d accounts with stale requests", len(accounts))
+    return len(accounts)
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: object) -> None:
+    # A forked child must not reuse the parent's sockets.
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    if isinstance(app, TallyCelery):
+        app.resources = type(app.resources)(app.resources.settings)
