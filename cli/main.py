@@ -97,7 +97,11 @@ def users_create(
     """Create a user (or show the existing one)."""
     with transaction(_sessions(load_settings())) as session:
         user = ensure_user(
-            session, username, role=role, tenant=tenant, external_id=external_id,
+            session,
+            username,
+            role=role,
+            tenant=tenant,
+            external_id=external_id,
             real_name=real_name,
         )
         data = {"id": user.id, "username": user.username, "role": user.role, "tenant": tenant}
@@ -178,24 +182,55 @@ def _exec(argv: list[str]) -> None:
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def api(gunicorn_args: tuple[str, ...]) -> None:
     """Serve the HTTP API under gunicorn (extra arguments go to gunicorn)."""
-    _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
-           *gunicorn_args, "api.wsgi:app"])
+    _exec(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:api.gunicorn_conf",
+            *gunicorn_args,
+            "api.wsgi:app",
+        ]
+    )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
-    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-           "--loglevel", "INFO", *celery_args])
+    _exec(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            *celery_args,
+        ]
+    )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat, which drives the outbox relay."""
-    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
-           "--loglevel", "INFO", *celery_args])
+    _exec(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            *celery_args,
+        ]
+    )
 
 
 from cli.run import run  # noqa: E402

@@ -46,18 +46,30 @@ def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
     processes = {
         "api": [python, "-m", "cli", "api", "--bind", f"127.0.0.1:{port}"],
         "worker": [python, "-m", "cli", "worker", "--concurrency", "2"],
-        "beat": [python, "-m", "cli", "beat",
-                 "--schedule", str(data_dir / "celerybeat-schedule")],
+        "beat": [python, "-m", "cli", "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:
-        processes["flower"] = [python, "-m", "celery", "-A", "worker.celery_app", "flower",
-                               "--port=5555", "--address=127.0.0.1"]
+        processes["flower"] = [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "flower",
+            "--port=5555",
+            "--address=127.0.0.1",
+        ]
     return processes
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".tally"),
-              show_default=True, help="Where embedded PostgreSQL and Redis keep their data.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".tally"),
+    show_default=True,
+    help="Where embedded PostgreSQL and Redis keep their data.",
+)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--flower", is_flag=True, help="Also start Flower on port 5555.")
 def run(data_dir: Path, port: int, flower: bool) -> None:
@@ -80,14 +92,18 @@ def run(data_dir: Path, port: int, flower: bool) -> None:
         upgrade(database_url)
         token = _provision_demo(database_url)
         base = f"http://127.0.0.1:{port}"
-        body = ('{"username": "mario.rossi", "score": 10, '
-                '"reputation_context": "contest|first_place|apis", '
-                '"comment": "Winner of the APIS contest"}')
+        body = (
+            '{"username": "mario.rossi", "score": 10, '
+            '"reputation_context": "contest|first_place|apis", '
+            '"comment": "Winner of the APIS contest"}'
+        )
         click.echo(f"\ntally is starting on {base}\ndemo admin token: {token}\n")
-        click.echo("try:\n  curl -X POST " + base + "/api/v2/score/ \\\n"
-                   "    -H 'Content-Type: application/json' \\\n"
-                   f"    -H 'Authorization: Bearer {token}' \\\n"
-                   f"    --data-raw {shlex.quote(body)}\n")
+        click.echo(
+            "try:\n  curl -X POST " + base + "/api/v2/score/ \\\n"
+            "    -H 'Content-Type: application/json' \\\n"
+            f"    -H 'Authorization: Bearer {token}' \\\n"
+            f"    --data-raw {shlex.quote(body)}\n"
+        )
         if flower:
             click.echo("Flower: http://127.0.0.1:5555\n")
         env = os.environ | {"TALLY_DATABASE_URL": database_url, "TALLY_REDIS_URL": redis_url}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 from redis import Redis
@@ -19,6 +20,7 @@ class Resources:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._pid = os.getpid()
 
     @cached_property
     def engine(self) -> Engine:
@@ -36,6 +38,12 @@ class Resources:
             socket_connect_timeout=REDIS_TIMEOUT,
             health_check_interval=30,
         )
+
+    def after_fork(self) -> None:
+        """Drop the parent's pooled connections without closing them (SQLAlchemy's advice)."""
+        if os.getpid() != self._pid and "engine" in self.__dict__:
+            self.engine.dispose(close=False)
+        self._pid = os.getpid()
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -87,4 +87,4 @@ def _fresh_connections_after_fork(**_: object) -> None:
 
     app = current_app._get_current_object()
     if isinstance(app, TallyCelery):
-        app.resources = type(app.resources)(app.resources.settings)
+        app.resources.after_fork()

@@ -1,0 +1,58 @@
+"""API fixtures: the Flask app on the test services, a Celery worker thread on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.models import Role
+from tests.factories import Caller, Factory
+from worker.app import TallyCelery
+
+
+@pytest.fixture(scope="session")
+def flask_app(base_settings: Settings) -> Iterator[Flask]:
+    from api import create_app
+
+    app = create_app(base_settings)
+    yield app
+    app.extensions["tally"].resources.close()
+
+
+@pytest.fixture(scope="session")
+def celery_app(flask_app: Flask) -> TallyCelery:
+    celery: TallyCelery = flask_app.extensions["tally"]
+    return celery
+
+
+@pytest.fixture
+def worker(celery_app: TallyCelery) -> Iterator[None]:
+    """A real Celery worker consuming the test queue, in a thread of this process."""
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+@pytest.fixture
+def sessions(celery_app: TallyCelery) -> sessionmaker[Session]:
+    return celery_app.resources.sessions
+
+
+@pytest.fixture
+def client(flask_app: Flask) -> FlaskClient:
+    return flask_app.test_client()
+
+
+@pytest.fixture
+def factory(sessions: sessionmaker[Session]) -> Factory:
+    return Factory(sessions)
+
+
+@pytest.fixture
+def moderator(factory: Factory) -> Caller:
+    return factory.caller(Role.MODERATOR)

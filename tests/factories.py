@@ -1,0 +1,102 @@
+"""Small factories that build rows for a test: tenants, users, tokens."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.auth import create_token
+from shared.db import transaction
+from shared.models import (
+    Account,
+    AdjustmentRequest,
+    LedgerEntry,
+    Role,
+    Tenant,
+    User,
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A user with a token, as a test client sees it."""
+
+    user_id: int
+    username: str
+    tenant_id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class Factory:
+    """Builds rows in a fresh tenant, so tests never see each other's data."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.tenant_id = "t_" + secrets.token_hex(6)
+        with transaction(sessions) as session:
+            session.add(Tenant(id=self.tenant_id, name=self.tenant_id))
+
+    def user(self, username: str | None = None, role: Role = Role.USER, **fields: str) -> User:
+        with transaction(self.sessions) as session:
+            user = User(
+                tenant_id=self.tenant_id,
+                username=username or "user_" + secrets.token_hex(4),
+                role=role,
+                real_name=fields.pop("real_name", "Test User"),
+                email=fields.pop("email", ""),
+                avatar=fields.pop("avatar", "https://example.com/avatar.jpg"),
+                description=fields.pop("description", ""),
+                **fields,
+            )
+            session.add(user)
+        return user
+
+    def caller(self, role: Role = Role.MODERATOR) -> Caller:
+        user = self.user(role=role)
+        with transaction(self.sessions) as session:
+            _, token = create_token(session, session.get_one(User, user.id), "test")
+        return Caller(user.id, user.username, self.tenant_id, token)
+
+
+def ledger_of(session: Session, user_id: int) -> list[LedgerEntry]:
+    """The user's ledger entries (default points type), in order."""
+    return list(
+        session.scalars(
+            select(LedgerEntry)
+            .join(Account, Account.id == LedgerEntry.account_id)
+            .where(Account.user_id == user_id)
+            .order_by(LedgerEntry.id)
+        )
+    )
+
+
+def count_rows(session: Session, tenant_id: str) -> tuple[int, int]:
+    """How many (requests, ledger entries) the tenant has."""
+    requests = session.scalar(select(func.count()).where(AdjustmentRequest.tenant_id == tenant_id))
+    entries = session.scalar(select(func.count()).where(LedgerEntry.tenant_id == tenant_id))
+    return requests or 0, entries or 0
+
+
+def assert_ledger_consistent(session: Session, account_id: str) -> None:
+    """Invariant 1: balance = sum of amounts; the before/after chain has no gap."""
+    account = session.get_one(Account, account_id)
+    entries = list(
+        session.scalars(
+            select(LedgerEntry).where(LedgerEntry.account_id == account_id).order_by(LedgerEntry.id)
+        )
+    )
+    running = 0
+    for entry in entries:
+        assert entry.balance_before == running, f"chain broken at entry {entry.id}"
+        assert entry.balance_after == running + entry.amount
+        running = entry.balance_after
+    assert account.balance == running == sum(e.amount for e in entries)
+    assert account.total_earned == sum(e.amount for e in entries if e.amount > 0)
+    assert account.total_spent == -sum(e.amount for e in entries if e.amount < 0)
