@@ -46,7 +46,17 @@ def find_user(session: Session, tenant_id: str, ref: UserRef) -> User:
 
 
 def account_for(session: Session, user: User, points_type: PointsType) -> str:
-    """The id of the user's account of this points type, created on first use."""
+    """The id of the user's account of this points type, created on first use.
+
+    Looks before inserting: an INSERT that meets the row would wait for a worker
+    that holds it locked, while a plain read never waits.
+    """
+    existing = select(Account.id).where(
+        Account.user_id == user.id, Account.points_type == points_type.name
+    )
+    account_id = session.scalars(existing).one_or_none()
+    if account_id is not None:
+        return account_id
     session.execute(
         insert(Account)
         .values(
@@ -66,11 +76,7 @@ def account_for(session: Session, user: User, points_type: PointsType) -> str:
         )
         .on_conflict_do_nothing(index_elements=["user_id", "points_type"])
     )
-    return session.scalars(
-        select(Account.id).where(
-            Account.user_id == user.id, Account.points_type == points_type.name
-        )
-    ).one()
+    return session.scalars(existing).one()
 
 
 def record(

@@ -74,12 +74,14 @@ def _entry(account: Account, request: AdjustmentRequest, balance: int) -> Ledger
 def apply_pending(session: Session, account_id: str, limit: int) -> list[Outcome]:
     """Apply up to `limit` pending requests of one account in acceptance order.
 
-    The account row is locked FOR UPDATE first, so a second writer (say, one whose
-    Redis lock expired) waits here and then sees the requests already applied.
+    The account row is locked first, so a second writer (say, one whose Redis lock
+    expired) waits here and then sees the requests already applied. The lock is
+    FOR NO KEY UPDATE so that the API can keep inserting requests that reference
+    the account (their foreign-key check takes only a KEY SHARE lock).
     The caller owns the transaction.
     """
     account = session.execute(
-        select(Account).where(Account.id == account_id).with_for_update()
+        select(Account).where(Account.id == account_id).with_for_update(key_share=True)
     ).scalar_one()
     pending = session.scalars(
         select(AdjustmentRequest)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.auth import create_token
+from shared.adjustments import Adjustment, record
+from shared.auth import Principal, create_token
+from shared.config import PointsType
 from shared.db import transaction
 from shared.models import (
     Account,
@@ -100,3 +102,21 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
     assert account.balance == running == sum(e.amount for e in entries)
     assert account.total_earned == sum(e.amount for e in entries if e.amount > 0)
     assert account.total_spent == -sum(e.amount for e in entries if e.amount < 0)
+
+
+def queue_requests(
+    sessions: sessionmaker[Session], caller: Caller, user_id: int, amounts: list[int]
+) -> tuple[str, list[int]]:
+    """Record pending requests (as the API would, without publishing); return account, ids."""
+    settings_type = PointsType("reputation", allow_negative=True, exchange_rate=1)
+    principal = Principal(caller.user_id, caller.tenant_id, caller.username, "", Role.MODERATOR)
+    ids = []
+    with transaction(sessions) as session:
+        for amount in amounts:
+            adjustment = Adjustment(
+                user_id=user_id, points_type="reputation", amount=amount, comment="queued"
+            )
+            row, _ = record(session, principal, adjustment, settings_type, None)
+            ids.append(row.id)
+            account_id = row.account_id
+    return account_id, ids

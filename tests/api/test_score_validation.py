@@ -47,7 +47,7 @@ def test_score_zero_is_refused(client, factory, moderator, sessions) -> None:
 
 
 @pytest.mark.parametrize(
-    "score", [1.5, 2.0, True, "1e3", "+5", " 10", "0x10", "１０", "ten", [1], {"a": 1}]
+    "score", [1.5, 2.0, True, "1e3", "+5", " 10", "0x10", "\uff11\uff10", "ten", [1], {"a": 1}]
 )
 def test_score_that_is_not_an_integer_is_refused(client, factory, moderator, sessions, score):
     user = factory.user()

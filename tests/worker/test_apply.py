@@ -1,0 +1,85 @@
+"""The apply task: exactly one ledger entry per request, whatever the delivery."""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Task
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import AdjustmentRequest, LedgerEntry
+from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+
+
+def _entries_per_request(session: Session, request_ids: list[int]) -> dict[int, int]:
+    counts = {request_id: 0 for request_id in request_ids}
+    for entry in session.scalars(
+        select(LedgerEntry).where(LedgerEntry.request_id.in_(request_ids))
+    ):
+        counts[entry.request_id] += 1
+    return counts
+
+
+def test_applies_pending_requests_in_acceptance_order(
+    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    user = factory.user()
+    account_id, ids = queue_requests(sessions, moderator, user.id, [5, -2, 10, -20])
+
+    assert apply_account(account_id) == 4
+
+    with sessions() as session:
+        entries = list(
+            session.scalars(
+                select(LedgerEntry)
+                .where(LedgerEntry.account_id == account_id)
+                .order_by(LedgerEntry.id)
+            )
+        )
+        assert [e.request_id for e in entries] == ids
+        assert [(e.balance_before, e.balance_after) for e in entries] == [
+            (0, 5),
+            (5, 3),
+            (3, 13),
+            (13, -7),
+        ]
+        assert_ledger_consistent(session, account_id)
+        statuses = session.scalars(
+            select(AdjustmentRequest.status).where(AdjustmentRequest.id.in_(ids))
+        ).all()
+        assert set(statuses) == {"completed"}
+
+
+def test_a_task_delivered_twice_at_once_applies_each_request_once(
+    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    user = factory.user()
+    account_id, ids = queue_requests(sessions, moderator, user.id, list(range(1, 41)))
+    barrier = threading.Barrier(4)
+
+    def deliver() -> None:
+        barrier.wait()
+        apply_account(account_id)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    apply_account(account_id)  # and once more, late
+
+    with sessions() as session:
+        assert set(_entries_per_request(session, ids).values()) == {1}
+        assert_ledger_consistent(session, account_id)
+
+
+def test_a_completed_request_is_not_applied_again(
+    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    user = factory.user()
+    account_id, ids = queue_requests(sessions, moderator, user.id, [7])
+    assert apply_account(account_id) == 1
+    assert apply_account(account_id) == 0
+    with sessions() as session:
+        assert _entries_per_request(session, ids) == {ids[0]: 1}

@@ -1,0 +1,63 @@
+"""A worker whose Redis lock expired before it commits cannot make a balance wrong."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from redis import Redis
+from redis.exceptions import LockNotOwnedError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.ledger import apply_pending
+from shared.processing import drain_account, lock_key
+from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+
+
+def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
+    factory: Factory, moderator: Caller, sessions: sessionmaker[Session], redis: Redis
+) -> None:
+    user = factory.user()
+    account_id, first_ids = queue_requests(sessions, moderator, user.id, [10, 20, 30])
+
+    # Worker A takes the lock with a short TTL and applies, but has not committed yet.
+    lock = redis.lock(lock_key(account_id), timeout=0.5)
+    assert lock.acquire(blocking=False)
+    slow = sessions()
+    slow.begin()
+    assert len(apply_pending(slow, account_id, limit=100)) == 3
+
+    # More requests arrive, and A's lock expires while A is still working.
+    _, later_ids = queue_requests(sessions, moderator, user.id, [-5, 7])
+    time.sleep(0.7)
+    assert redis.get(lock_key(account_id)) is None
+
+    # Worker B now gets the lock and drains the account concurrently.
+    outcomes: list[int] = []
+    successor = threading.Thread(
+        target=lambda: outcomes.extend(
+            o.request_id
+            for o in drain_account(
+                account_id, redis=redis, sessions=sessions, lock_ttl=5, lock_wait=5, chunk=100
+            )
+        )
+    )
+    successor.start()
+    time.sleep(0.5)
+    assert successor.is_alive(), "B must wait on A's row lock, not read a stale balance"
+
+    slow.commit()
+    slow.close()
+    successor.join(timeout=10)
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+
+    assert outcomes == later_ids  # B applied only what A had not
+    with sessions() as session:
+        assert_ledger_consistent(session, account_id)
+        from tests.factories import ledger_of
+
+        entries = ledger_of(session, user.id)
+        assert [e.request_id for e in entries] == first_ids + later_ids
+        assert entries[-1].balance_after == 62

@@ -1,0 +1,75 @@
+"""The outbox relay: a request whose Celery message is lost is still applied."""
+
+from __future__ import annotations
+
+import time
+
+from celery import Task
+from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import AdjustmentRequest
+from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+from worker.app import APPLY_ACCOUNT_TASK, TallyCelery
+
+
+def _status(sessions: sessionmaker[Session], request_id: int) -> str:
+    with sessions() as session:
+        return session.get_one(AdjustmentRequest, request_id).status
+
+
+def test_request_whose_message_was_removed_is_applied_after_the_relay_delay(
+    celery_app: TallyCelery,
+    relay_outbox: Task,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    redis: Redis,
+    worker: None,
+) -> None:
+    queue = celery_app.conf.task_default_queue
+    user = factory.user()
+    # Accept as the API does, publish, then lose the message before any worker sees it.
+    with celery_app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(queue)
+    account_id, (request_id,) = queue_requests(sessions, moderator, user.id, [9])
+    redis.delete(queue)
+    assert redis.llen(queue) == 0
+
+    assert relay_outbox() == 0  # younger than the relay delay: left alone
+    time.sleep(celery_app.resources.settings.relay_delay + 0.1)
+    assert relay_outbox() == 1
+
+    deadline = time.monotonic() + 10
+    while _status(sessions, request_id) != "completed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _status(sessions, request_id) == "completed"
+    with sessions() as session:
+        assert_ledger_consistent(session, account_id)
+    assert relay_outbox() == 0  # nothing left to relay
+
+
+def test_relay_while_a_worker_applies_gives_one_entry(
+    celery_app: TallyCelery,
+    relay_outbox: Task,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    worker: None,
+) -> None:
+    user = factory.user()
+    account_id, ids = queue_requests(sessions, moderator, user.id, [1] * 200)
+    time.sleep(celery_app.resources.settings.relay_delay + 0.1)
+    # The original task and the relay's copy race each other on the worker.
+    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    relay_outbox()
+    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+
+    deadline = time.monotonic() + 15
+    while _status(sessions, ids[-1]) != "completed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with sessions() as session:
+        assert_ledger_consistent(session, account_id)
+        from tests.factories import ledger_of
+
+        assert [e.request_id for e in ledger_of(session, user.id)] == ids
