@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 
+from api import resources
 from api.problems import register_error_handlers
-from api.resources import EXTENSION
 from shared.config import Settings, load_settings
 from worker.app import make_celery
 
@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask("tally")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = make_celery(settings)
+    resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
     from api import score

@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 from flask import g, request
 
 from api.problems import Problem
-from api.resources import resources
+from api.resources import db_session
 from shared.auth import Principal, authenticate
 
 P = ParamSpec("P")
@@ -33,8 +33,7 @@ def _authenticate() -> Principal:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("a bearer token is required")
-    with resources().sessions() as session:
-        principal = authenticate(session, token.strip())
+    principal = authenticate(db_session(), token.strip())
     if principal is None:
         raise _unauthorized("the token is invalid or revoked", "invalid_token")
     return principal

@@ -7,24 +7,32 @@ from flask import Response, current_app, jsonify, url_for
 
 from api.body import Preferences
 from api.problems import Problem
-from api.resources import publisher, resources
+from api.resources import db_session, publisher, resources
 from api.serializers import load_score, status_object
 from shared.models import FINAL_STATUSES, AdjustmentRequest, AdjustmentStatus
 from shared.notify import CompletionWaiter
+from shared.processing import claim_schedule
 from worker.app import APPLY_ACCOUNT_TASK
 
 
 def publish(account_id: str) -> None:
-    """Hand the account to the workers; if Redis is down the outbox relay does it later."""
+    """Hand the account to the workers unless a task for it is already queued.
+
+    If Redis is down the outbox relay does it later: the committed row is enough.
+    """
     try:
-        publisher().send_task(APPLY_ACCOUNT_TASK, args=[account_id])
-    except Exception:  # kombu raises many kinds; the row is safe either way
+        if claim_schedule(resources().redis, account_id):
+            publisher().send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    except Exception:  # redis-py and kombu raise many kinds; the row is safe either way
         current_app.logger.warning("publish failed for account %s; relay will retry", account_id)
 
 
 def _final_status(request_id: int) -> str:
-    with resources().sessions() as session:
+    session = db_session()
+    try:
         return session.get_one(AdjustmentRequest, request_id).status
+    finally:
+        session.rollback()  # end the read so the wait holds no connection
 
 
 def wait_for_outcome(request_id: int, preferences: Preferences) -> bool:
@@ -51,24 +59,24 @@ def status_url(request_id: int) -> str:
 def answer(request_id: int, preferences: Preferences, *, replayed: bool) -> Response:
     """201 with the Score object, 409 with the rejection, or 202 with the status object."""
     wait_for_outcome(request_id, preferences)
-    with resources().sessions() as session:
-        row = session.get_one(AdjustmentRequest, request_id)
-        if row.status == AdjustmentStatus.COMPLETED and row.ledger_entry_id is not None:
-            response = jsonify(load_score(session, row.ledger_entry_id))
-            response.status_code = 201
-        elif row.status == AdjustmentStatus.REJECTED:
-            raise Problem(
-                409,
-                row.error_code or "rejected",
-                row.error_message or "the adjustment was rejected",
-                headers={"Location": status_url(request_id)},
-                extra={"request_id": request_id, "code": row.error_code},
-            )
-        else:
-            response = jsonify(status_object(session, row))
-            response.status_code = 202
-            if preferences.respond_async:
-                response.headers["Preference-Applied"] = "respond-async"
+    session = db_session()
+    row = session.get_one(AdjustmentRequest, request_id, populate_existing=True)
+    if row.status == AdjustmentStatus.COMPLETED and row.ledger_entry_id is not None:
+        response = jsonify(load_score(session, row.ledger_entry_id))
+        response.status_code = 201
+    elif row.status == AdjustmentStatus.REJECTED:
+        raise Problem(
+            409,
+            row.error_code or "rejected",
+            row.error_message or "the adjustment was rejected",
+            headers={"Location": status_url(request_id)},
+            extra={"request_id": request_id, "code": row.error_code},
+        )
+    else:
+        response = jsonify(status_object(session, row))
+        response.status_code = 202
+        if preferences.respond_async:
+            response.headers["Preference-Applied"] = "respond-async"
     response.headers["Location"] = status_url(request_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session
 
 from shared.resources import Resources
 from worker.app import TallyCelery
@@ -18,3 +19,21 @@ def resources() -> Resources:
 def publisher() -> TallyCelery:
     celery: TallyCelery = current_app.extensions[EXTENSION]
     return celery
+
+
+def db_session() -> Session:
+    """This request's session: auth and the view share one transaction."""
+    if "db_session" not in g:
+        g.db_session = resources().sessions()
+    session: Session = g.db_session
+    return session
+
+
+def init_app(app: Flask, celery: TallyCelery) -> None:
+    app.extensions[EXTENSION] = celery
+
+    @app.teardown_appcontext
+    def _close_session(_: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()

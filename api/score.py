@@ -9,10 +9,9 @@ from api.auth import current_principal, require_writer
 from api.body import read_object, read_preferences
 from api.outcome import answer, publish
 from api.problems import Problem, validation_problem
-from api.resources import resources
+from api.resources import db_session, resources
 from api.serializers import status_object
 from shared.adjustments import Adjustment, find_user, record
-from shared.db import transaction
 from shared.idempotency import IdempotencyConflict
 from shared.models import AdjustmentRequest
 from shared.validation import (
@@ -35,17 +34,18 @@ def create_score() -> Response:
         key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
         command = validate_score(read_object(), settings.max_amount)
         points_type = settings.points_types[settings.default_points_type]
-        with transaction(resources().sessions) as session:
-            user = find_user(session, principal.tenant_id, command.user)
-            adjustment = Adjustment(
-                user_id=user.id,
-                points_type=points_type.name,
-                amount=command.amount,
-                reputation_context=command.reputation_context,
-                comment=command.comment,
-            )
-            row, created = record(session, principal, adjustment, points_type, key)
-            request_id, account_id = row.id, row.account_id
+        session = db_session()
+        user = find_user(session, principal.tenant_id, command.user)
+        adjustment = Adjustment(
+            user_id=user.id,
+            points_type=points_type.name,
+            amount=command.amount,
+            reputation_context=command.reputation_context,
+            comment=command.comment,
+        )
+        row, created = record(session, principal, user, adjustment, points_type, key)
+        request_id, account_id = row.id, row.account_id
+        session.commit()
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     except IdempotencyConflict as conflict:
@@ -65,11 +65,11 @@ def create_score() -> Response:
 def request_status(request_id: int) -> Response:
     """The status object of one request of the caller's tenant."""
     principal = current_principal()
-    with resources().sessions() as session:
-        row = session.get(AdjustmentRequest, request_id)
-        if row is None or row.tenant_id != principal.tenant_id:
-            raise Problem(404, "not-found", f"no request {request_id}")
-        return jsonify(status_object(session, row))
+    session = db_session()
+    row = session.get(AdjustmentRequest, request_id)
+    if row is None or row.tenant_id != principal.tenant_id:
+        raise Problem(404, "not-found", f"no request {request_id}")
+    return jsonify(status_object(session, row))
 
 
 @bp.get("/requests")
@@ -82,13 +82,13 @@ def request_by_key() -> Response:
             [FieldError("idempotency_key", "required", "this query parameter is required")]
         )
     principal = current_principal()
-    with resources().sessions() as session:
-        row = session.scalars(
-            select(AdjustmentRequest).where(
-                AdjustmentRequest.tenant_id == principal.tenant_id,
-                AdjustmentRequest.idempotency_key == key,
-            )
-        ).one_or_none()
-        if row is None:
-            raise Problem(404, "not-found", "no request with this idempotency key")
-        return jsonify(status_object(session, row))
+    session = db_session()
+    row = session.scalars(
+        select(AdjustmentRequest).where(
+            AdjustmentRequest.tenant_id == principal.tenant_id,
+            AdjustmentRequest.idempotency_key == key,
+        )
+    ).one_or_none()
+    if row is None:
+        raise Problem(404, "not-found", "no request with this idempotency key")
+    return jsonify(status_object(session, row))

@@ -82,6 +82,7 @@ def account_for(session: Session, user: User, points_type: PointsType) -> str:
 def record(
     session: Session,
     principal: Principal,
+    user: User,
     adjustment: Adjustment,
     points_type: PointsType,
     idempotency_key: str | None,
@@ -91,7 +92,6 @@ def record(
     Two concurrent calls with one key meet at the unique constraint: the second
     waits for the first to commit and then finds its row.
     """
-    user = session.get_one(User, adjustment.user_id)
     account_id = account_for(session, user, points_type)
     digest = fingerprint(asdict(adjustment))
     values = asdict(adjustment) | {

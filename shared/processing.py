@@ -15,6 +15,10 @@ from shared.models import AdjustmentRequest
 from shared.notify import announce
 
 LOCK_KEY_PREFIX = "tally:lock:account:"
+SCHEDULED_KEY_PREFIX = "tally:scheduled:account:"
+# A scheduled mark outlives any sane queue wait; if it is lost, the relay still comes.
+SCHEDULED_TTL_SECONDS = 60
+LOCK_POLL_SECONDS = 0.01
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,20 @@ class AccountBusy(Exception):
 
 def lock_key(account_id: str) -> str:
     return f"{LOCK_KEY_PREFIX}{account_id}"
+
+
+def scheduled_key(account_id: str) -> str:
+    return f"{SCHEDULED_KEY_PREFIX}{account_id}"
+
+
+def claim_schedule(redis: Redis, account_id: str) -> bool:
+    """Mark the account as having a task on the way; False if one is already queued.
+
+    This coalesces the tasks of a busy account: the worker clears the mark before
+    it reads the pending requests, so a request committed before a failed claim is
+    always seen by the task that holds the mark.
+    """
+    return bool(redis.set(scheduled_key(account_id), 1, nx=True, ex=SCHEDULED_TTL_SECONDS))
 
 
 def drain_account(
@@ -42,11 +60,17 @@ def drain_account(
     queueing up on the account row; correctness does not depend on it, since
     apply_pending locks the row in PostgreSQL as well.
     """
-    lock = redis.lock(lock_key(account_id), timeout=lock_ttl, blocking_timeout=lock_wait)
+    lock = redis.lock(
+        lock_key(account_id),
+        timeout=lock_ttl,
+        blocking_timeout=lock_wait,
+        sleep=LOCK_POLL_SECONDS,
+    )
     if not lock.acquire():
         raise AccountBusy(account_id)
     outcomes: list[Outcome] = []
     try:
+        redis.delete(scheduled_key(account_id))
         while True:
             with transaction(sessions) as session:
                 applied = apply_pending(session, account_id, chunk)

@@ -116,7 +116,8 @@ def queue_requests(
             adjustment = Adjustment(
                 user_id=user_id, points_type="reputation", amount=amount, comment="queued"
             )
-            row, _ = record(session, principal, adjustment, settings_type, None)
+            user = session.get_one(User, user_id)
+            row, _ = record(session, principal, user, adjustment, settings_type, None)
             ids.append(row.id)
             account_id = row.account_id
     return account_id, ids
