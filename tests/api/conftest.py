@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -56,3 +56,20 @@ def factory(sessions: sessionmaker[Session]) -> Factory:
 @pytest.fixture
 def moderator(factory: Factory) -> Caller:
     return factory.caller(Role.MODERATOR)
+
+
+@pytest.fixture
+def app_with(base_settings: Settings) -> Iterator[Callable[..., Flask]]:
+    """Build extra apps with overridden settings; their connections are closed afterwards."""
+    from api import create_app
+
+    apps: list[Flask] = []
+
+    def build(**overrides: object) -> Flask:
+        app = create_app(base_settings, **overrides)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["tally"].resources.close()

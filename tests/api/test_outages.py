@@ -1,0 +1,47 @@
+"""When PostgreSQL or Redis is unreachable: 503 with Retry-After, never a 500, never a loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.embedded import free_port
+from shared.models import AdjustmentRequest
+from tests.factories import Caller, Factory
+
+
+def test_database_down_is_503_with_retry_after(app_with: Callable[..., Flask]) -> None:
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/tally"
+    client = app_with(database_url=dead).test_client()
+    response = client.post(
+        "/api/v2/score/",
+        json={"user_id": 1, "score": 1, "comment": "x"},
+        headers={"Authorization": "Bearer tly_whatever"},
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert response.mimetype == "application/problem+json"
+
+
+def test_redis_down_still_accepts_durably(
+    app_with: Callable[..., Flask],
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    client: FlaskClient = app_with(redis_url=dead).test_client()
+    user = factory.user()
+    response = client.post(
+        "/api/v2/score/",
+        json={"user_id": user.id, "score": 2, "comment": "redis is down"},
+        headers=moderator.headers,
+    )
+    # Accepted: the row is the outbox and the relay publishes it once Redis is back.
+    assert response.status_code == 202
+    with sessions() as session:
+        row = session.get_one(AdjustmentRequest, response.json["id"])
+        assert row.status == "queued"
