@@ -1,0 +1,79 @@
+"""Transient failures are retried with backoff; business rejections are final."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from celery import Task
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_failure, task_retry
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.embedded import free_port
+from shared.config import Settings
+from shared.models import Account, AdjustmentRequest
+from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+from worker.app import APPLY_ACCOUNT_TASK, TallyCelery, make_celery
+
+
+@pytest.fixture
+def broken_celery(base_settings: Settings) -> Iterator[TallyCelery]:
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/tally"
+    app = make_celery(base_settings.with_overrides({"database_url": dead}))
+    app.loader.import_default_modules()
+    app.conf.task_default_queue = "tally-broken-db"
+    yield app
+    app.resources.close()
+
+
+def test_database_down_is_retried_with_backoff_not_failed(broken_celery: TallyCelery) -> None:
+    retries: list[str] = []
+    failures: list[str] = []
+    on_retry = lambda request, reason, **_: retries.append(repr(reason))  # noqa: E731
+    on_failure = lambda exception, **_: failures.append(repr(exception))  # noqa: E731
+    task_retry.connect(on_retry, weak=False)
+    task_failure.connect(on_failure, weak=False)
+    try:
+        with start_worker(broken_celery, pool="solo", perform_ping_check=False):
+            broken_celery.send_task(APPLY_ACCOUNT_TASK, args=["01ARZ3NDEKTSV4RRFFQ69G5FAV"])
+            deadline = time.monotonic() + 15
+            while len(retries) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        task_retry.disconnect(on_retry)
+        task_failure.disconnect(on_failure)
+    assert len(retries) >= 2
+    assert "OperationalError" in retries[0]
+    assert failures == []
+
+
+def test_insufficient_balance_is_a_final_rejection_with_a_code(
+    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    user = factory.user()
+    account_id, (first, overdraw, after) = queue_requests(sessions, moderator, user.id, [5, -6, -5])
+    with sessions.begin() as session:
+        session.execute(
+            update(Account).where(Account.id == account_id).values(allow_negative=False)
+        )
+
+    apply_account(account_id)
+    apply_account(account_id)  # a second run changes nothing: the rejection is final
+
+    with sessions() as session:
+        rows = {
+            r.id: r
+            for r in session.query(AdjustmentRequest).filter(
+                AdjustmentRequest.account_id == account_id
+            )
+        }
+        assert rows[first].status == "completed"
+        assert rows[overdraw].status == "rejected"
+        assert rows[overdraw].error_code == "insufficient_balance"
+        assert rows[overdraw].ledger_entry_id is None
+        assert rows[after].status == "completed"
+        assert session.get_one(Account, account_id).balance == 0
+        assert_ledger_consistent(session, account_id)
