@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, request
 
 from api import resources
 from api.problems import register_error_handlers
+from shared import logs
 from shared.config import Settings, load_settings
 from worker.app import make_celery
 
@@ -21,12 +23,33 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import score
+    from api import health, metrics, score
 
+    app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(score.bp)
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify(status="ok")
-
+    metrics.count_requests(app)
+    track_request_ids(app)
     return app
+
+
+def track_request_ids(app: Flask) -> None:
+    """Give each request an id (the client's X-Request-ID, or a new one) for the logs."""
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        valid = 0 < len(incoming) <= 200 and incoming.isascii() and incoming.isprintable()
+        g.request_id = incoming if valid else uuid.uuid4().hex
+        g.request_id_token = logs.request_id.set(g.request_id)
+
+    @app.after_request
+    def _echo(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def _end(_: BaseException | None) -> None:
+        if "request_id_token" in g:
+            logs.request_id.reset(g.request_id_token)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
@@ -13,6 +15,7 @@ from api.resources import db_session, resources
 from api.serializers import status_object
 from shared.adjustments import Adjustment, find_user, record
 from shared.idempotency import IdempotencyConflict
+from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest
 from shared.validation import (
     FieldError,
@@ -20,6 +23,8 @@ from shared.validation import (
     validate_idempotency_key,
     validate_score,
 )
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("score", __name__, url_prefix="/api/v2/score")
 
@@ -56,6 +61,11 @@ def create_score() -> Response:
             [FieldError("Idempotency-Key", "reused", "this key was used with a different body")],
         ) from None
     if created:
+        ADJUSTMENTS_ACCEPTED.inc()
+        log.info(
+            "adjustment accepted",
+            extra={"adjustment_id": request_id, "account_id": account_id, "idempotency_key": key},
+        )
         publish(account_id)
     return answer(request_id, read_preferences(), replayed=not created)
 

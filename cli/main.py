@@ -242,6 +242,9 @@ def beat(celery_args: tuple[str, ...]) -> None:
     )
 
 
+from cli.operations import reconcile, status  # noqa: E402
 from cli.run import run  # noqa: E402
 
 cli.add_command(run)
+cli.add_command(reconcile)
+cli.add_command(status)

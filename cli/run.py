@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -106,7 +107,15 @@ def run(data_dir: Path, port: int, flower: bool) -> None:
         )
         if flower:
             click.echo("Flower: http://127.0.0.1:5555\n")
-        env = os.environ | {"TALLY_DATABASE_URL": database_url, "TALLY_REDIS_URL": redis_url}
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        env = os.environ | {
+            "TALLY_DATABASE_URL": database_url,
+            "TALLY_REDIS_URL": redis_url,
+            # One folder for every process, so /metrics adds them all up.
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
         manager = Manager()
         for name, argv in _processes(port, data_dir, flower).items():
             manager.add_process(name, shlex.join(argv), env=env)

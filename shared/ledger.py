@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -37,7 +38,10 @@ class Outcome:
     """What happened to one request in an apply run."""
 
     request_id: int
+    account_id: str
     status: AdjustmentStatus
+    error_code: str | None
+    accepted_at: datetime
 
 
 def _rejection(account: Account, request: AdjustmentRequest, balance: int) -> str | None:
@@ -109,7 +113,9 @@ def apply_pending(session: Session, account_id: str, limit: int) -> list[Outcome
             request.status = AdjustmentStatus.REJECTED
             request.error_code = code
             request.error_message = REJECTION_MESSAGES[code]
-            outcomes.append(Outcome(request.id, AdjustmentStatus.REJECTED))
+            outcomes.append(
+                Outcome(request.id, account_id, AdjustmentStatus.REJECTED, code, request.created_at)
+            )
             continue
         entry = _entry(account, request, balance)
         balance = entry.balance_after
@@ -119,7 +125,9 @@ def apply_pending(session: Session, account_id: str, limit: int) -> list[Outcome
             account.total_spent -= request.amount
         request.status = AdjustmentStatus.COMPLETED
         applied.append((request, entry))
-        outcomes.append(Outcome(request.id, AdjustmentStatus.COMPLETED))
+        outcomes.append(
+            Outcome(request.id, account_id, AdjustmentStatus.COMPLETED, None, request.created_at)
+        )
 
     session.add_all(entry for _, entry in applied)
     session.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
 from shared.ledger import PENDING_STATUSES, Outcome, apply_pending
+from shared.metrics import LOCK_WAIT
 from shared.models import AdjustmentRequest
 from shared.notify import announce
 
@@ -66,7 +68,10 @@ def drain_account(
         blocking_timeout=lock_wait,
         sleep=LOCK_POLL_SECONDS,
     )
-    if not lock.acquire():
+    started = time.monotonic()
+    acquired = lock.acquire()
+    LOCK_WAIT.observe(time.monotonic() - started)
+    if not acquired:
         raise AccountBusy(account_id)
     outcomes: list[Outcome] = []
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import redis.exceptions
 import sqlalchemy.exc
@@ -10,6 +11,14 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 
 from shared.db import transaction
+from shared.ledger import Outcome
+from shared.metrics import (
+    ADJUSTMENTS_APPLIED,
+    ADJUSTMENTS_REJECTED,
+    APPLY_LATENCY,
+    TASK_RETRIES,
+)
+from shared.models import AdjustmentStatus
 from shared.outbox import stale_accounts
 from shared.processing import AccountBusy, drain_account, note_transient_error
 from worker.app import APPLY_ACCOUNT_TASK, RELAY_OUTBOX_TASK, TallyCelery
@@ -33,6 +42,7 @@ def _app(task: Task) -> TallyCelery:
 
 class ApplyTask(Task):
     def on_retry(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        TASK_RETRIES.labels(type(exc).__name__).inc()
         if isinstance(exc, AccountBusy):
             return
         try:
@@ -64,7 +74,22 @@ def apply_account(self: Task, account_id: str) -> int:
         lock_wait=settings.lock_wait,
         chunk=settings.apply_chunk,
     )
+    record_outcomes(outcomes)
     return len(outcomes)
+
+
+def record_outcomes(outcomes: list[Outcome]) -> None:
+    """Metrics and one log line per applied or rejected request."""
+    now = datetime.now(UTC)
+    for outcome in outcomes:
+        fields = {"adjustment_id": outcome.request_id, "account_id": outcome.account_id}
+        if outcome.status == AdjustmentStatus.COMPLETED:
+            ADJUSTMENTS_APPLIED.inc()
+            APPLY_LATENCY.observe((now - outcome.accepted_at).total_seconds())
+            log.info("adjustment applied", extra=fields)
+        else:
+            ADJUSTMENTS_REJECTED.labels(outcome.error_code).inc()
+            log.info("adjustment rejected", extra=fields | {"code": outcome.error_code})
 
 
 @shared_task(name=RELAY_OUTBOX_TASK, bind=True, acks_late=True)

@@ -1,0 +1,35 @@
+"""Liveness and readiness probes: GET /healthz and GET /readyz."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from api.problems import Problem
+from api.resources import resources
+from shared.health import readiness_problems
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Database reachable and migrated, Redis reachable; otherwise 503 naming what is not."""
+    problems = readiness_problems(resources().engine, resources().redis)
+    if problems:
+        raise Problem(
+            503,
+            "not-ready",
+            "; ".join(f"{name}: {reason}" for name, reason in problems.items()),
+            extra={
+                "checks": {
+                    name: problems.get(name, "ok") for name in ("database", "schema", "redis")
+                }
+            },
+        )
+    return jsonify(status="ready", checks={"database": "ok", "schema": "ok", "redis": "ok"})

@@ -1,0 +1,40 @@
+"""How much work is waiting: Celery queue depth in Redis, and the outbox backlog in PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# kombu's Redis transport keeps one list per priority step: "name", "name\x06\x163", ...
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_depth(redis: Redis, queue: str) -> int:
+    """Messages waiting in the Celery queue (every priority list)."""
+    keys = [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+    pipeline = redis.pipeline(transaction=False)
+    for key in keys:
+        pipeline.llen(key)
+    return sum(int(length) for length in pipeline.execute())
+
+
+@dataclass(frozen=True)
+class Outbox:
+    pending: int
+    oldest_age_seconds: float
+
+
+OUTBOX = text("""
+    SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)
+    FROM adjustment_requests WHERE status IN ('queued', 'processing')
+""")
+
+
+def outbox(session: Session) -> Outbox:
+    """Requests accepted but not yet applied or rejected, and the age of the oldest."""
+    pending, age = session.execute(OUTBOX).one()
+    return Outbox(int(pending), float(age))

@@ -1,0 +1,47 @@
+"""Structured JSON logs, one line per event, carrying the ids that tie an adjustment together."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+
+from pythonjsonlogger.json import JsonFormatter
+
+# The ids of what this thread is working on; every log line carries those that are set.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+CONTEXT_FIELDS = {"request_id": request_id}
+
+
+class ContextFilter(logging.Filter):
+    """Copy the context ids (and the service name) onto each record."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        for name, variable in CONTEXT_FIELDS.items():
+            if not hasattr(record, name):
+                setattr(record, name, variable.get())
+        return True
+
+
+def json_handler(service: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    handler.addFilter(ContextFilter(service))
+    return handler
+
+
+def configure_logging(service: str, level: int = logging.INFO) -> None:
+    """Send every log record of this process to stdout as one JSON object per line."""
+    root = logging.getLogger()
+    root.handlers[:] = [json_handler(service)]
+    root.setLevel(level)
