@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run test tools lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,8 +18,14 @@ run: $(STAMP)
 	$(BIN)/tally run $(ARGS)
 
 ## test: the whole suite (TALLY_TEST_DATABASE_URL / TALLY_TEST_REDIS_URL, else embedded servers)
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/pytest $(ARGS)
+
+# The compose file is validated with Debian's docker-compose; install it where we can.
+tools:
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null); } \
+		|| echo "note: install docker-compose to validate docker-compose.yml"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
