@@ -1,0 +1,75 @@
+"""SIGTERM to a busy worker: it finishes what it holds, exits, and nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import defaultdict
+
+import pytest
+import requests
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Account, AdjustmentRequest, Role
+from shared.reconcile import reconcile
+from tests.factories import Factory
+from tests.processes.conftest import Stack
+
+pytestmark = pytest.mark.processes
+
+
+def _counts(sessions: sessionmaker[Session], tenant_id: str) -> dict[str, int]:
+    with sessions() as session:
+        rows = session.execute(
+            select(AdjustmentRequest.status, func.count())
+            .where(AdjustmentRequest.tenant_id == tenant_id)
+            .group_by(AdjustmentRequest.status)
+        ).all()
+    return dict(rows)
+
+
+def test_sigterm_to_a_busy_worker_loses_nothing(
+    stack_without_workers: Stack, stack_factory: Factory, stack_sessions
+) -> None:
+    stack = stack_without_workers
+    caller = stack_factory.caller(Role.MODERATOR)
+    users = [stack_factory.user() for _ in range(30)]
+    expected: dict[int, int] = defaultdict(int)
+    with requests.Session() as http:
+        for n in range(900):
+            user = users[n % len(users)]
+            response = http.post(
+                stack.base_url + "/api/v2/score/",
+                json={"user_id": user.id, "score": 1 + n % 3, "comment": f"n{n}"},
+                headers={"Authorization": f"Bearer {caller.token}", "Prefer": "respond-async"},
+                timeout=30,
+            )
+            assert response.status_code == 202
+            expected[user.id] += 1 + n % 3
+
+    stack.start_worker("worker1")
+    deadline = time.monotonic() + 60
+    while _counts(stack_sessions, stack_factory.tenant_id).get("completed", 0) == 0:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.01)
+    busy = stack.processes.pop("worker1")
+    os.kill(busy.pid, signal.SIGTERM)
+    assert busy.wait(timeout=60) == 0, stack.logs()
+
+    counts = _counts(stack_sessions, stack_factory.tenant_id)
+    assert counts.get("processing", 0) == 0
+    with stack_sessions() as session:
+        assert reconcile(session).violations == []  # no half-applied request
+
+    stack.start_worker("worker2")
+    deadline = time.monotonic() + 90
+    while _counts(stack_sessions, stack_factory.tenant_id).get("completed", 0) < 900:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.2)
+    with stack_sessions() as session:
+        for user in users:
+            account = session.scalars(select(Account).where(Account.user_id == user.id)).one()
+            assert account.balance == expected[user.id]
+        assert reconcile(session).violations == []
