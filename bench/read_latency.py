@@ -1,0 +1,143 @@
+"""Benchmark the read routes on a large ledger: fill 1,000,000 entries over 10,000 users
+(set-based SQL, consistent balances and chains), then print median latencies of
+  - one user's first page of GET /api/v2/score/,
+  - a reputation_context prefix filter,
+  - the leaderboard over a month window.
+
+Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/read_latency.py [--entries N]
+The database must be migrated; the bench data lives in its own tenant `bench` (reused if present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from sqlalchemy import text
+
+from api import create_app
+from shared.auth import create_token
+from shared.config import load_settings
+from shared.models import Role, User
+from shared.resources import Resources
+
+TENANT = "bench"
+CONTEXTS = ["contest|first_place|apis", "contest|second_place|apis", "contest|spring|docs",
+            "forum|answer|accepted", "forum|spam", "moderation|warning"]
+
+FILL = [
+    "INSERT INTO tenants (id, name) VALUES ('bench', 'bench') ON CONFLICT DO NOTHING",
+    """INSERT INTO users (tenant_id, username, real_name, email, avatar, description, role)
+       SELECT 'bench', 'bench_' || g, 'Bench User ' || g, '', '', '', 'user'
+       FROM generate_series(1, :users) g""",
+    """INSERT INTO users (tenant_id, username, real_name, email, avatar, description, role)
+       VALUES ('bench', 'bench_admin', 'Bench Admin', '', '', '', 'admin')""",
+    """INSERT INTO accounts (id, tenant_id, user_id, points_type, allow_negative, balance,
+                            frozen_balance, expired_points, total_earned, total_spent,
+                            exchange_rate, status, version)
+       SELECT 'BENCHACC' || lpad(u.id::text, 18, '0'), 'bench', u.id, 'reputation', true,
+              0, 0, 0, 0, 0, 1, 'active', 0
+       FROM users u WHERE u.tenant_id = 'bench' AND u.role = 'user'""",
+    # Requests, spread over the last 365 days in id order, as if applied as they came.
+    """INSERT INTO adjustment_requests (tenant_id, idempotency_key, fingerprint, account_id,
+              user_id, amount, entry_type, reputation_context, comment, reason, source,
+              related_id, allow_negative, created_by, status, attempts, created_at,
+              started_at, completed_at)
+       SELECT 'bench', 'bench-' || g, 'bench', a.id, a.user_id,
+              (ARRAY[-5, -1, 1, 2, 5, 10, 20])[1 + (g * 7919) % 7], 'adjust',
+              (ARRAY['contest|first_place|apis', 'contest|second_place|apis',
+                     'contest|spring|docs', 'forum|answer|accepted', 'forum|spam',
+                     'moderation|warning'])[1 + (g * 104729) % 6],
+              'bench entry ' || g, '', '', '', false, admin.id, 'completed', 1,
+              now() - interval '365 days' + (g * interval '365 days' / :entries),
+              now() - interval '365 days' + (g * interval '365 days' / :entries),
+              now() - interval '365 days' + (g * interval '365 days' / :entries)
+       FROM generate_series(1, :entries) g
+       JOIN accounts a ON a.id = 'BENCHACC' || lpad(
+           ((SELECT min(id) FROM users WHERE tenant_id = 'bench') + (g * 7) % :users)::text,
+           18, '0')
+       CROSS JOIN (SELECT id FROM users WHERE username = 'bench_admin'
+                   AND tenant_id = 'bench') admin""",
+    """INSERT INTO ledger_entries (ulid, tenant_id, account_id, request_id, amount,
+              balance_before, balance_after, negative_allowed, type, reputation_type,
+              reputation_context, comment, reason, source, related_id, idempotency_key,
+              created_by, created_at)
+       SELECT 'BENCH' || lpad(r.id::text, 21, '0'), 'bench', r.account_id, r.id, r.amount,
+              SUM(r.amount) OVER w - r.amount, SUM(r.amount) OVER w, true, 'adjust', 10,
+              r.reputation_context, r.comment, '', '', '', r.idempotency_key,
+              r.created_by, r.created_at
+       FROM adjustment_requests r WHERE r.tenant_id = 'bench'
+       WINDOW w AS (PARTITION BY r.account_id ORDER BY r.id)
+       ORDER BY r.id""",
+    """UPDATE adjustment_requests r SET ledger_entry_id = e.id
+       FROM ledger_entries e WHERE e.request_id = r.id AND r.tenant_id = 'bench'""",
+    """UPDATE accounts a SET balance = s.total, total_earned = s.earned,
+              total_spent = s.spent, version = s.n
+       FROM (SELECT account_id, SUM(amount) total,
+                    COALESCE(SUM(amount) FILTER (WHERE amount > 0), 0) earned,
+                    COALESCE(-SUM(amount) FILTER (WHERE amount < 0), 0) spent, COUNT(*) n
+             FROM ledger_entries WHERE tenant_id = 'bench' GROUP BY account_id) s
+       WHERE a.id = s.account_id""",
+    "ANALYZE",
+]
+
+
+def fill(resources: Resources, users: int, entries: int) -> None:
+    with resources.engine.begin() as connection:
+        have = connection.scalar(text("SELECT count(*) FROM ledger_entries WHERE tenant_id='bench'"))
+        if have:
+            print(f"reusing {have} bench ledger entries")
+            return
+        started = time.perf_counter()
+        for statement in FILL:
+            connection.execute(text(statement), {"users": users, "entries": entries})
+        print(f"filled {entries} entries over {users} users in {time.perf_counter() - started:.1f} s")
+
+
+def median_ms(call, runs: int) -> float:
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = call()
+        timings.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    return statistics.median(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    resources = Resources(settings)
+    fill(resources, args.users, args.entries)
+    with resources.sessions.begin() as session:
+        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
+        assert admin.role == Role.ADMIN
+        _, token = create_token(session, admin, "bench")
+        some_user = session.scalar(
+            text("SELECT user_id FROM accounts WHERE tenant_id = 'bench' ORDER BY id LIMIT 1 OFFSET 4321")
+        )
+    resources.close()
+
+    client = create_app(settings).test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    month_from = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() - 60 * 86400))
+    month_to = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() - 30 * 86400))
+    cases = {
+        "user's first page": f"/api/v2/score/?user_id={some_user}",
+        "context prefix filter": "/api/v2/score/?reputation_context=contest|first_place",
+        "leaderboard, month window": (
+            f"/api/v2/score/leaderboard/?reputed_at_from={month_from}&reputed_at_to={month_to}"
+        ),
+    }
+    for name, url in cases.items():
+        print(f"{name:<28} median {median_ms(lambda u=url: client.get(u, headers=headers), args.runs):7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
