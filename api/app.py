@@ -23,9 +23,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import health, metrics, score
+    from api import health, metrics, openapi, score
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(score.bp)
     metrics.count_requests(app)

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.openapi import documented
 from api.problems import Problem
 from api.resources import resources
+from api.schemas import Health
+from api.schemas import Problem as ProblemModel
 from shared.health import readiness_problems
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(
+    summary="Liveness",
+    public=True,
+    tag="operations",
+    responses={200: ("The process is up", Health)},
+)
 def healthz() -> Response:
     """The process is up."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@documented(
+    summary="Readiness",
+    public=True,
+    tag="operations",
+    responses={200: ("Ready", Health), 503: ("Not ready: what is wrong", ProblemModel)},
+)
 def readyz() -> Response:
     """Database reachable and migrated, Redis reachable; otherwise 503 naming what is not."""
     problems = readiness_problems(resources().engine, resources().redis)

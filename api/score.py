@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel
 from sqlalchemy import select
 
+from api import schemas
 from api.auth import current_principal, require_writer
 from api.body import read_object, read_preferences
+from api.openapi import FORM, JSON, documented
 from api.outcome import answer, publish
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
@@ -20,16 +23,37 @@ from shared.models import AdjustmentRequest
 from shared.validation import (
     FieldError,
     InvalidInput,
+    ScoreInput,
     validate_idempotency_key,
     validate_score,
 )
 
 log = logging.getLogger(__name__)
 
+
+class RequestLookup(BaseModel):
+    idempotency_key: str
+
+
 bp = Blueprint("score", __name__, url_prefix="/api/v2/score")
 
 
 @bp.post("/")
+@documented(
+    summary="Add or remove score points for a user (seeds 000 and 001)",
+    body=ScoreInput,
+    body_types=(JSON, FORM),
+    headers={
+        "Idempotency-Key": "1 to 255 printable ASCII characters; a retry with it changes nothing",
+        "Prefer": "respond-async, or wait=N seconds (RFC 7240)",
+    },
+    responses={
+        201: ("Applied: the Score object", schemas.Score),
+        202: ("Accepted, not applied yet: the request's status", schemas.RequestStatus),
+        409: ("Rejected by the account's state", schemas.Problem),
+        422: ("Idempotency key reused with a different body", schemas.Problem),
+    },
+)
 @require_writer
 def create_score() -> Response:
     """Accept a score adjustment (seeds 000 and 001) and answer 201, 202 or 409."""
@@ -71,6 +95,13 @@ def create_score() -> Response:
 
 
 @bp.get("/requests/<int:request_id>")
+@documented(
+    summary="The status of an adjustment request",
+    responses={
+        200: ("The request's status", schemas.RequestStatus),
+        404: ("No such request", schemas.Problem),
+    },
+)
 @require_writer
 def request_status(request_id: int) -> Response:
     """The status object of one request of the caller's tenant."""
@@ -83,6 +114,15 @@ def request_status(request_id: int) -> Response:
 
 
 @bp.get("/requests")
+@documented(
+    summary="The status of the request with an idempotency key",
+    query=RequestLookup,
+    responses={
+        200: ("The request's status", schemas.RequestStatus),
+        400: ("No idempotency_key given", schemas.Problem),
+        404: ("No request with this key", schemas.Problem),
+    },
+)
 @require_writer
 def request_by_key() -> Response:
     """The status object of the request with `?idempotency_key=K`."""

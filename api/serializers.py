@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from api import schemas
+from api.schemas import dump
 from shared.models import Account, AdjustmentRequest, LedgerEntry, ReputationType, User
 
 
@@ -20,25 +22,29 @@ def timestamp(value: datetime | None) -> str | None:
 
 def score_object(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]:
     """Seed 000's Score object (with seed 001's extra user fields)."""
-    return {
-        "id": entry.id,
-        "user": {
-            "id": user.id,
-            "username": user.username,
-            "real_name": user.real_name,
-            "email": user.email,
-            "description": user.description,
-            "avatar": user.avatar,
-            "reputation": entry.balance_after,
-        },
-        "score": entry.amount,
-        "reputation_type": entry.reputation_type,
-        "reputation_type_description": ReputationType(entry.reputation_type).name.lower(),
-        "comment": entry.comment,
-        "reputation_context": entry.reputation_context,
-        "created_by": {"id": creator.id, "username": creator.username, "avatar": creator.avatar},
-        "reputed_at": timestamp(entry.created_at),
-    }
+    return dump(
+        schemas.Score(
+            id=entry.id,
+            user=schemas.ScoreUser(
+                id=user.id,
+                username=user.username,
+                real_name=user.real_name,
+                email=user.email,
+                description=user.description,
+                avatar=user.avatar,
+                reputation=entry.balance_after,
+            ),
+            score=entry.amount,
+            reputation_type=entry.reputation_type,
+            reputation_type_description=ReputationType(entry.reputation_type).name.lower(),
+            comment=entry.comment,
+            reputation_context=entry.reputation_context,
+            created_by=schemas.ScoreCreator(
+                id=creator.id, username=creator.username, avatar=creator.avatar
+            ),
+            reputed_at=timestamp(entry.created_at) or "",
+        )
+    )
 
 
 def load_score(session: Session, entry_id: int) -> dict[str, Any]:

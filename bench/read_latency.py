@@ -23,8 +23,14 @@ from shared.models import Role, User
 from shared.resources import Resources
 
 TENANT = "bench"
-CONTEXTS = ["contest|first_place|apis", "contest|second_place|apis", "contest|spring|docs",
-            "forum|answer|accepted", "forum|spam", "moderation|warning"]
+CONTEXTS = [
+    "contest|first_place|apis",
+    "contest|second_place|apis",
+    "contest|spring|docs",
+    "forum|answer|accepted",
+    "forum|spam",
+    "moderation|warning",
+]
 
 FILL = [
     "INSERT INTO tenants (id, name) VALUES ('bench', 'bench') ON CONFLICT DO NOTHING",
@@ -85,14 +91,18 @@ FILL = [
 
 def fill(resources: Resources, users: int, entries: int) -> None:
     with resources.engine.begin() as connection:
-        have = connection.scalar(text("SELECT count(*) FROM ledger_entries WHERE tenant_id='bench'"))
+        have = connection.scalar(
+            text("SELECT count(*) FROM ledger_entries WHERE tenant_id='bench'")
+        )
         if have:
             print(f"reusing {have} bench ledger entries")
             return
         started = time.perf_counter()
         for statement in FILL:
             connection.execute(text(statement), {"users": users, "entries": entries})
-        print(f"filled {entries} entries over {users} users in {time.perf_counter() - started:.1f} s")
+        print(
+            f"filled {entries} entries over {users} users in {time.perf_counter() - started:.1f} s"
+        )
 
 
 def median_ms(call, runs: int) -> float:
@@ -120,7 +130,10 @@ def main() -> None:
         assert admin.role == Role.ADMIN
         _, token = create_token(session, admin, "bench")
         some_user = session.scalar(
-            text("SELECT user_id FROM accounts WHERE tenant_id = 'bench' ORDER BY id LIMIT 1 OFFSET 4321")
+            text(
+                "SELECT user_id FROM accounts WHERE tenant_id = 'bench'"
+                " ORDER BY id LIMIT 1 OFFSET 4321"
+            )
         )
     resources.close()
 
@@ -136,7 +149,8 @@ def main() -> None:
         ),
     }
     for name, url in cases.items():
-        print(f"{name:<28} median {median_ms(lambda u=url: client.get(u, headers=headers), args.runs):7.1f} ms")
+        median = median_ms(lambda u=url: client.get(u, headers=headers), args.runs)
+        print(f"{name:<28} median {median:7.1f} ms")
 
 
 if __name__ == "__main__":

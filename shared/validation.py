@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 INTEGER_PATTERN = re.compile(r"-?[0-9]+")
@@ -101,10 +101,29 @@ def parse_context(value: Any) -> str | None:
     return _check_text(normalised)
 
 
-Integer = Annotated[int | None, BeforeValidator(parse_integer)]
-Context = Annotated[str | None, BeforeValidator(parse_context)]
-Comment = Annotated[str | None, _text(COMMENT_MAX)]
-Username = Annotated[str | None, _text(USERNAME_MAX)]
+INTEGER_SCHEMA = {
+    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^-?[0-9]+$"}, {"type": "null"}]
+}
+
+
+def _string_schema(max_length: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": ["string", "null"], "maxLength": max_length})
+
+
+Integer = Annotated[int | None, BeforeValidator(parse_integer), WithJsonSchema(INTEGER_SCHEMA)]
+Context = Annotated[
+    str | None,
+    BeforeValidator(parse_context),
+    WithJsonSchema(
+        {
+            "type": ["string", "null"],
+            "maxLength": CONTEXT_MAX,
+            "description": "Pipe-separated segments, none empty: contest|first_place|apis",
+        }
+    ),
+]
+Comment = Annotated[str | None, _text(COMMENT_MAX), _string_schema(COMMENT_MAX)]
+Username = Annotated[str | None, _text(USERNAME_MAX), _string_schema(USERNAME_MAX)]
 
 
 class ScoreInput(BaseModel):

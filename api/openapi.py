@@ -1,0 +1,227 @@
+"""The OpenAPI document, generated from the pydantic models the routes validate and answer with.
+
+A view declares its contract with `@documented(...)`; GET /openapi.json walks the
+URL map and turns every declared view into an operation, and the schemas come
+from the same models that parse the bodies and shape the answers, so the
+document cannot drift from the code. GET /docs serves Swagger UI from the
+`swagger-ui-bundle` package (no CDN).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, TypeVar
+
+from apispec import APISpec
+from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from swagger_ui_bundle import swagger_ui_path
+
+from api.schemas import Problem as ProblemModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+PROBLEM = "application/problem+json"
+RULE_ARGUMENT = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+STANDARD_ERRORS: Mapping[int, str] = {
+    401: "Missing or invalid bearer token",
+    403: "The token's role may not do this",
+    503: "The database is unreachable; retry after `Retry-After` seconds",
+}
+BODY_ERRORS: Mapping[int, str] = {
+    400: "Invalid body: `errors` names each bad field",
+    413: "Body too large",
+    415: "Unsupported content type",
+}
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What one view takes and answers."""
+
+    summary: str
+    responses: Mapping[int, tuple[str, type[BaseModel] | None]]
+    body: type[BaseModel] | None = None
+    body_types: tuple[str, ...] = (JSON,)
+    query: type[BaseModel] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    public: bool = False
+    tag: str = "score"
+    error_model: type[BaseModel] = ProblemModel
+    error_type: str = PROBLEM
+
+
+def documented(**contract: Any) -> Callable[[F], F]:
+    """Attach the view's contract, from which /openapi.json is generated."""
+
+    def attach(view: F) -> F:
+        view.__openapi__ = Contract(**contract)  # type: ignore[attr-defined]
+        return view
+
+    return attach
+
+
+def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    parameters = []
+    for converter, name in RULE_ARGUMENT.findall(rule):
+        schema = {"type": "integer"} if converter == "int" else {"type": "string"}
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return RULE_ARGUMENT.sub(r"{\2}", rule), parameters
+
+
+def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": {k: v for k, v in prop.items() if k not in ("title",)},
+            "description": prop.get("description", ""),
+        }
+        for name, prop in schema.get("properties", {}).items()
+    ]
+
+
+def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+    responses: dict[str, Any] = {}
+    errors = {} if contract.public else dict(STANDARD_ERRORS)
+    if contract.body is not None:
+        errors |= BODY_ERRORS
+    for status, description in errors.items():
+        responses[str(status)] = {
+            "description": description,
+            "content": {contract.error_type: {"schema": ref(contract.error_model)}},
+        }
+    for status, (description, model) in contract.responses.items():
+        if model is None:
+            responses[str(status)] = {"description": description}
+            continue
+        media = contract.error_type if model is contract.error_model else JSON
+        responses[str(status)] = {
+            "description": description,
+            "content": {media: {"schema": ref(model)}},
+        }
+    operation: dict[str, Any] = {
+        "summary": contract.summary,
+        "tags": [contract.tag],
+        "parameters": parameters
+        + [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": text,
+            }
+            for name, text in contract.headers.items()
+        ],
+        "responses": responses,
+    }
+    if not contract.public:
+        operation["security"] = [{"bearerAuth": []}]
+    if contract.body is not None:
+        schema = ref(contract.body)
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": schema} for media in contract.body_types},
+        }
+    return operation
+
+
+def _models(contracts: list[Contract]) -> set[type[BaseModel]]:
+    models: set[type[BaseModel]] = set()
+    for contract in contracts:
+        models.add(contract.error_model)
+        if contract.body is not None:
+            models.add(contract.body)
+        models.update(model for _, model in contract.responses.values() if model is not None)
+    return models
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every documented route of `app`."""
+    spec = APISpec(
+        title="tally",
+        version="1",
+        openapi_version="3.1.0",
+        info={"description": "An asynchronous points and reputation ledger."},
+    )
+    spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    schemas: dict[str, Any] = {}
+    contracts: list[Contract] = []
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        contract = getattr(app.view_functions[rule.endpoint], "__openapi__", None)
+        if contract is None:
+            continue
+        contracts.append(contract)
+        path, parameters = _openapi_path(rule.rule)
+        if contract.query is not None:
+            parameters += _query_parameters(contract.query, schemas)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(contract, parameters)
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in sorted(_models(contracts), key=lambda m: m.__name__)],
+        ref_template=REF_TEMPLATE,
+    )
+    schemas.update(definitions.get("$defs", {}))
+    for name, schema in sorted(schemas.items()):
+        spec.components.schema(name, schema)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+bp = Blueprint("openapi", __name__)
+
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>tally API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>"""
+
+DOCS_INIT = "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui'});"
+
+
+@cache
+def _document_for(app_id: int, app: Flask) -> dict[str, Any]:
+    return build_document(app)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    """The OpenAPI document."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return jsonify(_document_for(id(app), app))
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    """A browsable page for the OpenAPI document."""
+    return Response(DOCS_PAGE, mimetype="text/html")
+
+
+@bp.get("/docs/init.js")
+def docs_init() -> Response:
+    return Response(DOCS_INIT, mimetype="text/javascript")
+
+
+@bp.get("/docs/assets/<path:filename>")
+def docs_assets(filename: str) -> Response:
+    """Swagger UI's own files, served from the installed package."""
+    return send_from_directory(swagger_ui_path, filename, max_age=86400)

@@ -1,0 +1,84 @@
+"""Response shapes as pydantic models: the serializers build them, /openapi.json documents them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ScoreUser(BaseModel):
+    id: int
+    username: str
+    real_name: str
+    email: str
+    description: str
+    avatar: str
+    reputation: int = Field(description="The balance right after this entry")
+
+
+class ScoreCreator(BaseModel):
+    id: int
+    username: str
+    avatar: str
+
+
+class Score(BaseModel):
+    """Seed 000's Score object: one ledger entry."""
+
+    id: int
+    user: ScoreUser
+    score: int
+    reputation_type: int
+    reputation_type_description: str
+    comment: str
+    reputation_context: str
+    created_by: ScoreCreator
+    reputed_at: str = Field(description="When it was applied, UTC, ISO 8601 with Z")
+
+
+class RequestError(BaseModel):
+    code: str
+    message: str
+
+
+class RequestStatus(BaseModel):
+    """Where an accepted adjustment request stands."""
+
+    id: int
+    idempotency_key: str | None
+    status: str = Field(description="queued, processing, completed or rejected")
+    attempts: int
+    last_error: str | None
+    error: RequestError | None
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    batch_id: str | None
+    score: Score | None
+
+
+class FieldErrorOut(BaseModel):
+    field: str
+    code: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldErrorOut] | None = None
+    model_config = {"extra": "allow"}
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] | None = None
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
