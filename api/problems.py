@@ -85,6 +85,12 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    @app.errorhandler(sqlalchemy.exc.DataError)
+    def _unstorable(error: Exception) -> Response:
+        # Input the database cannot hold (say, a NUL byte) that a validator let through.
+        app.logger.warning("refused by the database: %s", error)
+        return Problem(400, "validation", "a value cannot be stored or searched").response()
+
     @app.errorhandler(sqlalchemy.exc.OperationalError)
     @app.errorhandler(sqlalchemy.exc.InterfaceError)
     def _database_down(error: Exception) -> Response:

@@ -131,6 +131,12 @@ def request_by_key() -> Response:
         raise validation_problem(
             [FieldError("idempotency_key", "required", "this query parameter is required")]
         )
+    try:
+        validate_idempotency_key(key)
+    except InvalidInput as error:
+        raise validation_problem(
+            [FieldError("idempotency_key", e.code, e.message) for e in error.errors]
+        ) from None
     principal = current_principal()
     session = db_session()
     row = session.scalars(

@@ -90,3 +90,9 @@ def test_status_of_another_tenant_is_404(
     assert missing.status_code == 404
     no_key = client.get("/api/v2/score/requests", headers=moderator.headers)
     assert no_key.status_code == 400
+
+
+def test_status_lookup_with_an_unstorable_key_is_400(client: FlaskClient, moderator: Caller):
+    response = client.get("/api/v2/score/requests?idempotency_key=a%00b", headers=moderator.headers)
+    assert response.status_code == 400
+    assert response.json["errors"][0]["field"] == "idempotency_key"
