@@ -56,8 +56,10 @@ def drain_account(
     lock_wait: float,
     chunk: int,
 ) -> list[Outcome]:
-    """Apply every pending request of the account, `chunk` per transaction.
+    """Apply up to `chunk` pending requests of the account in one transaction.
 
+    One chunk per call keeps a task short, so a worker told to stop finishes the
+    chunk in hand and exits; the caller re-publishes when a full chunk came back.
     The Redis lock (TTL plus a unique token, from redis-py) keeps workers from
     queueing up on the account row; correctness does not depend on it, since
     apply_pending locks the row in PostgreSQL as well.
@@ -73,20 +75,12 @@ def drain_account(
     LOCK_WAIT.observe(time.monotonic() - started)
     if not acquired:
         raise AccountBusy(account_id)
-    outcomes: list[Outcome] = []
     try:
         redis.delete(scheduled_key(account_id))
-        while True:
-            with transaction(sessions) as session:
-                applied = apply_pending(session, account_id, chunk)
-            announce(redis, (outcome.request_id for outcome in applied))
-            outcomes += applied
-            if len(applied) < chunk:
-                return outcomes
-            try:
-                lock.extend(lock_ttl, replace_ttl=True)
-            except LockError:
-                log.warning("lock on account %s expired while draining", account_id)
+        with transaction(sessions) as session:
+            outcomes = apply_pending(session, account_id, chunk)
+        announce(redis, (outcome.request_id for outcome in outcomes))
+        return outcomes
     finally:
         try:
             lock.release()

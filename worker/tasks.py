@@ -75,6 +75,9 @@ def apply_account(self: Task, account_id: str) -> int:
         chunk=settings.apply_chunk,
     )
     record_outcomes(outcomes)
+    if len(outcomes) == settings.apply_chunk:
+        # More may be pending: let the next chunk be a task of its own.
+        self.app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
     return len(outcomes)
 
 

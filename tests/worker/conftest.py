@@ -18,7 +18,9 @@ from worker.app import APPLY_ACCOUNT_TASK, RELAY_OUTBOX_TASK, TallyCelery, make_
 
 @pytest.fixture(scope="session")
 def celery_app(base_settings: Settings) -> Iterator[TallyCelery]:
-    app = make_celery(base_settings.with_overrides({"queue_name": "tally-worker-tests"}))
+    app = make_celery(
+        base_settings.with_overrides({"queue_name": "tally-worker-tests", "apply_chunk": 100})
+    )
     app.loader.import_default_modules()
     yield app
     app.resources.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from celery import Task
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import AdjustmentRequest, LedgerEntry
@@ -83,3 +83,31 @@ def test_a_completed_request_is_not_applied_again(
     assert apply_account(account_id) == 0
     with sessions() as session:
         assert _entries_per_request(session, ids) == {ids[0]: 1}
+
+
+def test_one_chunk_per_task_and_the_rest_follows(
+    celery_app, factory: Factory, moderator: Caller, sessions: sessionmaker[Session], worker: None
+) -> None:
+    import time
+
+    from worker.app import APPLY_ACCOUNT_TASK
+
+    chunk = celery_app.resources.settings.apply_chunk
+    user = factory.user()
+    account_id, ids = queue_requests(sessions, moderator, user.id, [1] * (3 * chunk + 50))
+    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+
+    deadline = time.monotonic() + 30
+    with sessions() as session:
+        while time.monotonic() < deadline:
+            done = session.scalar(
+                select(func.count()).where(
+                    AdjustmentRequest.id.in_(ids), AdjustmentRequest.status == "completed"
+                )
+            )
+            session.rollback()
+            if done == len(ids):
+                break
+            time.sleep(0.05)
+        assert done == len(ids)
+        assert_ledger_consistent(session, account_id)
