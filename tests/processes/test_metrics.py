@@ -51,3 +51,7 @@ def test_counters_move_when_adjustments_are_applied(stack: Stack, stack_factory:
         assert applied - _value(before, "tally_adjustments_applied_total") == 12
         assert _value(after, "tally_outbox_backlog") == 0
         assert ("tally_queue_depth", (("queue", stack.env["TALLY_QUEUE_NAME"]),)) in after
+    # Every process logs JSON lines; none of them carries the token.
+    logs = stack.logs()
+    assert caller.token not in logs
+    assert '"adjustment_id"' in logs or "adjustment applied" in logs

@@ -73,3 +73,36 @@ def test_sigterm_to_a_busy_worker_loses_nothing(
             account = session.scalars(select(Account).where(Account.user_id == user.id)).one()
             assert account.balance == expected[user.id]
         assert reconcile(session).violations == []
+
+
+def test_sigterm_to_the_api_finishes_requests_in_flight(
+    stack_without_workers: Stack, stack_factory: Factory
+) -> None:
+    import threading
+
+    stack = stack_without_workers
+    caller = stack_factory.caller(Role.MODERATOR)
+    user = stack_factory.user()
+    answers: list[int] = []
+
+    def slow_post() -> None:
+        # No worker runs, so this request waits its full 3 s before answering 202.
+        response = requests.post(
+            stack.base_url + "/api/v2/score/",
+            json={"user_id": user.id, "score": 1, "comment": "in flight"},
+            headers={"Authorization": f"Bearer {caller.token}", "Prefer": "wait=3"},
+            timeout=30,
+        )
+        answers.append(response.status_code)
+
+    in_flight = threading.Thread(target=slow_post)
+    in_flight.start()
+    time.sleep(1)
+    api = stack.processes.pop("api")
+    os.kill(api.pid, signal.SIGTERM)
+    in_flight.join(timeout=30)
+    assert answers == [202]
+    assert api.wait(timeout=30) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(stack.base_url + "/healthz", timeout=2)
+    assert caller.token not in stack.logs()
