@@ -1,0 +1,76 @@
+"""The chaos rig: a throwaway PostgreSQL and Redis, and the whole stack on top of them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.embedded import free_port
+from shared.db import make_engine, make_session_factory
+from shared.migrate import upgrade
+from shared.models import Role
+from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
+from tests.factories import Caller, Factory
+from tests.stack import Stack, wait_until_up
+
+LOCK_TTL_SECONDS = 2
+RELAY_DELAY_SECONDS = 3
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    postgres: ThrowawayPostgres
+    redis: ThrowawayRedis
+    sessions: sessionmaker[Session]
+    caller: Caller
+    user_ids: list[int]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    postgres = ThrowawayPostgres(tmp_path / "pg")
+    redis = ThrowawayRedis(tmp_path)
+    postgres.start()
+    redis.start()
+    upgrade(postgres.url)
+    engine = make_engine(postgres.url)
+    sessions = make_session_factory(engine)
+    factory = Factory(sessions)
+    caller = factory.caller(Role.MODERATOR)
+    user_ids = [factory.user().id for _ in range(12)]
+
+    port = free_port()
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    env = os.environ | {
+        "TALLY_DATABASE_URL": postgres.url,
+        "TALLY_REDIS_URL": redis.url,
+        "TALLY_QUEUE_NAME": "chaos-" + secrets.token_hex(3),
+        "TALLY_RELAY_DELAY": str(RELAY_DELAY_SECONDS),
+        "TALLY_RELAY_INTERVAL": "1",
+        "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
+        "TALLY_LOCK_WAIT": "1",
+        "TALLY_APPLY_CHUNK": "50",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+    }
+    stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
+    stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
+    stack.start("beat", "beat", "--schedule", str(tmp_path / "beat-schedule"))
+    stack.start_worker("worker1")
+    stack.start_worker("worker2")
+    try:
+        wait_until_up(stack)
+        yield Rig(stack, postgres, redis, sessions, caller, user_ids)
+    finally:
+        for name in list(stack.processes):
+            stack.stop(name)
+        engine.dispose()
+        redis.kill()
+        postgres.stop()

@@ -1,0 +1,87 @@
+"""A stack of real processes (gunicorn, Celery workers, beat) that a test starts and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+STARTUP_TIMEOUT = 60.0
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]]
+    log_dir: Path
+
+    def start(self, name: str, *args: str) -> None:
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "cli", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def start_worker(self, name: str) -> None:
+        self.start(
+            name,
+            "worker",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+def wait_until_up(stack: Stack) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        for name, process in stack.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{stack.logs()}")
+        try:
+            if requests.get(stack.base_url + "/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass  # not listening yet, or still booting
+        time.sleep(0.1)
+    raise RuntimeError(f"the API did not come up:\n{stack.logs()}")
+
+
+def signal_process(stack: Stack, name: str, sig: signal.Signals) -> None:
+    """Send `sig` to the main process of `name` only (not its children)."""
+    os.kill(stack.processes[name].pid, sig)
+
+
+def kill_group(stack: Stack, name: str) -> None:
+    """kill -9 the process and every child it forked (a Celery worker and its pool)."""
+    process = stack.processes.pop(name)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
