@@ -21,9 +21,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import score
+    from api import score, score_reads
 
     app.register_blueprint(score.bp)
+    app.register_blueprint(score_reads.bp)
 
     @app.get("/healthz")
     def healthz() -> Response:

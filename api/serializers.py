@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from shared.ledger_reads import LeaderboardRow
 from shared.models import Account, AdjustmentRequest, LedgerEntry, ReputationType, User
 
 
@@ -68,4 +69,14 @@ def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
         "completed_at": timestamp(row.completed_at),
         "batch_id": row.batch_id,
         "score": load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None,
+    }
+
+
+def leaderboard_object(row: LeaderboardRow) -> dict[str, Any]:
+    """A leaderboard row as the community API names its fields."""
+    return {
+        "user_id": row.user_id,
+        "user__username": row.username,
+        "user__real_name": row.real_name,
+        "total_score": row.total_score,
     }
