@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 
 class ScoreUser(BaseModel):
@@ -82,3 +82,36 @@ class Health(BaseModel):
 
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+class ScorePage(BaseModel):
+    """A DRF-style page of Score objects."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[Score]
+
+
+class LeaderboardEntry(BaseModel):
+    user_id: int
+    user__username: str
+    user__real_name: str
+    total_score: int
+
+
+class LeaderboardPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[LeaderboardEntry]
+
+
+class ReputationTypeOut(BaseModel):
+    id: int
+    name: str
+    points: int | None
+
+
+class ReputationTypeList(RootModel[list[ReputationTypeOut]]):
+    pass

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, aliased
 
 from api import schemas
 from api.schemas import dump
+from shared.ledger_reads import LeaderboardRow
 from shared.models import Account, AdjustmentRequest, LedgerEntry, ReputationType, User
 
 
@@ -75,3 +76,15 @@ def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
         "batch_id": row.batch_id,
         "score": load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None,
     }
+
+
+def leaderboard_object(row: LeaderboardRow) -> dict[str, Any]:
+    """A leaderboard row as the community API names its fields."""
+    return dump(
+        schemas.LeaderboardEntry(
+            user_id=row.user_id,
+            user__username=row.username,
+            user__real_name=row.real_name,
+            total_score=row.total_score,
+        )
+    )

@@ -220,3 +220,29 @@ class LedgerEntry(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = _now()
+
+
+# The read routes' indexes (migration 0002); declared here so metadata and migrations agree.
+# One user's entries, newest first: the score list filtered by user.
+Index(
+    "ix_ledger_entries_account_created",
+    LedgerEntry.account_id,
+    LedgerEntry.created_at.desc(),
+    LedgerEntry.id.desc(),
+)
+# A tenant's entries, newest first: the score list's default order and date bounds, and the
+# leaderboard's window; the included columns let the leaderboard sum without the table.
+Index(
+    "ix_ledger_entries_tenant_created",
+    LedgerEntry.tenant_id,
+    LedgerEntry.created_at.desc(),
+    LedgerEntry.id.desc(),
+    postgresql_include=["account_id", "amount", "reputation_type", "type"],
+)
+# Prefix matches on the context (`LIKE 'contest|first_place|%'`) under any collation.
+Index(
+    "ix_ledger_entries_tenant_context",
+    LedgerEntry.tenant_id,
+    LedgerEntry.reputation_context,
+    postgresql_ops={"reputation_context": "text_pattern_ops"},
+)

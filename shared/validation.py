@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -15,6 +15,8 @@ CONTEXT_MAX = 255
 COMMENT_MAX = 2000
 USERNAME_MAX = 150
 IDEMPOTENCY_KEY_MAX = 255
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ Context = Annotated[
 ]
 Comment = Annotated[str | None, _text(COMMENT_MAX), _string_schema(COMMENT_MAX)]
 Username = Annotated[str | None, _text(USERNAME_MAX), _string_schema(USERNAME_MAX)]
+# A search longer than the longest field it looks in could never match.
+Search = Annotated[str | None, _text(COMMENT_MAX), _string_schema(COMMENT_MAX)]
 
 
 class ScoreInput(BaseModel):
@@ -169,6 +173,14 @@ def _pydantic_errors(error: ValidationError) -> list[FieldError]:
     ]
 
 
+def parse_input(model: type[Model], raw: Mapping[str, Any]) -> Model:
+    """Validate `raw` with `model`; raise InvalidInput naming every bad field."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as error:
+        raise InvalidInput(_pydantic_errors(error)) from None
+
+
 def check_amount(field: str, amount: int | None, max_amount: int) -> list[FieldError]:
     if amount is None:
         return [FieldError(field, "required", "this field is required")]
@@ -196,10 +208,7 @@ def _user_ref(data: ScoreInput) -> tuple[UserRef | None, list[FieldError]]:
 
 def validate_score(raw: Mapping[str, Any], max_amount: int) -> ScoreCommand:
     """Validate a community score body; raise InvalidInput naming every bad field."""
-    try:
-        data = ScoreInput.model_validate(dict(raw))
-    except ValidationError as error:
-        raise InvalidInput(_pydantic_errors(error)) from None
+    data = parse_input(ScoreInput, raw)
     user, errors = _user_ref(data)
     errors += check_amount("score", data.score, max_amount)
     if data.reputation_context is None and data.comment is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -10,11 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adjustments import Adjustment, record
 from shared.auth import Principal, create_token
-from shared.config import PointsType
+from shared.config import DEFAULT_POINTS_TYPES, PointsType
 from shared.db import transaction
 from shared.models import (
     Account,
     AdjustmentRequest,
+    EntryType,
     LedgerEntry,
     Role,
     Tenant,
@@ -121,3 +123,37 @@ def queue_requests(
             ids.append(row.id)
             account_id = row.account_id
     return account_id, ids
+
+
+def queue_adjustments(
+    sessions: sessionmaker[Session],
+    caller: Caller,
+    adjustments: Iterable[Adjustment],
+    entry_type: EntryType = EntryType.ADJUST,
+) -> list[str]:
+    """Record pending requests for any users and points types; return their accounts in order.
+
+    `entry_type` stands in for the routes that do not exist yet (a reversal, say).
+    """
+    principal = Principal(caller.user_id, caller.tenant_id, caller.username, "", Role.MODERATOR)
+    accounts: list[str] = []
+    with transaction(sessions) as session:
+        for adjustment in adjustments:
+            user = session.get_one(User, adjustment.user_id)
+            points_type = DEFAULT_POINTS_TYPES[adjustment.points_type]
+            row, _ = record(session, principal, user, adjustment, points_type, None)
+            row.entry_type = entry_type
+            if row.account_id not in accounts:
+                accounts.append(row.account_id)
+    return accounts
+
+
+def reputation(user_id: int, amount: int, context: str = "", comment: str = "") -> Adjustment:
+    """A community adjustment of the default points type."""
+    return Adjustment(
+        user_id=user_id,
+        points_type="reputation",
+        amount=amount,
+        reputation_context=context,
+        comment=comment,
+    )

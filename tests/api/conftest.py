@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from celery import Task
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.adjustments import Adjustment
 from shared.config import Settings
-from shared.models import Role
-from tests.factories import Caller, Factory
-from worker.app import TallyCelery
+from shared.models import EntryType, Role
+from tests.factories import Caller, Factory, queue_adjustments
+from worker.app import APPLY_ACCOUNT_TASK, TallyCelery
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,29 @@ def worker(celery_app: TallyCelery) -> Iterator[None]:
     """A real Celery worker consuming the test queue, in a thread of this process."""
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
+
+
+@pytest.fixture
+def apply_account(celery_app: TallyCelery) -> Task:
+    """The apply task, to run synchronously in the test instead of through a worker."""
+    celery_app.loader.import_default_modules()
+    return celery_app.tasks[APPLY_ACCOUNT_TASK]
+
+
+@pytest.fixture
+def award(sessions: sessionmaker[Session], apply_account: Task) -> Callable[..., None]:
+    """Write ledger entries now: record adjustments as `caller`, then apply each account.
+
+    Each account is applied in its own transaction, so its entries share one `reputed_at`.
+    """
+
+    def write(
+        caller: Caller, *adjustments: Adjustment, entry_type: EntryType = EntryType.ADJUST
+    ) -> None:
+        for account_id in queue_adjustments(sessions, caller, adjustments, entry_type):
+            apply_account(account_id)
+
+    return write
 
 
 @pytest.fixture
