@@ -23,13 +23,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import health, metrics, openapi, score, score_reads
+    from api import health, metrics, openapi, points, score, score_reads
 
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(score.bp)
     app.register_blueprint(score_reads.bp)
+    app.register_blueprint(points.bp)
     metrics.count_requests(app)
     track_request_ids(app)
     return app

@@ -56,28 +56,45 @@ def status_url(request_id: int) -> str:
     return url_for("score.request_status", request_id=request_id, _external=True)
 
 
+def settle(request_id: int, preferences: Preferences) -> AdjustmentRequest:
+    """Wait as the client prefers, then the request row as it stands now."""
+    wait_for_outcome(request_id, preferences)
+    return db_session().get_one(AdjustmentRequest, request_id, populate_existing=True)
+
+
+def rejection(row: AdjustmentRequest) -> Problem:
+    """The 409 for a request the worker rejected because of the account's state."""
+    return Problem(
+        409,
+        row.error_code or "rejected",
+        row.error_message or "the adjustment was rejected",
+        headers={"Location": status_url(row.id)},
+        extra={"request_id": row.id, "code": row.error_code},
+    )
+
+
+def finish(
+    response: Response, row: AdjustmentRequest, preferences: Preferences, *, replayed: bool
+) -> Response:
+    """The headers every adjustment answer carries: Location, and what was replayed or preferred."""
+    response.headers["Location"] = status_url(row.id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if response.status_code == 202 and preferences.respond_async:
+        response.headers["Preference-Applied"] = "respond-async"
+    return response
+
+
 def answer(request_id: int, preferences: Preferences, *, replayed: bool) -> Response:
     """201 with the Score object, 409 with the rejection, or 202 with the status object."""
-    wait_for_outcome(request_id, preferences)
+    row = settle(request_id, preferences)
     session = db_session()
-    row = session.get_one(AdjustmentRequest, request_id, populate_existing=True)
+    if row.status == AdjustmentStatus.REJECTED:
+        raise rejection(row)
     if row.status == AdjustmentStatus.COMPLETED and row.ledger_entry_id is not None:
         response = jsonify(load_score(session, row.ledger_entry_id))
         response.status_code = 201
-    elif row.status == AdjustmentStatus.REJECTED:
-        raise Problem(
-            409,
-            row.error_code or "rejected",
-            row.error_message or "the adjustment was rejected",
-            headers={"Location": status_url(request_id)},
-            extra={"request_id": request_id, "code": row.error_code},
-        )
     else:
         response = jsonify(status_object(session, row))
         response.status_code = 202
-        if preferences.respond_async:
-            response.headers["Preference-Applied"] = "respond-async"
-    response.headers["Location"] = status_url(request_id)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return finish(response, row, preferences, replayed=replayed)

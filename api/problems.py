@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -13,6 +15,7 @@ from shared.validation import FieldError
 
 PROBLEM_TYPE_BASE = "https://tally.dev/problems/"
 RETRY_AFTER_SECONDS = 5
+DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
 class Problem(Exception):
@@ -67,32 +70,32 @@ def unavailable(what: str) -> Problem:
     )
 
 
-def register_error_handlers(app: Flask) -> None:
-    import sqlalchemy.exc
-
-    @app.errorhandler(Problem)
-    def _problem(error: Problem) -> Response:
-        return error.response()
-
-    @app.errorhandler(HTTPException)
-    def _http(error: HTTPException) -> Response:
+def as_problem(error: Exception) -> Problem:
+    """The Problem for any error a view may raise (HTTP, database or our own)."""
+    if isinstance(error, Problem):
+        return error
+    if isinstance(error, HTTPException):
         status = error.code or 500
         slug = HTTPStatus(status).phrase.lower().replace(" ", "-")
-        problem = Problem(status, slug, error.description or HTTPStatus(status).phrase)
-        response = problem.response()
         allowed = getattr(error, "valid_methods", None)
-        if allowed:
-            response.headers["Allow"] = ", ".join(allowed)
-        return response
-
-    @app.errorhandler(sqlalchemy.exc.DataError)
-    def _unstorable(error: Exception) -> Response:
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
+        return Problem(
+            status, slug, error.description or HTTPStatus(status).phrase, headers=headers
+        )
+    if isinstance(error, sqlalchemy.exc.DataError):
         # Input the database cannot hold (say, a NUL byte) that a validator let through.
-        app.logger.warning("refused by the database: %s", error)
-        return Problem(400, "validation", "a value cannot be stored or searched").response()
+        logging.getLogger(__name__).warning("refused by the database: %s", error)
+        return Problem(400, "validation", "a value cannot be stored or searched")
+    if isinstance(error, DATABASE_DOWN):
+        logging.getLogger(__name__).warning("database unavailable: %s", error)
+        return unavailable("the database")
+    raise error
 
-    @app.errorhandler(sqlalchemy.exc.OperationalError)
-    @app.errorhandler(sqlalchemy.exc.InterfaceError)
-    def _database_down(error: Exception) -> Response:
-        app.logger.warning("database unavailable: %s", error)
-        return unavailable("the database").response()
+
+HANDLED = (Problem, HTTPException, sqlalchemy.exc.DataError, *DATABASE_DOWN)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every handled error as problem+json."""
+    for kind in HANDLED:
+        app.register_error_handler(kind, lambda error: as_problem(error).response())

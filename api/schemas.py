@@ -115,3 +115,76 @@ class ReputationTypeOut(BaseModel):
 
 class ReputationTypeList(RootModel[list[ReputationTypeOut]]):
     pass
+
+
+class PointAccount(BaseModel):
+    """Seed 002's PointAccountResponse."""
+
+    id: str
+    tenant_id: str
+    user_id: str
+    points_type: str
+    balance: int
+    frozen_balance: int
+    expired_points: int
+    total_earned: int
+    total_spent: int
+    exchange_rate: int
+    status: str
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class PointTransaction(BaseModel):
+    """Seed 002's PointTransactionResponse; ledger fields are null until it is applied."""
+
+    id: str | None
+    account_id: str
+    user_id: str
+    amount: int
+    balance_before: int | None
+    balance_after: int | None
+    type: str
+    status: str
+    reason: str
+    description: str
+    source: str
+    related_id: str
+    idempotency_key: str | None
+    expires_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class PointOperationData(BaseModel):
+    account: PointAccount
+    transaction: PointTransaction
+
+
+class Envelope(BaseModel):
+    """Seed 002's SimpleResponse: `code` 0 on success, else the HTTP status."""
+
+    code: int
+    message: str
+    timestamp: str
+    errors: list[FieldErrorOut] | None = None
+
+
+class PointOperationResponse(Envelope):
+    data: PointOperationData
+
+
+class PointAccountsResponse(Envelope):
+    data: list[PointAccount]
+
+
+class TransactionPage(BaseModel):
+    items: list[PointTransaction]
+    total: int
+    limit: int
+    offset: int
+
+
+class PointTransactionsResponse(Envelope):
+    data: TransactionPage

@@ -88,3 +88,57 @@ def leaderboard_object(row: LeaderboardRow) -> dict[str, Any]:
             total_score=row.total_score,
         )
     )
+
+
+def public_user_id(user: User) -> str:
+    """Seed 002 names users by string: the external id, or the integer id as a string."""
+    return user.external_id or str(user.id)
+
+
+def account_object(account: Account, user: User) -> dict[str, Any]:
+    """Seed 002's PointAccountResponse."""
+    return dump(
+        schemas.PointAccount(
+            id=account.id,
+            tenant_id=account.tenant_id,
+            user_id=public_user_id(user),
+            points_type=account.points_type,
+            balance=account.balance,
+            frozen_balance=account.frozen_balance,
+            expired_points=account.expired_points,
+            total_earned=account.total_earned,
+            total_spent=account.total_spent,
+            exchange_rate=account.exchange_rate,
+            status=account.status,
+            version=account.version,
+            created_at=timestamp(account.created_at) or "",
+            updated_at=timestamp(account.updated_at) or "",
+        )
+    )
+
+
+def transaction_object(
+    user: User, request: AdjustmentRequest, entry: LedgerEntry | None
+) -> dict[str, Any]:
+    """Seed 002's PointTransactionResponse: the ledger entry, or the request until applied."""
+    created = entry.created_at if entry else request.created_at
+    return dump(
+        schemas.PointTransaction(
+            id=entry.ulid if entry else None,
+            account_id=request.account_id,
+            user_id=public_user_id(user),
+            amount=request.amount,
+            balance_before=entry.balance_before if entry else None,
+            balance_after=entry.balance_after if entry else None,
+            type=entry.type if entry else request.entry_type,
+            status=request.status,
+            reason=request.reason,
+            description=request.reason or request.comment,
+            source=request.source,
+            related_id=request.related_id,
+            idempotency_key=request.idempotency_key,
+            expires_at=timestamp(request.expires_at),
+            created_at=timestamp(created) or "",
+            updated_at=timestamp(request.completed_at or created) or "",
+        )
+    )

@@ -49,6 +49,8 @@ class Settings:
     max_amount: int = 1_000_000_000
     max_body_bytes: int = 64 * 1024
     default_points_type: str = "reputation"
+    # The points type of seed 002's routes when the body names none.
+    points_default_type: str = "points"
     points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
     queue_name: str = "tally"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
@@ -15,6 +16,7 @@ CONTEXT_MAX = 255
 COMMENT_MAX = 2000
 USERNAME_MAX = 150
 IDEMPOTENCY_KEY_MAX = 255
+SHORT_TEXT_MAX = 255
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -240,3 +242,63 @@ def validate_idempotency_key(value: str | None) -> str | None:
             ]
         )
     return value
+
+
+def parse_strict_flag(value: Any) -> bool:
+    """A JSON boolean, or the strings `true`/`false`; absent is false."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise PydanticCustomError("boolean", "must be true or false")
+
+
+def parse_expiry(value: Any) -> datetime | None:
+    """An ISO 8601 date-time with an offset (or `Z`); naive ones are taken as UTC."""
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PydanticCustomError("datetime", "must be an ISO 8601 date-time")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("datetime", "must be an ISO 8601 date-time") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+ShortText = Annotated[str | None, _text(SHORT_TEXT_MAX), _string_schema(SHORT_TEXT_MAX)]
+StrictFlag = Annotated[
+    bool, BeforeValidator(parse_strict_flag), WithJsonSchema({"type": ["boolean", "string"]})
+]
+Expiry = Annotated[
+    datetime | None,
+    BeforeValidator(parse_expiry),
+    WithJsonSchema({"type": ["string", "null"], "format": "date-time"}),
+]
+
+
+class AdjustPointsInput(BaseModel):
+    """The body of POST /admin/points/{user_id}/adjust (seed 002's AdjustPointsRequest)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    amount: Integer = None
+    reason: Comment = None
+    points_type: ShortText = None
+    idempotency_key: ShortText = None
+    expires_at: Expiry = None
+    source: ShortText = None
+    related_id: ShortText = None
+    allow_negative_balance: StrictFlag = False
+
+
+def validate_points(raw: Mapping[str, Any], max_amount: int) -> AdjustPointsInput:
+    """Validate a seed 002 adjustment body; raise InvalidInput naming every bad field."""
+    data = parse_input(AdjustPointsInput, raw)
+    errors = check_amount("amount", data.amount, max_amount)
+    if errors:
+        raise InvalidInput(errors)
+    return data
