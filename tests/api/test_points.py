@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from flask.testing import FlaskClient
-from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Role
 from tests.factories import Caller, Factory, count_rows
