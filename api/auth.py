@@ -11,6 +11,7 @@ from flask import g, request
 from api.problems import Problem
 from api.resources import db_session
 from shared.auth import Principal, authenticate
+from shared.models import Role
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,15 +40,23 @@ def _authenticate() -> Principal:
     return principal
 
 
-def require_writer(view: Callable[P, R]) -> Callable[P, R]:
-    """Allow only admin and moderator tokens; 401 without a valid token, 403 for others."""
+def require_role(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Allow only tokens with one of `roles`; 401 without a valid token, 403 for others."""
+    names = " or ".join(role.value for role in roles)
 
-    @wraps(view)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        principal = _authenticate()
-        if not principal.can_write:
-            raise Problem(403, "forbidden", "this operation requires the admin or moderator role")
-        g.principal = principal
-        return view(*args, **kwargs)
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        @wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            principal = _authenticate()
+            if principal.role not in roles:
+                raise Problem(403, "forbidden", f"this operation requires the {names} role")
+            g.principal = principal
+            return view(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+require_writer = require_role(Role.ADMIN, Role.MODERATOR)
+require_admin = require_role(Role.ADMIN)

@@ -188,3 +188,17 @@ class TransactionPage(BaseModel):
 
 class PointTransactionsResponse(Envelope):
     data: TransactionPage
+
+
+class UserOut(BaseModel):
+    """A user, with the balance of the default points type as `reputation`."""
+
+    id: int
+    username: str
+    external_id: str | None
+    real_name: str
+    email: str
+    avatar: str
+    description: str
+    role: str
+    reputation: int

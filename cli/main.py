@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +19,9 @@ from shared.auth import create_token
 from shared.config import load_settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade
-from shared.models import DEFAULT_TENANT, Role, Tenant, Token, User
+from shared.models import DEFAULT_TENANT, Role, Token, User
+from shared.users import create_user, ensure_tenant
+from shared.validation import InvalidInput, UserInput, validate_user
 
 
 def _emit(as_json: bool, data: Any, text: str) -> None:
@@ -60,37 +64,13 @@ def users() -> None:
     """Users of a tenant."""
 
 
-def ensure_user(
-    session: Session,
-    username: str,
-    *,
-    role: str = Role.USER,
-    tenant: str = DEFAULT_TENANT,
-    external_id: str | None = None,
-    real_name: str = "",
-    avatar: str = "",
-) -> User:
-    """The user `username` of `tenant`, created if missing (the tenant too)."""
-    if session.get(Tenant, tenant) is None:
-        session.add(Tenant(id=tenant, name=tenant))
-        session.flush()
+def ensure_user(session: Session, tenant: str, data: UserInput) -> User:
+    """The user `data.username` of `tenant`, created if missing (the tenant too)."""
+    ensure_tenant(session, tenant)
     user = session.scalars(
-        select(User).where(User.tenant_id == tenant, User.username == username)
+        select(User).where(User.tenant_id == tenant, User.username == data.username)
     ).one_or_none()
-    if user is None:
-        user = User(
-            tenant_id=tenant,
-            username=username,
-            role=role,
-            external_id=external_id,
-            real_name=real_name,
-            avatar=avatar,
-            email="",
-            description="",
-        )
-        session.add(user)
-        session.flush()
-    return user
+    return user or create_user(session, tenant, data)
 
 
 @users.command("create")
@@ -105,16 +85,78 @@ def users_create(
 ) -> None:
     """Create a user (or show the existing one)."""
     with _database() as sessions, transaction(sessions) as session:
-        user = ensure_user(
-            session,
-            username,
-            role=role,
-            tenant=tenant,
-            external_id=external_id,
-            real_name=real_name,
+        data = UserInput(username=username, role=role, external_id=external_id, real_name=real_name)
+        user = ensure_user(session, tenant, data)
+        shown = {"id": user.id, "username": user.username, "role": user.role, "tenant": tenant}
+    _emit(as_json, shown, f"user {shown['id']} {username} ({shown['role']}) in tenant {tenant}")
+
+
+USER_COLUMNS = ("username", "external_id", "real_name", "email", "avatar", "description", "role")
+
+
+class ImportRefused(Exception):
+    """Bad rows: nothing of the file is written."""
+
+
+def _import_rows(session: Session, tenant: str, path: Path) -> tuple[list[str], list[str]]:
+    """Create the file's users; return (created, skipped) or raise ImportRefused."""
+    errors: list[str] = []
+    created: list[str] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    ensure_tenant(session, tenant)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "username" not in reader.fieldnames:
+            raise ImportRefused([f"line 1: a header row naming {', '.join(USER_COLUMNS)}"])
+        for row in reader:
+            line = reader.line_num
+            try:
+                data = validate_user({k: row.get(k) for k in USER_COLUMNS})
+            except InvalidInput as error:
+                errors += [f"line {line}: {e.field}: {e.message}" for e in error.errors]
+                continue
+            if data.username in seen:
+                errors.append(f"line {line}: username: repeated in the file")
+                continue
+            seen.add(str(data.username))
+            existing = session.scalar(
+                select(User.id).where(User.tenant_id == tenant, User.username == data.username)
+            )
+            if existing is not None:
+                skipped.append(str(data.username))
+                continue
+            try:
+                create_user(session, tenant, data)
+            except InvalidInput as error:
+                errors += [f"line {line}: {e.field}: {e.message}" for e in error.errors]
+                continue
+            created.append(str(data.username))
+    if errors:
+        raise ImportRefused(errors)
+    return created, skipped
+
+
+@users.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", default=DEFAULT_TENANT)
+@json_option
+def users_import(path: Path, tenant: str, as_json: bool) -> None:
+    """Create users from a CSV file, all or nothing; existing usernames are skipped."""
+    try:
+        with _database() as sessions, transaction(sessions) as session:
+            created, skipped = _import_rows(session, tenant, path)
+    except ImportRefused as refused:
+        lines = refused.args[0]
+        _emit(
+            as_json, {"created": 0, "errors": lines}, "nothing imported:\n  " + "\n  ".join(lines)
         )
-        data = {"id": user.id, "username": user.username, "role": user.role, "tenant": tenant}
-    _emit(as_json, data, f"user {data['id']} {username} ({data['role']}) in tenant {tenant}")
+        sys.exit(1)
+    summary = {"created": len(created), "skipped": skipped}
+    text = f"created {len(created)} users" + (
+        f"; skipped existing: {', '.join(skipped)}" if skipped else ""
+    )
+    _emit(as_json, summary, text)
 
 
 @cli.group()

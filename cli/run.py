@@ -15,7 +15,8 @@ from honcho.manager import Manager
 from shared.auth import create_token
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade
-from shared.models import Role
+from shared.models import DEFAULT_TENANT, Role
+from shared.validation import UserInput
 
 DEMO_USERS = (
     # (username, real name, role)
@@ -33,7 +34,8 @@ def _provision_demo(database_url: str) -> str:
         with transaction(make_session_factory(engine)) as session:
             admin = None
             for username, real_name, role in DEMO_USERS:
-                user = ensure_user(session, username, role=role, real_name=real_name)
+                data = UserInput(username=username, real_name=real_name, role=role)
+                user = ensure_user(session, DEFAULT_TENANT, data)
                 admin = admin or user
             assert admin is not None
             _, token = create_token(session, admin, "demo")

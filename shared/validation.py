@@ -302,3 +302,35 @@ def validate_points(raw: Mapping[str, Any], max_amount: int) -> AdjustPointsInpu
     if errors:
         raise InvalidInput(errors)
     return data
+
+
+class UserInput(BaseModel):
+    """The body of POST /api/v2/users/ and one row of `tally users import`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    username: Username = None
+    external_id: ShortText = None
+    real_name: ShortText = None
+    email: ShortText = None
+    avatar: Annotated[str | None, _text(2000), _string_schema(2000)] = None
+    description: Comment = None
+    role: Annotated[
+        str | None, _text(16), WithJsonSchema({"enum": ["user", "moderator", "admin", None]})
+    ] = None
+
+
+ROLES = ("user", "moderator", "admin")
+
+
+def validate_user(raw: Mapping[str, Any]) -> UserInput:
+    """Validate a new user; username is required and the role must be known."""
+    data = parse_input(UserInput, raw)
+    errors = []
+    if data.username is None:
+        errors.append(FieldError("username", "required", "this field is required"))
+    if data.role is not None and data.role not in ROLES:
+        errors.append(FieldError("role", "unknown", f"must be one of {', '.join(ROLES)}"))
+    if errors:
+        raise InvalidInput(errors)
+    return data

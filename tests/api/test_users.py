@@ -1,0 +1,68 @@
+"""POST /api/v2/users/ and GET /api/v2/users/{id}: admin-only provisioning."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from shared.models import Role
+from tests.factories import Caller, Factory
+
+
+def test_create_then_read_with_reputation(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    body = {
+        "username": "luigi",
+        "external_id": "usr_luigi",
+        "real_name": "Luigi Verdi",
+        "email": "luigi@example.com",
+        "avatar": "https://example.com/l.png",
+        "description": "plumber",
+        "role": "user",
+    }
+    created = client.post("/api/v2/users/", json=body, headers=admin.headers)
+    assert created.status_code == 201, created.json
+    assert created.json == body | {"id": created.json["id"], "reputation": 0}
+
+    award = {"user_id": created.json["id"], "score": 15, "comment": "welcome"}
+    assert client.post("/api/v2/score/", json=award, headers=moderator.headers).status_code == 201
+    read = client.get(f"/api/v2/users/{created.json['id']}", headers=admin.headers)
+    assert read.status_code == 200
+    assert read.json["reputation"] == 15
+
+
+def test_duplicates_are_409_and_bad_bodies_400(client: FlaskClient, factory: Factory) -> None:
+    admin = factory.caller(Role.ADMIN)
+    assert (
+        client.post("/api/v2/users/", json={"username": "peach"}, headers=admin.headers).status_code
+        == 201
+    )
+    again = client.post("/api/v2/users/", json={"username": "peach"}, headers=admin.headers)
+    assert again.status_code == 409
+    assert again.json["errors"][0]["field"] == "username"
+    for body, field in [
+        ({}, "username"),
+        ({"username": "x", "role": "king"}, "role"),
+        ({"username": "u" * 151}, "username"),
+    ]:
+        response = client.post("/api/v2/users/", json=body, headers=admin.headers)
+        assert response.status_code == 400, body
+        assert response.json["errors"][0]["field"] == field
+
+
+def test_only_admins_and_only_their_tenant(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions
+) -> None:
+    assert (
+        client.post(
+            "/api/v2/users/", json={"username": "toad"}, headers=moderator.headers
+        ).status_code
+        == 403
+    )
+    stranger = Factory(sessions).user()
+    admin = factory.caller(Role.ADMIN)
+    assert client.get(f"/api/v2/users/{stranger.id}", headers=admin.headers).status_code == 404
+    assert (
+        client.get("/api/v2/users/99999999999999999999", headers=admin.headers).status_code == 404
+    )
