@@ -13,6 +13,9 @@ threads = int(os.environ.get("TALLY_API_THREADS", "16"))
 # On SIGTERM: stop accepting, finish the requests in flight (up to this long), exit.
 graceful_timeout = 30
 timeout = 60
+# No cap on the request line: a long filter is answered 400 by tally with the field
+# at fault, not 414 by gunicorn (put a proxy in front to cap it, if needed).
+limit_request_line = 0
 
 # Metrics from every worker process are aggregated through files in this folder;
 # it must be set before any worker imports prometheus_client.

@@ -31,6 +31,8 @@ FORM = "application/x-www-form-urlencoded"
 PROBLEM = "application/problem+json"
 RULE_ARGUMENT = re.compile(r"<(?:(\w+):)?(\w+)>")
 
+BLANK = {"type": "string", "pattern": "^\\s*$"}
+QUERY_ERRORS: Mapping[int, str] = {414: "Request line too long"}
 STANDARD_ERRORS: Mapping[int, str] = {
     401: "Missing or invalid bearer token",
     403: "The token's role may not do this",
@@ -86,11 +88,18 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
             "name": name,
             "in": "query",
             "required": name in required,
-            "schema": {k: v for k, v in prop.items() if k not in ("title",)},
+            # An empty or blank value counts as absent, as everywhere in tally.
+            "schema": {"anyOf": [_without_title(prop), BLANK]}
+            if name not in required
+            else _without_title(prop),
             "description": prop.get("description", ""),
         }
         for name, prop in schema.get("properties", {}).items()
     ]
+
+
+def _without_title(schema: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in schema.items() if key != "title"}
 
 
 def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -106,6 +115,9 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "description": description,
             "content": {contract.error_type: {"schema": ref(contract.error_model)}},
         }
+    if contract.query is not None:
+        # Refused by gunicorn before tally sees it, so no body of ours.
+        responses |= {str(status): {"description": text} for status, text in QUERY_ERRORS.items()}
     for status, (description, model) in contract.responses.items():
         if model is None:
             responses[str(status)] = {"description": description}

@@ -20,8 +20,9 @@ from shared.adjustments import Adjustment, record
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import Account, AdjustmentRequest, AdjustmentStatus, LedgerEntry, User
-from shared.query_params import BIGINT_MAX, PageQuery
+from shared.query_params import PageQuery
 from shared.validation import (
+    BIGINT_MAX,
     AdjustPointsInput,
     FieldError,
     InvalidInput,

@@ -21,6 +21,7 @@ from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest
 from shared.validation import (
+    BIGINT_MAX,
     FieldError,
     InvalidInput,
     ScoreInput,
@@ -107,7 +108,7 @@ def request_status(request_id: int) -> Response:
     """The status object of one request of the caller's tenant."""
     principal = current_principal()
     session = db_session()
-    row = session.get(AdjustmentRequest, request_id)
+    row = session.get(AdjustmentRequest, request_id) if request_id <= BIGINT_MAX else None
     if row is None or row.tenant_id != principal.tenant_id:
         raise Problem(404, "not-found", f"no request {request_id}")
     return jsonify(status_object(session, row))

@@ -13,7 +13,7 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from shared.models import User
 from shared.users import balance_of, create_user
-from shared.validation import InvalidInput, UserInput, validate_user
+from shared.validation import BIGINT_MAX, InvalidInput, UserInput, validate_user
 
 bp = Blueprint("users", __name__, url_prefix="/api/v2/users")
 
@@ -73,7 +73,7 @@ def create() -> Response:
 @require_admin
 def read(user_id: int) -> Response:
     """One user of the caller's tenant."""
-    user = db_session().get(User, user_id) if user_id < 2**63 else None
+    user = db_session().get(User, user_id) if user_id <= BIGINT_MAX else None
     if user is None or user.tenant_id != current_principal().tenant_id:
         raise Problem(404, "not-found", f"no user {user_id}")
     return user_object(user)

@@ -13,7 +13,7 @@ from shared.auth import Principal
 from shared.config import PointsType
 from shared.idempotency import IdempotencyConflict, fingerprint
 from shared.models import Account, AdjustmentRequest, EntryType, User, new_ulid
-from shared.validation import FieldError, InvalidInput, UserRef
+from shared.validation import BIGINT_MAX, FieldError, InvalidInput, UserRef
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ def find_user(session: Session, tenant_id: str, ref: UserRef) -> User:
         query = query.where(User.username == ref.username)
     else:
         query = query.where(User.id == ref.user_id)
-    user = session.scalars(query).one_or_none()
+    in_range = ref.user_id is None or 0 < ref.user_id <= BIGINT_MAX
+    user = session.scalars(query).one_or_none() if in_range else None
     if user is None:
         raise InvalidInput([FieldError(ref.field, "not_found", "no such user")])
     return user

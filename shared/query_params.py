@@ -8,12 +8,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from shared.validation import Context, Search, Username, parse_integer
+from shared.validation import BIGINT_MAX, Context, Search, Username, parse_integer
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
 # Column ranges: a value outside would be a database error, not a 400.
-BIGINT_MAX = 2**63 - 1
 INTEGER_MAX = 2**31 - 1
 Ordering = Literal["-reputed_at", "reputed_at", "-score", "score"]
 DEFAULT_ORDERING: Ordering = "-reputed_at"

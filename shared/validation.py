@@ -17,6 +17,8 @@ COMMENT_MAX = 2000
 USERNAME_MAX = 150
 IDEMPOTENCY_KEY_MAX = 255
 SHORT_TEXT_MAX = 255
+# Ids are BIGINT columns: a larger number names nothing (and must not reach the database).
+BIGINT_MAX = 2**63 - 1
 
 Model = TypeVar("Model", bound=BaseModel)
 

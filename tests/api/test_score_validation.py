@@ -206,3 +206,10 @@ def test_bad_idempotency_key_is_refused(client, factory, moderator, sessions, ke
         environ_overrides={"HTTP_IDEMPOTENCY_KEY": key},
     )
     assert _fields(problem) == {"Idempotency-Key": "invalid"}
+
+
+def test_user_id_beyond_any_stored_id_is_unknown(client, moderator, sessions) -> None:
+    problem = _post_invalid(
+        client, moderator, sessions, {"user_id": 2**70, "score": 1, "comment": "x"}
+    )
+    assert _fields(problem) == {"user_id": "not_found"}
