@@ -1,21 +1,22 @@
-"""The one place a balance changes: apply an account's pending requests, in order, in one go."""
+"""The one place a balance changes: apply the pending requests of some accounts, in order.
+
+Single adjustments, bulk batches and the relay all come through `apply_pending`.
+It works set-based so that one transaction can apply thousands of requests: the
+accounts are locked in id order, the new ledger rows go in with one COPY, and
+the requests and accounts are updated with one statement each.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.models import (
-    Account,
-    AccountStatus,
-    AdjustmentRequest,
-    AdjustmentStatus,
-    LedgerEntry,
-    ReputationType,
-)
+from shared.models import AccountStatus, AdjustmentStatus, ReputationType, new_ulid
 
 PENDING_STATUSES = (AdjustmentStatus.QUEUED, AdjustmentStatus.PROCESSING)
 
@@ -42,99 +43,163 @@ class Outcome:
     status: AdjustmentStatus
     error_code: str | None
     accepted_at: datetime
+    batch_id: str | None = None
 
 
-def _rejection(account: Account, request: AdjustmentRequest, balance: int) -> str | None:
-    if account.status == AccountStatus.FROZEN:
+@dataclass
+class _Account:
+    id: str
+    balance: int
+    allow_negative: bool
+    frozen: bool
+    earned: int = 0
+    spent: int = 0
+    changed: bool = False
+
+
+# Row locks in id order, so two appliers of overlapping account sets cannot deadlock.
+# NO KEY UPDATE lets the API keep inserting requests that reference these accounts.
+LOCK_ACCOUNTS = text("""
+    SELECT id, balance, allow_negative, status FROM accounts
+    WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
+""")
+
+PENDING = text("""
+    SELECT id, tenant_id, account_id, amount, allow_negative, entry_type, reputation_context,
+           comment, reason, source, related_id, idempotency_key, expires_at, created_by,
+           created_at, batch_id
+    FROM adjustment_requests
+    WHERE account_id = ANY(:ids) AND status IN ('queued', 'processing')
+    ORDER BY id LIMIT :limit FOR UPDATE
+""")
+
+LEDGER_COPY = """
+    COPY ledger_entries (ulid, tenant_id, account_id, request_id, amount, balance_before,
+                         balance_after, negative_allowed, type, reputation_type,
+                         reputation_context, comment, reason, source, related_id,
+                         idempotency_key, expires_at, created_by)
+    FROM STDIN
+"""
+
+MARK_COMPLETED = text("""
+    UPDATE adjustment_requests r
+    SET status = 'completed', ledger_entry_id = e.id, attempts = r.attempts + 1,
+        started_at = COALESCE(r.started_at, now()), completed_at = now()
+    FROM ledger_entries e
+    WHERE e.request_id = r.id AND r.id = ANY(:ids)
+""")
+
+MARK_REJECTED = text("""
+    UPDATE adjustment_requests r
+    SET status = 'rejected', error_code = v.code, error_message = v.message,
+        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, now()),
+        completed_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS text[]), CAST(:messages AS text[]))
+        AS v(id, code, message)
+    WHERE r.id = v.id
+""")
+
+UPDATE_ACCOUNTS = text("""
+    UPDATE accounts a
+    SET balance = v.balance, total_earned = a.total_earned + v.earned,
+        total_spent = a.total_spent + v.spent, version = a.version + 1, updated_at = now()
+    FROM unnest(CAST(:ids AS text[]), CAST(:balances AS bigint[]), CAST(:earned AS bigint[]),
+                CAST(:spent AS bigint[])) AS v(id, balance, earned, spent)
+    WHERE a.id = v.id
+""")
+
+
+def _rejection(account: _Account, amount: int, allow_negative: bool) -> str | None:
+    if account.frozen:
         return Rejection.ACCOUNT_FROZEN
-    negative_allowed = account.allow_negative or request.allow_negative
-    if balance + request.amount < 0 and not negative_allowed:
+    if account.balance + amount < 0 and not (account.allow_negative or allow_negative):
         return Rejection.INSUFFICIENT_BALANCE
     return None
 
 
-def _entry(account: Account, request: AdjustmentRequest, balance: int) -> LedgerEntry:
-    return LedgerEntry(
-        tenant_id=account.tenant_id,
-        account_id=account.id,
-        request_id=request.id,
-        amount=request.amount,
-        balance_before=balance,
-        balance_after=balance + request.amount,
-        negative_allowed=account.allow_negative or request.allow_negative,
-        type=request.entry_type,
-        reputation_type=ReputationType.MANUAL,
-        reputation_context=request.reputation_context,
-        comment=request.comment,
-        reason=request.reason,
-        source=request.source,
-        related_id=request.related_id,
-        idempotency_key=request.idempotency_key,
-        expires_at=request.expires_at,
-        created_by=request.created_by,
-    )
+def _ledger_row(request: Any, account: _Account) -> tuple[Any, ...]:
+    before = account.balance
+    return (
+        new_ulid(), request.tenant_id, account.id, request.id, request.amount, before,
+        before + request.amount, account.allow_negative or request.allow_negative,
+        request.entry_type, int(ReputationType.MANUAL), request.reputation_context,
+        request.comment, request.reason, request.source, request.related_id,
+        request.idempotency_key, request.expires_at, request.created_by,
+    )  # fmt: skip
 
 
-def apply_pending(session: Session, account_id: str, limit: int) -> list[Outcome]:
-    """Apply up to `limit` pending requests of one account in acceptance order.
+def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> list[Outcome]:
+    """Apply up to `limit` pending requests of these accounts, each account's in order.
 
-    The account row is locked first, so a second writer (say, one whose Redis lock
-    expired) waits here and then sees the requests already applied. The lock is
-    FOR NO KEY UPDATE so that the API can keep inserting requests that reference
-    the account (their foreign-key check takes only a KEY SHARE lock).
-    The caller owns the transaction.
+    The account rows are locked first, so a second writer (say, one whose Redis
+    lock expired) waits here and then sees the requests already applied. The
+    caller owns the transaction.
     """
-    account = session.execute(
-        select(Account).where(Account.id == account_id).with_for_update(key_share=True)
-    ).scalar_one()
-    pending = session.scalars(
-        select(AdjustmentRequest)
-        .where(
-            AdjustmentRequest.account_id == account_id,
-            AdjustmentRequest.status.in_(PENDING_STATUSES),
+    ids = sorted(set(account_ids))
+    accounts = {
+        row.id: _Account(
+            row.id, row.balance, row.allow_negative, row.status == AccountStatus.FROZEN
         )
-        .order_by(AdjustmentRequest.id)
-        .limit(limit)
-        .with_for_update()
-    ).all()
+        for row in session.execute(LOCK_ACCOUNTS, {"ids": ids})
+    }
+    pending = session.execute(PENDING, {"ids": ids, "limit": limit}).all()
     if not pending:
         return []
 
-    now = func.now()
-    balance = account.balance
-    applied: list[tuple[AdjustmentRequest, LedgerEntry]] = []
+    ledger_rows: list[tuple[Any, ...]] = []
+    rejected: list[tuple[int, str]] = []
     outcomes: list[Outcome] = []
     for request in pending:
-        request.attempts += 1
-        request.started_at = request.started_at or now
-        request.completed_at = now
-        code = _rejection(account, request, balance)
-        if code is not None:
-            request.status = AdjustmentStatus.REJECTED
-            request.error_code = code
-            request.error_message = REJECTION_MESSAGES[code]
-            outcomes.append(
-                Outcome(request.id, account_id, AdjustmentStatus.REJECTED, code, request.created_at)
-            )
-            continue
-        entry = _entry(account, request, balance)
-        balance = entry.balance_after
-        if request.amount > 0:
-            account.total_earned += request.amount
-        else:
-            account.total_spent -= request.amount
-        request.status = AdjustmentStatus.COMPLETED
-        applied.append((request, entry))
+        account = accounts[request.account_id]
+        code = _rejection(account, request.amount, request.allow_negative)
+        status = AdjustmentStatus.COMPLETED if code is None else AdjustmentStatus.REJECTED
         outcomes.append(
-            Outcome(request.id, account_id, AdjustmentStatus.COMPLETED, None, request.created_at)
+            Outcome(request.id, account.id, status, code, request.created_at, request.batch_id)
         )
+        if code is not None:
+            rejected.append((request.id, code))
+            continue
+        ledger_rows.append(_ledger_row(request, account))
+        account.balance += request.amount
+        account.changed = True
+        if request.amount > 0:
+            account.earned += request.amount
+        else:
+            account.spent -= request.amount
 
-    session.add_all(entry for _, entry in applied)
-    session.flush()
-    for request, entry in applied:
-        request.ledger_entry_id = entry.id
-    account.balance = balance
-    account.version += 1
-    account.updated_at = now
-    session.flush()
+    _write(session, ledger_rows, rejected, [a for a in accounts.values() if a.changed])
     return outcomes
+
+
+def _write(
+    session: Session,
+    ledger_rows: list[tuple[Any, ...]],
+    rejected: list[tuple[int, str]],
+    accounts: list[_Account],
+) -> None:
+    if ledger_rows:
+        driver = session.connection().connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(LEDGER_COPY) as copy:  # type: ignore[union-attr]
+            for row in ledger_rows:
+                copy.write_row(row)
+        session.execute(MARK_COMPLETED, {"ids": [row[3] for row in ledger_rows]})
+    if rejected:
+        session.execute(
+            MARK_REJECTED,
+            {
+                "ids": [request_id for request_id, _ in rejected],
+                "codes": [code for _, code in rejected],
+                "messages": [REJECTION_MESSAGES[code] for _, code in rejected],
+            },
+        )
+    if not accounts:
+        return
+    session.execute(
+        UPDATE_ACCOUNTS,
+        {
+            "ids": [a.id for a in accounts],
+            "balances": [a.balance for a in accounts],
+            "earned": [a.earned for a in accounts],
+            "spent": [a.spent for a in accounts],
+        },
+    )

@@ -78,7 +78,7 @@ def drain_account(
     try:
         redis.delete(scheduled_key(account_id))
         with transaction(sessions) as session:
-            outcomes = apply_pending(session, account_id, chunk)
+            outcomes = apply_pending(session, [account_id], chunk)
         announce(redis, (outcome.request_id for outcome in outcomes))
         return outcomes
     finally:

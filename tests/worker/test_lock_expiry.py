@@ -26,7 +26,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     assert lock.acquire(blocking=False)
     slow = sessions()
     slow.begin()
-    assert len(apply_pending(slow, account_id, limit=100)) == 3
+    assert len(apply_pending(slow, [account_id], limit=100)) == 3
 
     # More requests arrive, and A's lock expires while A is still working.
     _, later_ids = queue_requests(sessions, moderator, user.id, [-5, 7])
