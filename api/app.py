@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import health, metrics, openapi, points, score, score_reads, users
+    from api import bulk, health, metrics, openapi, points, score, score_reads, users
 
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(score_reads.bp)
     app.register_blueprint(points.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(bulk.bp)
     metrics.count_requests(app)
     track_request_ids(app)
     return app

@@ -202,3 +202,52 @@ class UserOut(BaseModel):
     description: str
     role: str
     reputation: int
+
+
+class BatchCounts(BaseModel):
+    queued: int
+    processing: int
+    completed: int
+    rejected: int
+
+
+class BatchStatus(BaseModel):
+    """Where a bulk batch stands."""
+
+    id: str
+    status: str = Field(description="queued, processing, completed or completed_with_rejections")
+    total: int
+    counts: BatchCounts
+    created_at: str
+    completed_at: str | None
+    progress: float = Field(description="share of items that are final, 0 to 1")
+
+
+class ImportRowError(BaseModel):
+    row_number: int
+    field: str
+    message: str
+
+
+class ImportReport(BaseModel):
+    """The community import's dry-run report."""
+
+    total_rows: int
+    valid_rows: int
+    invalid_rows: int
+    total_points_variation: int
+    errors: list[ImportRowError]
+
+
+class ImportAccepted(BatchStatus):
+    imported_rows: int
+    total_points_variation: int
+    batch_id: str
+    status_url: str
+
+
+class RequestStatusPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[RequestStatus]

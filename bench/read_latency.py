@@ -59,7 +59,7 @@ FILL = [
               now() - interval '365 days' + (g * interval '365 days' / :entries),
               now() - interval '365 days' + (g * interval '365 days' / :entries),
               now() - interval '365 days' + (g * interval '365 days' / :entries)
-       FROM generate_series(1, :entries) g
+       FROM generate_series(1::bigint, :entries) g
        JOIN accounts a ON a.id = 'BENCHACC' || lpad(
            ((SELECT min(id) FROM users WHERE tenant_id = 'bench') + (g * 7) % :users)::text,
            18, '0')

@@ -45,9 +45,12 @@ class Settings:
     lock_ttl: float = 30.0
     lock_wait: float = 10.0
     # How many pending requests one account transaction applies at most.
-    apply_chunk: int = 500
+    apply_chunk: int = 2000
     max_amount: int = 1_000_000_000
     max_body_bytes: int = 64 * 1024
+    # The bulk routes (CSV import, JSON/NDJSON bulk) have limits of their own.
+    bulk_max_body_bytes: int = 64 * 1024 * 1024
+    bulk_max_items: int = 100_000
     default_points_type: str = "reputation"
     # The points type of seed 002's routes when the body names none.
     points_default_type: str = "points"

@@ -153,6 +153,7 @@ class AdjustmentRequest(Base):
             "id",
             postgresql_where="status IN ('queued', 'processing')",
         ),
+        Index("ix_adjustment_requests_batch", "batch_id", "status"),
         Index(
             "ix_adjustment_requests_queued_created",
             "created_at",
@@ -246,3 +247,18 @@ Index(
     LedgerEntry.reputation_context,
     postgresql_ops={"reputation_context": "text_pattern_ops"},
 )
+
+
+class Batch(Base):
+    """A bulk submission: its items are adjustment requests that carry its id."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_ulid)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = _now()

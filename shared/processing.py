@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -47,8 +48,8 @@ def claim_schedule(redis: Redis, account_id: str) -> bool:
     return bool(redis.set(scheduled_key(account_id), 1, nx=True, ex=SCHEDULED_TTL_SECONDS))
 
 
-def drain_account(
-    account_id: str,
+def drain_accounts(
+    account_ids: Sequence[str],
     *,
     redis: Redis,
     sessions: sessionmaker[Session],
@@ -56,46 +57,53 @@ def drain_account(
     lock_wait: float,
     chunk: int,
 ) -> list[Outcome]:
-    """Apply up to `chunk` pending requests of the account in one transaction.
+    """Apply up to `chunk` pending requests of these accounts in one transaction.
 
     One chunk per call keeps a task short, so a worker told to stop finishes the
     chunk in hand and exits; the caller re-publishes when a full chunk came back.
-    The Redis lock (TTL plus a unique token, from redis-py) keeps workers from
-    queueing up on the account row; correctness does not depend on it, since
-    apply_pending locks the row in PostgreSQL as well.
+    The Redis locks (TTL plus a unique token, from redis-py) are taken in sorted
+    order, so two callers with overlapping accounts cannot deadlock; they keep
+    workers from queueing up on the account rows, while correctness rests on the
+    row locks that apply_pending takes in PostgreSQL.
     """
-    lock = redis.lock(
-        lock_key(account_id),
-        timeout=lock_ttl,
-        blocking_timeout=lock_wait,
-        sleep=LOCK_POLL_SECONDS,
-    )
-    started = time.monotonic()
-    acquired = lock.acquire()
-    LOCK_WAIT.observe(time.monotonic() - started)
-    if not acquired:
-        raise AccountBusy(account_id)
+    ids = sorted(set(account_ids))
+    locks = []
     try:
-        redis.delete(scheduled_key(account_id))
+        started = time.monotonic()
+        for account_id in ids:
+            lock = redis.lock(
+                lock_key(account_id),
+                timeout=lock_ttl,
+                blocking_timeout=lock_wait,
+                sleep=LOCK_POLL_SECONDS,
+            )
+            if not lock.acquire():
+                raise AccountBusy(account_id)
+            locks.append(lock)
+        LOCK_WAIT.observe(time.monotonic() - started)
+        redis.delete(*(scheduled_key(account_id) for account_id in ids))
         with transaction(sessions) as session:
-            outcomes = apply_pending(session, [account_id], chunk)
+            outcomes = apply_pending(session, ids, chunk)
         announce(redis, (outcome.request_id for outcome in outcomes))
         return outcomes
     finally:
-        try:
-            lock.release()
-        except LockError:
-            # Expired while we worked; the row lock kept the ledger right.
-            log.warning("lock on account %s expired before release", account_id)
+        for lock in locks:
+            try:
+                lock.release()
+            except LockError:
+                # Expired while we worked; the row locks kept the ledger right.
+                log.warning("lock %s expired before release", lock.name)
 
 
-def note_transient_error(sessions: sessionmaker[Session], account_id: str, error: str) -> None:
-    """Record a transient failure on the account's pending requests, if the database lets us."""
+def note_transient_error(
+    sessions: sessionmaker[Session], account_ids: Sequence[str], error: str
+) -> None:
+    """Record a transient failure on the accounts' pending requests, if the database lets us."""
     with transaction(sessions) as session:
         session.execute(
             update(AdjustmentRequest)
             .where(
-                AdjustmentRequest.account_id == account_id,
+                AdjustmentRequest.account_id.in_(account_ids),
                 AdjustmentRequest.status.in_(PENDING_STATUSES),
             )
             .values(attempts=AdjustmentRequest.attempts + 1, last_error=error[:1000])

@@ -10,6 +10,9 @@ from shared.config import Settings
 from shared.resources import Resources
 
 APPLY_ACCOUNT_TASK = "tally.apply_account"
+APPLY_ACCOUNTS_TASK = "tally.apply_accounts"
+# A batch is published as tasks of this many accounts each.
+ACCOUNTS_PER_TASK = 500
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis.exceptions
@@ -20,8 +21,14 @@ from shared.metrics import (
 )
 from shared.models import AdjustmentStatus
 from shared.outbox import stale_accounts
-from shared.processing import AccountBusy, drain_account, note_transient_error
-from worker.app import APPLY_ACCOUNT_TASK, RELAY_OUTBOX_TASK, TallyCelery
+from shared.processing import AccountBusy, drain_accounts, note_transient_error
+from worker.app import (
+    ACCOUNTS_PER_TASK,
+    APPLY_ACCOUNT_TASK,
+    APPLY_ACCOUNTS_TASK,
+    RELAY_OUTBOX_TASK,
+    TallyCelery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +52,30 @@ class ApplyTask(Task):
         TASK_RETRIES.labels(type(exc).__name__).inc()
         if isinstance(exc, AccountBusy):
             return
+        account_ids = args[0] if isinstance(args[0], list) else [args[0]]
         try:
-            note_transient_error(_app(self).resources.sessions, args[0], repr(exc))
+            note_transient_error(_app(self).resources.sessions, account_ids, repr(exc))
         except TRANSIENT_ERRORS:
-            log.warning("could not record transient error for account %s", args[0])
+            log.warning("could not record a transient error for %d accounts", len(account_ids))
 
 
-@shared_task(
-    name=APPLY_ACCOUNT_TASK,
-    base=ApplyTask,
-    bind=True,
-    acks_late=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=None,
-)
-def apply_account(self: Task, account_id: str) -> int:
-    """Apply every pending request of one account; safe to run any number of times."""
-    resources = _app(self).resources
+RETRYING = {
+    "base": ApplyTask,
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+def _apply(task: Task, account_ids: list[str], again: Callable[[], None]) -> int:
+    resources = _app(task).resources
     settings = resources.settings
-    outcomes = drain_account(
-        account_id,
+    outcomes = drain_accounts(
+        account_ids,
         redis=resources.redis,
         sessions=resources.sessions,
         lock_ttl=settings.lock_ttl,
@@ -77,8 +85,20 @@ def apply_account(self: Task, account_id: str) -> int:
     record_outcomes(outcomes)
     if len(outcomes) == settings.apply_chunk:
         # More may be pending: let the next chunk be a task of its own.
-        self.app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+        again()
     return len(outcomes)
+
+
+@shared_task(name=APPLY_ACCOUNT_TASK, **RETRYING)
+def apply_account(self: Task, account_id: str) -> int:
+    """Apply the pending requests of one account; safe to run any number of times."""
+    return _apply(self, [account_id], lambda: self.app.send_task(APPLY_ACCOUNT_TASK, [account_id]))
+
+
+@shared_task(name=APPLY_ACCOUNTS_TASK, **RETRYING)
+def apply_accounts(self: Task, account_ids: list[str]) -> int:
+    """Apply the pending requests of many accounts (a batch's) in one transaction."""
+    return _apply(self, account_ids, lambda: self.app.send_task(APPLY_ACCOUNTS_TASK, [account_ids]))
 
 
 def record_outcomes(outcomes: list[Outcome]) -> None:
@@ -101,8 +121,8 @@ def relay_outbox(self: Task) -> int:
     resources = _app(self).resources
     with transaction(resources.sessions) as session:
         accounts = stale_accounts(session, resources.settings.relay_delay)
-    for account_id in accounts:
-        self.app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    for start in range(0, len(accounts), ACCOUNTS_PER_TASK):
+        self.app.send_task(APPLY_ACCOUNTS_TASK, [accounts[start : start + ACCOUNTS_PER_TASK]])
     if accounts:
         log.info("relayed %d accounts with stale requests", len(accounts))
     return len(accounts)

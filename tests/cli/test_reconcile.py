@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from cli.main import cli
 from shared.models import Role
-from shared.processing import drain_account
+from shared.processing import drain_accounts
 from shared.resources import Resources
 from tests.conftest import Services
 from tests.factories import Factory, queue_requests
@@ -28,8 +28,8 @@ def test_reconcile_passes_then_reports_a_corrupted_balance(services: Services, b
         caller = factory.caller(Role.MODERATOR)
         user = factory.user()
         account_id, _ = queue_requests(resources.sessions, caller, user.id, [5, 7, -3])
-        drain_account(
-            account_id,
+        drain_accounts(
+            [account_id],
             redis=resources.redis,
             sessions=resources.sessions,
             lock_ttl=5,

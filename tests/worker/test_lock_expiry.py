@@ -11,7 +11,7 @@ from redis.exceptions import LockNotOwnedError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.ledger import apply_pending
-from shared.processing import drain_account, lock_key
+from shared.processing import drain_accounts, lock_key
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 
 
@@ -38,8 +38,8 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     successor = threading.Thread(
         target=lambda: outcomes.extend(
             o.request_id
-            for o in drain_account(
-                account_id, redis=redis, sessions=sessions, lock_ttl=5, lock_wait=5, chunk=100
+            for o in drain_accounts(
+                [account_id], redis=redis, sessions=sessions, lock_ttl=5, lock_wait=5, chunk=100
             )
         )
     )

@@ -1,0 +1,372 @@
+"""Bulk awards: the community CSV import, the JSON/NDJSON bulk route, and batch status."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from api import schemas
+from api.auth import current_principal, require_writer
+from api.openapi import JSON, documented
+from api.pagination import page
+from api.problems import Problem, validation_problem
+from api.resources import db_session, publisher, resources
+from api.serializers import status_object, timestamp
+from shared.bulk import (
+    BATCH_COUNTS,
+    Award,
+    BatchInvalid,
+    ItemError,
+    Stored,
+    csv_rows,
+    store_batch,
+    validate_batch,
+    validate_bulk_item,
+    validate_csv_row,
+)
+from shared.idempotency import IdempotencyConflict
+from shared.metrics import ADJUSTMENTS_ACCEPTED
+from shared.models import AdjustmentRequest, Batch
+from shared.query_params import PageQuery, parse_flag
+from shared.validation import FieldError, InvalidInput, parse_input, validate_idempotency_key
+from worker.app import ACCOUNTS_PER_TASK, APPLY_ACCOUNTS_TASK
+
+bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
+
+NDJSON = "application/x-ndjson"
+
+
+def _allow_large_body() -> None:
+    request.max_content_length = resources().settings.bulk_max_body_bytes
+
+
+def _batch_key(derived: str | None = None) -> str:
+    key = request.headers.get("Idempotency-Key") or derived
+    if key is None:
+        raise validation_problem(
+            [FieldError("Idempotency-Key", "required", "a bulk batch needs an idempotency key")]
+        )
+    try:
+        return validate_idempotency_key(key) or key
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
+
+
+def _store(key: str, awards: list[Award]) -> Stored:
+    """Write the batch in one transaction, then publish its accounts."""
+    settings = resources().settings
+    session = db_session()
+    try:
+        stored = store_batch(
+            session,
+            current_principal(),
+            key,
+            awards,
+            settings.points_types[settings.default_points_type],
+        )
+        session.commit()
+    except BatchInvalid as bad:
+        raise _invalid(bad.errors, "index") from None
+    except IdempotencyConflict as conflict:
+        raise Problem(422, "idempotency-key-reused", str(conflict)) from None
+    except IntegrityError:
+        raise Problem(
+            422, "idempotency-key-reused", "an item's idempotency key is already in use"
+        ) from None
+    _publish(stored)
+    return stored
+
+
+def _publish(stored: Stored) -> None:
+    if not stored.created:
+        return
+    ADJUSTMENTS_ACCEPTED.inc(stored.total)
+    for start in range(0, len(stored.account_ids), ACCOUNTS_PER_TASK):
+        try:
+            chunk = stored.account_ids[start : start + ACCOUNTS_PER_TASK]
+            publisher().send_task(APPLY_ACCOUNTS_TASK, [chunk])
+        except Exception:  # the relay publishes whatever could not be published now
+            break
+
+
+def _accepted(stored: Stored, extra: dict[str, Any] | None = None) -> Response:
+    body = (extra or {}) | batch_status(stored.batch_id)
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = _status_url(stored.batch_id)
+    if not stored.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _status_url(batch_id: str) -> str:
+    return url_for("bulk.batch", batch_id=batch_id, _external=True)
+
+
+def _invalid(errors: list[ItemError], position: str) -> Problem:
+    problem = Problem(400, "validation", f"{len(errors)} items are invalid; nothing was written")
+    problem.extra = {"errors_by_item": [_item_error(e, position) for e in errors]}
+    problem.errors = [FieldError(e.field, e.code, e.message) for e in errors]
+    return problem
+
+
+def _item_error(error: ItemError, position: str) -> dict[str, Any]:
+    return {position: error.position, "field": error.field, "code": error.code,
+            "message": error.message}  # fmt: skip
+
+
+class ImportInput(BaseModel):
+    """The form or JSON fields of the community import (besides `csv_file`)."""
+
+    csv_string: str | None = None
+    dry_run: bool | str | None = None
+
+
+@bp.post("/import/")
+@documented(
+    summary="Import score changes from a CSV file (community API)",
+    body=ImportInput,
+    body_types=(JSON, "multipart/form-data", "application/x-www-form-urlencoded"),
+    responses={
+        200: ("Dry run: the report, nothing written", schemas.ImportReport),
+        202: ("Imported into one batch", schemas.ImportAccepted),
+        422: ("Batch key reused with other content", schemas.Problem),
+    },
+)
+@require_writer
+def import_csv() -> Response:
+    """Validate the whole file; with dry_run=false store every row in one batch."""
+    _allow_large_body()
+    text, raw_dry_run = _import_source()
+    try:
+        dry_run = True if raw_dry_run is None else parse_flag(raw_dry_run)
+    except Exception:
+        raise validation_problem(
+            [FieldError("dry_run", "boolean", "must be true or false")]
+        ) from None
+    max_amount = resources().settings.max_amount
+    rows = list(csv_rows(io.StringIO(text)))
+    awards, errors = validate_batch(
+        db_session(),
+        current_principal().tenant_id,
+        rows,
+        lambda n, row: validate_csv_row(n, row, max_amount),
+    )
+    bad_rows = {e.position for e in errors}
+    total = sum(a.amount for a in awards if a.position not in bad_rows)
+    if dry_run:
+        report = {
+            "total_rows": len(rows),
+            "valid_rows": len(rows) - len(bad_rows),
+            "invalid_rows": len(bad_rows),
+            "total_points_variation": total,
+            "errors": [_row_error(e) for e in errors],
+        }
+        return jsonify(report)
+    if errors:
+        problem = Problem(400, "validation", "the file has invalid rows; nothing was written")
+        problem.extra = {"errors": [_row_error(e) for e in errors]}
+        raise problem
+    key = _batch_key("csv-" + hashlib.sha256(text.encode()).hexdigest()[:48])
+    stored = _store(key, awards)
+    return _accepted(
+        stored,
+        {
+            "imported_rows": len(awards),
+            "total_points_variation": total,
+            "batch_id": stored.batch_id,
+            "status_url": _status_url(stored.batch_id),
+        },
+    )
+
+
+def _row_error(error: ItemError) -> dict[str, Any]:
+    return {"row_number": error.position, "field": error.field, "message": error.message}
+
+
+def _import_source() -> tuple[str, Any]:
+    """The CSV text (exactly one of csv_file or csv_string) and the raw dry_run value."""
+    if request.mimetype == JSON:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise validation_problem([FieldError("body", "invalid_json", "must be a JSON object")])
+        csv_string, upload, dry_run = body.get("csv_string"), None, body.get("dry_run")
+    else:
+        csv_string = request.form.get("csv_string")
+        upload = request.files.get("csv_file")
+        dry_run = request.form.get("dry_run")
+    if (csv_string is None) == (upload is None):
+        raise validation_problem(
+            [FieldError("csv_file", "required", "give exactly one of csv_file or csv_string")]
+        )
+    if upload is not None:
+        try:
+            return upload.stream.read().decode("utf-8-sig"), dry_run
+        except UnicodeDecodeError:
+            raise validation_problem(
+                [FieldError("csv_file", "encoding", "must be UTF-8 text")]
+            ) from None
+    if not isinstance(csv_string, str):
+        raise validation_problem([FieldError("csv_string", "string", "must be a string")])
+    return csv_string, dry_run
+
+
+class BulkInput(BaseModel):
+    """`{"items": [...]}` with batch-wide defaults, or NDJSON (one item per line)."""
+
+    items: list[dict[str, Any]]
+    reputation_context: str | None = None
+    comment: str | None = None
+
+
+@bp.post("/bulk")
+@documented(
+    summary="Submit up to 100,000 adjustments as one idempotent batch",
+    body=BulkInput,
+    body_types=(JSON, NDJSON),
+    headers={"Idempotency-Key": "required: the batch's key; items default to key:index"},
+    responses={
+        202: ("Accepted as one batch", schemas.BatchStatus),
+        422: ("Batch key reused with other content", schemas.Problem),
+    },
+)
+@require_writer
+def bulk() -> Response:
+    """Validate every item, then store them all as one batch."""
+    _allow_large_body()
+    key = _batch_key()
+    items, defaults = _bulk_items()
+    limit = resources().settings.bulk_max_items
+    if len(items) > limit:
+        raise validation_problem(
+            [FieldError("items", "too_many", f"at most {limit} items per batch")]
+        )
+    if not items:
+        raise validation_problem([FieldError("items", "required", "give at least one item")])
+    max_amount = resources().settings.max_amount
+    awards, errors = validate_batch(
+        db_session(),
+        current_principal().tenant_id,
+        enumerate(items),
+        lambda i, item: validate_bulk_item(i, item, defaults, max_amount),
+    )
+    if errors:
+        raise _invalid(errors, "index")
+    return _accepted(_store(key, awards))
+
+
+def _bulk_items() -> tuple[list[Any], dict[str, Any]]:
+    data = request.get_data(cache=False)
+    if request.mimetype == NDJSON:
+        return list(_ndjson(data)), {}
+    if request.mimetype != JSON:
+        raise Problem(415, "unsupported-media-type", f"send {JSON} or {NDJSON}")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise validation_problem(
+            [FieldError("body", "invalid_json", "the body is not valid JSON")]
+        ) from None
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise validation_problem(
+            [FieldError("items", "required", 'the body must be {"items": [...]}')]
+        )
+    defaults = {k: body.get(k) for k in ("reputation_context", "comment")}
+    return body["items"], defaults
+
+
+def _ndjson(data: bytes) -> Iterator[Any]:
+    for number, line in enumerate(data.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError):
+            raise validation_problem(
+                [FieldError(f"line {number + 1}", "invalid_json", "not valid JSON")]
+            ) from None
+
+
+def batch_status(batch_id: str) -> dict[str, Any]:
+    """The batch's status object: counts per status, overall status, progress."""
+    session = db_session()
+    batch = session.get_one(Batch, batch_id)
+    counts = {"queued": 0, "processing": 0, "completed": 0, "rejected": 0}
+    last_completed = None
+    for status, count, completed_at in session.execute(BATCH_COUNTS, {"batch_id": batch_id}):
+        counts[status] = count
+        last_completed = max(filter(None, (last_completed, completed_at)), default=None)
+    final = counts["completed"] + counts["rejected"]
+    if final == batch.total:
+        overall = "completed_with_rejections" if counts["rejected"] else "completed"
+    else:
+        overall = "processing" if final or counts["processing"] else "queued"
+    return schemas.BatchStatus(
+        id=batch.id,
+        status=overall,
+        total=batch.total,
+        counts=schemas.BatchCounts(**counts),
+        created_at=timestamp(batch.created_at) or "",
+        completed_at=timestamp(last_completed) if final == batch.total else None,
+        progress=round(final / batch.total, 4) if batch.total else 1.0,
+    ).model_dump(mode="json")
+
+
+def _own_batch(batch_id: str) -> Batch:
+    batch = db_session().get(Batch, batch_id)
+    if batch is None or batch.tenant_id != current_principal().tenant_id:
+        raise Problem(404, "not-found", f"no batch {batch_id}")
+    return batch
+
+
+@bp.get("/batches/<batch_id>")
+@documented(
+    summary="A batch's progress",
+    responses={200: ("The batch", schemas.BatchStatus), 404: ("No such batch", schemas.Problem)},
+)
+@require_writer
+def batch(batch_id: str) -> Response:
+    """Counts per status, overall status, timestamps and progress of one batch."""
+    _own_batch(batch_id)
+    return jsonify(batch_status(batch_id))
+
+
+class ItemsQuery(PageQuery):
+    status: str | None = None
+
+
+@bp.get("/batches/<batch_id>/items")
+@documented(
+    summary="A batch's items with their status and reasons",
+    query=ItemsQuery,
+    responses={
+        200: ("A page of request statuses", schemas.RequestStatusPage),
+        400: ("A malformed parameter", schemas.Problem),
+        404: ("No such batch", schemas.Problem),
+    },
+)
+@require_writer
+def batch_items(batch_id: str) -> Response:
+    """Page through a batch's requests, optionally only those of one status."""
+    try:
+        query = parse_input(ItemsQuery, {k: request.args.get(k) for k in request.args})
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
+    _own_batch(batch_id)
+    session = db_session()
+    scope = select(AdjustmentRequest).where(AdjustmentRequest.batch_id == batch_id)
+    if query.status:
+        scope = scope.where(AdjustmentRequest.status == query.status)
+    count = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(AdjustmentRequest.id).limit(query.limit).offset(query.offset)
+    )
+    return jsonify(page([status_object(session, row) for row in rows], count, query))

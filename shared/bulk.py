@@ -1,0 +1,311 @@
+"""Bulk awards: validate a whole batch first, then store every item in one COPY.
+
+Items arrive from the community CSV import or the JSON/NDJSON bulk route, are
+validated one by one (users looked up set-based, once), and are written as
+adjustment requests of one batch in one transaction. A resubmitted batch (same
+key, same content) creates nothing new.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.auth import Principal
+from shared.config import PointsType
+from shared.idempotency import IdempotencyConflict, fingerprint
+from shared.models import Account, Batch, User, new_ulid
+from shared.validation import (
+    BIGINT_MAX,
+    FieldError,
+    InvalidInput,
+    ScoreInput,
+    check_amount,
+    parse_input,
+    validate_idempotency_key,
+)
+
+CSV_COLUMNS = ("username", "user_id", "variation_points", "context", "comment")
+
+REQUEST_COPY = """
+    COPY adjustment_requests (tenant_id, idempotency_key, fingerprint, account_id, user_id,
+                              amount, entry_type, reputation_context, comment, reason, source,
+                              related_id, allow_negative, created_by, batch_id, status, attempts)
+    FROM STDIN
+"""
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """A bad item: `position` is the CSV row number or the bulk item's index."""
+
+    position: int
+    field: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Award:
+    """One validated item; the user is resolved later, for the whole batch at once."""
+
+    position: int
+    user_id: int | None
+    username: str | None
+    amount: int
+    context: str
+    comment: str
+    key: str | None = None
+
+
+class BatchInvalid(Exception):
+    """Some items are bad: nothing is written; carries every error found."""
+
+    def __init__(self, errors: list[ItemError]) -> None:
+        super().__init__(f"{len(errors)} invalid items")
+        self.errors = errors
+
+
+def csv_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+    """(row number, row) of a community import file; a header row is detected and skipped."""
+    for number, cells in enumerate(csv.reader(stream), start=1):
+        if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
+            continue
+        if not any(cell.strip() for cell in cells):
+            continue
+        row = dict(zip(CSV_COLUMNS, cells, strict=False))
+        if len(cells) != len(CSV_COLUMNS):
+            row["__columns__"] = str(len(cells))
+        yield number, row
+
+
+def validate_csv_row(number: int, row: Mapping[str, str], max_amount: int) -> Award:
+    """One import row: variation_points, a context, and a username and/or user_id."""
+    if "__columns__" in row:
+        raise BatchInvalid(
+            [ItemError(number, "row", "columns", f"expected {len(CSV_COLUMNS)} columns")]
+        )
+    data = {
+        "user_id": row.get("user_id"),
+        "username": row.get("username"),
+        "score": row.get("variation_points"),
+        "reputation_context": row.get("context"),
+        "comment": row.get("comment"),
+    }
+    errors: list[FieldError] = []
+    try:
+        parsed = parse_input(ScoreInput, data)
+    except InvalidInput as error:
+        raise BatchInvalid([_csv_error(number, e) for e in error.errors]) from None
+    if parsed.user_id is None and parsed.username is None:
+        errors.append(FieldError("user_id", "required", "give username or user_id"))
+    errors += check_amount("score", parsed.score, max_amount)
+    if parsed.reputation_context is None:
+        errors.append(FieldError("reputation_context", "required", "context is required"))
+    if errors:
+        raise BatchInvalid([_csv_error(number, e) for e in errors])
+    return Award(
+        number, parsed.user_id, parsed.username, parsed.score or 0,
+        parsed.reputation_context or "", parsed.comment or "",
+    )  # fmt: skip
+
+
+CSV_NAMES = {"score": "variation_points", "reputation_context": "context"}
+
+
+def _csv_error(number: int, error: FieldError) -> ItemError:
+    return ItemError(number, CSV_NAMES.get(error.field, error.field), error.code, error.message)
+
+
+def validate_bulk_item(
+    index: int, item: Any, defaults: Mapping[str, Any], max_amount: int
+) -> Award:
+    """One bulk item, shaped like a single adjustment, with the batch's defaults."""
+    if not isinstance(item, dict):
+        raise BatchInvalid([ItemError(index, "item", "invalid_type", "must be an object")])
+    from shared.validation import validate_score
+
+    merged = {key: value for key, value in defaults.items() if value is not None} | item
+    try:
+        command = validate_score(merged, max_amount)
+        key = validate_idempotency_key(item.get("idempotency_key"))
+    except InvalidInput as error:
+        raise BatchInvalid(
+            [ItemError(index, e.field, e.code, e.message) for e in error.errors]
+        ) from None
+    return Award(
+        index, command.user.user_id, command.user.username, command.amount,
+        command.reputation_context, command.comment, key,
+    )  # fmt: skip
+
+
+def collect(items: Iterable[tuple[int, Any]], validate: Any) -> tuple[list[Award], list[ItemError]]:
+    """Validate every item: the valid awards and the errors of the others."""
+    valid: list[Award] = []
+    errors: list[ItemError] = []
+    for position, raw in items:
+        try:
+            valid.append(validate(position, raw))
+        except BatchInvalid as bad:
+            errors += bad.errors
+    return valid, errors
+
+
+def validate_batch(
+    session: Session, tenant_id: str, items: Iterable[tuple[int, Any]], validate: Any
+) -> tuple[list[Award], list[ItemError]]:
+    """Every item's own checks, then one lookup of all their users; errors sorted by item."""
+    awards, errors = collect(items, validate)
+    try:
+        resolve_users(session, tenant_id, awards)
+    except BatchInvalid as bad:
+        errors += bad.errors
+    return awards, sorted(errors, key=lambda e: e.position)
+
+
+def resolve_users(session: Session, tenant_id: str, awards: list[Award]) -> dict[int, int]:
+    """Map each award's position to its user id; BatchInvalid for unknown or mismatched users."""
+    ids = {a.user_id for a in awards if a.user_id is not None and 0 < a.user_id <= BIGINT_MAX}
+    names = {a.username for a in awards if a.username is not None}
+    by_id: dict[int, str] = {}
+    by_name: dict[str, int] = {}
+    for user_id, username in session.execute(
+        select(User.id, User.username).where(
+            User.tenant_id == tenant_id,
+            (User.id.in_(ids)) | (User.username.in_(names)),
+        )
+    ):
+        by_id[user_id] = username
+        by_name[username] = user_id
+    resolved: dict[int, int] = {}
+    errors: list[ItemError] = []
+    for award in awards:
+        found = by_name.get(award.username) if award.username else None
+        if award.user_id is not None:
+            if award.user_id not in by_id:
+                errors.append(ItemError(award.position, "user_id", "not_found", "no such user"))
+                continue
+            if found is not None and found != award.user_id:
+                message = "username and user_id name different users"
+                errors.append(ItemError(award.position, "user_id", "mismatch", message))
+                continue
+            found = award.user_id
+        if found is None:
+            errors.append(ItemError(award.position, "username", "not_found", "no such user"))
+            continue
+        resolved[award.position] = found
+    if errors:
+        raise BatchInvalid(errors)
+    return resolved
+
+
+def batch_fingerprint(awards: list[Award]) -> str:
+    digest = hashlib.sha256()
+    for award in awards:
+        digest.update(json.dumps(award.__dict__, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _accounts(
+    session: Session, tenant_id: str, user_ids: set[int], points_type: PointsType
+) -> dict[int, str]:
+    """The account of each user for this points type, created set-based where missing."""
+    rows = [
+        {"id": new_ulid(), "tenant_id": tenant_id, "user_id": user_id,
+         "points_type": points_type.name, "allow_negative": points_type.allow_negative,
+         "exchange_rate": points_type.exchange_rate, "balance": 0, "frozen_balance": 0,
+         "expired_points": 0, "total_earned": 0, "total_spent": 0, "status": "active",
+         "version": 0}
+        for user_id in sorted(user_ids)
+    ]  # fmt: skip
+    existing = dict(
+        session.execute(
+            select(Account.user_id, Account.id).where(
+                Account.user_id.in_(user_ids), Account.points_type == points_type.name
+            )
+        ).all()
+    )
+    missing = [row for row in rows if row["user_id"] not in existing]
+    if missing:
+        session.execute(
+            insert(Account).on_conflict_do_nothing(index_elements=["user_id", "points_type"]),
+            missing,
+        )
+        existing = dict(
+            session.execute(
+                select(Account.user_id, Account.id).where(
+                    Account.user_id.in_(user_ids), Account.points_type == points_type.name
+                )
+            ).all()
+        )
+    return existing
+
+
+@dataclass(frozen=True)
+class Stored:
+    batch_id: str
+    created: bool
+    account_ids: list[str]
+    total: int
+
+
+def store_batch(
+    session: Session,
+    principal: Principal,
+    key: str,
+    awards: list[Award],
+    points_type: PointsType,
+) -> Stored:
+    """Write the batch and all its requests in the caller's transaction (or find it again)."""
+    digest = batch_fingerprint(awards)
+    batch_id = session.scalar(
+        insert(Batch)
+        .values(
+            id=new_ulid(), tenant_id=principal.tenant_id, idempotency_key=key,
+            fingerprint=digest, total=len(awards), created_by=principal.user_id,
+        )
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(Batch.id)
+    )  # fmt: skip
+    if batch_id is None:
+        existing = session.scalars(
+            select(Batch).where(
+                Batch.tenant_id == principal.tenant_id, Batch.idempotency_key == key
+            )
+        ).one()
+        if existing.fingerprint != digest:
+            raise IdempotencyConflict(key)
+        return Stored(existing.id, False, [], existing.total)
+    users = resolve_users(session, principal.tenant_id, awards)
+    accounts = _accounts(session, principal.tenant_id, set(users.values()), points_type)
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
+        for award in awards:
+            user_id = users[award.position]
+            item = {
+                "user_id": user_id,
+                "amount": award.amount,
+                "context": award.context,
+                "comment": award.comment,
+                "points_type": points_type.name,
+            }
+            copy.write_row((
+                principal.tenant_id, award.key or f"{key}:{award.position}", fingerprint(item),
+                accounts[user_id], user_id, award.amount, "adjust", award.context,
+                award.comment, "", "", "", False, principal.user_id, batch_id, "queued", 0,
+            ))  # fmt: skip
+    return Stored(batch_id, True, sorted(set(accounts.values())), len(awards))
+
+
+BATCH_COUNTS = text("""
+    SELECT status, COUNT(*), MAX(completed_at) FROM adjustment_requests
+    WHERE batch_id = :batch_id GROUP BY status
+""")
