@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import select
@@ -30,6 +30,13 @@ class Adjustment:
     related_id: str = ""
     expires_at: datetime | None = None
     allow_negative: bool = False
+
+    def fingerprint(self) -> str:
+        """Equal for equal adjustments, whichever route or encoding brought them."""
+        return fingerprint([getattr(self, name) for name in FIELD_NAMES])
+
+
+FIELD_NAMES = tuple(field.name for field in fields(Adjustment))
 
 
 def find_user(session: Session, tenant_id: str, ref: UserRef) -> User:
@@ -94,7 +101,7 @@ def record(
     waits for the first to commit and then finds its row.
     """
     account_id = account_for(session, user, points_type)
-    digest = fingerprint(asdict(adjustment))
+    digest = adjustment.fingerprint()
     values = asdict(adjustment) | {
         "tenant_id": principal.tenant_id,
         "idempotency_key": idempotency_key,

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, String, any_, select, text
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.orm import Session
 
+from shared.adjustments import Adjustment
 from shared.auth import Principal
 from shared.config import PointsType
-from shared.idempotency import IdempotencyConflict, fingerprint
+from shared.idempotency import IdempotencyConflict
 from shared.models import Account, Batch, User, new_ulid
 from shared.validation import (
     BIGINT_MAX,
@@ -180,7 +180,8 @@ def resolve_users(session: Session, tenant_id: str, awards: list[Award]) -> dict
     for user_id, username in session.execute(
         select(User.id, User.username).where(
             User.tenant_id == tenant_id,
-            (User.id.in_(ids)) | (User.username.in_(names)),
+            (User.id == any_(array(sorted(ids), type_=BigInteger)))
+            | (User.username == any_(array(sorted(names), type_=String))),
         )
     ):
         by_id[user_id] = username
@@ -208,9 +209,11 @@ def resolve_users(session: Session, tenant_id: str, awards: list[Award]) -> dict
 
 
 def batch_fingerprint(awards: list[Award]) -> str:
+    """SHA-256 over every item as it was parsed, in order."""
     digest = hashlib.sha256()
-    for award in awards:
-        digest.update(json.dumps(award.__dict__, sort_keys=True, default=str).encode())
+    for a in awards:
+        item = f"{a.position}\x1f{a.user_id}\x1f{a.username}\x1f{a.amount}\x1f{a.context}"
+        digest.update(f"{item}\x1f{a.comment}\x1f{a.key}\x1e".encode())
     return digest.hexdigest()
 
 
@@ -226,26 +229,18 @@ def _accounts(
          "version": 0}
         for user_id in sorted(user_ids)
     ]  # fmt: skip
-    existing = dict(
-        session.execute(
-            select(Account.user_id, Account.id).where(
-                Account.user_id.in_(user_ids), Account.points_type == points_type.name
-            )
-        ).all()
+    mine = select(Account.user_id, Account.id).where(
+        Account.user_id == any_(array(sorted(user_ids), type_=BigInteger)),
+        Account.points_type == points_type.name,
     )
+    existing = dict(session.execute(mine).all())
     missing = [row for row in rows if row["user_id"] not in existing]
     if missing:
         session.execute(
             insert(Account).on_conflict_do_nothing(index_elements=["user_id", "points_type"]),
             missing,
         )
-        existing = dict(
-            session.execute(
-                select(Account.user_id, Account.id).where(
-                    Account.user_id.in_(user_ids), Account.points_type == points_type.name
-                )
-            ).all()
-        )
+        existing = dict(session.execute(mine).all())
     return existing
 
 
@@ -290,15 +285,16 @@ def store_batch(
     with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
         for award in awards:
             user_id = users[award.position]
-            item = {
-                "user_id": user_id,
-                "amount": award.amount,
-                "context": award.context,
-                "comment": award.comment,
-                "points_type": points_type.name,
-            }
+            adjustment = Adjustment(
+                user_id=user_id,
+                points_type=points_type.name,
+                amount=award.amount,
+                reputation_context=award.context,
+                comment=award.comment,
+            )
             copy.write_row((
-                principal.tenant_id, award.key or f"{key}:{award.position}", fingerprint(item),
+                principal.tenant_id, award.key or f"{key}:{award.position}",
+                adjustment.fingerprint(),
                 accounts[user_id], user_id, award.amount, "adjust", award.context,
                 award.comment, "", "", "", False, principal.user_id, batch_id, "queued", 0,
             ))  # fmt: skip

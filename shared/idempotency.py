@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -16,7 +16,11 @@ class IdempotencyConflict(Exception):
         self.key = key
 
 
-def fingerprint(adjustment: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the parsed adjustment, so JSON and form agree."""
-    canonical = json.dumps(adjustment, sort_keys=True, separators=(",", ":"), default=str)
+def fingerprint(values: Sequence[Any]) -> str:
+    """SHA-256 of the canonical JSON of a parsed adjustment's values, in field order.
+
+    It is taken over what was parsed, not the bytes sent, so the same adjustment
+    sent as JSON, as a form or in a batch has the same fingerprint.
+    """
+    canonical = json.dumps(list(values), separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

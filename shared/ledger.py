@@ -86,7 +86,7 @@ MARK_COMPLETED = text("""
     SET status = 'completed', ledger_entry_id = e.id, attempts = r.attempts + 1,
         started_at = COALESCE(r.started_at, now()), completed_at = now()
     FROM ledger_entries e
-    WHERE e.request_id = r.id AND r.id = ANY(:ids)
+    WHERE e.request_id = r.id AND r.id = ANY(:ids) AND e.request_id = ANY(:ids)
 """)
 
 MARK_REJECTED = text("""

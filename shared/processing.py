@@ -7,31 +7,25 @@ import time
 from collections.abc import Sequence
 
 from redis import Redis
-from redis.exceptions import LockError
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
 from shared.ledger import PENDING_STATUSES, Outcome, apply_pending
+from shared.locks import AccountLocks
 from shared.metrics import LOCK_WAIT
 from shared.models import AdjustmentRequest
 from shared.notify import announce
 
-LOCK_KEY_PREFIX = "tally:lock:account:"
 SCHEDULED_KEY_PREFIX = "tally:scheduled:account:"
 # A scheduled mark outlives any sane queue wait; if it is lost, the relay still comes.
 SCHEDULED_TTL_SECONDS = 60
-LOCK_POLL_SECONDS = 0.01
 
 log = logging.getLogger(__name__)
 
 
 class AccountBusy(Exception):
     """Another worker held the account's lock for longer than we would wait."""
-
-
-def lock_key(account_id: str) -> str:
-    return f"{LOCK_KEY_PREFIX}{account_id}"
 
 
 def scheduled_key(account_id: str) -> str:
@@ -61,38 +55,29 @@ def drain_accounts(
 
     One chunk per call keeps a task short, so a worker told to stop finishes the
     chunk in hand and exits; the caller re-publishes when a full chunk came back.
-    The Redis locks (TTL plus a unique token, from redis-py) are taken in sorted
-    order, so two callers with overlapping accounts cannot deadlock; they keep
-    workers from queueing up on the account rows, while correctness rests on the
-    row locks that apply_pending takes in PostgreSQL.
+    The Redis locks (TTL plus a unique token) are taken all or none, so two
+    callers with overlapping accounts cannot deadlock; they keep workers from
+    queueing up on the account rows, while correctness rests on the row locks
+    that apply_pending takes in PostgreSQL.
     """
     ids = sorted(set(account_ids))
-    locks = []
+    locks = AccountLocks(redis, ids, lock_ttl)
+    started = time.monotonic()
+    acquired = locks.acquire(lock_wait)
+    LOCK_WAIT.observe(time.monotonic() - started)
+    if not acquired:
+        raise AccountBusy(ids[0] if len(ids) == 1 else f"{len(ids)} accounts")
     try:
-        started = time.monotonic()
-        for account_id in ids:
-            lock = redis.lock(
-                lock_key(account_id),
-                timeout=lock_ttl,
-                blocking_timeout=lock_wait,
-                sleep=LOCK_POLL_SECONDS,
-            )
-            if not lock.acquire():
-                raise AccountBusy(account_id)
-            locks.append(lock)
-        LOCK_WAIT.observe(time.monotonic() - started)
         redis.delete(*(scheduled_key(account_id) for account_id in ids))
         with transaction(sessions) as session:
             outcomes = apply_pending(session, ids, chunk)
         announce(redis, (outcome.request_id for outcome in outcomes))
         return outcomes
     finally:
-        for lock in locks:
-            try:
-                lock.release()
-            except LockError:
-                # Expired while we worked; the row locks kept the ledger right.
-                log.warning("lock %s expired before release", lock.name)
+        expired = locks.release()
+        if expired:
+            # The row locks kept the ledger right; the TTL was simply too short.
+            log.warning("%d account locks expired before release", expired)
 
 
 def note_transient_error(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from redis import Redis
-from redis.exceptions import LockNotOwnedError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.ledger import apply_pending
-from shared.processing import drain_accounts, lock_key
+from shared.locks import AccountLocks, lock_key
+from shared.processing import drain_accounts
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 
 
@@ -22,8 +21,8 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     account_id, first_ids = queue_requests(sessions, moderator, user.id, [10, 20, 30])
 
     # Worker A takes the lock with a short TTL and applies, but has not committed yet.
-    lock = redis.lock(lock_key(account_id), timeout=0.5)
-    assert lock.acquire(blocking=False)
+    lock = AccountLocks(redis, [account_id], ttl=0.5)
+    assert lock.acquire(wait=0)
     slow = sessions()
     slow.begin()
     assert len(apply_pending(slow, [account_id], limit=100)) == 3
@@ -50,8 +49,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     slow.commit()
     slow.close()
     successor.join(timeout=10)
-    with pytest.raises(LockNotOwnedError):
-        lock.release()
+    assert lock.release() == 1  # A's lock had expired and been taken by B
 
     assert outcomes == later_ids  # B applied only what A had not
     with sessions() as session:
@@ -61,3 +59,14 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
         entries = ledger_of(session, user.id)
         assert [e.request_id for e in entries] == first_ids + later_ids
         assert entries[-1].balance_after == 62
+
+
+def test_account_locks_are_all_or_none(redis: Redis) -> None:
+    first = AccountLocks(redis, ["acc-a", "acc-b"], ttl=5)
+    assert first.acquire(wait=0)
+    overlapping = AccountLocks(redis, ["acc-b", "acc-c"], ttl=5)
+    assert not overlapping.acquire(wait=0.05)
+    assert redis.get(lock_key("acc-c")) is None  # it kept none while it could not have all
+    assert first.release() == 0
+    assert overlapping.acquire(wait=0)
+    assert overlapping.release() == 0
