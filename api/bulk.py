@@ -22,10 +22,10 @@ from api.resources import db_session, publisher, resources
 from api.serializers import status_object, timestamp
 from shared.bulk import (
     BATCH_COUNTS,
-    Award,
     BatchInvalid,
     ItemError,
     Stored,
+    Validated,
     csv_rows,
     store_batch,
     validate_batch,
@@ -60,7 +60,7 @@ def _batch_key(derived: str | None = None) -> str:
         raise validation_problem(error.errors) from None
 
 
-def _store(key: str, awards: list[Award]) -> Stored:
+def _store(key: str, batch: Validated) -> Stored:
     """Write the batch in one transaction, then publish its accounts."""
     settings = resources().settings
     session = db_session()
@@ -69,7 +69,7 @@ def _store(key: str, awards: list[Award]) -> Stored:
             session,
             current_principal(),
             key,
-            awards,
+            batch,
             settings.points_types[settings.default_points_type],
         )
         session.commit()
@@ -154,12 +154,13 @@ def import_csv() -> Response:
         ) from None
     max_amount = resources().settings.max_amount
     rows = list(csv_rows(io.StringIO(text)))
-    awards, errors = validate_batch(
+    batch, errors = validate_batch(
         db_session(),
         current_principal().tenant_id,
         rows,
         lambda n, row: validate_csv_row(n, row, max_amount),
     )
+    awards = batch.awards
     bad_rows = {e.position for e in errors}
     total = sum(a.amount for a in awards if a.position not in bad_rows)
     if dry_run:
@@ -176,7 +177,7 @@ def import_csv() -> Response:
         problem.extra = {"errors": [_row_error(e) for e in errors]}
         raise problem
     key = _batch_key("csv-" + hashlib.sha256(text.encode()).hexdigest()[:48])
-    stored = _store(key, awards)
+    stored = _store(key, batch)
     return _accepted(
         stored,
         {
@@ -252,7 +253,7 @@ def bulk() -> Response:
     if not items:
         raise validation_problem([FieldError("items", "required", "give at least one item")])
     max_amount = resources().settings.max_amount
-    awards, errors = validate_batch(
+    batch, errors = validate_batch(
         db_session(),
         current_principal().tenant_id,
         enumerate(items),
@@ -260,7 +261,7 @@ def bulk() -> Response:
     )
     if errors:
         raise _invalid(errors, "index")
-    return _accepted(_store(key, awards))
+    return _accepted(_store(key, batch))
 
 
 def _bulk_items() -> tuple[list[Any], dict[str, Any]]:

@@ -14,15 +14,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sqlalchemy import BigInteger, String, any_, select, text
-from sqlalchemy.dialects.postgresql import array, insert
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.adjustments import Adjustment
 from shared.auth import Principal
 from shared.config import PointsType
 from shared.idempotency import IdempotencyConflict
-from shared.models import Account, Batch, User, new_ulid
+from shared.models import Batch, new_ulid
 from shared.validation import (
     BIGINT_MAX,
     FieldError,
@@ -32,6 +32,25 @@ from shared.validation import (
     parse_input,
     validate_idempotency_key,
 )
+
+# Array parameters (one bind each), so that 10,000 users are one short statement.
+USERS_BY_ID_OR_NAME = text("""
+    SELECT id, username FROM users WHERE tenant_id = :tenant AND id = ANY(:ids)
+    UNION
+    SELECT id, username FROM users WHERE tenant_id = :tenant AND username = ANY(:names)
+""")
+CREATE_ACCOUNTS = text("""
+    INSERT INTO accounts (id, tenant_id, user_id, points_type, allow_negative, balance,
+                          frozen_balance, expired_points, total_earned, total_spent,
+                          exchange_rate, status, version)
+    SELECT new.id, :tenant, new.user_id, :points_type, :allow_negative, 0, 0, 0, 0, 0,
+           :exchange_rate, 'active', 0
+    FROM unnest(CAST(:ids AS text[]), CAST(:users AS bigint[])) AS new(id, user_id)
+    ON CONFLICT (user_id, points_type) DO NOTHING
+""")
+ACCOUNTS_OF = text("""
+    SELECT user_id, id FROM accounts WHERE user_id = ANY(:users) AND points_type = :points_type
+""")
 
 CSV_COLUMNS = ("username", "user_id", "variation_points", "context", "comment")
 
@@ -159,16 +178,25 @@ def collect(items: Iterable[tuple[int, Any]], validate: Any) -> tuple[list[Award
     return valid, errors
 
 
+@dataclass(frozen=True)
+class Validated:
+    """A batch that passed: its awards and each one's user id (by position)."""
+
+    awards: list[Award]
+    users: dict[int, int]
+
+
 def validate_batch(
     session: Session, tenant_id: str, items: Iterable[tuple[int, Any]], validate: Any
-) -> tuple[list[Award], list[ItemError]]:
+) -> tuple[Validated, list[ItemError]]:
     """Every item's own checks, then one lookup of all their users; errors sorted by item."""
     awards, errors = collect(items, validate)
+    users: dict[int, int] = {}
     try:
-        resolve_users(session, tenant_id, awards)
+        users = resolve_users(session, tenant_id, awards)
     except BatchInvalid as bad:
         errors += bad.errors
-    return awards, sorted(errors, key=lambda e: e.position)
+    return Validated(awards, users), sorted(errors, key=lambda e: e.position)
 
 
 def resolve_users(session: Session, tenant_id: str, awards: list[Award]) -> dict[int, int]:
@@ -177,13 +205,8 @@ def resolve_users(session: Session, tenant_id: str, awards: list[Award]) -> dict
     names = {a.username for a in awards if a.username is not None}
     by_id: dict[int, str] = {}
     by_name: dict[str, int] = {}
-    for user_id, username in session.execute(
-        select(User.id, User.username).where(
-            User.tenant_id == tenant_id,
-            (User.id == any_(array(sorted(ids), type_=BigInteger)))
-            | (User.username == any_(array(sorted(names), type_=String))),
-        )
-    ):
+    params = {"tenant": tenant_id, "ids": sorted(ids), "names": sorted(names)}
+    for user_id, username in session.execute(USERS_BY_ID_OR_NAME, params):
         by_id[user_id] = username
         by_name[username] = user_id
     resolved: dict[int, int] = {}
@@ -221,27 +244,17 @@ def _accounts(
     session: Session, tenant_id: str, user_ids: set[int], points_type: PointsType
 ) -> dict[int, str]:
     """The account of each user for this points type, created set-based where missing."""
-    rows = [
-        {"id": new_ulid(), "tenant_id": tenant_id, "user_id": user_id,
-         "points_type": points_type.name, "allow_negative": points_type.allow_negative,
-         "exchange_rate": points_type.exchange_rate, "balance": 0, "frozen_balance": 0,
-         "expired_points": 0, "total_earned": 0, "total_spent": 0, "status": "active",
-         "version": 0}
-        for user_id in sorted(user_ids)
-    ]  # fmt: skip
-    mine = select(Account.user_id, Account.id).where(
-        Account.user_id == any_(array(sorted(user_ids), type_=BigInteger)),
-        Account.points_type == points_type.name,
-    )
-    existing = dict(session.execute(mine).all())
-    missing = [row for row in rows if row["user_id"] not in existing]
-    if missing:
-        session.execute(
-            insert(Account).on_conflict_do_nothing(index_elements=["user_id", "points_type"]),
-            missing,
-        )
-        existing = dict(session.execute(mine).all())
-    return existing
+    users = sorted(user_ids)
+    session.execute(
+        CREATE_ACCOUNTS,
+        {
+            "ids": [new_ulid() for _ in users], "tenant": tenant_id, "users": users,
+            "points_type": points_type.name, "allow_negative": points_type.allow_negative,
+            "exchange_rate": points_type.exchange_rate,
+        },
+    )  # fmt: skip
+    found = session.execute(ACCOUNTS_OF, {"users": users, "points_type": points_type.name})
+    return {user_id: account_id for user_id, account_id in found}
 
 
 @dataclass(frozen=True)
@@ -256,10 +269,11 @@ def store_batch(
     session: Session,
     principal: Principal,
     key: str,
-    awards: list[Award],
+    batch: Validated,
     points_type: PointsType,
 ) -> Stored:
     """Write the batch and all its requests in the caller's transaction (or find it again)."""
+    awards, users = batch.awards, batch.users
     digest = batch_fingerprint(awards)
     batch_id = session.scalar(
         insert(Batch)
@@ -279,7 +293,6 @@ def store_batch(
         if existing.fingerprint != digest:
             raise IdempotencyConflict(key)
         return Stored(existing.id, False, [], existing.total)
-    users = resolve_users(session, principal.tenant_id, awards)
     accounts = _accounts(session, principal.tenant_id, set(users.values()), points_type)
     driver = session.connection().connection.driver_connection
     with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]

@@ -102,17 +102,26 @@ def apply_accounts(self: Task, account_ids: list[str]) -> int:
 
 
 def record_outcomes(outcomes: list[Outcome]) -> None:
-    """Metrics and one log line per applied or rejected request."""
+    """Metrics, and one log line per applied chunk naming every adjustment in it."""
+    if not outcomes:
+        return
     now = datetime.now(UTC)
-    for outcome in outcomes:
-        fields = {"adjustment_id": outcome.request_id, "account_id": outcome.account_id}
-        if outcome.status == AdjustmentStatus.COMPLETED:
-            ADJUSTMENTS_APPLIED.inc()
-            APPLY_LATENCY.observe((now - outcome.accepted_at).total_seconds())
-            log.info("adjustment applied", extra=fields)
-        else:
-            ADJUSTMENTS_REJECTED.labels(outcome.error_code).inc()
-            log.info("adjustment rejected", extra=fields | {"code": outcome.error_code})
+    applied = [o for o in outcomes if o.status == AdjustmentStatus.COMPLETED]
+    rejected = [o for o in outcomes if o.status == AdjustmentStatus.REJECTED]
+    ADJUSTMENTS_APPLIED.inc(len(applied))
+    for outcome in applied:
+        APPLY_LATENCY.observe((now - outcome.accepted_at).total_seconds())
+    for outcome in rejected:
+        ADJUSTMENTS_REJECTED.labels(outcome.error_code).inc()
+    log.info(
+        "adjustments applied",
+        extra={
+            "adjustment_ids": [o.request_id for o in applied],
+            "rejected": {o.request_id: o.error_code for o in rejected},
+            "batch_ids": sorted({o.batch_id for o in outcomes if o.batch_id}),
+            "account_ids": sorted({o.account_id for o in outcomes}),
+        },
+    )
 
 
 @shared_task(name=RELAY_OUTBOX_TASK, bind=True, acks_late=True)
