@@ -45,7 +45,7 @@ class Settings:
     lock_ttl: float = 30.0
     lock_wait: float = 10.0
     # How many pending requests one account transaction applies at most.
-    apply_chunk: int = 2000
+    apply_chunk: int = 5000
     max_amount: int = 1_000_000_000
     max_body_bytes: int = 64 * 1024
     # The bulk routes (CSV import, JSON/NDJSON bulk) have limits of their own.

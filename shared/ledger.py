@@ -46,6 +46,14 @@ class Outcome:
     batch_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Applied:
+    """One apply run: what happened to each request, and whether more are pending."""
+
+    outcomes: list[Outcome]
+    more: bool
+
+
 @dataclass
 class _Account:
     id: str
@@ -128,7 +136,7 @@ def _ledger_row(request: Any, account: _Account) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> list[Outcome]:
+def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> Applied:
     """Apply up to `limit` pending requests of these accounts, each account's in order.
 
     The account rows are locked first, so a second writer (say, one whose Redis
@@ -142,9 +150,12 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> l
         )
         for row in session.execute(LOCK_ACCOUNTS, {"ids": ids})
     }
-    pending = session.execute(PENDING, {"ids": ids, "limit": limit}).all()
+    # One row past the limit tells whether another run is needed.
+    pending = session.execute(PENDING, {"ids": ids, "limit": limit + 1}).all()
+    more = len(pending) > limit
+    pending = pending[:limit]
     if not pending:
-        return []
+        return Applied([], more=False)
 
     ledger_rows: list[tuple[Any, ...]] = []
     rejected: list[tuple[int, str]] = []
@@ -168,7 +179,7 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> l
             account.spent -= request.amount
 
     _write(session, ledger_rows, rejected, [a for a in accounts.values() if a.changed])
-    return outcomes
+    return Applied(outcomes, more)
 
 
 def _write(

@@ -154,11 +154,6 @@ class AdjustmentRequest(Base):
             postgresql_where="status IN ('queued', 'processing')",
         ),
         Index("ix_adjustment_requests_batch", "batch_id", "status"),
-        Index(
-            "ix_adjustment_requests_queued_created",
-            "created_at",
-            postgresql_where="status IN ('queued', 'processing')",
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
-from shared.ledger import PENDING_STATUSES, Outcome, apply_pending
+from shared.ledger import PENDING_STATUSES, Applied, apply_pending
 from shared.locks import AccountLocks
 from shared.metrics import LOCK_WAIT
 from shared.models import AdjustmentRequest
@@ -50,11 +50,11 @@ def drain_accounts(
     lock_ttl: float,
     lock_wait: float,
     chunk: int,
-) -> list[Outcome]:
+) -> Applied:
     """Apply up to `chunk` pending requests of these accounts in one transaction.
 
     One chunk per call keeps a task short, so a worker told to stop finishes the
-    chunk in hand and exits; the caller re-publishes when a full chunk came back.
+    chunk in hand and exits; the caller re-publishes while more are pending.
     The Redis locks (TTL plus a unique token) are taken all or none, so two
     callers with overlapping accounts cannot deadlock; they keep workers from
     queueing up on the account rows, while correctness rests on the row locks
@@ -70,9 +70,9 @@ def drain_accounts(
     try:
         redis.delete(*(scheduled_key(account_id) for account_id in ids))
         with transaction(sessions) as session:
-            outcomes = apply_pending(session, ids, chunk)
-        announce(redis, (outcome.request_id for outcome in outcomes))
-        return outcomes
+            applied = apply_pending(session, ids, chunk)
+        announce(redis, (outcome.request_id for outcome in applied.outcomes))
+        return applied
     finally:
         expired = locks.release()
         if expired:

@@ -74,7 +74,7 @@ RETRYING = {
 def _apply(task: Task, account_ids: list[str], again: Callable[[], None]) -> int:
     resources = _app(task).resources
     settings = resources.settings
-    outcomes = drain_accounts(
+    applied = drain_accounts(
         account_ids,
         redis=resources.redis,
         sessions=resources.sessions,
@@ -82,11 +82,11 @@ def _apply(task: Task, account_ids: list[str], again: Callable[[], None]) -> int
         lock_wait=settings.lock_wait,
         chunk=settings.apply_chunk,
     )
-    record_outcomes(outcomes)
-    if len(outcomes) == settings.apply_chunk:
-        # More may be pending: let the next chunk be a task of its own.
+    record_outcomes(applied.outcomes)
+    if applied.more:
+        # Let the next chunk be a task of its own, so that a stopping worker stops soon.
         again()
-    return len(outcomes)
+    return len(applied.outcomes)
 
 
 @shared_task(name=APPLY_ACCOUNT_TASK, **RETRYING)

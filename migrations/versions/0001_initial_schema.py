@@ -200,13 +200,6 @@ def upgrade() -> None:
         unique=False,
         postgresql_where="status IN ('queued', 'processing')",
     )
-    op.create_index(
-        "ix_adjustment_requests_queued_created",
-        "adjustment_requests",
-        ["created_at"],
-        unique=False,
-        postgresql_where="status IN ('queued', 'processing')",
-    )
     op.create_table(
         "ledger_entries",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -270,11 +263,6 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION ledger_entries_refuse_change()")
     op.drop_index("ix_ledger_entries_account_id", table_name="ledger_entries")
     op.drop_table("ledger_entries")
-    op.drop_index(
-        "ix_adjustment_requests_queued_created",
-        table_name="adjustment_requests",
-        postgresql_where="status IN ('queued', 'processing')",
-    )
     op.drop_index(
         "ix_adjustment_requests_pending",
         table_name="adjustment_requests",

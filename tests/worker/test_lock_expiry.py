@@ -25,7 +25,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     assert lock.acquire(wait=0)
     slow = sessions()
     slow.begin()
-    assert len(apply_pending(slow, [account_id], limit=100)) == 3
+    assert len(apply_pending(slow, [account_id], limit=100).outcomes) == 3
 
     # More requests arrive, and A's lock expires while A is still working.
     _, later_ids = queue_requests(sessions, moderator, user.id, [-5, 7])
@@ -39,7 +39,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
             o.request_id
             for o in drain_accounts(
                 [account_id], redis=redis, sessions=sessions, lock_ttl=5, lock_wait=5, chunk=100
-            )
+            ).outcomes
         )
     )
     successor.start()
