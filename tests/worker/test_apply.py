@@ -8,7 +8,7 @@ from celery import Task
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import AdjustmentRequest, LedgerEntry
+from shared.models import Account, AdjustmentRequest, LedgerEntry
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 
 
@@ -111,3 +111,42 @@ def test_one_chunk_per_task_and_the_rest_follows(
             time.sleep(0.05)
         assert done == len(ids)
         assert_ledger_consistent(session, account_id)
+
+
+def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
+    celery_app, factory: Factory, moderator: Caller, sessions: sessionmaker[Session], monkeypatch
+) -> None:
+    from sqlalchemy import text
+
+    import shared.ledger
+    from worker.app import APPLY_ACCOUNTS_TASK
+
+    users = [factory.user() for _ in range(3)]
+    accounts, ids = [], []
+    for user in users:
+        account_id, request_ids = queue_requests(sessions, moderator, user.id, [3, -1, 4])
+        accounts.append(account_id)
+        ids += request_ids
+    apply_accounts = celery_app.tasks[APPLY_ACCOUNTS_TASK]
+
+    # The worker dies after writing the chunk's ledger rows, before the commit.
+    monkeypatch.setattr(
+        shared.ledger, "UPDATE_ACCOUNTS", text("SELECT pg_terminate_backend(pg_backend_pid())")
+    )
+    try:
+        apply_accounts(accounts)
+    except Exception:
+        pass
+    with sessions() as session:
+        assert session.scalar(select(func.count()).where(LedgerEntry.request_id.in_(ids))) == 0
+        statuses = set(
+            session.scalars(select(AdjustmentRequest.status).where(AdjustmentRequest.id.in_(ids)))
+        )
+        assert statuses == {"queued"}
+
+    monkeypatch.undo()
+    assert apply_accounts(accounts) == len(ids)
+    with sessions() as session:
+        for account_id in accounts:
+            assert_ledger_consistent(session, account_id)
+            assert session.get_one(Account, account_id).balance == 6
