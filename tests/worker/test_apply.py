@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+import sqlalchemy.exc
 from celery import Task
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,13 +132,10 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
     apply_accounts = celery_app.tasks[APPLY_ACCOUNTS_TASK]
 
     # The worker dies after writing the chunk's ledger rows, before the commit.
-    monkeypatch.setattr(
-        shared.ledger, "UPDATE_ACCOUNTS", text("SELECT pg_terminate_backend(pg_backend_pid())")
-    )
-    try:
+    crash = text("SELECT pg_terminate_backend(pg_backend_pid())")
+    monkeypatch.setattr(shared.ledger, "UPDATE_ACCOUNTS", crash)
+    with pytest.raises(sqlalchemy.exc.DBAPIError):
         apply_accounts(accounts)
-    except Exception:
-        pass
     with sessions() as session:
         assert session.scalar(select(func.count()).where(LedgerEntry.request_id.in_(ids))) == 0
         statuses = set(
