@@ -65,11 +65,12 @@ FILL = [
            18, '0')
        CROSS JOIN (SELECT id FROM users WHERE username = 'bench_admin'
                    AND tenant_id = 'bench') admin""",
-    """INSERT INTO ledger_entries (ulid, tenant_id, account_id, request_id, amount,
+    """INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id, amount,
               balance_before, balance_after, negative_allowed, type, reputation_type,
               reputation_context, comment, reason, source, related_id, idempotency_key,
               created_by, created_at)
-       SELECT 'BENCH' || lpad(r.id::text, 21, '0'), 'bench', r.account_id, r.id, r.amount,
+       SELECT 'BENCH' || lpad(r.id::text, 21, '0'), 'bench', r.account_id, 'reputation', r.id,
+              r.amount,
               SUM(r.amount) OVER w - r.amount, SUM(r.amount) OVER w, true, 'adjust', 10,
               r.reputation_context, r.comment, '', '', '', r.idempotency_key,
               r.created_by, r.created_at
@@ -85,7 +86,6 @@ FILL = [
                     COALESCE(-SUM(amount) FILTER (WHERE amount < 0), 0) spent, COUNT(*) n
              FROM ledger_entries WHERE tenant_id = 'bench' GROUP BY account_id) s
        WHERE a.id = s.account_id""",
-    "ANALYZE",
 ]
 
 

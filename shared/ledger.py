@@ -60,6 +60,7 @@ class _Account:
     balance: int
     allow_negative: bool
     frozen: bool
+    points_type: str
     earned: int = 0
     spent: int = 0
     changed: bool = False
@@ -68,7 +69,7 @@ class _Account:
 # Row locks in id order, so two appliers of overlapping account sets cannot deadlock.
 # NO KEY UPDATE lets the API keep inserting requests that reference these accounts.
 LOCK_ACCOUNTS = text("""
-    SELECT id, balance, allow_negative, status FROM accounts
+    SELECT id, balance, allow_negative, status, points_type FROM accounts
     WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
 """)
 
@@ -82,7 +83,8 @@ PENDING = text("""
 """)
 
 LEDGER_COPY = """
-    COPY ledger_entries (ulid, tenant_id, account_id, request_id, amount, balance_before,
+    COPY ledger_entries (ulid, tenant_id, account_id, points_type, request_id, amount,
+                         balance_before,
                          balance_after, negative_allowed, type, reputation_type,
                          reputation_context, comment, reason, source, related_id,
                          idempotency_key, expires_at, created_by)
@@ -128,7 +130,8 @@ def _rejection(account: _Account, amount: int, allow_negative: bool) -> str | No
 def _ledger_row(request: Any, account: _Account) -> tuple[Any, ...]:
     before = account.balance
     return (
-        new_ulid(), request.tenant_id, account.id, request.id, request.amount, before,
+        new_ulid(), request.tenant_id, account.id, account.points_type, request.id,
+        request.amount, before,
         before + request.amount, account.allow_negative or request.allow_negative,
         request.entry_type, int(ReputationType.MANUAL), request.reputation_context,
         request.comment, request.reason, request.source, request.related_id,
@@ -146,7 +149,11 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
     ids = sorted(set(account_ids))
     accounts = {
         row.id: _Account(
-            row.id, row.balance, row.allow_negative, row.status == AccountStatus.FROZEN
+            row.id,
+            row.balance,
+            row.allow_negative,
+            frozen=row.status == AccountStatus.FROZEN,
+            points_type=row.points_type,
         )
         for row in session.execute(LOCK_ACCOUNTS, {"ids": ids})
     }
@@ -193,7 +200,7 @@ def _write(
         with driver.cursor() as cursor, cursor.copy(LEDGER_COPY) as copy:  # type: ignore[union-attr]
             for row in ledger_rows:
                 copy.write_row(row)
-        session.execute(MARK_COMPLETED, {"ids": [row[3] for row in ledger_rows]})
+        session.execute(MARK_COMPLETED, {"ids": [row[4] for row in ledger_rows]})
     if rejected:
         session.execute(
             MARK_REJECTED,

@@ -60,7 +60,7 @@ def _entry_conditions(
     tenant_id: str, points_type: str, query: EntryFilters
 ) -> list[ColumnElement[bool]]:
     """Conditions on an entry joined to its account, common to both reads."""
-    conditions = [LedgerEntry.tenant_id == tenant_id, Account.points_type == points_type]
+    conditions = [LedgerEntry.tenant_id == tenant_id, LedgerEntry.points_type == points_type]
     if query.user_id is not None:
         conditions.append(Account.user_id == query.user_id)
     if query.search is not None:
@@ -96,11 +96,10 @@ def list_scores(
 ) -> tuple[int, list[ScoreRow]]:
     """How many entries of the tenant's `points_type` accounts pass `query`, and its page."""
     conditions = _list_conditions(tenant_id, points_type, query)
-    matching = (
-        select(LedgerEntry.id)
-        .join(Account, Account.id == LedgerEntry.account_id)
-        .where(*conditions)
-    )
+    matching = select(LedgerEntry.id).where(*conditions)
+    if query.user_id is not None or query.username is not None:
+        # Only these filters look at the account; without them the count is index-only.
+        matching = matching.join(Account, Account.id == LedgerEntry.account_id)
     count = session.scalar(select(func.count()).select_from(matching.subquery())) or 0
     if query.offset >= count:
         return count, []

@@ -199,6 +199,8 @@ class LedgerEntry(Base):
     ulid: Mapped[str] = mapped_column(String(26), unique=True, default=new_ulid)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # The account's points type, kept on the entry so that reads need not join accounts.
+    points_type: Mapped[str] = mapped_column(String(64))
     # At most one entry per request, however often its task runs.
     request_id: Mapped[int] = mapped_column(ForeignKey("adjustment_requests.id"), unique=True)
     amount: Mapped[int] = mapped_column(BigInteger)
@@ -239,6 +241,7 @@ Index(
 Index(
     "ix_ledger_entries_tenant_context",
     LedgerEntry.tenant_id,
+    LedgerEntry.points_type,
     LedgerEntry.reputation_context,
     postgresql_ops={"reputation_context": "text_pattern_ops"},
 )

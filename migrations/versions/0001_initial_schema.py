@@ -206,6 +206,7 @@ def upgrade() -> None:
         sa.Column("ulid", sa.String(length=26), nullable=False),
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("account_id", sa.String(length=26), nullable=False),
+        sa.Column("points_type", sa.String(length=64), nullable=False),
         sa.Column("request_id", sa.BigInteger(), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("balance_before", sa.BigInteger(), nullable=False),

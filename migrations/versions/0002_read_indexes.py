@@ -40,7 +40,7 @@ def upgrade() -> None:
         op.create_index(
             "ix_ledger_entries_tenant_context",
             "ledger_entries",
-            ["tenant_id", "reputation_context"],
+            ["tenant_id", "points_type", "reputation_context"],
             unique=False,
             postgresql_ops={"reputation_context": "text_pattern_ops"},
             postgresql_concurrently=True,
