@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Subquery, UnaryExpression, cast, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ScalarSelect,
+    Subquery,
+    UnaryExpression,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session, aliased
 
 from shared.models import Account, EntryType, LedgerEntry, ReputationType, User
@@ -41,6 +52,10 @@ class LeaderboardRow:
     total_score: int
 
 
+# The character right after CONTEXT_SEPARATOR ("|") in byte order.
+SEGMENT_END = "}"
+
+
 def like_escape(text: str) -> str:
     """`text` with LIKE's wildcards taken literally (escaped with LIKE_ESCAPE)."""
     for special in (LIKE_ESCAPE, "%", "_"):
@@ -49,11 +64,26 @@ def like_escape(text: str) -> str:
 
 
 def _context_matches(context: str) -> ColumnElement[bool]:
-    """The context itself or any context under it, whole segments only."""
+    """The context itself or any context under it, whole segments only.
+
+    Byte-wise ranges (the text_pattern_ops operators, which the context index
+    serves) rather than LIKE: `C|...` is exactly the range [`C|`, `C}`), because
+    `}` follows `|`; and a plain prefix would let `contest|first` match
+    `contest|first_place`, which the `= C OR >= C|` part rules out.
+    """
     column = LedgerEntry.reputation_context
-    # A plain prefix would let `contest|first` match `contest|first_place`.
-    below = like_escape(context + CONTEXT_SEPARATOR) + "%"
-    return or_(column == context, column.like(below, escape=LIKE_ESCAPE))
+    at_least = column.op("~>=~", is_comparison=True)
+    less_than = column.op("~<~", is_comparison=True)
+    return and_(
+        at_least(context),
+        less_than(context + SEGMENT_END),
+        or_(column == context, at_least(context + CONTEXT_SEPARATOR)),
+    )
+
+
+def _account_of(user: ColumnElement[bool], points_type: str) -> ScalarSelect[str]:
+    """The id of the user's account of `points_type` (one at most: they are unique)."""
+    return select(Account.id).where(user, Account.points_type == points_type).scalar_subquery()
 
 
 def _entry_conditions(
@@ -62,7 +92,9 @@ def _entry_conditions(
     """Conditions on an entry joined to its account, common to both reads."""
     conditions = [LedgerEntry.tenant_id == tenant_id, LedgerEntry.points_type == points_type]
     if query.user_id is not None:
-        conditions.append(Account.user_id == query.user_id)
+        conditions.append(
+            LedgerEntry.account_id == _account_of(Account.user_id == query.user_id, points_type)
+        )
     if query.search is not None:
         pattern = f"%{like_escape(query.search)}%"
         conditions.append(
@@ -81,7 +113,10 @@ def _list_conditions(
     if query.username is not None:
         # A subquery rather than a join: counting millions of entries need not touch users.
         named = select(User.id).where(User.tenant_id == tenant_id, User.username == query.username)
-        conditions.append(Account.user_id == named.scalar_subquery())
+        conditions.append(
+            LedgerEntry.account_id
+            == _account_of(Account.user_id == named.scalar_subquery(), points_type)
+        )
     if query.reputation_context is not None:
         conditions.append(_context_matches(query.reputation_context))
     if query.created_after is not None:
@@ -96,10 +131,8 @@ def list_scores(
 ) -> tuple[int, list[ScoreRow]]:
     """How many entries of the tenant's `points_type` accounts pass `query`, and its page."""
     conditions = _list_conditions(tenant_id, points_type, query)
+    # No join: a user's filter names its account, so counts read one index.
     matching = select(LedgerEntry.id).where(*conditions)
-    if query.user_id is not None or query.username is not None:
-        # Only these filters look at the account; without them the count is index-only.
-        matching = matching.join(Account, Account.id == LedgerEntry.account_id)
     count = session.scalar(select(func.count()).select_from(matching.subquery())) or 0
     if query.offset >= count:
         return count, []
