@@ -23,6 +23,13 @@ class Accepted:
 
 
 @dataclass
+class AcceptedBatch:
+    key: str
+    batch_id: str
+    items: list[tuple[int, int]]  # (user_id, amount), in order
+
+
+@dataclass
 class Load:
     """Client threads posting single adjustments until stopped; every answer is recorded."""
 
@@ -31,6 +38,7 @@ class Load:
     user_ids: list[int]
     threads: int = 6
     accepted: list[Accepted] = field(default_factory=list)
+    batches: list[AcceptedBatch] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     missing_retry_after: int = 0
     replays_mismatched: int = 0
@@ -48,6 +56,9 @@ class Load:
             worker = threading.Thread(target=self._client, args=(number,), daemon=True)
             worker.start()
             self._workers.append(worker)
+        bulk = threading.Thread(target=self._bulk_client, daemon=True)
+        bulk.start()
+        self._workers.append(bulk)
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,3 +120,43 @@ class Load:
                     if again != request_id:
                         with self._lock:
                             self.replays_mismatched += 1
+
+    def _bulk_client(self) -> None:
+        """Batches of 200 awards, each retried with its batch key until accepted."""
+        rng = random.Random(1000)
+        with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {self.token}"
+            sequence = 0
+            while not self._stop.is_set():
+                sequence += 1
+                key = f"chaos-batch-{sequence}"
+                items = [(rng.choice(self.user_ids), rng.choice([1, 2, 3])) for _ in range(200)]
+                body = {
+                    "items": [{"user_id": u, "score": a} for u, a in items],
+                    "comment": key,
+                }
+                batch_id = self._batch_until_accepted(http, key, body)
+                assert batch_id is not None, f"{key} was never accepted"
+                with self._lock:
+                    self.batches.append(AcceptedBatch(key, batch_id, items))
+                time.sleep(0.2)
+
+    def _batch_until_accepted(self, http: requests.Session, key: str, body: dict) -> str | None:
+        deadline = time.monotonic() + RETRY_DEADLINE
+        while time.monotonic() < deadline:
+            try:
+                response = http.post(
+                    self.base_url + "/api/v2/score/bulk",
+                    json=body,
+                    headers={"Idempotency-Key": key},
+                    timeout=30,
+                )
+            except requests.RequestException:
+                time.sleep(0.2)
+                continue
+            with self._lock:
+                self.statuses[response.status_code] += 1
+            if response.status_code == 202:
+                return str(response.json()["id"])
+            time.sleep(0.2)
+        return None

@@ -28,14 +28,15 @@ RECOVERY_LIMIT = 60.0
 
 
 def _wait_all_final(rig: Rig, load: Load) -> float:
-    """Seconds until every accepted request is completed or rejected."""
+    """Seconds until every accepted request (single or in a batch) is completed or rejected."""
     started = time.monotonic()
     ids = [a.request_id for a in load.accepted]
+    batch_ids = [b.batch_id for b in load.batches]
     while True:
         with rig.sessions() as session:
             pending = session.scalar(
                 select(func.count()).where(
-                    AdjustmentRequest.id.in_(ids),
+                    AdjustmentRequest.id.in_(ids) | AdjustmentRequest.batch_id.in_(batch_ids),
                     AdjustmentRequest.status.in_(("queued", "processing")),
                 )
             )
@@ -54,6 +55,9 @@ def _verify(rig: Rig, load: Load) -> None:
     expected: dict[int, int] = {}
     for accepted in load.accepted:
         expected[accepted.user_id] = expected.get(accepted.user_id, 0) + accepted.amount
+    for batch in load.batches:
+        for user_id, amount in batch.items:
+            expected[user_id] = expected.get(user_id, 0) + amount
     ids = [a.request_id for a in load.accepted]
     assert len(set(ids)) == len(ids), "two keys named one request"
     with rig.sessions() as session:
@@ -65,6 +69,17 @@ def _verify(rig: Rig, load: Load) -> None:
             ).all()
         )
         assert len(entries) == len(ids), "an accepted request has no ledger entry"
+        batch_ids = [b.batch_id for b in load.batches]
+        batch_requests = session.scalar(
+            select(func.count()).where(AdjustmentRequest.batch_id.in_(batch_ids))
+        )
+        batch_entries = session.scalar(
+            select(func.count())
+            .select_from(LedgerEntry)
+            .join(AdjustmentRequest, AdjustmentRequest.id == LedgerEntry.request_id)
+            .where(AdjustmentRequest.batch_id.in_(batch_ids))
+        )
+        assert batch_requests == batch_entries == 200 * len(load.batches)
         for user_id, total in expected.items():
             account = session.scalars(select(Account).where(Account.user_id == user_id)).one()
             assert account.balance == total, f"user {user_id}"
@@ -92,10 +107,12 @@ def _run(rig: Rig, fault, before: float = 2.0, after: float = 2.0) -> None:  # t
     fault_ended = time.monotonic()
     time.sleep(after)
     load.stop()
-    recovery = _wait_all_final(rig, load)
+    _wait_all_final(rig, load)
+    recovery = time.monotonic() - fault_ended  # fault over -> every accepted request final
     in_flight = load.accepted_between(fault_started, fault_ended + after)
     print(
-        f"\n{fault.__name__}: {len(load.accepted)} accepted, {in_flight} during/after the fault, "
+        f"\n{fault.__name__}: {len(load.accepted)} single and {len(load.batches)} batches "
+        f"of 200 accepted, {in_flight} single during/after the fault, "
         f"answers {dict(load.statuses)}, recovered in {recovery:.1f} s"
     )
     _verify(rig, load)
