@@ -9,7 +9,7 @@ from typing import Any
 from flask import request
 
 from api.problems import Problem, validation_problem
-from shared.validation import FieldError
+from shared.validation import FieldError, InvalidInput, Model, parse_input
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -42,6 +42,15 @@ def read_object() -> dict[str, Any]:
         "unsupported-media-type",
         "send application/json or application/x-www-form-urlencoded",
     )
+
+
+def read_query(model: type[Model]) -> Model:
+    """The query string validated by `model`; a 400 naming each bad parameter."""
+    raw: dict[str, Any] = {key: request.args.get(key) for key in request.args}
+    try:
+        return parse_input(model, raw)
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api import schemas
 from api.auth import current_principal, require_writer
+from api.body import read_query
 from api.openapi import JSON, documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
@@ -36,7 +37,7 @@ from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest, Batch
 from shared.query_params import PageQuery, parse_flag
-from shared.validation import FieldError, InvalidInput, parse_input, validate_idempotency_key
+from shared.validation import FieldError, InvalidInput, validate_idempotency_key
 from worker.app import ACCOUNTS_PER_TASK, APPLY_ACCOUNTS_TASK
 
 bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
@@ -357,10 +358,7 @@ class ItemsQuery(PageQuery):
 @require_writer
 def batch_items(batch_id: str) -> Response:
     """Page through a batch's requests, optionally only those of one status."""
-    try:
-        query = parse_input(ItemsQuery, {k: request.args.get(k) for k in request.args})
-    except InvalidInput as error:
-        raise validation_problem(error.errors) from None
+    query = read_query(ItemsQuery)
     _own_batch(batch_id)
     session = db_session()
     scope = select(AdjustmentRequest).where(AdjustmentRequest.batch_id == batch_id)

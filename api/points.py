@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from api import schemas
 from api.auth import current_principal, require_writer
-from api.body import read_object, read_preferences
+from api.body import read_object, read_preferences, read_query
 from api.openapi import documented
 from api.outcome import finish, publish, settle
 from api.problems import HANDLED, Problem, as_problem, validation_problem
@@ -27,7 +27,6 @@ from shared.validation import (
     FieldError,
     InvalidInput,
     ShortText,
-    parse_input,
     validate_idempotency_key,
     validate_points,
 )
@@ -204,10 +203,7 @@ class TransactionsQuery(PageQuery):
 @require_writer
 def transactions(user_ref: str) -> Response:
     """A page of the user's ledger entries as PointTransactionResponse objects."""
-    try:
-        query = parse_input(TransactionsQuery, {k: request.args.get(k) for k in request.args})
-    except InvalidInput as error:
-        raise validation_problem(error.errors) from None
+    query = read_query(TransactionsQuery)
     user = _user(user_ref)
     session = db_session()
     scope = (

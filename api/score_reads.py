@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api import schemas
 from api.auth import current_principal, require_writer
+from api.body import read_query
 from api.openapi import documented
 from api.pagination import page
-from api.problems import validation_problem
 from api.resources import db_session, resources
 from api.serializers import leaderboard_object, score_object
 from shared.ledger_reads import leaderboard, list_scores
 from shared.models import ReputationType
 from shared.query_params import LeaderboardQuery, ScoreListQuery
-from shared.validation import InvalidInput, Model, parse_input
 
 # Same prefix as the `score` blueprint: GET / here, POST / there.
 bp = Blueprint("score_reads", __name__, url_prefix="/api/v2/score")
-
-
-def _query(model: type[Model]) -> Model:
-    """The query string validated by `model`; a 400 naming each bad parameter."""
-    raw: dict[str, Any] = {key: request.args.get(key) for key in request.args}
-    try:
-        return parse_input(model, raw)
-    except InvalidInput as error:
-        raise validation_problem(error.errors) from None
 
 
 @bp.get("/")
@@ -43,7 +31,7 @@ def _query(model: type[Model]) -> Model:
 @require_writer
 def list_score() -> Response:
     """A page of the tenant's ledger entries as Score objects, filtered and ordered."""
-    query = _query(ScoreListQuery)
+    query = read_query(ScoreListQuery)
     points_type = resources().settings.default_points_type
     count, rows = list_scores(db_session(), current_principal().tenant_id, points_type, query)
     results = [score_object(entry, user, creator) for entry, user, creator in rows]
@@ -62,7 +50,7 @@ def list_score() -> Response:
 @require_writer
 def score_leaderboard() -> Response:
     """A page of users by their total over the entries that pass the filters."""
-    query = _query(LeaderboardQuery)
+    query = read_query(LeaderboardQuery)
     points_type = resources().settings.default_points_type
     count, rows = leaderboard(db_session(), current_principal().tenant_id, points_type, query)
     return jsonify(page([leaderboard_object(row) for row in rows], count, query))

@@ -229,6 +229,11 @@ def _exec(argv: list[str]) -> None:
     os.execvp(argv[0], argv)
 
 
+def _celery(command: str, *args: str) -> None:
+    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", command,
+           "--loglevel", "INFO", *args])  # fmt: skip
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def api(gunicorn_args: tuple[str, ...]) -> None:
@@ -250,38 +255,14 @@ def api(gunicorn_args: tuple[str, ...]) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
-    _exec(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--loglevel",
-            "INFO",
-            *celery_args,
-        ]
-    )
+    _celery("worker", *celery_args)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat, which drives the outbox relay."""
-    _exec(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            *celery_args,
-        ]
-    )
+    _celery("beat", *celery_args)
 
 
 from cli.award import award  # noqa: E402
