@@ -7,7 +7,8 @@ COPY shared shared
 COPY worker worker
 COPY migrations migrations
 RUN pip install --no-cache-dir . \
-    && useradd --create-home tally
+    && useradd --create-home tally \
+    && mkdir -p /var/lib/tally-metrics && chown tally /var/lib/tally-metrics
 USER tally
 EXPOSE 8000
 CMD ["tally", "api", "--bind", "0.0.0.0:8000"]
