@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy.exc
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
@@ -35,5 +36,11 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
     @app.teardown_appcontext
     def _close_session(_: BaseException | None) -> None:
         session = g.pop("db_session", None)
-        if session is not None:
+        if session is None:
+            return
+        try:
             session.close()
+        except sqlalchemy.exc.DBAPIError as error:
+            # The answer is already made; a connection PostgreSQL cut must not turn it
+            # into a 500. The pool discards the broken connection.
+            current_app.logger.warning("closing a session failed: %s", error)
