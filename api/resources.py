@@ -42,5 +42,6 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
             session.close()
         except sqlalchemy.exc.DBAPIError as error:
             # The answer is already made; a connection PostgreSQL cut must not turn it
-            # into a 500. The pool discards the broken connection.
+            # into a 500. Invalidating hands the broken connection back for discarding.
             current_app.logger.warning("closing a session failed: %s", error)
+            session.invalidate()

@@ -45,3 +45,18 @@ def test_redis_down_still_accepts_durably(
     with sessions() as session:
         row = session.get_one(AdjustmentRequest, response.json["id"])
         assert row.status == "queued"
+
+
+def test_a_connection_cut_after_the_answer_is_not_a_500(
+    client: FlaskClient, moderator: Caller, monkeypatch
+) -> None:
+    import sqlalchemy.exc
+    from sqlalchemy.orm import Session
+
+    def cut(self: Session) -> None:
+        raise sqlalchemy.exc.OperationalError("ROLLBACK", {}, Exception("terminating connection"))
+
+    monkeypatch.setattr(Session, "close", cut)
+    response = client.get("/api/v2/score/requests/987654321", headers=moderator.headers)
+    monkeypatch.undo()
+    assert response.status_code == 404
