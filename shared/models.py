@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -116,6 +117,8 @@ class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
         UniqueConstraint("user_id", "points_type"),
+        # The target of requests' composite foreign key (account, user, tenant).
+        UniqueConstraint("id", "user_id", "tenant_id", name="accounts_identity"),
         CheckConstraint("status IN ('active', 'frozen')", name="status_known"),
     )
 
@@ -146,6 +149,13 @@ class AdjustmentRequest(Base):
             "status IN ('queued', 'processing', 'completed', 'rejected')", name="status_known"
         ),
         CheckConstraint("amount <> 0", name="amount_not_zero"),
+        # One check per row (cheap for a 100,000-row COPY) covers the account, its user
+        # and its tenant, and keeps the three consistent.
+        ForeignKeyConstraint(
+            ["account_id", "user_id", "tenant_id"],
+            ["accounts.id", "accounts.user_id", "accounts.tenant_id"],
+            name="adjustment_requests_account_fkey",
+        ),
         # The worker's and the relay's scan: pending requests of one account, in order.
         Index(
             "ix_adjustment_requests_pending",
@@ -157,11 +167,11 @@ class AdjustmentRequest(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[str] = mapped_column(String(26))
+    user_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
     entry_type: Mapped[str] = mapped_column(String(16), default=EntryType.ADJUST)
     reputation_context: Mapped[str] = mapped_column(String(255), default="")

@@ -111,6 +111,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("user_id", "points_type"),
+        sa.UniqueConstraint("id", "user_id", "tenant_id", name="accounts_identity"),
     )
     op.create_table(
         "tokens",
@@ -174,20 +175,14 @@ def upgrade() -> None:
             "status IN ('queued', 'processing', 'completed', 'rejected')", name="status_known"
         ),
         sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
+        # One check per row covers account, user and tenant, and keeps them consistent.
         sa.ForeignKeyConstraint(
-            ["account_id"],
-            ["accounts.id"],
+            ["account_id", "user_id", "tenant_id"],
+            ["accounts.id", "accounts.user_id", "accounts.tenant_id"],
+            name="adjustment_requests_account_fkey",
         ),
         sa.ForeignKeyConstraint(
             ["created_by"],
-            ["users.id"],
-        ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"],
-            ["tenants.id"],
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"],
             ["users.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
