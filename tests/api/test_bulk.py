@@ -228,3 +228,17 @@ def test_a_batch_mixed_with_concurrent_single_adjustments(
                 by_source[comment].append(request_id)
             for request_ids in by_source.values():
                 assert request_ids == sorted(request_ids)
+
+
+def test_bulk_limits_items_and_body_size(app_with, factory: Factory, moderator: Caller) -> None:
+    user = factory.user()
+    item = {"user_id": user.id, "score": 1, "comment": "x"}
+    client = app_with(bulk_max_items=2, bulk_max_body_bytes=4096).test_client()
+    headers = moderator.headers | {"Idempotency-Key": "limits"}
+    too_many = client.post("/api/v2/score/bulk", json={"items": [item] * 3}, headers=headers)
+    assert too_many.status_code == 400
+    assert too_many.json["errors"][0]["field"] == "items"
+    too_big = client.post(
+        "/api/v2/score/bulk", json={"items": [item | {"comment": "y" * 5000}]}, headers=headers
+    )
+    assert too_big.status_code == 413
