@@ -31,6 +31,7 @@ from shared.validation import (
     check_amount,
     parse_input,
     validate_idempotency_key,
+    validate_score,
 )
 
 # Array parameters (one bind each), so that 10,000 users are one short statement.
@@ -150,8 +151,6 @@ def validate_bulk_item(
     """One bulk item, shaped like a single adjustment, with the batch's defaults."""
     if not isinstance(item, dict):
         raise BatchInvalid([ItemError(index, "item", "invalid_type", "must be an object")])
-    from shared.validation import validate_score
-
     merged = {key: value for key, value in defaults.items() if value is not None} | item
     try:
         command = validate_score(merged, max_amount)
