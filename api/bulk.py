@@ -34,10 +34,11 @@ from shared.bulk import (
     validate_bulk_item,
     validate_csv_row,
 )
+from shared.fields import parse_flag
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest, Batch
-from shared.query_params import PageQuery, parse_flag
+from shared.query_params import PageQuery
 from shared.validation import FieldError, InvalidInput, validate_idempotency_key
 from worker.app import ACCOUNTS_PER_TASK, APPLY_ACCOUNTS_TASK
 

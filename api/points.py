@@ -17,16 +17,15 @@ from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import account_object, timestamp, transaction_object
 from shared.adjustments import Adjustment, record
+from shared.fields import BIGINT_MAX, ShortText
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import Account, AdjustmentRequest, AdjustmentStatus, LedgerEntry, User
 from shared.query_params import PageQuery
 from shared.validation import (
-    BIGINT_MAX,
     AdjustPointsInput,
     FieldError,
     InvalidInput,
-    ShortText,
     validate_idempotency_key,
     validate_points,
 )

@@ -17,11 +17,11 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import status_object
 from shared.adjustments import Adjustment, find_user, record
+from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest
 from shared.validation import (
-    BIGINT_MAX,
     FieldError,
     InvalidInput,
     ScoreInput,
@@ -133,11 +133,9 @@ def request_by_key() -> Response:
             [FieldError("idempotency_key", "required", "this query parameter is required")]
         )
     try:
-        validate_idempotency_key(key)
+        validate_idempotency_key(key, "idempotency_key")
     except InvalidInput as error:
-        raise validation_problem(
-            [FieldError("idempotency_key", e.code, e.message) for e in error.errors]
-        ) from None
+        raise validation_problem(error.errors) from None
     principal = current_principal()
     session = db_session()
     row = session.scalars(

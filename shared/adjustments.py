@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from shared.auth import Principal
 from shared.config import PointsType
+from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict, fingerprint
 from shared.models import Account, AdjustmentRequest, EntryType, User, new_ulid
-from shared.validation import BIGINT_MAX, FieldError, InvalidInput, UserRef
+from shared.validation import FieldError, InvalidInput, UserRef
 
 
 @dataclass(frozen=True)

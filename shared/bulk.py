@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from shared.adjustments import Adjustment
 from shared.auth import Principal
 from shared.config import PointsType
+from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict
 from shared.models import Batch, new_ulid
 from shared.validation import (
-    BIGINT_MAX,
     FieldError,
     InvalidInput,
     ScoreInput,

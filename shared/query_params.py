@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic_core import PydanticCustomError
 
-from shared.validation import BIGINT_MAX, Context, Search, Username, parse_integer
+from shared.fields import (
+    BIGINT_MAX,
+    Context,
+    Flag,
+    Search,
+    Timestamp,
+    Username,
+    integer_within,
+    is_blank,
+    parse_integer,
+)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
@@ -16,11 +24,6 @@ MAX_LIMIT = 1000
 INTEGER_MAX = 2**31 - 1
 Ordering = Literal["-reputed_at", "reputed_at", "-score", "score"]
 DEFAULT_ORDERING: Ordering = "-reputed_at"
-FLAG_VALUES = {"true": True, "1": True, "false": False, "0": False}
-
-
-def _is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _parse_limit(value: Any) -> Any:
@@ -36,55 +39,8 @@ def _parse_offset(value: Any) -> Any:
     return 0 if number is None else number
 
 
-def _integer_within(low: int, high: int) -> BeforeValidator:
-    """An integer parameter compared with a column of this range."""
-
-    def parse(value: Any) -> int | None:
-        number = parse_integer(value)
-        if number is not None and not low <= number <= high:
-            raise PydanticCustomError(
-                "out_of_range", "must be between {low} and {high}", {"low": low, "high": high}
-            )
-        return number
-
-    return BeforeValidator(parse)
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """An ISO 8601 date or date-time (or a datetime); one without an offset is UTC."""
-    if _is_blank(value):
-        return None
-    try:
-        if isinstance(value, datetime):
-            parsed = value
-        elif isinstance(value, str):
-            parsed = datetime.fromisoformat(value)
-        else:
-            raise ValueError(value)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        # In UTC, because Python accepts offsets up to a day and PostgreSQL refuses some.
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise PydanticCustomError(
-            "datetime", "must be an ISO 8601 date-time such as 2026-05-20T10:30:00Z"
-        ) from None
-
-
-def parse_flag(value: Any) -> bool:
-    """`true` or `false` (also `1`/`0`, any case); absent is false."""
-    if _is_blank(value):
-        return False
-    if isinstance(value, bool):
-        return value
-    flag = FLAG_VALUES.get(value.strip().lower()) if isinstance(value, str) else None
-    if flag is None:
-        raise PydanticCustomError("boolean", "must be true or false")
-    return flag
-
-
 def _default_ordering(value: Any) -> Any:
-    return DEFAULT_ORDERING if _is_blank(value) else value
+    return DEFAULT_ORDERING if is_blank(value) else value
 
 
 # Field before the validator, so that the JSON schema shows `minimum`/`maximum`.
@@ -94,10 +50,8 @@ Limit = Annotated[
     BeforeValidator(_parse_limit),
 ]
 Offset = Annotated[int, Field(ge=0, le=BIGINT_MAX), BeforeValidator(_parse_offset)]
-BigIntegerId = Annotated[int | None, _integer_within(-BIGINT_MAX - 1, BIGINT_MAX)]
-IntegerId = Annotated[int | None, _integer_within(-INTEGER_MAX - 1, INTEGER_MAX)]
-Timestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp)]
-Flag = Annotated[bool, BeforeValidator(parse_flag)]
+BigIntegerId = Annotated[int | None, BeforeValidator(integer_within(-BIGINT_MAX - 1, BIGINT_MAX))]
+IntegerId = Annotated[int | None, BeforeValidator(integer_within(-INTEGER_MAX - 1, INTEGER_MAX))]
 ScoreOrdering = Annotated[Ordering, BeforeValidator(_default_ordering)]
 
 

@@ -1,24 +1,32 @@
-"""Validation of adjustment input: one pydantic model per input shape, errors named by field."""
+"""Validation of adjustment input: one pydantic model per input shape, errors named by field.
+
+The fields themselves are parsed by `shared.fields` (one parser per kind of field);
+this module composes them into the bodies tally accepts and states the rules that
+span fields (exactly one user reference, a context or a comment, amount bounds).
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-INTEGER_PATTERN = re.compile(r"-?[0-9]+")
-CONTEXT_MAX = 255
-COMMENT_MAX = 2000
-USERNAME_MAX = 150
-IDEMPOTENCY_KEY_MAX = 255
-SHORT_TEXT_MAX = 255
-# Ids are BIGINT columns: a larger number names nothing (and must not reach the database).
-BIGINT_MAX = 2**63 - 1
+from shared.fields import (
+    Avatar,
+    Comment,
+    Context,
+    Flag,
+    IdempotencyKey,
+    Integer,
+    ShortText,
+    Timestamp,
+    Username,
+    parse_key,
+    text_parser,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -38,100 +46,6 @@ class InvalidInput(Exception):
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
-
-
-def _check_text(value: str) -> str:
-    if "\x00" in value:
-        raise PydanticCustomError("invalid_character", "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError(
-            "invalid_character", "must not contain unpaired surrogates"
-        ) from None
-    return value
-
-
-def _blank_to_none(value: Any) -> Any:
-    """Empty or whitespace-only strings count as absent."""
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
-
-
-def parse_integer(value: Any) -> int | None:
-    """A JSON integer or a string of ASCII digits with an optional minus; nothing else."""
-    value = _blank_to_none(value)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise PydanticCustomError("integer", "must be an integer")
-    if isinstance(value, str):
-        if not INTEGER_PATTERN.fullmatch(value):
-            raise PydanticCustomError("integer", "must be an integer")
-        return int(value)
-    return value
-
-
-def _text(max_length: int) -> Any:
-    def parse(value: Any) -> str | None:
-        value = _blank_to_none(value)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise PydanticCustomError("string", "must be a string")
-        if len(value) > max_length:
-            raise PydanticCustomError(
-                "too_long", "must be at most {max_length} characters", {"max_length": max_length}
-            )
-        return _check_text(value)
-
-    return BeforeValidator(parse)
-
-
-def parse_context(value: Any) -> str | None:
-    """Pipe-separated segments, each trimmed, none empty: `contest|first_place|apis`."""
-    value = _blank_to_none(value)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise PydanticCustomError("string", "must be a string")
-    segments = [segment.strip() for segment in value.split("|")]
-    if any(not segment for segment in segments):
-        raise PydanticCustomError("empty_segment", "must not contain empty segments")
-    normalised = "|".join(segments)
-    if len(normalised) > CONTEXT_MAX:
-        raise PydanticCustomError(
-            "too_long", "must be at most {max_length} characters", {"max_length": CONTEXT_MAX}
-        )
-    return _check_text(normalised)
-
-
-INTEGER_SCHEMA = {
-    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^-?[0-9]+$"}, {"type": "null"}]
-}
-
-
-def _string_schema(max_length: int) -> WithJsonSchema:
-    return WithJsonSchema({"type": ["string", "null"], "maxLength": max_length})
-
-
-Integer = Annotated[int | None, BeforeValidator(parse_integer), WithJsonSchema(INTEGER_SCHEMA)]
-Context = Annotated[
-    str | None,
-    BeforeValidator(parse_context),
-    WithJsonSchema(
-        {
-            "type": ["string", "null"],
-            "maxLength": CONTEXT_MAX,
-            "description": "Pipe-separated segments, none empty: contest|first_place|apis",
-        }
-    ),
-]
-Comment = Annotated[str | None, _text(COMMENT_MAX), _string_schema(COMMENT_MAX)]
-Username = Annotated[str | None, _text(USERNAME_MAX), _string_schema(USERNAME_MAX)]
-# A search longer than the longest field it looks in could never match.
-Search = Annotated[str | None, _text(COMMENT_MAX), _string_schema(COMMENT_MAX)]
 
 
 class ScoreInput(BaseModel):
@@ -229,57 +143,12 @@ def validate_score(raw: Mapping[str, Any], max_amount: int) -> ScoreCommand:
     )
 
 
-def validate_idempotency_key(value: str | None) -> str | None:
-    """The Idempotency-Key header: 1 to 255 characters, visible ASCII, or absent."""
-    if value is None:
-        return None
-    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not value.isprintable() or not value.isascii():
-        raise InvalidInput(
-            [
-                FieldError(
-                    "Idempotency-Key",
-                    "invalid",
-                    f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
-                )
-            ]
-        )
-    return value
-
-
-def parse_strict_flag(value: Any) -> bool:
-    """A JSON boolean, or the strings `true`/`false`; absent is false."""
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise PydanticCustomError("boolean", "must be true or false")
-
-
-def parse_expiry(value: Any) -> datetime | None:
-    """An ISO 8601 date-time with an offset (or `Z`); naive ones are taken as UTC."""
-    value = _blank_to_none(value)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise PydanticCustomError("datetime", "must be an ISO 8601 date-time")
+def validate_idempotency_key(value: Any, field: str = "Idempotency-Key") -> str | None:
+    """An idempotency key (header, body member, bulk item or query), or InvalidInput."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PydanticCustomError("datetime", "must be an ISO 8601 date-time") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-ShortText = Annotated[str | None, _text(SHORT_TEXT_MAX), _string_schema(SHORT_TEXT_MAX)]
-StrictFlag = Annotated[
-    bool, BeforeValidator(parse_strict_flag), WithJsonSchema({"type": ["boolean", "string"]})
-]
-Expiry = Annotated[
-    datetime | None,
-    BeforeValidator(parse_expiry),
-    WithJsonSchema({"type": ["string", "null"], "format": "date-time"}),
-]
+        return parse_key(value)
+    except PydanticCustomError as error:
+        raise InvalidInput([FieldError(field, error.type, error.message())]) from None
 
 
 class AdjustPointsInput(BaseModel):
@@ -290,11 +159,11 @@ class AdjustPointsInput(BaseModel):
     amount: Integer = None
     reason: Comment = None
     points_type: ShortText = None
-    idempotency_key: ShortText = None
-    expires_at: Expiry = None
+    idempotency_key: IdempotencyKey = None
+    expires_at: Timestamp = None
     source: ShortText = None
     related_id: ShortText = None
-    allow_negative_balance: StrictFlag = False
+    allow_negative_balance: Flag = False
 
 
 def validate_points(raw: Mapping[str, Any], max_amount: int) -> AdjustPointsInput:
@@ -315,10 +184,10 @@ class UserInput(BaseModel):
     external_id: ShortText = None
     real_name: ShortText = None
     email: ShortText = None
-    avatar: Annotated[str | None, _text(2000), _string_schema(2000)] = None
+    avatar: Avatar = None
     description: Comment = None
     role: Annotated[
-        str | None, _text(16), WithJsonSchema({"enum": ["user", "moderator", "admin", None]})
+        str | None, text_parser(16), WithJsonSchema({"enum": ["user", "moderator", "admin", None]})
     ] = None
 
 
