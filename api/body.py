@@ -1,41 +1,103 @@
-"""Reading request bodies (JSON or forms) and the RFC 7240 Prefer header."""
+"""Reading request bodies (JSON, forms, NDJSON) within their limit, and the RFC 7240 Prefer header.
+
+Every body goes through `read_body`, which enforces the route's byte limit however
+the body is framed: werkzeug cuts a chunked body at `max_content_length` without a
+word, so tally never lets werkzeug read a body itself.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from flask import request
+from flask import g, request
+from werkzeug.datastructures import MultiDict
+from werkzeug.formparser import FormDataParser
 
 from api.problems import Problem, validation_problem
 from shared.validation import FieldError, InvalidInput, Model, parse_input
 
+JSON = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+READ_SIZE = 64 * 1024
 
 
-def _is_json(mimetype: str) -> bool:
-    return mimetype == "application/json" or mimetype.endswith("+json")
+def too_large(limit: int) -> Problem:
+    return Problem(413, "content-too-large", f"the body is larger than {limit} bytes")
 
 
-def read_object() -> dict[str, Any]:
+def read_body(limit: int) -> bytes:
+    """The whole body (Content-Length or chunked); a 413 if it is longer than `limit` bytes."""
+    if "body" in g:
+        body: bytes = g.body
+        return body
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
+    stream = request.environ["wsgi.input"]
+    # Without a length the server must have ended the stream itself (chunked framing);
+    # otherwise reading would wait for a client that has nothing more to send.
+    if length is None and not request.environ.get("wsgi.input_terminated"):
+        length = 0
+    wanted = limit + 1 if length is None else length
+    chunks: list[bytes] = []
+    received = 0
+    while received < wanted:
+        chunk = stream.read(min(READ_SIZE, wanted - received))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        received += len(chunk)
+    if received > limit:
+        raise too_large(limit)
+    g.body = b"".join(chunks)
+    return g.body  # type: ignore[no-any-return]
+
+
+def is_json(mimetype: str) -> bool:
+    return mimetype == JSON or mimetype.endswith("+json")
+
+
+def parse_json(data: bytes, field: str = "body") -> Any:
+    """A JSON document, or a 400 naming `field`."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise validation_problem([FieldError(field, "invalid_json", "not valid JSON")]) from None
+
+
+def read_form(limit: int) -> tuple[MultiDict[str, str], dict[str, bytes]]:
+    """The fields and the uploaded files' contents of a form body, within `limit` bytes."""
+    data = read_body(limit)
+    parser = FormDataParser(max_content_length=limit, max_form_memory_size=limit)
+    _, form, files = parser.parse(
+        io.BytesIO(data), request.mimetype, len(data), request.mimetype_params
+    )
+    uploads: dict[str, bytes] = {}
+    for name, upload in files.items(multi=True):
+        try:
+            uploads.setdefault(name, upload.read())
+        finally:
+            upload.close()
+    return form, uploads
+
+
+def read_object(limit: int) -> dict[str, Any]:
     """The body as a flat mapping: a JSON object, or a form's first values."""
     mimetype = request.mimetype
-    if _is_json(mimetype):
-        try:
-            data = json.loads(request.get_data(cache=True))
-        except (ValueError, RecursionError):
-            raise validation_problem(
-                [FieldError("body", "invalid_json", "the body is not valid JSON")]
-            ) from None
+    if is_json(mimetype):
+        data = parse_json(read_body(limit))
         if not isinstance(data, dict):
             raise validation_problem(
                 [FieldError("body", "invalid_type", "the body must be a JSON object")]
             )
         return data
     if mimetype in FORM_TYPES:
-        return {key: request.form.get(key) for key in request.form}
-    if not mimetype and not request.get_data(cache=True):
+        form, _ = read_form(limit)
+        return {key: form.get(key) for key in form}
+    if not mimetype and not read_body(limit):
         return {}
     raise Problem(
         415,

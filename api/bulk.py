@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -16,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from api import schemas
 from api.auth import current_principal, require_writer
-from api.body import read_query
-from api.openapi import JSON, documented
+from api.body import FORM_TYPES, JSON, is_json, parse_json, read_body, read_form, read_query
+from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
@@ -47,8 +45,8 @@ bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
 NDJSON = "application/x-ndjson"
 
 
-def _allow_large_body() -> None:
-    request.max_content_length = resources().settings.bulk_max_body_bytes
+def _body_limit() -> int:
+    return resources().settings.bulk_max_body_bytes
 
 
 def _batch_key(derived: str | None = None) -> str:
@@ -150,7 +148,6 @@ class ImportInput(BaseModel):
 @require_writer
 def import_csv() -> Response:
     """Validate the whole file; with dry_run=false store every row in one batch."""
-    _allow_large_body()
     text, raw_dry_run = _import_source()
     try:
         dry_run = True if raw_dry_run is None else parse_flag(raw_dry_run)
@@ -201,22 +198,27 @@ def _row_error(error: ItemError) -> dict[str, Any]:
 
 def _import_source() -> tuple[str, Any]:
     """The CSV text (exactly one of csv_file or csv_string) and the raw dry_run value."""
-    if request.mimetype == JSON:
-        body = request.get_json(silent=True)
+    if is_json(request.mimetype):
+        body = parse_json(read_body(_body_limit()))
         if not isinstance(body, dict):
-            raise validation_problem([FieldError("body", "invalid_json", "must be a JSON object")])
+            raise validation_problem(
+                [FieldError("body", "invalid_type", "the body must be a JSON object")]
+            )
         csv_string, upload, dry_run = body.get("csv_string"), None, body.get("dry_run")
+    elif request.mimetype in FORM_TYPES:
+        form, files = read_form(_body_limit())
+        csv_string = form.get("csv_string")
+        upload = files.get("csv_file")
+        dry_run = form.get("dry_run")
     else:
-        csv_string = request.form.get("csv_string")
-        upload = request.files.get("csv_file")
-        dry_run = request.form.get("dry_run")
+        raise Problem(415, "unsupported-media-type", f"send {JSON} or a form")
     if (csv_string is None) == (upload is None):
         raise validation_problem(
             [FieldError("csv_file", "required", "give exactly one of csv_file or csv_string")]
         )
     if upload is not None:
         try:
-            return upload.stream.read().decode("utf-8-sig"), dry_run
+            return upload.decode("utf-8-sig"), dry_run
         except UnicodeDecodeError:
             raise validation_problem(
                 [FieldError("csv_file", "encoding", "must be UTF-8 text")]
@@ -248,7 +250,6 @@ class BulkInput(BaseModel):
 @require_writer
 def bulk() -> Response:
     """Validate every item, then store them all as one batch."""
-    _allow_large_body()
     key = _batch_key()
     items, defaults = _bulk_items()
     limit = resources().settings.bulk_max_items
@@ -271,35 +272,22 @@ def bulk() -> Response:
 
 
 def _bulk_items() -> tuple[list[Any], dict[str, Any]]:
-    data = request.get_data(cache=False)
-    if request.mimetype == NDJSON:
-        return list(_ndjson(data)), {}
-    if request.mimetype != JSON:
+    if request.mimetype not in (JSON, NDJSON):
         raise Problem(415, "unsupported-media-type", f"send {JSON} or {NDJSON}")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise validation_problem(
-            [FieldError("body", "invalid_json", "the body is not valid JSON")]
-        ) from None
+    data = read_body(_body_limit())
+    if request.mimetype == NDJSON:
+        return [
+            parse_json(line, f"line {number}")
+            for number, line in enumerate(data.splitlines(), start=1)
+            if line.strip()
+        ], {}
+    body = parse_json(data)
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise validation_problem(
             [FieldError("items", "required", 'the body must be {"items": [...]}')]
         )
     defaults = {k: body.get(k) for k in ("reputation_context", "comment")}
     return body["items"], defaults
-
-
-def _ndjson(data: bytes) -> Iterator[Any]:
-    for number, line in enumerate(data.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except (ValueError, RecursionError):
-            raise validation_problem(
-                [FieldError(f"line {number + 1}", "invalid_json", "not valid JSON")]
-            ) from None
 
 
 def batch_status(batch_id: str) -> dict[str, Any]:

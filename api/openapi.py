@@ -116,7 +116,7 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "content": {contract.error_type: {"schema": ref(contract.error_model)}},
         }
     if contract.query is not None:
-        # Refused by gunicorn before tally sees it, so no body of ours.
+        # Refused by the HTTP server before tally sees it, so no body of ours.
         responses |= {str(status): {"description": text} for status, text in QUERY_ERRORS.items()}
     for status, (description, model) in contract.responses.items():
         if model is None:

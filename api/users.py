@@ -50,7 +50,7 @@ def user_object(user: User) -> Response:
 def create() -> Response:
     """Create a user in the caller's tenant."""
     try:
-        data = validate_user(read_object())
+        data = validate_user(read_object(resources().settings.max_body_bytes))
         session = db_session()
         user = create_user(session, current_principal().tenant_id, data)
         session.commit()

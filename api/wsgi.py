@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn: `api.wsgi:app`."""
+"""WSGI entry point for granian: `api.wsgi:app`."""
 
 from api.app import create_app
 

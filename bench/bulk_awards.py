@@ -3,7 +3,7 @@
 Creates 10,000 users (set-based SQL on TALLY_DATABASE_URL, in the token's tenant),
 submits 100,000 awards in one POST /api/v2/score/bulk, and prints the time to the
 202, the time until the batch is completed, and the API's peak memory growth
-(RSS of the gunicorn processes, sampled every 20 ms).
+(RSS of the API processes, sampled every 20 ms).
 
 Usage: TALLY_DATABASE_URL=... python bench/bulk_awards.py --url http://127.0.0.1:8000 --token T
 """
@@ -26,10 +26,11 @@ from shared.resources import Resources
 
 
 def api_processes() -> list[psutil.Process]:
+    """`tally api` (or `python -m cli api`) and the worker processes it forked."""
     return [
         p for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and "gunicorn" in " ".join(p.info["cmdline"])
-        and "api.wsgi:app" in " ".join(p.info["cmdline"])
+        if " api" in " ".join(p.info["cmdline"] or [])
+        and any(part.endswith(("tally", "cli")) for part in p.info["cmdline"] or [])
     ]  # fmt: skip
 
 

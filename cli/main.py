@@ -234,21 +234,22 @@ def _celery(command: str, *args: str) -> None:
            "--loglevel", "INFO", *args])  # fmt: skip
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def api(gunicorn_args: tuple[str, ...]) -> None:
-    """Serve the HTTP API under gunicorn (extra arguments go to gunicorn)."""
-    _exec(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:api.gunicorn_conf",
-            *gunicorn_args,
-            "api.wsgi:app",
-        ]
-    )
+@cli.command()
+@click.option("--bind", help="HOST:PORT (default TALLY_BIND or 127.0.0.1:8000)")
+@click.option("--processes", type=int, help="worker processes (default TALLY_API_PROCESSES or 2)")
+@click.option("--threads", type=int, help="threads per process (default TALLY_API_THREADS or 16)")
+def api(bind: str | None, processes: int | None, threads: int | None) -> None:
+    """Serve the HTTP API (granian, WSGI)."""
+    from dataclasses import replace
+
+    from api.server import ServerOptions, serve
+
+    options = ServerOptions.from_environment(bind)
+    if processes:
+        options = replace(options, processes=processes)
+    if threads:
+        options = replace(options, threads=threads)
+    serve(options)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -1,7 +1,7 @@
 """Prometheus metrics of the API and the worker, correct across processes.
 
 With PROMETHEUS_MULTIPROC_DIR set (one shared, empty folder for every process of
-a host, as `tally run` and the gunicorn config arrange), each process writes its
+a host, as `tally run` and `tally api` arrange), each process writes its
 samples there and /metrics aggregates them. Gauges about the backlog are read at
 scrape time from Redis and PostgreSQL, so they are right whoever serves them.
 """

@@ -1,4 +1,4 @@
-"""A stack of real processes (gunicorn, Celery workers, beat) that a test starts and stops."""
+"""A stack of real processes (the API, Celery workers, beat) that a test starts and stops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real stack for the tests that need processes: gunicorn, two Celery workers, beat."""
+"""A real stack for the tests that need processes: the API, two Celery workers, beat."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def stack_factory(stack_sessions: sessionmaker[Session]) -> Factory:
 
 @pytest.fixture
 def stack_without_workers(services: Services, tmp_path: Path) -> Iterator[Stack]:
-    """gunicorn (two processes) and beat; the test starts workers when it wants them."""
+    """The API (two processes) and beat; the test starts workers when it wants them."""
     port = free_port()
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()

@@ -1,4 +1,4 @@
-"""/metrics served by a multi-process gunicorn counts what every process did."""
+"""/metrics served by a multi-process API counts what every process did."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_counters_move_when_adjustments_are_applied(stack: Stack, stack_factory:
                 timeout=30,
             )
             assert response.status_code == 201
-    # Scrape several times: whichever gunicorn process answers, the sums agree.
+    # Scrape several times: whichever API process answers, the sums agree.
     scrapes = [_samples(stack) for _ in range(4)]
     for after in scrapes:
         accepted = _value(after, "tally_adjustments_accepted_total")
