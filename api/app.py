@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from api import resources
+from api.limits import init_limits
 from api.problems import register_error_handlers
 from shared import logs
 from shared.config import Settings, load_settings
@@ -27,6 +28,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from api import bulk, health, metrics, openapi, points, score, score_reads, users
 
+    limiter = init_limits(app, settings)
+    for unlimited in (health.bp, openapi.bp, metrics.bp):
+        limiter.exempt(unlimited)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)

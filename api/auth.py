@@ -9,8 +9,8 @@ from typing import ParamSpec, TypeVar
 from flask import g, request
 
 from api.problems import Problem
-from api.resources import db_session
-from shared.auth import Principal, authenticate
+from api.resources import token_cache
+from shared.auth import Principal
 from shared.models import Role
 
 P = ParamSpec("P")
@@ -34,9 +34,9 @@ def _authenticate() -> Principal:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("a bearer token is required")
-    principal = authenticate(db_session(), token.strip())
+    principal = token_cache().principal(token.strip())
     if principal is None:
-        raise _unauthorized("the token is invalid or revoked", "invalid_token")
+        raise _unauthorized("the token is invalid, expired or revoked", "invalid_token")
     return principal
 
 

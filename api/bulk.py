@@ -10,7 +10,6 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from api import schemas
 from api.auth import current_principal, require_writer
@@ -78,10 +77,6 @@ def _store(key: str, batch: Validated) -> Stored:
         raise _invalid(bad.errors, "index") from None
     except IdempotencyConflict as conflict:
         raise Problem(422, "idempotency-key-reused", str(conflict)) from None
-    except IntegrityError:
-        raise Problem(
-            422, "idempotency-key-reused", "an item's idempotency key is already in use"
-        ) from None
     _publish(stored)
     return stored
 
@@ -115,10 +110,18 @@ def _status_url(batch_id: str) -> str:
     return url_for("bulk.batch", batch_id=batch_id, _external=True)
 
 
+# An error report lists this many errors and counts the rest.
+MAX_REPORTED_ERRORS = 1000
+
+
 def _invalid(errors: list[ItemError], position: str) -> Problem:
+    shown = errors[:MAX_REPORTED_ERRORS]
     problem = Problem(400, "validation", f"{len(errors)} items are invalid; nothing was written")
-    problem.extra = {"errors_by_item": [_item_error(e, position) for e in errors]}
-    problem.errors = [FieldError(e.field, e.code, e.message) for e in errors]
+    problem.extra = {
+        "error_count": len(errors),
+        "errors_by_item": [_item_error(e, position) for e in shown],
+    }
+    problem.errors = [FieldError(e.field, e.code, e.message) for e in shown]
     return problem
 
 
@@ -156,7 +159,10 @@ def import_csv() -> Response:
             [FieldError("dry_run", "boolean", "must be true or false")]
         ) from None
     max_amount = resources().settings.max_amount
-    rows = list(csv_rows(io.StringIO(text)))
+    try:
+        rows = list(csv_rows(io.StringIO(text)))
+    except BatchInvalid as bad:
+        raise _invalid_rows(bad.errors) from None
     batch, errors = validate_batch(
         db_session(),
         current_principal().tenant_id,
@@ -172,13 +178,12 @@ def import_csv() -> Response:
             "valid_rows": len(rows) - len(bad_rows),
             "invalid_rows": len(bad_rows),
             "total_points_variation": total,
-            "errors": [_row_error(e) for e in errors],
+            "error_count": len(errors),
+            "errors": [_row_error(e) for e in errors[:MAX_REPORTED_ERRORS]],
         }
         return jsonify(report)
     if errors:
-        problem = Problem(400, "validation", "the file has invalid rows; nothing was written")
-        problem.extra = {"errors": [_row_error(e) for e in errors]}
-        raise problem
+        raise _invalid_rows(errors)
     key = _batch_key("csv-" + hashlib.sha256(text.encode()).hexdigest()[:48])
     stored = _store(key, batch)
     return _accepted(
@@ -190,6 +195,15 @@ def import_csv() -> Response:
             "status_url": _status_url(stored.batch_id),
         },
     )
+
+
+def _invalid_rows(errors: list[ItemError]) -> Problem:
+    problem = Problem(400, "validation", "the file has invalid rows; nothing was written")
+    problem.extra = {
+        "error_count": len(errors),
+        "errors": [_row_error(e) for e in errors[:MAX_REPORTED_ERRORS]],
+    }
+    return problem
 
 
 def _row_error(error: ItemError) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from flask import Response, current_app, jsonify, url_for
 
 from api.body import Preferences
 from api.problems import Problem
-from api.resources import db_session, publisher, resources
+from api.resources import db_session, publisher, resources, wait_slots
 from api.serializers import load_score, status_object
 from shared.models import FINAL_STATUSES, AdjustmentRequest, AdjustmentStatus
 from shared.notify import CompletionWaiter
@@ -42,6 +42,9 @@ def wait_for_outcome(request_id: int, preferences: Preferences) -> bool:
     wait = min(wait, settings.max_wait)
     if preferences.respond_async or wait <= 0:
         return False
+    slots = wait_slots()
+    if not slots.acquire(blocking=False):
+        return False  # enough threads wait already: answer 202 now
     try:
         with CompletionWaiter(resources().redis, request_id) as waiter:
             if _final_status(request_id) in FINAL_STATUSES:
@@ -50,6 +53,8 @@ def wait_for_outcome(request_id: int, preferences: Preferences) -> bool:
     except redis.exceptions.RedisError:
         current_app.logger.warning("cannot wait on Redis for request %s", request_id)
         return False
+    finally:
+        slots.release()
 
 
 def status_url(request_id: int) -> str:

@@ -15,7 +15,12 @@ from shared.validation import FieldError
 
 PROBLEM_TYPE_BASE = "https://tally.dev/problems/"
 RETRY_AFTER_SECONDS = 5
-DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# Unreachable, or every pooled connection busy past the pool timeout: both are a 503.
+DATABASE_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
 
 
 class Problem(Exception):
@@ -77,8 +82,13 @@ def as_problem(error: Exception) -> Problem:
     if isinstance(error, HTTPException):
         status = error.code or 500
         slug = HTTPStatus(status).phrase.lower().replace(" ", "-")
+        headers = {}
         allowed = getattr(error, "valid_methods", None)
-        headers = {"Allow": ", ".join(allowed)} if allowed else None
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+        # A 429 from api.limits carries Retry-After on the response it prepared.
+        if error.response is not None and "Retry-After" in error.response.headers:
+            headers["Retry-After"] = error.response.headers["Retry-After"]
         return Problem(
             status, slug, error.description or HTTPStatus(status).phrase, headers=headers
         )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+
 import sqlalchemy.exc
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
+from shared.auth import TokenCache
 from shared.resources import Resources
 from worker.app import TallyCelery
 
 EXTENSION = "tally"
+WAIT_SLOTS = "tally.wait_slots"
+TOKEN_CACHE = "tally.token_cache"
 
 
 def resources() -> Resources:
@@ -30,8 +35,25 @@ def db_session() -> Session:
     return session
 
 
+def wait_slots() -> threading.BoundedSemaphore:
+    """The places for requests of this process that may wait for the worker at once."""
+    slots: threading.BoundedSemaphore = current_app.extensions[WAIT_SLOTS]
+    return slots
+
+
+def token_cache() -> TokenCache:
+    cache: TokenCache = current_app.extensions[TOKEN_CACHE]
+    return cache
+
+
 def init_app(app: Flask, celery: TallyCelery) -> None:
     app.extensions[EXTENSION] = celery
+    settings = celery.resources.settings
+    # The engine is built on first use, after the server forked this process.
+    app.extensions[TOKEN_CACHE] = TokenCache(
+        lambda: celery.resources.engine, ttl=settings.token_cache_seconds
+    )
+    app.extensions[WAIT_SLOTS] = threading.BoundedSemaphore(settings.max_waiters)
 
     @app.teardown_appcontext
     def _close_session(_: BaseException | None) -> None:

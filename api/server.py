@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from typing import Any
+
+from shared.config import Settings
 
 WSGI_TARGET = "api.wsgi:app"
 # Read by prometheus_client when it is imported (not importable here for that reason).
@@ -23,28 +24,6 @@ HEADER_READ_TIMEOUT_MS = 10_000
 MAX_HEAD_BYTES = 64 * 1024
 # A worker told to stop finishes its requests for up to this long, then is killed.
 GRACEFUL_TIMEOUT_SECONDS = 30
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """Where and how wide to serve: address, processes and threads per process."""
-
-    host: str
-    port: int
-    processes: int
-    threads: int
-    access_log: bool = True
-
-    @classmethod
-    def from_environment(cls, bind: str | None = None) -> ServerOptions:
-        host, _, port = (bind or os.environ.get("TALLY_BIND", "127.0.0.1:8000")).rpartition(":")
-        return cls(
-            host=host.strip("[]") or "127.0.0.1",
-            port=int(port),
-            processes=int(os.environ.get("TALLY_API_PROCESSES", "2")),
-            threads=int(os.environ.get("TALLY_API_THREADS", "16")),
-            access_log=os.environ.get("TALLY_ACCESS_LOG", "true").lower() in ("1", "true"),
-        )
 
 
 def _logging_config() -> dict[str, Any]:
@@ -75,32 +54,33 @@ def _logging_config() -> dict[str, Any]:
     }
 
 
-def serve(options: ServerOptions) -> None:
-    """Run the API in the foreground until SIGINT or SIGTERM."""
+def serve(settings: Settings) -> None:
+    """Run the API on `settings.bind` in the foreground until SIGINT or SIGTERM."""
     # Every worker process writes its metrics to this folder; it must be set before
     # any process imports prometheus_client, so before granian forks the workers.
     os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="tally-metrics-"))
 
+    host, _, port = settings.bind.rpartition(":")
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.server import Server
 
     server = Server(
         WSGI_TARGET,
-        address=options.host,
-        port=options.port,
+        address=host.strip("[]"),
+        port=int(port),
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
         websockets=False,
-        workers=options.processes,
-        blocking_threads=options.threads,
+        workers=settings.api_processes,
+        blocking_threads=settings.api_threads,
         # Requests beyond the threads wait in granian's loop, not in Python.
-        backpressure=options.threads,
+        backpressure=settings.api_threads,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=MAX_HEAD_BYTES
         ),
         log_dictconfig=_logging_config(),
-        log_access=options.access_log,
+        log_access=settings.access_log,
         log_access_format='%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms',
         respawn_failed_workers=True,
         workers_kill_timeout=GRACEFUL_TIMEOUT_SECONDS,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,21 +166,42 @@ def tokens() -> None:
     """API tokens (shown once, stored as hashes)."""
 
 
+DURATION = re.compile(r"(\d+)([smhdw])")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(
+    _: click.Context | None, __: click.Parameter | None, value: str | None
+) -> timedelta | None:
+    """`30d`, `12h`, `90m`, `3600s` or `2w` as a timedelta."""
+    if value is None:
+        return None
+    match = DURATION.fullmatch(value.strip())
+    if match is None or int(match[1]) == 0:
+        raise click.BadParameter("give a number and a unit, such as 30d, 12h, 90m or 2w")
+    return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+
+
 @tokens.command("create")
 @click.option("--username", required=True)
 @click.option("--tenant", default=DEFAULT_TENANT)
 @click.option("--name", default="")
+@click.option("--expires-in", callback=_duration, help="e.g. 30d, 12h, 90m; default: never")
 @json_option
-def tokens_create(username: str, tenant: str, name: str, as_json: bool) -> None:
+def tokens_create(
+    username: str, tenant: str, name: str, expires_in: timedelta | None, as_json: bool
+) -> None:
     """Create a token for a user and print it once."""
+    expires_at = datetime.now(UTC) + expires_in if expires_in else None
     with _database() as sessions, transaction(sessions) as session:
         user = session.scalars(
             select(User).where(User.tenant_id == tenant, User.username == username)
         ).one_or_none()
         if user is None:
             raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
-        token, plain = create_token(session, user, name)
-        data = {"id": token.id, "token": plain, "username": username, "role": user.role}
+        token, plain = create_token(session, user, name, expires_at)
+        data = {"id": token.id, "token": plain, "username": username, "role": user.role,
+                "expires_at": expires_at}  # fmt: skip
     _emit(as_json, data, plain)
 
 
@@ -197,16 +220,31 @@ def tokens_list(as_json: bool) -> None:
                 "username": username,
                 "name": token.name,
                 "created_at": token.created_at,
+                "expires_at": token.expires_at,
                 "revoked_at": token.revoked_at,
+                "last_used_at": token.last_used_at,
+                "state": _token_state(token),
             }
             for token, username in rows
         ]
-    lines = [
-        f"{d['id']:>5}  {d['tenant']:<12} {d['username']:<20} {d['name']:<16} "
-        f"{'revoked' if d['revoked_at'] else 'active'}"
-        for d in data
-    ]
+        lines = [
+            f"{token.id:>5}  {token.tenant_id:<12} {username:<20} {token.name:<16} "
+            f"{_token_state(token):<8} last used {_when(token.last_used_at)}"
+            for token, username in rows
+        ]
     _emit(as_json, data, "\n".join(lines) or "no tokens")
+
+
+def _token_state(token: Token) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @tokens.command("revoke")
@@ -235,21 +273,15 @@ def _celery(command: str, *args: str) -> None:
 
 
 @cli.command()
-@click.option("--bind", help="HOST:PORT (default TALLY_BIND or 127.0.0.1:8000)")
-@click.option("--processes", type=int, help="worker processes (default TALLY_API_PROCESSES or 2)")
-@click.option("--threads", type=int, help="threads per process (default TALLY_API_THREADS or 16)")
+@click.option("--bind", help="HOST:PORT (default TALLY_BIND, 127.0.0.1:8000)")
+@click.option("--processes", type=int, help="processes (default TALLY_API_PROCESSES, 2)")
+@click.option("--threads", type=int, help="threads per process (default TALLY_API_THREADS, 16)")
 def api(bind: str | None, processes: int | None, threads: int | None) -> None:
-    """Serve the HTTP API (granian, WSGI)."""
-    from dataclasses import replace
+    """Serve the HTTP API (granian, WSGI) in the foreground."""
+    from api.server import serve
 
-    from api.server import ServerOptions, serve
-
-    options = ServerOptions.from_environment(bind)
-    if processes:
-        options = replace(options, processes=processes)
-    if threads:
-        options = replace(options, threads=threads)
-    serve(options)
+    given = {"bind": bind, "api_processes": processes, "api_threads": threads}
+    serve(load_settings().with_overrides({k: v for k, v in given.items() if v}))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

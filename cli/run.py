@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 from honcho.manager import Manager
 
-from shared.auth import create_token
+from shared.auth import authenticate, create_token
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade
 from shared.models import DEFAULT_TENANT, Role
 from shared.validation import UserInput
 
+DEMO_TOKEN_FILE = "demo-token"
 DEMO_USERS = (
     # (username, real name, role)
     ("admin", "Demo Admin", Role.ADMIN),
@@ -25,13 +26,20 @@ DEMO_USERS = (
 )
 
 
-def _provision_demo(database_url: str) -> str:
-    """Create the demo users and a fresh admin token; return the token."""
+def _demo_token(database_url: str, saved: Path) -> str:
+    """The demo admin's token: the one saved in the data folder while it is valid, else a new one.
+
+    Only its hash is in the database, so the token itself is kept (readable by its
+    owner only) beside the embedded servers' data; a fresh data folder gets a new one.
+    """
     from cli.main import ensure_user
 
     engine = make_engine(database_url)
     try:
         with transaction(make_session_factory(engine)) as session:
+            previous = saved.read_text().strip() if saved.exists() else ""
+            if previous and authenticate(session, previous) is not None:
+                return previous
             admin = None
             for username, real_name, role in DEMO_USERS:
                 data = UserInput(username=username, real_name=real_name, role=role)
@@ -41,6 +49,8 @@ def _provision_demo(database_url: str) -> str:
             _, token = create_token(session, admin, "demo")
     finally:
         engine.dispose()
+    saved.touch(mode=0o600)
+    saved.write_text(token + "\n")
     return token
 
 
@@ -93,7 +103,7 @@ def run(data_dir: Path, port: int, flower: bool) -> None:
             database_url = services.enter_context(embedded_postgres(data_dir / "postgres"))
             redis_url = services.enter_context(embedded_redis(data_dir / "redis"))
         upgrade(database_url)
-        token = _provision_demo(database_url)
+        token = _demo_token(database_url, data_dir / DEMO_TOKEN_FILE)
         base = f"http://127.0.0.1:{port}"
         body = (
             '{"username": "mario.rossi", "score": 10, '

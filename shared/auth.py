@@ -1,18 +1,29 @@
-"""Bearer tokens: created at random, shown once, stored only as a SHA-256 hash."""
+"""Bearer tokens: created at random, shown once, stored only as a SHA-256 hash.
+
+A token may expire; an expired or revoked token is refused. `TokenCache` keeps each
+valid token's principal for a second, so that the API does not query the database on
+every request while a revocation still takes effect within that second; it records a
+token's last use at most once a minute, so that reads do not become writes.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Role, Token, User
 
 TOKEN_PREFIX = "tly_"
 TOKEN_BYTES = 32  # 256 random bits
+LAST_USE_PRECISION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class Principal:
     username: str
     avatar: str
     role: Role
+    token_id: int = 0
 
     @property
     def can_write(self) -> bool:
@@ -38,30 +50,111 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(session: Session, user: User, name: str = "") -> tuple[Token, str]:
+def create_token(
+    session: Session, user: User, name: str = "", expires_at: datetime | None = None
+) -> tuple[Token, str]:
     """Store a new token for `user`; return the row and the plain token (shown once)."""
     plain = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
     token = Token(
-        tenant_id=user.tenant_id, user_id=user.id, name=name, token_hash=hash_token(plain)
+        tenant_id=user.tenant_id,
+        user_id=user.id,
+        name=name,
+        token_hash=hash_token(plain),
+        expires_at=expires_at,
     )
     session.add(token)
     session.flush()
     return token, plain
 
 
-def authenticate(session: Session, plain: str) -> Principal | None:
-    """The principal of a valid, unrevoked token, or None."""
-    row = session.execute(
-        select(User)
+def _valid_token(token_hash: str) -> Select[User, int, datetime | None]:
+    return (
+        select(User, Token.id, Token.last_used_at)
         .join(Token, Token.user_id == User.id)
-        .where(Token.token_hash == hash_token(plain), Token.revoked_at.is_(None))
-    ).scalar_one_or_none()
-    if row is None:
-        return None
-    return Principal(
-        user_id=row.id,
-        tenant_id=row.tenant_id,
-        username=row.username,
-        avatar=row.avatar,
-        role=Role(row.role),
+        .where(
+            Token.token_hash == token_hash,
+            Token.revoked_at.is_(None),
+            or_(Token.expires_at.is_(None), Token.expires_at > func.now()),
+        )
     )
+
+
+def authenticate(session: Session, plain: str) -> Principal | None:
+    """The principal of a valid (unrevoked, unexpired) token, or None."""
+    found = session.execute(_valid_token(hash_token(plain))).one_or_none()
+    return None if found is None else _principal(found[0], found[1])
+
+
+def _principal(user: User, token_id: int) -> Principal:
+    return Principal(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        username=user.username,
+        avatar=user.avatar,
+        role=Role(user.role),
+        token_id=token_id,
+    )
+
+
+def record_use(session: Session, token_id: int) -> None:
+    """Set the token's last use to now, unless it was set less than a minute ago."""
+    session.execute(
+        update(Token)
+        .where(
+            Token.id == token_id,
+            or_(
+                Token.last_used_at.is_(None),
+                Token.last_used_at < func.now() - LAST_USE_PRECISION,
+            ),
+        )
+        .values(last_used_at=func.now())
+    )
+
+
+class TokenCache:
+    """Principals of valid tokens, each kept for `ttl` seconds (so a revocation lands in `ttl`)."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, plain: str) -> Principal | None:
+        """The token's principal, from the cache or (at most once per `ttl`) the database."""
+        token_hash = hash_token(plain)
+        now = self.clock()
+        entry = self._entries.get(token_hash)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        principal = self._load(token_hash)
+        with self._lock:
+            if principal is None:
+                self._entries.pop(token_hash, None)
+            else:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[token_hash] = (now, principal)
+        return principal
+
+    def _load(self, token_hash: str) -> Principal | None:
+        with Session(self.engine()) as session, session.begin():
+            found = session.execute(_valid_token(token_hash)).one_or_none()
+            if found is None:
+                return None
+            last_used_at = found[2]
+            if last_used_at is None or _older_than(last_used_at, LAST_USE_PRECISION):
+                record_use(session, found[1])
+            return _principal(found[0], found[1])
+
+
+def _older_than(moment: datetime, age: timedelta) -> bool:
+    return datetime.now(moment.tzinfo) - moment > age

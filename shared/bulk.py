@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import psycopg
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -95,16 +96,26 @@ class BatchInvalid(Exception):
 
 
 def csv_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
-    """(row number, row) of a community import file; a header row is detected and skipped."""
-    for number, cells in enumerate(csv.reader(stream), start=1):
-        if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
-            continue
-        if not any(cell.strip() for cell in cells):
-            continue
-        row = dict(zip(CSV_COLUMNS, cells, strict=False))
-        if len(cells) != len(CSV_COLUMNS):
-            row["__columns__"] = str(len(cells))
-        yield number, row
+    """(row number, row) of a community import file; a header row is detected and skipped.
+
+    A file that is not CSV (say, a field past the csv module's size limit) raises
+    BatchInvalid naming the row where reading stopped.
+    """
+    number = 0
+    try:
+        for number, cells in enumerate(csv.reader(stream), start=1):
+            if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
+                continue
+            if not any(cell.strip() for cell in cells):
+                continue
+            row = dict(zip(CSV_COLUMNS, cells, strict=False))
+            if len(cells) != len(CSV_COLUMNS):
+                row["__columns__"] = str(len(cells))
+            yield number, row
+    except csv.Error as error:
+        raise BatchInvalid(
+            [ItemError(number + 1, "row", "csv", f"not readable as CSV: {error}")]
+        ) from None
 
 
 def validate_csv_row(number: int, row: Mapping[str, str], max_amount: int) -> Award:
@@ -154,7 +165,7 @@ def validate_bulk_item(
     merged = {key: value for key, value in defaults.items() if value is not None} | item
     try:
         command = validate_score(merged, max_amount)
-        key = validate_idempotency_key(item.get("idempotency_key"))
+        key = validate_idempotency_key(item.get("idempotency_key"), "idempotency_key")
     except InvalidInput as error:
         raise BatchInvalid(
             [ItemError(index, e.field, e.code, e.message) for e in error.errors]
@@ -273,6 +284,10 @@ def store_batch(
 ) -> Stored:
     """Write the batch and all its requests in the caller's transaction (or find it again)."""
     awards, users = batch.awards, batch.users
+    keys = item_keys(awards, key)
+    duplicates = duplicate_keys(awards, keys)
+    if duplicates:
+        raise BatchInvalid(duplicates)
     digest = batch_fingerprint(awards)
     batch_id = session.scalar(
         insert(Batch)
@@ -293,9 +308,29 @@ def store_batch(
             raise IdempotencyConflict(key)
         return Stored(existing.id, False, [], existing.total)
     accounts = _accounts(session, principal.tenant_id, set(users.values()), points_type)
+    try:
+        with session.begin_nested():
+            _copy_requests(session, principal, key, batch_id, awards, keys, users, accounts,
+                           points_type)  # fmt: skip
+    except psycopg.errors.UniqueViolation:
+        raise BatchInvalid(_keys_in_use(session, principal.tenant_id, awards, keys)) from None
+    return Stored(batch_id, True, sorted(set(accounts.values())), len(awards))
+
+
+def _copy_requests(
+    session: Session,
+    principal: Principal,
+    key: str,
+    batch_id: str,
+    awards: list[Award],
+    keys: list[str],
+    users: dict[int, int],
+    accounts: dict[int, str],
+    points_type: PointsType,
+) -> None:
     driver = session.connection().connection.driver_connection
     with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
-        for award in awards:
+        for award, item_key in zip(awards, keys, strict=True):
             user_id = users[award.position]
             adjustment = Adjustment(
                 user_id=user_id,
@@ -305,12 +340,49 @@ def store_batch(
                 comment=award.comment,
             )
             copy.write_row((
-                principal.tenant_id, award.key or f"{key}:{award.position}",
-                adjustment.fingerprint(),
+                principal.tenant_id, item_key, adjustment.fingerprint(),
                 accounts[user_id], user_id, award.amount, "adjust", award.context,
                 award.comment, "", "", "", False, principal.user_id, batch_id, "queued", 0,
             ))  # fmt: skip
-    return Stored(batch_id, True, sorted(set(accounts.values())), len(awards))
+
+
+def item_keys(awards: list[Award], batch_key: str) -> list[str]:
+    """Each item's idempotency key: its own, or the batch's key and its position."""
+    return [award.key or f"{batch_key}:{award.position}" for award in awards]
+
+
+def duplicate_keys(awards: list[Award], keys: list[str]) -> list[ItemError]:
+    """Both items of every pair that would share one idempotency key."""
+    first: dict[str, int] = {}
+    errors: list[ItemError] = []
+    for award, key in zip(awards, keys, strict=True):
+        if key not in first:
+            first[key] = award.position
+            continue
+        other = first[key]
+        errors += [
+            ItemError(one, "idempotency_key", "duplicate", f"item {two} has the same key")
+            for one, two in ((other, award.position), (award.position, other))
+        ]
+    return sorted(errors, key=lambda e: e.position)
+
+
+KEYS_IN_USE = text("""
+    SELECT idempotency_key FROM adjustment_requests
+    WHERE tenant_id = :tenant AND idempotency_key = ANY(:keys)
+""")
+
+
+def _keys_in_use(
+    session: Session, tenant_id: str, awards: list[Award], keys: list[str]
+) -> list[ItemError]:
+    """The items whose key another request of the tenant already has."""
+    used = set(session.scalars(KEYS_IN_USE, {"tenant": tenant_id, "keys": keys}))
+    return [
+        ItemError(award.position, "idempotency_key", "in_use",
+                  "another request already has this idempotency key")
+        for award, key in zip(awards, keys, strict=True) if key in used
+    ]  # fmt: skip
 
 
 BATCH_COUNTS = text("""

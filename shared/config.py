@@ -56,6 +56,22 @@ class Settings:
     points_default_type: str = "points"
     points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
     queue_name: str = "tally"
+    # The API server: address, processes, threads per process, access log.
+    bind: str = "127.0.0.1:8000"
+    api_processes: int = 2
+    api_threads: int = 16
+    access_log: bool = True
+    # Requests of one API process that may wait for the worker at once; beyond it a POST
+    # answers 202 at once, so waiting never takes the threads that serve everything else.
+    max_waiters: int = 12
+    # Database connections per process: one per API thread, plus the metrics scrape.
+    db_pool_size: int = 20
+    # Per-token request rate, and failed authentications per client address
+    # (limits notation: "N/second", "N/minute", several separated by ";").
+    rate_limit: str = "3000/second"
+    # How long the API trusts a token it has checked: a revocation takes effect within it.
+    token_cache_seconds: float = 1.0
+    auth_failure_limit: str = "30/minute"
 
     def points_type(self, name: str) -> PointsType | None:
         return self.points_types.get(name)
@@ -77,6 +93,10 @@ def _parse_points_types(raw: str) -> dict[str, PointsType]:
     }
 
 
+def _parse_bool(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment (TALLY_DATABASE_URL, TALLY_REDIS_URL, ...)."""
     env = os.environ if environ is None else environ
@@ -89,5 +109,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[name] = _parse_points_types(raw)
             continue
         kind = type(getattr(Settings(), name)) if default.default is not None else str
-        values[name] = kind(raw)
+        values[name] = _parse_bool(raw) if kind is bool else kind(raw)
     return Settings(**values)

@@ -111,6 +111,10 @@ class Token(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Refused from then on, like a revoked token; None never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Recorded at most once a minute (see shared.auth).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Account(Base):

@@ -24,7 +24,7 @@ class Resources:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pool_size=self.settings.db_pool_size)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -56,6 +56,8 @@ def test_a_connection_cut_after_the_answer_is_not_a_500(
     def cut(self: Session) -> None:
         raise sqlalchemy.exc.OperationalError("ROLLBACK", {}, Exception("terminating connection"))
 
+    # Authenticated once first: the token cache then answers without a session of its own.
+    client.get("/api/v2/score/requests/987654321", headers=moderator.headers)
     monkeypatch.setattr(Session, "close", cut)
     response = client.get("/api/v2/score/requests/987654321", headers=moderator.headers)
     monkeypatch.undo()

@@ -1,0 +1,62 @@
+"""Rate limits: requests per token and failed authentications per client address."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask
+
+from tests.factories import Caller
+
+
+def test_past_the_token_limit_a_429_problem_with_retry_after(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    client = app_with(rate_limit="3/minute").test_client()
+    answers = [
+        client.get("/api/v2/score/reputation_types/", headers=moderator.headers) for _ in range(4)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    limited = answers[-1]
+    assert limited.mimetype == "application/problem+json"
+    assert limited.json["type"].endswith("/too-many-requests")
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+
+
+def test_the_limit_is_per_token(app_with: Callable[..., Flask], factory, moderator: Caller) -> None:
+    client = app_with(rate_limit="2/minute").test_client()
+    other = factory.caller()
+    for _ in range(2):
+        assert (
+            client.get("/api/v2/score/reputation_types/", headers=moderator.headers).status_code
+            == 200
+        )
+    assert (
+        client.get("/api/v2/score/reputation_types/", headers=moderator.headers).status_code == 429
+    )
+    assert client.get("/api/v2/score/reputation_types/", headers=other.headers).status_code == 200
+
+
+def test_failed_authentications_are_limited_per_address(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    client = app_with(auth_failure_limit="3/minute").test_client()
+    bad = {"Authorization": "Bearer tly_not-a-token"}
+    codes = [client.get("/api/v2/score/", headers=bad).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    # The address is blocked, whatever token it now sends, until the window ends.
+    blocked = client.get("/api/v2/score/", headers=moderator.headers)
+    assert blocked.status_code == 429 and "Retry-After" in blocked.headers
+    # Another address is not.
+    other = client.get("/api/v2/score/", headers=bad, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert other.status_code == 401
+
+
+def test_points_routes_answer_429_in_their_envelope(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    client = app_with(rate_limit="1/minute").test_client()
+    client.get("/admin/points/1", headers=moderator.headers)
+    limited = client.get("/admin/points/1", headers=moderator.headers)
+    assert limited.status_code == 429
+    assert limited.json["code"] == 429 and "Retry-After" in limited.headers
