@@ -378,11 +378,14 @@ def _keys_in_use(
 ) -> list[ItemError]:
     """The items whose key another request of the tenant already has."""
     used = set(session.scalars(KEYS_IN_USE, {"tenant": tenant_id, "keys": keys}))
-    return [
+    errors = [
         ItemError(award.position, "idempotency_key", "in_use",
                   "another request already has this idempotency key")
         for award, key in zip(awards, keys, strict=True) if key in used
     ]  # fmt: skip
+    # A concurrent request that took a key and then rolled back leaves nothing to name.
+    return errors or [ItemError(awards[0].position, "idempotency_key", "in_use",
+                                "a concurrent request held one of these keys; retry")]  # fmt: skip
 
 
 BATCH_COUNTS = text("""

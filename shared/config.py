@@ -64,8 +64,10 @@ class Settings:
     # Requests of one API process that may wait for the worker at once; beyond it a POST
     # answers 202 at once, so waiting never takes the threads that serve everything else.
     max_waiters: int = 12
-    # Database connections per process: one per API thread, plus the metrics scrape.
+    # Database connections per process: one per API thread, plus the metrics scrape; a
+    # thread that waits longer than the timeout for one gets a 503 with Retry-After.
     db_pool_size: int = 20
+    db_pool_timeout: float = 5.0
     # Per-token request rate, and failed authentications per client address
     # (limits notation: "N/second", "N/minute", several separated by ";").
     rate_limit: str = "3000/second"

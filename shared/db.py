@@ -8,18 +8,17 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-# A thread that waits this long for a pooled connection gets sqlalchemy's TimeoutError
-# (answered 503 with Retry-After by the API) rather than waiting on.
-POOL_TIMEOUT_SECONDS = 5.0
+def make_engine(database_url: str, *, pool_size: int = 5, pool_timeout: float = 5.0) -> Engine:
+    """An engine whose pool holds `pool_size` connections and never more.
 
-
-def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
-    """An engine whose pool holds `pool_size` connections and never more."""
+    A caller that waits `pool_timeout` seconds for a connection gets sqlalchemy's
+    TimeoutError (the API answers 503 with Retry-After) rather than waiting on.
+    """
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=POOL_TIMEOUT_SECONDS,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         # Fail fast when PostgreSQL is down so the caller can answer 503 or retry.
         connect_args={"connect_timeout": 5},

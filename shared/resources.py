@@ -24,7 +24,11 @@ class Resources:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url, pool_size=self.settings.db_pool_size)
+        return make_engine(
+            self.settings.database_url,
+            pool_size=self.settings.db_pool_size,
+            pool_timeout=self.settings.db_pool_timeout,
+        )
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

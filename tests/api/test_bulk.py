@@ -7,11 +7,12 @@ import threading
 import time
 from collections import defaultdict
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from shared.models import Account, LedgerEntry
+from shared.models import Account, Batch, LedgerEntry
 from tests.factories import Caller, Factory, assert_ledger_consistent, count_rows
 
 HEADER = "username,user_id,variation_points,context,comment\n"
@@ -242,3 +243,99 @@ def test_bulk_limits_items_and_body_size(app_with, factory: Factory, moderator: 
         "/api/v2/score/bulk", json={"items": [item | {"comment": "y" * 5000}]}, headers=headers
     )
     assert too_big.status_code == 413
+
+
+def _bulk(client: FlaskClient, caller: Caller, key: str, items: list) -> object:
+    return client.post(
+        "/api/v2/score/bulk",
+        json={"items": items, "reputation_context": "contest|keys"},
+        headers=caller.headers | {"Idempotency-Key": key},
+    )
+
+
+@pytest.mark.parametrize("bad_key", [42, ["k"], {"k": 1}, True, "", "caf\u00e9"])
+def test_an_item_key_that_is_not_a_short_ascii_string_is_a_400(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions, bad_key
+) -> None:
+    user = factory.user()
+    items = [{"user_id": user.id, "score": 1}, {"user_id": user.id, "score": 1,
+                                                 "idempotency_key": bad_key}]  # fmt: skip
+    response = _bulk(client, moderator, "keys-type", items)
+    assert response.status_code == 400, response.json
+    (error,) = response.json["errors_by_item"]
+    assert (error["index"], error["field"]) == (1, "idempotency_key")
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id) == (0, 0)
+
+
+def test_item_keys_repeated_in_a_batch_are_a_400_naming_both_items(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions
+) -> None:
+    user = factory.user()
+    items = [
+        {"user_id": user.id, "score": 1, "idempotency_key": "same"},
+        {"user_id": user.id, "score": 2},
+        {"user_id": user.id, "score": 3, "idempotency_key": "same"},
+        # An explicit key equal to the key item 1 gets by default (batch key:position).
+        {"user_id": user.id, "score": 4, "idempotency_key": "keys-dup:1"},
+    ]
+    response = _bulk(client, moderator, "keys-dup", items)
+    assert response.status_code == 400, response.json
+    named = [(e["index"], e["code"]) for e in response.json["errors_by_item"]]
+    assert named == [(0, "duplicate"), (1, "duplicate"), (2, "duplicate"), (3, "duplicate")]
+    assert response.json["error_count"] == 4
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id) == (0, 0)
+
+
+def test_an_item_key_already_used_by_another_request_is_a_400_naming_the_item(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions
+) -> None:
+    user = factory.user()
+    single = client.post(
+        "/api/v2/score/",
+        json={"user_id": user.id, "score": 5, "comment": "single"},
+        headers=moderator.headers | {"Idempotency-Key": "taken", "Prefer": "respond-async"},
+    )
+    assert single.status_code == 202
+    items = [{"user_id": user.id, "score": 1}, {"user_id": user.id, "score": 1,
+                                                 "idempotency_key": "taken"}]  # fmt: skip
+    response = _bulk(client, moderator, "keys-taken", items)
+    assert response.status_code == 400, response.json
+    assert [(e["index"], e["code"]) for e in response.json["errors_by_item"]] == [(1, "in_use")]
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id)[0] == 1  # only the single request
+        assert session.scalar(select(func.count()).where(Batch.tenant_id == factory.tenant_id)) == 0
+
+
+def test_a_csv_field_past_the_csv_limit_is_a_400_naming_the_row(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions
+) -> None:
+    user = factory.user()
+    csv = (
+        HEADER
+        + f"{user.username},,1,contest|a,ok\n"
+        + f"{user.username},,1,contest|a,{'x' * 140_000}\n"
+    )
+    for dry_run in ("true", "false"):
+        response = client.post(
+            "/api/v2/score/import/",
+            data={"csv_string": csv, "dry_run": dry_run},
+            headers=moderator.headers,
+        )
+        assert response.status_code == 400, response.json
+        (error,) = response.json["errors"]
+        assert (error["row_number"], error["field"]) == (3, "row")
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id) == (0, 0)
+
+
+def test_error_reports_list_the_first_thousand_errors_and_count_them_all(
+    client: FlaskClient, factory: Factory, moderator: Caller
+) -> None:
+    user = factory.user()
+    items = [{"user_id": user.id, "score": 0} for _ in range(2500)]
+    response = _bulk(client, moderator, "many-errors", items)
+    assert response.status_code == 400
+    assert response.json["error_count"] == 2500
+    assert len(response.json["errors_by_item"]) == len(response.json["errors"]) == 1000

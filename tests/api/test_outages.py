@@ -62,3 +62,18 @@ def test_a_connection_cut_after_the_answer_is_not_a_500(
     response = client.get("/api/v2/score/requests/987654321", headers=moderator.headers)
     monkeypatch.undo()
     assert response.status_code == 404
+
+
+def test_a_thread_that_waits_past_the_pool_timeout_gets_a_503(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    app = app_with(db_pool_size=1, db_pool_timeout=0.2)
+    client = app.test_client()
+    url = "/api/v2/score/requests/987654321"
+    assert client.get(url, headers=moderator.headers).status_code == 404  # token now cached
+    engine = app.extensions["tally"].resources.engine
+    with engine.connect():  # the pool's only connection, held by "another thread"
+        response = client.get(url, headers=moderator.headers)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert client.get(url, headers=moderator.headers).status_code == 404

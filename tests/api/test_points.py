@@ -156,6 +156,10 @@ def test_validation_errors_name_the_field_and_write_nothing(
         ({}, "amount"),
         ({"amount": 1, "points_type": "gold"}, "points_type"),
         ({"amount": 1, "expires_at": "tomorrow"}, "expires_at"),
+        # Valid ISO 8601 whose UTC moment leaves datetime's range (was an OverflowError).
+        ({"amount": 1, "expires_at": "9999-12-31T23:59:59-23:59"}, "expires_at"),
+        ({"amount": 1, "expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at"),
+        ({"amount": 1, "idempotency_key": 7}, "idempotency_key"),
         ({"amount": 1, "allow_negative_balance": "yes"}, "allow_negative_balance"),
     ]:
         response = _adjust(client, moderator, str(user.id), body)

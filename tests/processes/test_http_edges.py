@@ -1,0 +1,186 @@
+"""The real server under hostile or careless clients: slow heads, huge heads, big bodies, waiters.
+
+Each test runs against `tally api` (two processes) as deployed, because what it
+checks lives in the HTTP server and the process limits, not in the Flask app.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Role
+from tests.factories import Caller, Factory, count_rows
+from tests.stack import Stack
+
+ANSWER_WITHIN = 1.0
+
+
+def _address(stack: Stack) -> tuple[str, int]:
+    parts = urlsplit(stack.base_url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+def _timed(call) -> tuple[float, httpx.Response]:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    response = call()
+    return time.monotonic() - started, response
+
+
+@pytest.fixture
+def moderator(stack_factory: Factory) -> Caller:
+    return stack_factory.caller(Role.MODERATOR)
+
+
+class SlowHeads:
+    """Connections that send a request line, then one header line every two seconds."""
+
+    def __init__(self, address: tuple[str, int], count: int) -> None:
+        self.sockets = [socket.create_connection(address) for _ in range(count)]
+        for sock in self.sockets:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+        self._thread.start()
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(2.0):
+            for sock in self.sockets:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    pass  # the server gave up on it: that is allowed
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def slow_heads(stack_without_workers: Stack) -> Iterator[SlowHeads]:
+    heads = SlowHeads(_address(stack_without_workers), 200)
+    yield heads
+    heads.close()
+
+
+def test_two_hundred_slow_heads_leave_health_and_writes_answering(
+    stack_without_workers: Stack, slow_heads: SlowHeads, moderator: Caller, stack_factory: Factory
+) -> None:
+    time.sleep(3)  # every slow connection has sent more than one header line by now
+    user = stack_factory.user()
+    with httpx.Client(base_url=stack_without_workers.base_url, timeout=10) as http:
+        for _ in range(3):
+            elapsed, health = _timed(lambda: http.get("/healthz"))
+            assert health.status_code == 200 and elapsed < ANSWER_WITHIN, elapsed
+        elapsed, posted = _timed(
+            lambda: http.post(
+                "/api/v2/score/",
+                json={"user_id": user.id, "score": 1, "comment": "through the crowd"},
+                headers=moderator.headers | {"Prefer": "respond-async"},
+            )
+        )
+    assert posted.status_code == 202 and elapsed < ANSWER_WITHIN, (posted.status_code, elapsed)
+
+
+def test_a_sixteen_megabyte_request_line_is_refused_at_once(stack_without_workers: Stack) -> None:
+    started = time.monotonic()
+    with socket.create_connection(_address(stack_without_workers), timeout=5) as sock:
+        try:
+            sock.sendall(b"GET /healthz?q=" + b"a" * (16 * 1024 * 1024) + b" HTTP/1.1\r\n\r\n")
+        except OSError:
+            pass  # the server may close before the client has sent it all
+        answer = sock.recv(100)
+    assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer
+    assert time.monotonic() - started < ANSWER_WITHIN
+    assert httpx.get(stack_without_workers.base_url + "/healthz").status_code == 200
+
+
+def test_a_body_far_over_the_limit_gets_a_readable_413(
+    stack_without_workers: Stack, moderator: Caller
+) -> None:
+    """A plain client posting 200 kB to a 64 kB route reads the 413 (no reset mid-send)."""
+    body = b'{"comment": "' + b"x" * 200_000 + b'"}'
+    for _ in range(3):
+        response = httpx.post(
+            stack_without_workers.base_url + "/api/v2/score/",
+            content=body,
+            headers=moderator.headers | {"Content-Type": "application/json"},
+        )
+        assert response.status_code == 413
+        assert response.json()["type"].endswith("/content-too-large")
+
+
+def _chunks(data: bytes, size: int = 1000) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_chunked_bodies_over_their_limit_are_413_and_write_nothing(
+    stack_without_workers: Stack,
+    moderator: Caller,
+    stack_factory: Factory,
+    stack_sessions: sessionmaker[Session],
+) -> None:
+    user = stack_factory.user()
+    form = f"user_id={user.id}&score=1&comment=".encode() + b"x" * (70 * 1024)
+    with httpx.Client(base_url=stack_without_workers.base_url, timeout=30) as http:
+        single = http.post(
+            "/api/v2/score/",
+            content=_chunks(form),
+            headers=moderator.headers | {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert single.status_code == 413
+        line = b'{"user_id": %d, "score": 1, "comment": "%s"}\n' % (user.id, b"y" * 1000)
+        huge = line * (70 * 1024)  # about 70 MB, over the bulk route's 64 MiB
+        bulk = http.post(
+            "/api/v2/score/bulk",
+            content=_chunks(huge, 1 << 20),
+            headers=moderator.headers
+            | {"Content-Type": "application/x-ndjson", "Idempotency-Key": "huge"},
+        )
+        assert bulk.status_code == 413
+    with stack_sessions() as session:
+        assert count_rows(session, stack_factory.tenant_id) == (0, 0)
+
+
+def test_waiters_past_the_cap_answer_202_at_once_and_health_stays_up(
+    stack_without_workers: Stack, moderator: Caller, stack_factory: Factory
+) -> None:
+    """64 clients ask to wait 30 s while no worker runs: the capped waiters must not starve."""
+    users = [stack_factory.user() for _ in range(8)]
+
+    def post(number: int) -> tuple[float, int]:
+        with httpx.Client(base_url=stack_without_workers.base_url, timeout=60) as http:
+            elapsed, response = _timed(
+                lambda: http.post(
+                    "/api/v2/score/",
+                    json={"user_id": users[number % 8].id, "score": 1, "comment": f"w{number}"},
+                    headers=moderator.headers | {"Prefer": "wait=30"},
+                )
+            )
+            return elapsed, response.status_code
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        futures = [pool.submit(post, number) for number in range(64)]
+        time.sleep(2)
+        with httpx.Client(base_url=stack_without_workers.base_url, timeout=10) as http:
+            for _ in range(3):
+                elapsed, health = _timed(lambda: http.get("/healthz"))
+                assert health.status_code == 200 and elapsed < ANSWER_WITHIN, elapsed
+        # A worker releases the capped waiters well before their 30 s are up.
+        stack_without_workers.start_worker("worker1")
+        results = [future.result() for future in futures]
+    quick = [elapsed for elapsed, status in results if status == 202 and elapsed < ANSWER_WITHIN]
+    # Two processes with 12 waiters each: the other 40 are answered 202 at once.
+    assert len(quick) >= 64 - 2 * 12, sorted(results)
+    assert all(status in (201, 202) for _, status in results), results
