@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+
 def make_engine(database_url: str, *, pool_size: int = 5, pool_timeout: float = 5.0) -> Engine:
     """An engine whose pool holds `pool_size` connections and never more.
 
