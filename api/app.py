@@ -18,7 +18,7 @@ from worker.app import make_celery
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the API from `settings` (default: the environment) plus any overrides."""
     settings = (settings or load_settings()).with_overrides(overrides)
-    app = Flask("tally")
+    app = Flask("tally", static_folder=None)
     # Bodies are read by api.body.read_body, which enforces each route's limit however the
     # body is framed; werkzeug's own limit would cut a chunked body short without a word.
     app.config["MAX_CONTENT_LENGTH"] = None
