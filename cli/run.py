@@ -26,7 +26,7 @@ DEMO_USERS = (
 )
 
 
-def _demo_token(database_url: str, saved: Path) -> str:
+def demo_token(database_url: str, saved: Path) -> str:
     """The demo admin's token: the one saved in the data folder while it is valid, else a new one.
 
     Only its hash is in the database, so the token itself is kept (readable by its
@@ -103,7 +103,7 @@ def run(data_dir: Path, port: int, flower: bool) -> None:
             database_url = services.enter_context(embedded_postgres(data_dir / "postgres"))
             redis_url = services.enter_context(embedded_redis(data_dir / "redis"))
         upgrade(database_url)
-        token = _demo_token(database_url, data_dir / DEMO_TOKEN_FILE)
+        token = demo_token(database_url, data_dir / DEMO_TOKEN_FILE)
         base = f"http://127.0.0.1:{port}"
         body = (
             '{"username": "mario.rossi", "score": 10, '

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from cli.main import cli
-from shared.auth import authenticate
+from cli.run import demo_token
+from shared.auth import authenticate, record_use
 from shared.db import make_engine, make_session_factory
 from shared.models import Token
 from tests.conftest import Services
@@ -71,3 +73,47 @@ def test_token_for_unknown_user_fails(services: Services) -> None:
     result = runner.invoke(cli, ["tokens", "create", "--username", "ghost"])
     assert result.exit_code != 0
     assert "no user 'ghost'" in result.output
+
+
+def test_a_token_may_expire_and_the_list_shows_its_state_and_last_use(
+    run, services: Services
+) -> None:  # type: ignore[no-untyped-def]
+    run("users", "create", "--username", "cli.expiring", "--role", "moderator")
+    created = run("tokens", "create", "--username", "cli.expiring", "--expires-in", "30d")
+    expires = datetime.fromisoformat(created["expires_at"])
+    assert timedelta(days=29, hours=23) < expires - datetime.now(UTC) <= timedelta(days=30)
+    engine = make_engine(services.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            record_use(session, created["id"])
+            session.execute(
+                update(Token).where(Token.id == created["id"]).values(expires_at=func.now())
+            )
+            assert authenticate(session, created["token"]) is None
+    finally:
+        engine.dispose()
+    (listed,) = [t for t in run("tokens", "list") if t["id"] == created["id"]]
+    assert listed["state"] == "expired" and listed["last_used_at"] is not None
+
+
+@pytest.mark.parametrize("bad", ["30", "d", "0d", "1y", "-1d"])
+def test_a_malformed_expiry_is_refused(services: Services, bad: str) -> None:
+    runner = CliRunner(env={"TALLY_DATABASE_URL": services.database_url})
+    result = runner.invoke(cli, ["tokens", "create", "--username", "x", "--expires-in", bad])
+    assert result.exit_code == 2 and "--expires-in" in result.output
+
+
+def test_tally_run_keeps_itsdemo_token_across_starts(services: Services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    saved = tmp_path / "demo-token"
+    first = demo_token(services.database_url, saved)
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert demo_token(services.database_url, saved) == first
+    engine = make_engine(services.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            demo = session.scalars(select(Token).where(Token.name == "demo")).all()
+            assert len(demo) == 1
+    finally:
+        engine.dispose()
+    saved.unlink()  # a fresh data folder gets a token of its own
+    assert demo_token(services.database_url, saved) != first
