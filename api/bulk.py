@@ -145,6 +145,7 @@ class ImportInput(BaseModel):
     responses={
         200: ("Dry run: the report, nothing written", schemas.ImportReport),
         202: ("Imported into one batch", schemas.ImportAccepted),
+        400: ("Invalid rows (nothing written) or fields", schemas.ImportProblem),
         422: ("Batch key reused with other content", schemas.Problem),
     },
 )
@@ -258,6 +259,7 @@ class BulkInput(BaseModel):
     headers={"Idempotency-Key": "required: the batch's key; items default to key:index"},
     responses={
         202: ("Accepted as one batch", schemas.BatchStatus),
+        400: ("Invalid items (nothing written) or fields", schemas.BulkProblem),
         422: ("Batch key reused with other content", schemas.Problem),
     },
 )

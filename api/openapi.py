@@ -122,7 +122,7 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
         if model is None:
             responses[str(status)] = {"description": description}
             continue
-        media = contract.error_type if model is contract.error_model else JSON
+        media = contract.error_type if issubclass(model, contract.error_model) else JSON
         responses[str(status)] = {
             "description": description,
             "content": {media: {"schema": ref(model)}},

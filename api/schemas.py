@@ -236,7 +236,29 @@ class ImportReport(BaseModel):
     valid_rows: int
     invalid_rows: int
     total_points_variation: int
+    error_count: int = Field(description="every error; `errors` lists the first 1,000")
     errors: list[ImportRowError]
+
+
+class ImportProblem(Problem):
+    """A refused import: the bad rows (the first 1,000) and their count, or the bad fields."""
+
+    errors: list[ImportRowError] | list[FieldErrorOut] | None = None  # type: ignore[assignment]
+    error_count: int | None = None
+
+
+class ItemErrorOut(BaseModel):
+    index: int
+    field: str
+    code: str
+    message: str
+
+
+class BulkProblem(Problem):
+    """A refused batch: the bad items by index (the first 1,000) and their count."""
+
+    errors_by_item: list[ItemErrorOut] | None = None
+    error_count: int | None = None
 
 
 class ImportAccepted(BatchStatus):
