@@ -22,6 +22,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HEADER_READ_TIMEOUT_MS = 10_000
 # The request line and headers together; a longer head is refused before Python sees it.
 MAX_HEAD_BYTES = 64 * 1024
+# Connections one process holds open, reading or served. granian's backpressure counts
+# connections, not requests: slow clients use it up, so it is far above the threads
+# (a connection waits for a thread cheaply, in the event loop).
+MAX_CONNECTIONS = 4096
 # A worker told to stop finishes its requests for up to this long, then is killed.
 GRACEFUL_TIMEOUT_SECONDS = 30
 
@@ -74,8 +78,8 @@ def serve(settings: Settings) -> None:
         websockets=False,
         workers=settings.api_processes,
         blocking_threads=settings.api_threads,
-        # Requests beyond the threads wait in granian's loop, not in Python.
-        backpressure=settings.api_threads,
+        backlog=MAX_CONNECTIONS,
+        backpressure=MAX_CONNECTIONS,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=MAX_HEAD_BYTES
         ),
