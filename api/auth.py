@@ -30,11 +30,17 @@ def current_principal() -> Principal:
     return principal
 
 
-def _authenticate() -> Principal:
+def bearer_token() -> str:
+    """The request's bearer token, or "" when it sends none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _authenticate() -> Principal:
+    token = bearer_token()
+    if not token:
         raise _unauthorized("a bearer token is required")
-    principal = token_cache().principal(token.strip())
+    principal = token_cache().principal(token)
     if principal is None:
         raise _unauthorized("the token is invalid, expired or revoked", "invalid_token")
     return principal

@@ -13,7 +13,16 @@ from sqlalchemy import func, select
 
 from api import schemas
 from api.auth import current_principal, require_writer
-from api.body import FORM_TYPES, JSON, is_json, parse_json, read_body, read_form, read_query
+from api.body import (
+    FORM_TYPES,
+    JSON,
+    is_json,
+    parse_json,
+    read_body,
+    read_form,
+    read_object,
+    read_query,
+)
 from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
@@ -214,11 +223,7 @@ def _row_error(error: ItemError) -> dict[str, Any]:
 def _import_source() -> tuple[str, Any]:
     """The CSV text (exactly one of csv_file or csv_string) and the raw dry_run value."""
     if is_json(request.mimetype):
-        body = parse_json(read_body(_body_limit()))
-        if not isinstance(body, dict):
-            raise validation_problem(
-                [FieldError("body", "invalid_type", "the body must be a JSON object")]
-            )
+        body = read_object(_body_limit())
         csv_string, upload, dry_run = body.get("csv_string"), None, body.get("dry_run")
     elif request.mimetype in FORM_TYPES:
         form, files = read_form(_body_limit())

@@ -10,26 +10,22 @@ Redis (the outbox relay publishes what could not be published).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 
 from flask import Flask, Response, request
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
 
+from api.auth import bearer_token
+from shared.auth import hash_token
 from shared.config import Settings
 
 KEY_PREFIX = "tally:limits"
 
 
-def _bearer() -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def _token_key() -> str:
     # The token's hash, never the token: the key is stored in Redis.
-    return hashlib.sha256(_bearer().encode()).hexdigest()
+    return hash_token(bearer_token())
 
 
 def _client_address() -> str:
@@ -53,7 +49,7 @@ def init_limits(app: Flask, settings: Settings) -> Limiter:
                 settings.rate_limit,
                 key_function=_token_key,
                 scope="token",
-                exempt_when=lambda: not _bearer(),
+                exempt_when=lambda: not bearer_token(),
             ),
             ApplicationLimit(
                 settings.auth_failure_limit,

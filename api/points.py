@@ -109,9 +109,7 @@ def adjust(user_ref: str) -> Response:
     principal = current_principal()
     settings = resources().settings
     try:
-        data = validate_points(
-            read_object(resources().settings.max_body_bytes), settings.max_amount
-        )
+        data = validate_points(read_object(settings.max_body_bytes), settings.max_amount)
         key = _idempotency_key(data.idempotency_key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None

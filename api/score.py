@@ -62,9 +62,7 @@ def create_score() -> Response:
     settings = resources().settings
     try:
         key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
-        command = validate_score(
-            read_object(resources().settings.max_body_bytes), settings.max_amount
-        )
+        command = validate_score(read_object(settings.max_body_bytes), settings.max_amount)
         points_type = settings.points_types[settings.default_points_type]
         session = db_session()
         user = find_user(session, principal.tenant_id, command.user)

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from shared.config import Settings
+from shared.logs import JSON_FORMAT, JSON_RENAMED
 
 WSGI_TARGET = "api.wsgi:app"
 # Read by prometheus_client when it is imported (not importable here for that reason).
@@ -45,8 +46,8 @@ def _logging_config() -> dict[str, Any]:
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+                "fmt": JSON_FORMAT,
+                "rename_fields": JSON_RENAMED,
             }
         },
         "handlers": {"stdout": handler},

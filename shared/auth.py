@@ -35,7 +35,6 @@ class Principal:
     username: str
     avatar: str
     role: Role
-    token_id: int = 0
 
     @property
     def can_write(self) -> bool:
@@ -82,17 +81,16 @@ def _valid_token(token_hash: str) -> Select[User, int, datetime | None]:
 def authenticate(session: Session, plain: str) -> Principal | None:
     """The principal of a valid (unrevoked, unexpired) token, or None."""
     found = session.execute(_valid_token(hash_token(plain))).one_or_none()
-    return None if found is None else _principal(found[0], found[1])
+    return None if found is None else _principal(found[0])
 
 
-def _principal(user: User, token_id: int) -> Principal:
+def _principal(user: User) -> Principal:
     return Principal(
         user_id=user.id,
         tenant_id=user.tenant_id,
         username=user.username,
         avatar=user.avatar,
         role=Role(user.role),
-        token_id=token_id,
     )
 
 
@@ -153,7 +151,7 @@ class TokenCache:
             last_used_at = found[2]
             if last_used_at is None or _older_than(last_used_at, LAST_USE_PRECISION):
                 record_use(session, found[1])
-            return _principal(found[0], found[1])
+            return _principal(found[0])
 
 
 def _older_than(moment: datetime, age: timedelta) -> bool:

@@ -309,41 +309,28 @@ def store_batch(
         return Stored(existing.id, False, [], existing.total)
     accounts = _accounts(session, principal.tenant_id, set(users.values()), points_type)
     try:
+        # A savepoint, so that a key in use leaves the transaction able to name it.
         with session.begin_nested():
-            _copy_requests(session, principal, key, batch_id, awards, keys, users, accounts,
-                           points_type)  # fmt: skip
+            driver = session.connection().connection.driver_connection
+            with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
+                for award, item_key in zip(awards, keys, strict=True):
+                    user_id = users[award.position]
+                    adjustment = Adjustment(
+                        user_id=user_id,
+                        points_type=points_type.name,
+                        amount=award.amount,
+                        reputation_context=award.context,
+                        comment=award.comment,
+                    )
+                    copy.write_row((
+                        principal.tenant_id, item_key, adjustment.fingerprint(),
+                        accounts[user_id], user_id, award.amount, "adjust", award.context,
+                        award.comment, "", "", "", False, principal.user_id, batch_id,
+                        "queued", 0,
+                    ))  # fmt: skip
     except psycopg.errors.UniqueViolation:
         raise BatchInvalid(_keys_in_use(session, principal.tenant_id, awards, keys)) from None
     return Stored(batch_id, True, sorted(set(accounts.values())), len(awards))
-
-
-def _copy_requests(
-    session: Session,
-    principal: Principal,
-    key: str,
-    batch_id: str,
-    awards: list[Award],
-    keys: list[str],
-    users: dict[int, int],
-    accounts: dict[int, str],
-    points_type: PointsType,
-) -> None:
-    driver = session.connection().connection.driver_connection
-    with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
-        for award, item_key in zip(awards, keys, strict=True):
-            user_id = users[award.position]
-            adjustment = Adjustment(
-                user_id=user_id,
-                points_type=points_type.name,
-                amount=award.amount,
-                reputation_context=award.context,
-                comment=award.comment,
-            )
-            copy.write_row((
-                principal.tenant_id, item_key, adjustment.fingerprint(),
-                accounts[user_id], user_id, award.amount, "adjust", award.context,
-                award.comment, "", "", "", False, principal.user_id, batch_id, "queued", 0,
-            ))  # fmt: skip
 
 
 def item_keys(awards: list[Award], batch_key: str) -> list[str]:

@@ -28,14 +28,14 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# The fields of every JSON log line, and the names they are written under.
+JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JSON_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+
 def json_handler(service: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
+    handler.setFormatter(JsonFormatter(JSON_FORMAT, rename_fields=JSON_RENAMED))
     handler.addFilter(ContextFilter(service))
     return handler
 
