@@ -21,11 +21,17 @@ run: $(STAMP)
 test: $(STAMP) tools
 	$(BIN)/pytest $(ARGS)
 
-# The compose file is validated with Debian's docker-compose; install it where we can.
+## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
+bench: $(STAMP) tools
+	$(BIN)/python bench/adjustments.py $(ARGS)
+
+# Debian packages: docker-compose validates the compose file, wrk drives `make bench`.
+TOOLS := docker-compose wrk
 tools:
-	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null); } \
-		|| echo "note: install docker-compose to validate docker-compose.yml"
+	@missing="$$(for tool in $(TOOLS); do command -v $$tool >/dev/null || echo $$tool; done)"; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+		|| echo "note: install $$missing (docker-compose validates docker-compose.yml, wrk runs make bench)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

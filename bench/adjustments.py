@@ -1,0 +1,268 @@
+"""Benchmark single adjustments against a running stack (`make bench`).
+
+It provisions, in the database the stack uses (TALLY_DATABASE_URL), a tenant `bench`
+with a moderator, a fresh token and 1,000 users, then drives POST /api/v2/score/
+with wrk and bench/adjust.lua (a unique Idempotency-Key per request) in four
+scenarios:
+
+  a  Prefer: respond-async, random user of 1,000, as fast as it goes
+  b  default (wait for the 201), random user of 1,000
+  c  respond-async, every request to one hot user
+  d  respond-async at half of (a)'s rate, paced, for latency
+
+For each it prints accepted/s, applied/s (during the load), the backlog when the
+load stops and the time it takes to drain, latency p50/p95/p99, and the CPU
+milliseconds per adjustment of the API, the workers, PostgreSQL and Redis (read
+from /proc over the load and the drain, divided by the adjustments accepted) —
+as a table and as JSON.
+
+Usage: TALLY_DATABASE_URL=... python bench/adjustments.py [--url URL] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import select, text
+
+from shared.auth import create_token
+from shared.config import load_settings
+from shared.models import Role, User
+from shared.resources import Resources
+from shared.users import ensure_tenant
+
+TENANT = "bench"
+USERS = 1000
+LUA = Path(__file__).with_name("adjust.lua")
+DRAIN_LIMIT = 120.0
+ROLES = ("api", "workers", "postgres", "redis")
+
+
+@dataclass
+class Result:
+    scenario: str
+    connections: int
+    accepted_per_s: float
+    answers: dict[str, int]
+    applied_per_s: float
+    backlog_at_stop: int
+    drain_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_ms_per_adjustment: dict[str, float]
+
+
+def provision(resources: Resources) -> tuple[str, list[int]]:
+    """A fresh moderator token and the ids of 1,000 users of the bench tenant."""
+    with resources.sessions.begin() as session:
+        ensure_tenant(session, TENANT)
+        moderator = session.scalars(
+            select(User).where(User.tenant_id == TENANT, User.username == "bench_moderator")
+        ).one_or_none()
+        if moderator is None:
+            moderator = User(tenant_id=TENANT, username="bench_moderator", role=Role.MODERATOR)
+            session.add(moderator)
+            session.flush()
+        _, token = create_token(session, moderator, "bench")
+        session.execute(
+            text(
+                "INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
+                " role) SELECT :t, 'bench_' || g, '', '', '', '', 'user'"
+                " FROM generate_series(1, :n) g ON CONFLICT DO NOTHING"
+            ),
+            {"t": TENANT, "n": USERS},
+        )
+        ids = session.scalars(
+            text("SELECT id FROM users WHERE tenant_id = :t AND username LIKE 'bench\\_%'"
+                 " AND role = 'user' ORDER BY id LIMIT :n"),
+            {"t": TENANT, "n": USERS},
+        ).all()  # fmt: skip
+    return token, list(ids)
+
+
+def _groups() -> dict[str, list[psutil.Process]]:
+    """The stack's processes by role, recognised by their command lines."""
+    groups: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        name = process.info["name"] or ""
+        if name.startswith("postgres") or cmdline.startswith("postgres:"):
+            groups["postgres"].append(process)
+        elif name.startswith("redis-server"):
+            groups["redis"].append(process)
+        elif "celery" in cmdline and " worker" in cmdline:
+            groups["workers"].append(process)
+        elif (" cli api" in cmdline or "tally api" in cmdline) and "bench" not in cmdline:
+            groups["api"].append(process)
+    return groups
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds per role: each process's own, plus its reaped children's."""
+    totals: dict[str, float] = {}
+    for role, processes in _groups().items():
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        totals[role] = total
+    return totals
+
+
+def counts(resources: Resources) -> tuple[int, int]:
+    """(completed or rejected, still pending) requests of the bench tenant."""
+    with resources.engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE status IN ('completed', 'rejected')),"
+                " count(*) FILTER (WHERE status IN ('queued', 'processing'))"
+                " FROM adjustment_requests WHERE tenant_id = :t"
+            ),
+            {"t": TENANT},
+        ).one()
+    return row[0], row[1]
+
+
+def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> dict[str, Any]:
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+               "-s", str(LUA), url]  # fmt: skip
+    output = subprocess.run(
+        command, env=os.environ | env, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
+    parsed: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    return parsed
+
+
+def run(
+    resources: Resources,
+    scenario: str,
+    *,
+    url: str,
+    token: str,
+    users: list[int],
+    prefer: str,
+    seconds: int,
+    connections: int,
+    delay_ms: int = 0,
+) -> Result:
+    done_before, pending = counts(resources)
+    if pending:
+        sys.exit(f"{pending} bench requests are still pending; let the stack drain first")
+    cpu_before = cpu_seconds()
+    env = {
+        "BENCH_TOKEN": token,
+        "BENCH_USERS": ",".join(map(str, users)),
+        "BENCH_PREFER": prefer,
+        "BENCH_RUN": f"{scenario}-{secrets.token_hex(4)}",
+        "BENCH_DELAY": str(delay_ms),
+    }
+    load = wrk(url, seconds, connections, env)
+    stopped = time.monotonic()
+    done_at_stop, backlog_at_stop = counts(resources)
+    backlog = backlog_at_stop
+    while backlog:
+        if time.monotonic() - stopped > DRAIN_LIMIT:
+            sys.exit(f"scenario {scenario}: {backlog} requests still pending after {DRAIN_LIMIT} s")
+        time.sleep(0.02)
+        _, backlog = counts(resources)
+    drain = time.monotonic() - stopped
+    cpu_after = cpu_seconds()
+    done_after, _ = counts(resources)
+    answers = {str(status): int(n) for status, n in load["statuses"].items()}
+    accepted = answers.get("201", 0) + answers.get("202", 0)
+    adjustments = done_after - done_before
+    duration = float(load["seconds"])
+    return Result(
+        scenario=scenario,
+        connections=connections,
+        accepted_per_s=round(accepted / duration, 1),
+        answers=answers,
+        applied_per_s=round((done_at_stop - done_before) / duration, 1),
+        backlog_at_stop=backlog_at_stop,
+        drain_s=round(drain, 2) if backlog_at_stop else 0.0,
+        p50_ms=float(load["p50_ms"]),
+        p95_ms=float(load["p95_ms"]),
+        p99_ms=float(load["p99_ms"]),
+        cpu_ms_per_adjustment={
+            role: round(1000 * (cpu_after[role] - cpu_before[role]) / max(adjustments, 1), 3)
+            for role in cpu_after
+        },
+    )
+
+
+def table(results: list[Result]) -> str:
+    header = ("scenario", "conns", "accepted/s", "applied/s", "backlog", "drain s", "p50 ms",
+              "p95 ms", "p99 ms", "cpu ms: api", "workers", "postgres", "redis",
+              "total")  # fmt: skip
+    rows = [header]
+    for r in results:
+        cpu = r.cpu_ms_per_adjustment
+        rows.append((
+            r.scenario, str(r.connections), f"{r.accepted_per_s:.0f}", f"{r.applied_per_s:.0f}",
+            str(r.backlog_at_stop), f"{r.drain_s:.2f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
+            f"{r.p99_ms:.1f}", f"{cpu['api']:.2f}", f"{cpu['workers']:.2f}",
+            f"{cpu['postgres']:.2f}", f"{cpu['redis']:.2f}", f"{sum(cpu.values()):.2f}",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("TALLY_BENCH_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--scenarios", default="abcd")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: `make tools` installs it (Debian package wrk)")
+
+    resources = Resources(load_settings())
+    token, users = provision(resources)
+    with resources.engine.begin() as connection:
+        connection.execute(text("ANALYZE users, accounts, adjustment_requests, tokens"))
+    common = {"url": args.url, "token": token, "seconds": args.seconds}
+    results: list[Result] = []
+    for scenario in args.scenarios:
+        if scenario == "a":
+            result = run(resources, "a", users=users, prefer="respond-async",
+                         connections=args.connections, **common)  # fmt: skip
+        elif scenario == "b":
+            result = run(resources, "b", users=users, prefer="",
+                         connections=args.connections, **common)  # fmt: skip
+        elif scenario == "c":
+            result = run(resources, "c", users=users[:1], prefer="respond-async",
+                         connections=args.connections, **common)  # fmt: skip
+        else:
+            a_rate = next((r.accepted_per_s for r in results if r.scenario == "a"), 400.0)
+            # Each connection waits so that all together send half of (a)'s rate.
+            delay = round(1000 * args.connections / (a_rate / 2))
+            result = run(resources, "d", users=users, prefer="respond-async",
+                         connections=args.connections, delay_ms=delay, **common)  # fmt: skip
+        results.append(result)
+        print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
+    resources.close()
+    print(table(results))
+    print(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
