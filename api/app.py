@@ -28,9 +28,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from api import bulk, health, metrics, openapi, points, score, score_reads, users
 
-    limiter = init_limits(app, settings)
-    for unlimited in (health.bp, openapi.bp, metrics.bp):
-        limiter.exempt(unlimited)
+    init_limits(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)

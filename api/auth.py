@@ -36,6 +36,12 @@ def bearer_token() -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+def has_valid_token() -> bool:
+    """Whether the request carries a valid token (answered from the token cache)."""
+    token = bearer_token()
+    return bool(token) and token_cache().principal(token) is not None
+
+
 def _authenticate() -> Principal:
     token = bearer_token()
     if not token:

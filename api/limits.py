@@ -1,68 +1,129 @@
-"""Rate limits (Flask-Limiter, counted in Redis): requests per token, failed logins per address.
+"""Rate limits (the `limits` library, in Redis): requests per token, failed logins per address.
 
-Every request that carries a bearer token counts against that token's limit
+Every request with a valid bearer token counts against that token's limit
 (`TALLY_RATE_LIMIT`); every 401 counts against the client address's limit
-(`TALLY_AUTH_FAILURE_LIMIT`), so guessing tokens is slow. Past either limit the
-answer is a 429 problem with Retry-After. When Redis is unreachable the limits
-are counted in each process's memory instead: accepting work must not depend on
-Redis (the outbox relay publishes what could not be published).
+(`TALLY_AUTH_FAILURE_LIMIT`), and an address past it may try no further token
+until the window ends, so guessing tokens is slow. Past either limit the answer
+is a 429 problem with Retry-After. A request with a valid token is not checked
+against the address's failures: users behind one address are not locked out by a
+guesser, and an accepted request costs one Redis round trip here.
+
+`limits` (the library Flask-Limiter is built on) is called directly: Flask-Limiter's
+per-request machinery cost as much CPU as the accept statement. When Redis is
+unreachable the limits are counted in this process's memory instead: accepting
+work must not depend on Redis (the outbox relay hands on what could not be).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from flask import Flask, Response, request
-from flask_limiter import ApplicationLimit, Limiter, RequestLimit
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 
-from api.auth import bearer_token
+from api.auth import bearer_token, has_valid_token
+from api.problems import Problem
 from shared.auth import hash_token
 from shared.config import Settings
 
 KEY_PREFIX = "tally:limits"
+# Routes that answer without a token and must stay cheap and always reachable.
+UNLIMITED_BLUEPRINTS = frozenset({"health", "openapi", "metrics"})
+
+log = logging.getLogger(__name__)
 
 
-def _token_key() -> str:
-    # The token's hash, never the token: the key is stored in Redis.
-    return hash_token(bearer_token())
+class RateLimits:
+    """The configured limits, counted in Redis (or this process's memory when Redis fails)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.per_token = parse_many(settings.rate_limit)
+        self.auth_failures = parse_many(settings.auth_failure_limit)
+        self.shared = FixedWindowRateLimiter(
+            RedisStorage(
+                settings.redis_url, key_prefix=KEY_PREFIX, socket_timeout=1,
+                socket_connect_timeout=1,
+            )
+        )  # fmt: skip
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+
+    def hit(self, limits: list[RateLimitItem], *identity: str) -> RateLimitItem | None:
+        """Count one request; the first limit it breaks, if any."""
+        return self._first_broken(limits, identity, count=True)
+
+    def test(self, limits: list[RateLimitItem], *identity: str) -> RateLimitItem | None:
+        """The first limit already used up, without counting a request."""
+        return self._first_broken(limits, identity, count=False)
+
+    def _first_broken(
+        self, limits: list[RateLimitItem], identity: tuple[str, ...], *, count: bool
+    ) -> RateLimitItem | None:
+        for limit in limits:
+            try:
+                allowed = self._check(self.shared, limit, identity, count)
+            except Exception as error:  # redis-py raises many kinds; count locally meanwhile
+                log.warning("rate limits counted in memory: Redis failed (%s)", error)
+                allowed = self._check(self.local, limit, identity, count)
+            if not allowed:
+                return limit
+        return None
+
+    @staticmethod
+    def _check(
+        limiter: FixedWindowRateLimiter,
+        limit: RateLimitItem,
+        identity: tuple[str, ...],
+        count: bool,
+    ) -> bool:
+        return limiter.hit(limit, *identity) if count else limiter.test(limit, *identity)
+
+    def too_many(self, limit: RateLimitItem, *identity: str) -> Problem:
+        """The 429 for a broken limit, with the seconds until its window ends."""
+        try:
+            reset_at = self.shared.get_window_stats(limit, *identity).reset_time
+        except Exception:  # as above: the window's end is then an estimate
+            reset_at = time.time() + limit.get_expiry()
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        return Problem(
+            429,
+            "too-many-requests",
+            f"more than {limit} requests; retry after {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def _breached(limit: RequestLimit) -> Response:
-    """Carries Retry-After on the 429; api.problems renders the body for the route's envelope."""
-    reset_at, _ = limit.window
-    retry_after = max(1, math.ceil(reset_at - time.time()))
-    return Response(status=429, headers={"Retry-After": str(retry_after)})
+def init_limits(app: Flask, settings: Settings) -> RateLimits:
+    """Check the per-token and per-address limits before every limited route."""
+    limits = RateLimits(settings)
 
+    @app.before_request
+    def _limit() -> None:
+        if request.blueprint in UNLIMITED_BLUEPRINTS:
+            return
+        if has_valid_token():
+            # The token's hash, never the token: the key is stored in Redis.
+            token = hash_token(bearer_token())
+            broken = limits.hit(limits.per_token, "token", token)
+            if broken is not None:
+                raise limits.too_many(broken, "token", token)
+            return
+        address = _client_address()
+        broken = limits.test(limits.auth_failures, "auth-failures", address)
+        if broken is not None:
+            raise limits.too_many(broken, "auth-failures", address)
 
-def init_limits(app: Flask, settings: Settings) -> Limiter:
-    """Attach the per-token and per-address limits to every route of `app`."""
-    return Limiter(
-        key_func=_token_key,
-        app=app,
-        application_limits=[
-            ApplicationLimit(
-                settings.rate_limit,
-                key_function=_token_key,
-                scope="token",
-                exempt_when=lambda: not bearer_token(),
-            ),
-            ApplicationLimit(
-                settings.auth_failure_limit,
-                key_function=_client_address,
-                scope="auth-failures",
-                deduct_when=lambda response: response.status_code == 401,
-            ),
-        ],
-        storage_uri=settings.redis_url,
-        storage_options={"socket_timeout": 1, "socket_connect_timeout": 1},
-        strategy="fixed-window",
-        key_prefix=KEY_PREFIX,
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        on_breach=_breached,
-    )
+    @app.after_request
+    def _count_failures(response: Response) -> Response:
+        if response.status_code == 401 and request.blueprint not in UNLIMITED_BLUEPRINTS:
+            limits.hit(limits.auth_failures, "auth-failures", _client_address())
+        return response
+
+    return limits
