@@ -1,105 +1,158 @@
-"""After a request is recorded: publish it, wait for the worker, answer 201, 202 or 409."""
+"""The one accept path of single adjustments: record, dispatch, wait; and the answer's parts.
+
+Both POST /api/v2/score/ and POST /admin/points/{id}/adjust come through `submit`;
+they differ only in how they name the user and in the envelope of the answer.
+"""
 
 from __future__ import annotations
 
-import redis.exceptions
-from flask import Response, current_app, jsonify, url_for
+import logging
+from dataclasses import dataclass
 
-from api.body import Preferences
+from flask import Response, current_app, url_for
+from sqlalchemy import text
+
+from api.body import Preferences, read_preferences
 from api.problems import Problem
-from api.resources import db_session, publisher, resources, wait_slots
-from api.serializers import load_score, status_object
-from shared.models import FINAL_STATUSES, AdjustmentRequest, AdjustmentStatus
-from shared.notify import CompletionWaiter
-from shared.processing import claim_schedule
-from worker.app import APPLY_ACCOUNT_TASK
+from api.resources import completions, publisher, release_session, resources, wait_slots
+from shared.adjustments import Adjustment, Recorded, Target
+from shared.adjustments import submit as record
+from shared.auth import Principal
+from shared.config import PointsType
+from shared.fields import format_timestamp
+from shared.idempotency import IdempotencyConflict
+from shared.metrics import ADJUSTMENTS_ACCEPTED
+from shared.models import AdjustmentStatus
+from shared.notify import Completion
+from shared.validation import FieldError
+
+log = logging.getLogger(__name__)
 
 
-def publish(account_id: str) -> None:
-    """Hand the account to the workers unless a task for it is already queued.
+@dataclass(frozen=True)
+class Accepted:
+    """A recorded request and, if it became final while the client waited, its outcome."""
 
-    If Redis is down the outbox relay does it later: the committed row is enough.
+    recorded: Recorded
+    completion: Completion | None
+    preferences: Preferences
+    # Whether the answer must come from the request row (a replay, or a wait that timed out).
+    read_row: bool
+
+
+def submit(
+    principal: Principal,
+    target: Target,
+    adjustment: Adjustment,
+    points_type: PointsType,
+    idempotency_key: str | None,
+) -> Accepted:
+    """Record the adjustment (committed before any 2xx), hand it to the workers, wait.
+
+    Raises InvalidInput for an unknown user and a 422 Problem for a reused key.
     """
+    release_session()  # a route's earlier reads: one connection per thread at a time
     try:
-        if claim_schedule(resources().redis, account_id):
-            publisher().send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+        with resources().engine.connect() as connection:
+            # One statement, its own transaction: committed when it returns.
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            recorded = record(
+                connection, principal, target, adjustment, points_type, idempotency_key
+            )
+    except IdempotencyConflict as conflict:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            str(conflict),
+            [FieldError("Idempotency-Key", "reused", "this key was used with a different body")],
+        ) from None
+    if recorded.created:
+        ADJUSTMENTS_ACCEPTED.inc()
+        log.info(
+            "adjustment accepted",
+            extra={
+                "adjustment_id": recorded.request_id,
+                "account_id": recorded.account_id,
+                "idempotency_key": idempotency_key,
+            },
+        )
+        dispatch(recorded.account_id)
+    preferences = read_preferences()
+    # A replay may be final already; a new request cannot be.
+    completion = None if recorded.created else final_state(recorded.request_id)
+    read_row = not recorded.created
+    if completion is None:
+        completion, waited = wait_for_outcome(recorded.request_id, preferences)
+        if completion is None and waited:
+            # An announcement may have been lost (Redis restarted): the database knows.
+            completion, read_row = final_state(recorded.request_id), True
+    return Accepted(recorded, completion, preferences, read_row)
+
+
+def dispatch(account_id: str) -> None:
+    """Hand the account to the workers; if Redis is down the outbox relay does it later."""
+    try:
+        publisher().dispatcher.notify([account_id])
     except Exception:  # redis-py and kombu raise many kinds; the row is safe either way
-        current_app.logger.warning("publish failed for account %s; relay will retry", account_id)
+        current_app.logger.warning("dispatch failed for account %s; relay will retry", account_id)
 
 
-def _final_status(request_id: int) -> str:
-    session = db_session()
-    try:
-        return session.get_one(AdjustmentRequest, request_id).status
-    finally:
-        session.rollback()  # end the read so the wait holds no connection
-
-
-def wait_for_outcome(request_id: int, preferences: Preferences) -> bool:
-    """Wait up to the preferred time for the request to reach a final status."""
+def wait_for_outcome(request_id: int, preferences: Preferences) -> tuple[Completion | None, bool]:
+    """Wait up to the preferred time for the announcement; (completion, whether it waited)."""
     settings = resources().settings
     wait = settings.default_wait if preferences.wait is None else preferences.wait
     wait = min(wait, settings.max_wait)
     if preferences.respond_async or wait <= 0:
-        return False
+        return None, False
     slots = wait_slots()
     if not slots.acquire(blocking=False):
-        return False  # enough threads wait already: answer 202 now
+        return None, False  # enough threads wait already: answer 202 now
     try:
-        with CompletionWaiter(resources().redis, request_id) as waiter:
-            if _final_status(request_id) in FINAL_STATUSES:
-                return True
-            return waiter.wait(wait)
-    except redis.exceptions.RedisError:
-        current_app.logger.warning("cannot wait on Redis for request %s", request_id)
-        return False
+        return completions().wait(request_id, wait), True
     finally:
         slots.release()
+
+
+FINAL_STATE = text("""
+    SELECT r.status, r.error_code, r.error_message, e.id AS entry_id, e.balance_after,
+           e.created_at
+    FROM adjustment_requests r LEFT JOIN ledger_entries e ON e.id = r.ledger_entry_id
+    WHERE r.id = :id
+""")
+
+
+def final_state(request_id: int) -> Completion | None:
+    """The request's outcome as stored, or None while it is pending."""
+    with resources().engine.connect() as connection:
+        row = connection.execute(FINAL_STATE, {"id": request_id}).one()
+    if row.status not in (AdjustmentStatus.COMPLETED, AdjustmentStatus.REJECTED):
+        return None
+    return Completion(
+        request_id, row.status, row.error_code, row.error_message, row.entry_id,
+        row.balance_after, format_timestamp(row.created_at),
+    )  # fmt: skip
 
 
 def status_url(request_id: int) -> str:
     return url_for("score.request_status", request_id=request_id, _external=True)
 
 
-def settle(request_id: int, preferences: Preferences) -> AdjustmentRequest:
-    """Wait as the client prefers, then the request row as it stands now."""
-    wait_for_outcome(request_id, preferences)
-    return db_session().get_one(AdjustmentRequest, request_id, populate_existing=True)
-
-
-def rejection(row: AdjustmentRequest) -> Problem:
+def rejection(request_id: int, completion: Completion) -> Problem:
     """The 409 for a request the worker rejected because of the account's state."""
     return Problem(
         409,
-        row.error_code or "rejected",
-        row.error_message or "the adjustment was rejected",
-        headers={"Location": status_url(row.id)},
-        extra={"request_id": row.id, "code": row.error_code},
+        completion.error_code or "rejected",
+        completion.error_message or "the adjustment was rejected",
+        headers={"Location": status_url(request_id)},
+        extra={"request_id": request_id, "code": completion.error_code},
     )
 
 
-def finish(
-    response: Response, row: AdjustmentRequest, preferences: Preferences, *, replayed: bool
-) -> Response:
+def finish(response: Response, accepted: Accepted) -> Response:
     """The headers every adjustment answer carries: Location, and what was replayed or preferred."""
-    response.headers["Location"] = status_url(row.id)
-    if replayed:
+    response.headers["Location"] = status_url(accepted.recorded.request_id)
+    if not accepted.recorded.created:
         response.headers["Idempotent-Replayed"] = "true"
-    if response.status_code == 202 and preferences.respond_async:
+    if response.status_code == 202 and accepted.preferences.respond_async:
         response.headers["Preference-Applied"] = "respond-async"
     return response
-
-
-def answer(request_id: int, preferences: Preferences, *, replayed: bool) -> Response:
-    """201 with the Score object, 409 with the rejection, or 202 with the status object."""
-    row = settle(request_id, preferences)
-    session = db_session()
-    if row.status == AdjustmentStatus.REJECTED:
-        raise rejection(row)
-    if row.status == AdjustmentStatus.COMPLETED and row.ledger_entry_id is not None:
-        response = jsonify(load_score(session, row.ledger_entry_id))
-        response.status_code = 201
-    else:
-        response = jsonify(status_object(session, row))
-        response.status_code = 202
-    return finish(response, row, preferences, replayed=replayed)

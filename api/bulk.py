@@ -27,7 +27,7 @@ from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
-from api.serializers import status_object, timestamp
+from api.serializers import status_object
 from shared.bulk import (
     BATCH_COUNTS,
     BatchInvalid,
@@ -40,13 +40,12 @@ from shared.bulk import (
     validate_bulk_item,
     validate_csv_row,
 )
-from shared.fields import parse_flag
+from shared.fields import format_timestamp, parse_flag
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest, Batch
 from shared.query_params import PageQuery
 from shared.validation import FieldError, InvalidInput, validate_idempotency_key
-from worker.app import ACCOUNTS_PER_TASK, APPLY_ACCOUNTS_TASK
 
 bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
 
@@ -94,15 +93,10 @@ def _publish(stored: Stored) -> None:
     if not stored.created:
         return
     ADJUSTMENTS_ACCEPTED.inc(stored.total)
-    for start in range(0, len(stored.account_ids), ACCOUNTS_PER_TASK):
-        try:
-            chunk = stored.account_ids[start : start + ACCOUNTS_PER_TASK]
-            publisher().send_task(APPLY_ACCOUNTS_TASK, [chunk])
-        except Exception:  # kombu raises many kinds; the relay publishes the rest later
-            current_app.logger.warning(
-                "publishing batch %s stopped; relay will retry", stored.batch_id
-            )
-            break
+    try:
+        publisher().dispatcher.notify(stored.account_ids)
+    except Exception:  # redis-py and kombu raise many kinds; the relay hands them on later
+        current_app.logger.warning("dispatching batch %s failed; relay will retry", stored.batch_id)
 
 
 def _accepted(stored: Stored, extra: dict[str, Any] | None = None) -> Response:
@@ -330,8 +324,8 @@ def batch_status(batch_id: str) -> dict[str, Any]:
         status=overall,
         total=batch.total,
         counts=schemas.BatchCounts(**counts),
-        created_at=timestamp(batch.created_at) or "",
-        completed_at=timestamp(last_completed) if final == batch.total else None,
+        created_at=format_timestamp(batch.created_at) or "",
+        completed_at=format_timestamp(last_completed) if final == batch.total else None,
         progress=round(final / batch.total, 4) if batch.total else 1.0,
     ).model_dump(mode="json")
 

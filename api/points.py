@@ -9,17 +9,15 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import func, select
 
 from api import schemas
+from api.accept import finish, rejection, submit
 from api.auth import current_principal, require_writer
-from api.body import read_object, read_preferences, read_query
+from api.body import read_object, read_query
 from api.openapi import documented
-from api.outcome import finish, publish, settle
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
-from api.serializers import account_object, timestamp, transaction_object
-from shared.adjustments import Adjustment, record
-from shared.fields import BIGINT_MAX, ShortText
-from shared.idempotency import IdempotencyConflict
-from shared.metrics import ADJUSTMENTS_ACCEPTED
+from api.serializers import account_object, transaction_object
+from shared.adjustments import Adjustment, Target
+from shared.fields import BIGINT_MAX, ShortText, format_timestamp
 from shared.models import Account, AdjustmentRequest, AdjustmentStatus, LedgerEntry, User
 from shared.query_params import PageQuery
 from shared.validation import (
@@ -34,7 +32,7 @@ bp = Blueprint("points", __name__, url_prefix="/admin/points")
 
 
 def envelope(code: int, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code, "message": message, "timestamp": timestamp(now())}
+    body: dict[str, Any] = {"code": code, "message": message, "timestamp": format_timestamp(now())}
     if data is not None:
         body["data"] = data
     return body | extra
@@ -124,7 +122,6 @@ def adjust(user_ref: str) -> Response:
         )
     if data.allow_negative_balance and not principal.is_admin:
         raise Problem(403, "forbidden", "only admins may set allow_negative_balance")
-    session = db_session()
     user = _user(user_ref)
     adjustment = Adjustment(
         user_id=user.id,
@@ -136,29 +133,22 @@ def adjust(user_ref: str) -> Response:
         expires_at=data.expires_at,
         allow_negative=data.allow_negative_balance,
     )
-    try:
-        row, created = record(session, principal, user, adjustment, points_type, key)
-    except IdempotencyConflict as conflict:
-        raise Problem(422, "idempotency-key-reused", str(conflict)) from None
-    request_id, account_id = row.id, row.account_id
-    session.commit()
-    if created:
-        ADJUSTMENTS_ACCEPTED.inc()
-        publish(account_id)
-    preferences = read_preferences()
-    row = settle(request_id, preferences)
-    if row.status == AdjustmentStatus.REJECTED:
-        raise Problem(409, row.error_code or "rejected", row.error_message or "rejected")
-    entry = session.get(LedgerEntry, row.ledger_entry_id) if row.ledger_entry_id else None
-    account = session.get_one(Account, row.account_id)
-    done = row.status == AdjustmentStatus.COMPLETED
+    accepted = submit(principal, Target("user_ref", user.id), adjustment, points_type, key)
+    recorded, done = accepted.recorded, accepted.completion
+    if done is not None and done.status == AdjustmentStatus.REJECTED:
+        raise rejection(recorded.request_id, done)
+    session = db_session()
+    row = session.get_one(AdjustmentRequest, recorded.request_id)
+    entry = session.get(LedgerEntry, done.entry_id) if done and done.entry_id else None
+    account = session.get_one(Account, recorded.account_id)
     data_out = {
         "account": account_object(account, user),
         "transaction": transaction_object(user, row, entry),
     }
-    response = jsonify(envelope(0, "completed" if done else "accepted", data_out))
-    response.status_code = 201 if done else 202
-    return finish(response, row, preferences, replayed=not created)
+    completed = entry is not None
+    response = jsonify(envelope(0, "completed" if completed else "accepted", data_out))
+    response.status_code = 201 if completed else 202
+    return finish(response, accepted)
 
 
 @bp.get("/<user_ref>")

@@ -9,12 +9,14 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
 from shared.auth import TokenCache
+from shared.notify import CompletionListener, done_channel
 from shared.resources import Resources
 from worker.app import TallyCelery
 
 EXTENSION = "tally"
 WAIT_SLOTS = "tally.wait_slots"
 TOKEN_CACHE = "tally.token_cache"
+COMPLETIONS = "tally.completions"
 
 
 def resources() -> Resources:
@@ -35,6 +37,13 @@ def db_session() -> Session:
     return session
 
 
+def release_session() -> None:
+    """End this request's transaction, if one is open, so its connection goes back to the pool."""
+    session: Session | None = g.get("db_session")
+    if session is not None:
+        session.rollback()
+
+
 def wait_slots() -> threading.BoundedSemaphore:
     """The places for requests of this process that may wait for the worker at once."""
     slots: threading.BoundedSemaphore = current_app.extensions[WAIT_SLOTS]
@@ -46,6 +55,12 @@ def token_cache() -> TokenCache:
     return cache
 
 
+def completions() -> CompletionListener:
+    """This process's one subscription to the workers' completion announcements."""
+    listener: CompletionListener = current_app.extensions[COMPLETIONS]
+    return listener
+
+
 def init_app(app: Flask, celery: TallyCelery) -> None:
     app.extensions[EXTENSION] = celery
     settings = celery.resources.settings
@@ -54,6 +69,9 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
         lambda: celery.resources.engine, ttl=settings.token_cache_seconds
     )
     app.extensions[WAIT_SLOTS] = threading.BoundedSemaphore(settings.max_waiters)
+    app.extensions[COMPLETIONS] = CompletionListener(
+        lambda: celery.resources.redis, done_channel(settings.queue_name)
+    )
 
     @app.teardown_appcontext
     def _close_session(_: BaseException | None) -> None:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from api import schemas
+from api.accept import finish, rejection, submit
 from api.auth import current_principal, require_writer
-from api.body import read_object, read_preferences
+from api.body import read_object
 from api.openapi import FORM, JSON, documented
-from api.outcome import answer, publish
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
-from api.serializers import status_object
-from shared.adjustments import Adjustment, find_user, record
+from api.serializers import queued_status, score_object, status_object
+from shared.adjustments import Adjustment, Target
 from shared.fields import BIGINT_MAX
-from shared.idempotency import IdempotencyConflict
-from shared.metrics import ADJUSTMENTS_ACCEPTED
-from shared.models import AdjustmentRequest
+from shared.models import AdjustmentRequest, AdjustmentStatus
 from shared.validation import (
     FieldError,
     InvalidInput,
@@ -28,8 +24,6 @@ from shared.validation import (
     validate_idempotency_key,
     validate_score,
 )
-
-log = logging.getLogger(__name__)
 
 
 class RequestLookup(BaseModel):
@@ -64,35 +58,40 @@ def create_score() -> Response:
         key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
         command = validate_score(read_object(settings.max_body_bytes), settings.max_amount)
         points_type = settings.points_types[settings.default_points_type]
-        session = db_session()
-        user = find_user(session, principal.tenant_id, command.user)
         adjustment = Adjustment(
-            user_id=user.id,
+            user_id=None,  # the accept statement finds the user the target names
             points_type=points_type.name,
             amount=command.amount,
             reputation_context=command.reputation_context,
             comment=command.comment,
         )
-        row, created = record(session, principal, user, adjustment, points_type, key)
-        request_id, account_id = row.id, row.account_id
-        session.commit()
+        accepted = submit(principal, Target.of(command.user), adjustment, points_type, key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
-    except IdempotencyConflict as conflict:
-        raise Problem(
-            422,
-            "idempotency-key-reused",
-            str(conflict),
-            [FieldError("Idempotency-Key", "reused", "this key was used with a different body")],
-        ) from None
-    if created:
-        ADJUSTMENTS_ACCEPTED.inc()
-        log.info(
-            "adjustment accepted",
-            extra={"adjustment_id": request_id, "account_id": account_id, "idempotency_key": key},
+    recorded, done = accepted.recorded, accepted.completion
+    if done is not None and done.status == AdjustmentStatus.REJECTED:
+        raise rejection(recorded.request_id, done)
+    if done is not None and done.entry_id is not None:
+        response = jsonify(
+            score_object(
+                entry_id=done.entry_id,
+                user=recorded.user,
+                balance_after=done.balance_after or 0,
+                adjustment=adjustment,
+                creator=principal,
+                reputed_at=done.reputed_at or "",
+            )
         )
-        publish(account_id)
-    return answer(request_id, read_preferences(), replayed=not created)
+        response.status_code = 201
+    elif accepted.read_row:
+        session = db_session()
+        row = session.get_one(AdjustmentRequest, recorded.request_id)
+        response = jsonify(status_object(session, row))
+        response.status_code = 202
+    else:
+        response = jsonify(queued_status(recorded, key))
+        response.status_code = 202
+    return finish(response, accepted)
 
 
 @bp.get("/requests/<int:request_id>")

@@ -10,7 +10,7 @@ from api.body import read_query
 from api.openapi import documented
 from api.pagination import page
 from api.resources import db_session, resources
-from api.serializers import leaderboard_object, score_object
+from api.serializers import entry_score, leaderboard_object
 from shared.ledger_reads import leaderboard, list_scores
 from shared.models import ReputationType
 from shared.query_params import LeaderboardQuery, ScoreListQuery
@@ -34,7 +34,7 @@ def list_score() -> Response:
     query = read_query(ScoreListQuery)
     points_type = resources().settings.default_points_type
     count, rows = list_scores(db_session(), current_principal().tenant_id, points_type, query)
-    results = [score_object(entry, user, creator) for entry, user, creator in rows]
+    results = [entry_score(entry, user, creator) for entry, user, creator in rows]
     return jsonify(page(results, count, query))
 
 

@@ -2,30 +2,59 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from api import schemas
 from api.schemas import dump
+from shared.adjustments import Adjustment, Recorded
+from shared.auth import Principal
+from shared.fields import format_timestamp
 from shared.ledger_reads import LeaderboardRow
-from shared.models import Account, AdjustmentRequest, LedgerEntry, ReputationType, User
+from shared.models import (
+    Account,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    LedgerEntry,
+    ReputationType,
+    Role,
+    User,
+)
 
 
-def timestamp(value: datetime | None) -> str | None:
-    """UTC, ISO 8601, with a `Z`."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+class ScoreUserFields(Protocol):
+    """A User row, or the accept statement's TargetUser."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def real_name(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def avatar(self) -> str: ...
 
 
-def score_object(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]:
+def score_object(
+    *,
+    entry_id: int,
+    user: ScoreUserFields,
+    balance_after: int,
+    adjustment: Adjustment,
+    creator: Principal,
+    reputed_at: str,
+    reputation_type: int = ReputationType.MANUAL,
+) -> dict[str, Any]:
     """Seed 000's Score object (with seed 001's extra user fields)."""
     return dump(
         schemas.Score(
-            id=entry.id,
+            id=entry_id,
             user=schemas.ScoreUser(
                 id=user.id,
                 username=user.username,
@@ -33,17 +62,17 @@ def score_object(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any
                 email=user.email,
                 description=user.description,
                 avatar=user.avatar,
-                reputation=entry.balance_after,
+                reputation=balance_after,
             ),
-            score=entry.amount,
-            reputation_type=entry.reputation_type,
-            reputation_type_description=ReputationType(entry.reputation_type).name.lower(),
-            comment=entry.comment,
-            reputation_context=entry.reputation_context,
+            score=adjustment.amount,
+            reputation_type=reputation_type,
+            reputation_type_description=ReputationType(reputation_type).name.lower(),
+            comment=adjustment.comment,
+            reputation_context=adjustment.reputation_context,
             created_by=schemas.ScoreCreator(
-                id=creator.id, username=creator.username, avatar=creator.avatar
+                id=creator.user_id, username=creator.username, avatar=creator.avatar
             ),
-            reputed_at=timestamp(entry.created_at) or "",
+            reputed_at=reputed_at,
         )
     )
 
@@ -57,7 +86,44 @@ def load_score(session: Session, entry_id: int) -> dict[str, Any]:
         .join(creator, creator.id == LedgerEntry.created_by)
         .where(LedgerEntry.id == entry_id)
     ).one()
-    return score_object(entry, user, created_by)
+    return entry_score(entry, user, created_by)
+
+
+def entry_score(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]:
+    """The Score object of a stored ledger entry."""
+    return score_object(
+        entry_id=entry.id,
+        user=user,
+        balance_after=entry.balance_after,
+        adjustment=Adjustment(
+            user_id=user.id,
+            points_type=entry.points_type,
+            amount=entry.amount,
+            reputation_context=entry.reputation_context,
+            comment=entry.comment,
+        ),
+        creator=Principal(creator.id, creator.tenant_id, creator.username, creator.avatar,
+                          Role(creator.role)),
+        reputed_at=format_timestamp(entry.created_at) or "",
+        reputation_type=entry.reputation_type,
+    )  # fmt: skip
+
+
+def queued_status(recorded: Recorded, idempotency_key: str | None) -> dict[str, Any]:
+    """The status object of a request just recorded (no worker has seen it yet)."""
+    return {
+        "id": recorded.request_id,
+        "idempotency_key": idempotency_key,
+        "status": AdjustmentStatus.QUEUED,
+        "attempts": 0,
+        "last_error": None,
+        "error": None,
+        "created_at": format_timestamp(recorded.created_at),
+        "started_at": None,
+        "completed_at": None,
+        "batch_id": None,
+        "score": None,
+    }
 
 
 def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
@@ -70,9 +136,9 @@ def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
         "attempts": row.attempts,
         "last_error": row.last_error,
         "error": error,
-        "created_at": timestamp(row.created_at),
-        "started_at": timestamp(row.started_at),
-        "completed_at": timestamp(row.completed_at),
+        "created_at": format_timestamp(row.created_at),
+        "started_at": format_timestamp(row.started_at),
+        "completed_at": format_timestamp(row.completed_at),
         "batch_id": row.batch_id,
         "score": load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None,
     }
@@ -111,8 +177,8 @@ def account_object(account: Account, user: User) -> dict[str, Any]:
             exchange_rate=account.exchange_rate,
             status=account.status,
             version=account.version,
-            created_at=timestamp(account.created_at) or "",
-            updated_at=timestamp(account.updated_at) or "",
+            created_at=format_timestamp(account.created_at) or "",
+            updated_at=format_timestamp(account.updated_at) or "",
         )
     )
 
@@ -137,8 +203,8 @@ def transaction_object(
             source=request.source,
             related_id=request.related_id,
             idempotency_key=request.idempotency_key,
-            expires_at=timestamp(request.expires_at),
-            created_at=timestamp(created) or "",
-            updated_at=timestamp(request.completed_at or created) or "",
+            expires_at=format_timestamp(request.expires_at),
+            created_at=format_timestamp(created) or "",
+            updated_at=format_timestamp(request.completed_at or created) or "",
         )
     )

@@ -103,6 +103,13 @@ def parse_flag(value: Any) -> bool:
     return flag
 
 
+def format_timestamp(value: datetime | None) -> str | None:
+    """UTC, ISO 8601, with a `Z`: how every answer writes a time."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """An ISO 8601 date or date-time; one without an offset is UTC; returned in UTC."""
     if is_blank(value):

@@ -9,7 +9,7 @@ the requests and accounts are updated with one statement each.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,10 @@ class Outcome:
     error_code: str | None
     accepted_at: datetime
     batch_id: str | None = None
+    # The ledger entry of a completed request.
+    entry_id: int | None = None
+    balance_after: int | None = None
+    entry_created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ MARK_COMPLETED = text("""
         started_at = COALESCE(r.started_at, now()), completed_at = now()
     FROM ledger_entries e
     WHERE e.request_id = r.id AND r.id = ANY(:ids) AND e.request_id = ANY(:ids)
+    RETURNING r.id AS request_id, e.id AS entry_id, e.balance_after, e.created_at
 """)
 
 MARK_REJECTED = text("""
@@ -185,8 +190,18 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
         else:
             account.spent -= request.amount
 
-    _write(session, ledger_rows, rejected, [a for a in accounts.values() if a.changed])
-    return Applied(outcomes, more)
+    entries = _write(session, ledger_rows, rejected, [a for a in accounts.values() if a.changed])
+    return Applied([_with_entry(outcome, entries) for outcome in outcomes], more)
+
+
+def _with_entry(outcome: Outcome, entries: dict[int, Any]) -> Outcome:
+    entry = entries.get(outcome.request_id)
+    if entry is None:
+        return outcome
+    return replace(
+        outcome, entry_id=entry.entry_id, balance_after=entry.balance_after,
+        entry_created_at=entry.created_at,
+    )  # fmt: skip
 
 
 def _write(
@@ -194,13 +209,16 @@ def _write(
     ledger_rows: list[tuple[Any, ...]],
     rejected: list[tuple[int, str]],
     accounts: list[_Account],
-) -> None:
+) -> dict[int, Any]:
+    """Write the chunk; return each completed request's ledger entry (id, balance, time)."""
+    entries: dict[int, Any] = {}
     if ledger_rows:
         driver = session.connection().connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(LEDGER_COPY) as copy:  # type: ignore[union-attr]
             for row in ledger_rows:
                 copy.write_row(row)
-        session.execute(MARK_COMPLETED, {"ids": [row[4] for row in ledger_rows]})
+        completed = session.execute(MARK_COMPLETED, {"ids": [row[4] for row in ledger_rows]})
+        entries = {row.request_id: row for row in completed}
     if rejected:
         session.execute(
             MARK_REJECTED,
@@ -211,7 +229,7 @@ def _write(
             },
         )
     if not accounts:
-        return
+        return entries
     session.execute(
         UPDATE_ACCOUNTS,
         {
@@ -221,3 +239,4 @@ def _write(
             "spent": [a.spent for a in accounts],
         },
     )
+    return entries

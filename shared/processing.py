@@ -1,4 +1,4 @@
-"""Draining one account: take its Redis lock, apply pending requests, announce them."""
+"""Draining accounts: take their Redis locks, apply pending requests, announce them."""
 
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
-from shared.ledger import PENDING_STATUSES, Applied, apply_pending
+from shared.fields import format_timestamp
+from shared.ledger import PENDING_STATUSES, REJECTION_MESSAGES, Applied, Outcome, apply_pending
 from shared.locks import AccountLocks
 from shared.metrics import LOCK_WAIT
 from shared.models import AdjustmentRequest
-from shared.notify import announce
-
-SCHEDULED_KEY_PREFIX = "tally:scheduled:account:"
-# A scheduled mark outlives any sane queue wait; if it is lost, the relay still comes.
-SCHEDULED_TTL_SECONDS = 60
+from shared.notify import Completion, announce
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +25,11 @@ class AccountBusy(Exception):
     """Another worker held the account's lock for longer than we would wait."""
 
 
-def scheduled_key(account_id: str) -> str:
-    return f"{SCHEDULED_KEY_PREFIX}{account_id}"
-
-
-def claim_schedule(redis: Redis, account_id: str) -> bool:
-    """Mark the account as having a task on the way; False if one is already queued.
-
-    This coalesces the tasks of a busy account: the worker clears the mark before
-    it reads the pending requests, so a request committed before a failed claim is
-    always seen by the task that holds the mark.
-    """
-    return bool(redis.set(scheduled_key(account_id), 1, nx=True, ex=SCHEDULED_TTL_SECONDS))
-
-
 def drain_accounts(
     account_ids: Sequence[str],
     *,
     redis: Redis,
+    channel: str,
     sessions: sessionmaker[Session],
     lock_ttl: float,
     lock_wait: float,
@@ -68,16 +52,28 @@ def drain_accounts(
     if not acquired:
         raise AccountBusy(ids[0] if len(ids) == 1 else f"{len(ids)} accounts")
     try:
-        redis.delete(*(scheduled_key(account_id) for account_id in ids))
         with transaction(sessions) as session:
             applied = apply_pending(session, ids, chunk)
-        announce(redis, (outcome.request_id for outcome in applied.outcomes))
+        announce(redis, channel, map(completion, applied.outcomes))
         return applied
     finally:
         expired = locks.release()
         if expired:
             # The row locks kept the ledger right; the TTL was simply too short.
             log.warning("%d account locks expired before release", expired)
+
+
+def completion(outcome: Outcome) -> Completion:
+    """What the API needs to answer a waiting request."""
+    return Completion(
+        request_id=outcome.request_id,
+        status=outcome.status,
+        error_code=outcome.error_code,
+        error_message=REJECTION_MESSAGES.get(outcome.error_code or ""),
+        entry_id=outcome.entry_id,
+        balance_after=outcome.balance_after,
+        reputed_at=format_timestamp(outcome.entry_created_at),
+    )
 
 
 def note_transient_error(

@@ -26,8 +26,9 @@ class Resources:
     def engine(self) -> Engine:
         return make_engine(
             self.settings.database_url,
-            pool_size=self.settings.db_pool_size,
+            pool_size=self.settings.pool_size,
             pool_timeout=self.settings.db_pool_timeout,
+            pre_ping=False,
         )
 
     @cached_property

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment, record
+from shared.adjustments import Adjustment, Target, submit
 from shared.auth import Principal, create_token
 from shared.config import DEFAULT_POINTS_TYPES, PointsType
 from shared.db import transaction
@@ -22,6 +22,9 @@ from shared.models import (
     Tenant,
     User,
 )
+from shared.notify import done_channel
+from shared.processing import drain_accounts
+from worker.app import TallyCelery
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,21 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
     assert account.total_spent == -sum(e.amount for e in entries if e.amount < 0)
 
 
+def apply_now(app: TallyCelery, account_ids: list[str]) -> int:
+    """Apply these accounts' pending requests in this thread, as a drain task does."""
+    settings = app.resources.settings
+    applied = drain_accounts(
+        account_ids,
+        redis=app.resources.redis,
+        channel=done_channel(settings.queue_name),
+        sessions=app.resources.sessions,
+        lock_ttl=settings.lock_ttl,
+        lock_wait=settings.lock_wait,
+        chunk=settings.apply_chunk,
+    )
+    return len(applied.outcomes)
+
+
 def queue_requests(
     sessions: sessionmaker[Session], caller: Caller, user_id: int, amounts: list[int]
 ) -> tuple[str, list[int]]:
@@ -118,10 +136,12 @@ def queue_requests(
             adjustment = Adjustment(
                 user_id=user_id, points_type="reputation", amount=amount, comment="queued"
             )
-            user = session.get_one(User, user_id)
-            row, _ = record(session, principal, user, adjustment, settings_type, None)
-            ids.append(row.id)
-            account_id = row.account_id
+            recorded = submit(
+                session.connection(), principal, Target("user_id", user_id), adjustment,
+                settings_type, None,
+            )  # fmt: skip
+            ids.append(recorded.request_id)
+            account_id = recorded.account_id
     return account_id, ids
 
 
@@ -139,12 +159,13 @@ def queue_adjustments(
     accounts: list[str] = []
     with transaction(sessions) as session:
         for adjustment in adjustments:
-            user = session.get_one(User, adjustment.user_id)
             points_type = DEFAULT_POINTS_TYPES[adjustment.points_type]
-            row, _ = record(session, principal, user, adjustment, points_type, None)
-            row.entry_type = entry_type
-            if row.account_id not in accounts:
-                accounts.append(row.account_id)
+            target = Target("user_id", adjustment.user_id)
+            recorded = submit(
+                session.connection(), principal, target, adjustment, points_type, None, entry_type
+            )
+            if recorded.account_id not in accounts:
+                accounts.append(recorded.account_id)
     return accounts
 
 

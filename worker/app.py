@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cached_property
 
 from celery import Celery
 
 from shared.config import Settings
+from shared.dispatch import Dispatcher
 from shared.resources import Resources
 
-APPLY_ACCOUNT_TASK = "tally.apply_account"
-APPLY_ACCOUNTS_TASK = "tally.apply_accounts"
-# A batch is published as tasks of this many accounts each.
-ACCOUNTS_PER_TASK = 500
+DRAIN_TASK = "tally.drain"
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
 
 
@@ -20,6 +19,15 @@ class TallyCelery(Celery):
     """A Celery app that carries tally's settings and per-process connections."""
 
     resources: Resources
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        """The one way work reaches the workers (see shared.dispatch)."""
+        return Dispatcher(
+            self.resources.redis,
+            lambda: self.send_task(DRAIN_TASK),
+            self.resources.settings.queue_name,
+        )
 
 
 def make_celery(settings: Settings) -> TallyCelery:

@@ -1,9 +1,9 @@
-"""Celery tasks: apply an account's pending requests; relay stale outbox rows."""
+"""Celery tasks: drain the accounts the dispatcher holds; relay stale outbox rows."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from datetime import UTC, datetime
 
 import redis.exceptions
@@ -12,6 +12,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 
 from shared.db import transaction
+from shared.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS
 from shared.ledger import Outcome
 from shared.metrics import (
     ADJUSTMENTS_APPLIED,
@@ -20,15 +21,10 @@ from shared.metrics import (
     TASK_RETRIES,
 )
 from shared.models import AdjustmentStatus
+from shared.notify import done_channel
 from shared.outbox import stale_accounts
 from shared.processing import AccountBusy, drain_accounts, note_transient_error
-from worker.app import (
-    ACCOUNTS_PER_TASK,
-    APPLY_ACCOUNT_TASK,
-    APPLY_ACCOUNTS_TASK,
-    RELAY_OUTBOX_TASK,
-    TallyCelery,
-)
+from worker.app import DRAIN_TASK, RELAY_OUTBOX_TASK, TallyCelery
 
 log = logging.getLogger(__name__)
 
@@ -47,58 +43,77 @@ def _app(task: Task) -> TallyCelery:
     return app
 
 
-class ApplyTask(Task):
+class DrainTask(Task):
     def on_retry(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
         TASK_RETRIES.labels(type(exc).__name__).inc()
-        if isinstance(exc, AccountBusy):
-            return
-        account_ids = args[0] if isinstance(args[0], list) else [args[0]]
+
+
+@shared_task(
+    name=DRAIN_TASK,
+    base=DrainTask,
+    bind=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+)
+def drain(self: Task) -> int:
+    """Apply the pending requests of the accounts the dispatcher holds, many at a time.
+
+    Works until the set is empty or DRAIN_SECONDS pass (then it queues its successor,
+    so that a stopping worker stops soon). A transient failure puts the accounts back
+    and retries the task after a backoff, the dispatch mark still taken; if Redis is
+    gone too, the outbox relay finds them again.
+    """
+    app = _app(self)
+    resources, settings = app.resources, app.resources.settings
+    dispatcher = app.dispatcher
+    deadline = time.monotonic() + DRAIN_SECONDS
+    applied_count = 0
+    while True:
+        # A moment for more requests to gather: fewer, larger transactions (a third of the
+        # workers' and PostgreSQL's CPU per adjustment), for 4 ms more until the 201.
+        time.sleep(GATHER_SECONDS)
+        account_ids = dispatcher.take(ACCOUNTS_PER_TASK)
+        if not account_ids:
+            if dispatcher.release():
+                return applied_count
+            continue
         try:
-            note_transient_error(_app(self).resources.sessions, account_ids, repr(exc))
+            applied = drain_accounts(
+                account_ids,
+                redis=resources.redis,
+                channel=done_channel(settings.queue_name),
+                sessions=resources.sessions,
+                lock_ttl=settings.lock_ttl,
+                lock_wait=settings.lock_wait,
+                chunk=settings.apply_chunk,
+            )
+        except TRANSIENT_ERRORS as error:
+            _put_back(app, account_ids, error)
+            raise
+        record_outcomes(applied.outcomes)
+        applied_count += len(applied.outcomes)
+        if applied.more:
+            dispatcher.return_accounts(account_ids)
+        if time.monotonic() > deadline:
+            dispatcher.requeue()
+            return applied_count
+
+
+def _put_back(app: TallyCelery, account_ids: list[str], error: Exception) -> None:
+    """Best effort: note the error on the requests and return the accounts to the set."""
+    if not isinstance(error, AccountBusy):
+        try:
+            note_transient_error(app.resources.sessions, account_ids, repr(error))
         except TRANSIENT_ERRORS:
             log.warning("could not record a transient error for %d accounts", len(account_ids))
-
-
-RETRYING = {
-    "base": ApplyTask,
-    "bind": True,
-    "acks_late": True,
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": 1,
-    "retry_backoff_max": 30,
-    "retry_jitter": True,
-    "max_retries": None,
-}
-
-
-def _apply(task: Task, account_ids: list[str], again: Callable[[], None]) -> int:
-    resources = _app(task).resources
-    settings = resources.settings
-    applied = drain_accounts(
-        account_ids,
-        redis=resources.redis,
-        sessions=resources.sessions,
-        lock_ttl=settings.lock_ttl,
-        lock_wait=settings.lock_wait,
-        chunk=settings.apply_chunk,
-    )
-    record_outcomes(applied.outcomes)
-    if applied.more:
-        # Let the next chunk be a task of its own, so that a stopping worker stops soon.
-        again()
-    return len(applied.outcomes)
-
-
-@shared_task(name=APPLY_ACCOUNT_TASK, **RETRYING)
-def apply_account(self: Task, account_id: str) -> int:
-    """Apply the pending requests of one account; safe to run any number of times."""
-    return _apply(self, [account_id], lambda: self.app.send_task(APPLY_ACCOUNT_TASK, [account_id]))
-
-
-@shared_task(name=APPLY_ACCOUNTS_TASK, **RETRYING)
-def apply_accounts(self: Task, account_ids: list[str]) -> int:
-    """Apply the pending requests of many accounts (a batch's) in one transaction."""
-    return _apply(self, account_ids, lambda: self.app.send_task(APPLY_ACCOUNTS_TASK, [account_ids]))
+    try:
+        app.dispatcher.return_accounts(account_ids)
+    except redis.exceptions.RedisError:
+        log.warning("could not put back %d accounts; the relay will find them", len(account_ids))
 
 
 def record_outcomes(outcomes: list[Outcome]) -> None:
@@ -126,13 +141,13 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
 
 @shared_task(name=RELAY_OUTBOX_TASK, bind=True, acks_late=True)
 def relay_outbox(self: Task) -> int:
-    """Re-publish accounts whose requests are still pending after the relay delay."""
-    resources = _app(self).resources
-    with transaction(resources.sessions) as session:
-        accounts = stale_accounts(session, resources.settings.relay_delay)
-    for start in range(0, len(accounts), ACCOUNTS_PER_TASK):
-        self.app.send_task(APPLY_ACCOUNTS_TASK, [accounts[start : start + ACCOUNTS_PER_TASK]])
+    """Hand the workers again the accounts whose requests are pending past the relay delay."""
+    app = _app(self)
+    with transaction(app.resources.sessions) as session:
+        accounts = stale_accounts(session, app.resources.settings.relay_delay)
     if accounts:
+        # Something was lost on the way (a message, a popped account): queue a drain anyway.
+        app.dispatcher.notify(accounts, force=True)
         log.info("relayed %d accounts with stale requests", len(accounts))
     return len(accounts)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from celery import Task
 from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
@@ -14,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.adjustments import Adjustment
 from shared.config import Settings
 from shared.models import EntryType, Role
-from tests.factories import Caller, Factory, queue_adjustments
-from worker.app import APPLY_ACCOUNT_TASK, TallyCelery
+from tests.factories import Caller, Factory, apply_now, queue_adjustments
+from worker.app import TallyCelery
 
 
 @pytest.fixture(scope="session")
@@ -41,14 +40,15 @@ def worker(celery_app: TallyCelery) -> Iterator[None]:
 
 
 @pytest.fixture
-def apply_account(celery_app: TallyCelery) -> Task:
-    """The apply task, to run synchronously in the test instead of through a worker."""
-    celery_app.loader.import_default_modules()
-    return celery_app.tasks[APPLY_ACCOUNT_TASK]
+def apply_account(celery_app: TallyCelery) -> Callable[[str], int]:
+    """Apply one account's pending requests now, in the test's thread; how many were applied."""
+    return lambda account_id: apply_now(celery_app, [account_id])
 
 
 @pytest.fixture
-def award(sessions: sessionmaker[Session], apply_account: Task) -> Callable[..., None]:
+def award(
+    sessions: sessionmaker[Session], apply_account: Callable[[str], int]
+) -> Callable[..., None]:
     """Write ledger entries now: record adjustments as `caller`, then apply each account.
 
     Each account is applied in its own transaction, so its entries share one `reputed_at`.

@@ -31,6 +31,7 @@ def test_reconcile_passes_then_reports_a_corrupted_balance(services: Services, b
         drain_accounts(
             [account_id],
             redis=resources.redis,
+            channel="tally:done:tests",
             sessions=resources.sessions,
             lock_ttl=5,
             lock_wait=5,

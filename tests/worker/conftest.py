@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from celery import Task
@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.models import Role
-from tests.factories import Caller, Factory
-from worker.app import APPLY_ACCOUNT_TASK, RELAY_OUTBOX_TASK, TallyCelery, make_celery
+from tests.factories import Caller, Factory, apply_now
+from worker.app import RELAY_OUTBOX_TASK, TallyCelery, make_celery
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +33,9 @@ def worker(celery_app: TallyCelery) -> Iterator[None]:
 
 
 @pytest.fixture
-def apply_account(celery_app: TallyCelery) -> Task:
-    return celery_app.tasks[APPLY_ACCOUNT_TASK]
+def apply_account(celery_app: TallyCelery) -> Callable[[str], int]:
+    """Apply one account's pending requests now, in the test's thread; how many were applied."""
+    return lambda account_id: apply_now(celery_app, [account_id])
 
 
 @pytest.fixture

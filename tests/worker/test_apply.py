@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy.exc
-from celery import Task
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Account, AdjustmentRequest, LedgerEntry
-from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+from tests.factories import (
+    Caller,
+    Factory,
+    apply_now,
+    assert_ledger_consistent,
+    queue_requests,
+)
 
 
 def _entries_per_request(session: Session, request_ids: list[int]) -> dict[int, int]:
@@ -24,7 +30,10 @@ def _entries_per_request(session: Session, request_ids: list[int]) -> dict[int, 
 
 
 def test_applies_pending_requests_in_acceptance_order(
-    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+    apply_account: Callable[[str], int],
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
 ) -> None:
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [5, -2, 10, -20])
@@ -54,7 +63,10 @@ def test_applies_pending_requests_in_acceptance_order(
 
 
 def test_a_task_delivered_twice_at_once_applies_each_request_once(
-    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+    apply_account: Callable[[str], int],
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
 ) -> None:
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, list(range(1, 41)))
@@ -77,7 +89,10 @@ def test_a_task_delivered_twice_at_once_applies_each_request_once(
 
 
 def test_a_completed_request_is_not_applied_again(
-    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+    apply_account: Callable[[str], int],
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
 ) -> None:
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [7])
@@ -92,12 +107,10 @@ def test_one_chunk_per_task_and_the_rest_follows(
 ) -> None:
     import time
 
-    from worker.app import APPLY_ACCOUNT_TASK
-
     chunk = celery_app.resources.settings.apply_chunk
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * (3 * chunk + 50))
-    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    celery_app.dispatcher.notify([account_id])
 
     deadline = time.monotonic() + 30
     with sessions() as session:
@@ -121,7 +134,6 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
     from sqlalchemy import text
 
     import shared.ledger
-    from worker.app import APPLY_ACCOUNTS_TASK
 
     users = [factory.user() for _ in range(3)]
     accounts, ids = [], []
@@ -129,13 +141,12 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
         account_id, request_ids = queue_requests(sessions, moderator, user.id, [3, -1, 4])
         accounts.append(account_id)
         ids += request_ids
-    apply_accounts = celery_app.tasks[APPLY_ACCOUNTS_TASK]
 
     # The worker dies after writing the chunk's ledger rows, before the commit.
     crash = text("SELECT pg_terminate_backend(pg_backend_pid())")
     monkeypatch.setattr(shared.ledger, "UPDATE_ACCOUNTS", crash)
     with pytest.raises(sqlalchemy.exc.DBAPIError):
-        apply_accounts(accounts)
+        apply_now(celery_app, accounts)
     with sessions() as session:
         assert session.scalar(select(func.count()).where(LedgerEntry.request_id.in_(ids))) == 0
         statuses = set(
@@ -144,7 +155,7 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
         assert statuses == {"queued"}
 
     monkeypatch.undo()
-    assert apply_accounts(accounts) == len(ids)
+    assert apply_now(celery_app, accounts) == len(ids)
     with sessions() as session:
         for account_id in accounts:
             assert_ledger_consistent(session, account_id)

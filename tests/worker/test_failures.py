@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from celery import Task
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_failure, task_retry
 from sqlalchemy import update
@@ -16,7 +15,7 @@ from cli.embedded import free_port
 from shared.config import Settings
 from shared.models import Account, AdjustmentRequest
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
-from worker.app import APPLY_ACCOUNT_TASK, TallyCelery, make_celery
+from worker.app import TallyCelery, make_celery
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def test_database_down_is_retried_with_backoff_not_failed(broken_celery: TallyCe
     task_failure.connect(on_failure, weak=False)
     try:
         with start_worker(broken_celery, pool="solo", perform_ping_check=False):
-            broken_celery.send_task(APPLY_ACCOUNT_TASK, args=["01ARZ3NDEKTSV4RRFFQ69G5FAV"])
+            broken_celery.dispatcher.notify(["01ARZ3NDEKTSV4RRFFQ69G5FAV"], force=True)
             deadline = time.monotonic() + 15
             while len(retries) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -51,7 +50,10 @@ def test_database_down_is_retried_with_backoff_not_failed(broken_celery: TallyCe
 
 
 def test_insufficient_balance_is_a_final_rejection_with_a_code(
-    apply_account: Task, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+    apply_account: Callable[[str], int],
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
 ) -> None:
     user = factory.user()
     account_id, (first, overdraw, after) = queue_requests(sessions, moderator, user.id, [5, -6, -5])

@@ -38,7 +38,13 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
         target=lambda: outcomes.extend(
             o.request_id
             for o in drain_accounts(
-                [account_id], redis=redis, sessions=sessions, lock_ttl=5, lock_wait=5, chunk=100
+                [account_id],
+                redis=redis,
+                channel="tally:done:tests",
+                sessions=sessions,
+                lock_ttl=5,
+                lock_wait=5,
+                chunk=100,
             ).outcomes
         )
     )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import AdjustmentRequest
 from shared.outbox import stale_accounts
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
-from worker.app import APPLY_ACCOUNT_TASK, TallyCelery
+from worker.app import TallyCelery
 
 
 def _stale(sessions: sessionmaker[Session], delay: float) -> list[str]:
@@ -69,9 +69,9 @@ def test_relay_while_a_worker_applies_gives_one_entry(
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * 200)
     time.sleep(celery_app.resources.settings.relay_delay + 0.1)
     # The original task and the relay's copy race each other on the worker.
-    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    celery_app.dispatcher.notify([account_id])
     relay_outbox()
-    celery_app.send_task(APPLY_ACCOUNT_TASK, args=[account_id])
+    celery_app.dispatcher.notify([account_id], force=True)
 
     deadline = time.monotonic() + 15
     while _status(sessions, ids[-1]) != "completed" and time.monotonic() < deadline:
