@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from flask import Flask
 
+from api.limits import LIMITS_EXTENSION
 from tests.factories import Caller
 
 
@@ -64,3 +66,27 @@ def test_points_routes_answer_429_in_their_envelope(
     limited = client.get("/admin/points/1", headers=moderator.headers)
     assert limited.status_code == 429
     assert limited.json["code"] == 429 and "Retry-After" in limited.headers
+
+
+def test_a_token_counted_in_batches_still_stops_at_its_limit(
+    app_with: Callable[..., Flask], moderator: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_with(rate_limit="400/minute", api_processes=1)
+    limits = app.extensions[LIMITS_EXTENSION]
+    round_trips = 0
+    hit = limits.shared.hit
+
+    def counted_hit(*args: object, **kwargs: object) -> bool:
+        nonlocal round_trips
+        round_trips += 1
+        return hit(*args, **kwargs)
+
+    monkeypatch.setattr(limits.shared, "hit", counted_hit)
+    client = app.test_client()
+    codes = [
+        client.get("/api/v2/score/reputation_types/", headers=moderator.headers).status_code
+        for _ in range(401)
+    ]
+    assert codes == [200] * 400 + [429]
+    # Far from the limit, eight requests share one round trip; near it, one each.
+    assert round_trips < 100, round_trips
