@@ -36,6 +36,8 @@ QUERY_ERRORS: Mapping[int, str] = {414: "Request line too long"}
 STANDARD_ERRORS: Mapping[int, str] = {
     401: "Missing or invalid bearer token",
     403: "The token's role may not do this",
+    429: "Past the token's rate limit, or too many failed authentications from this "
+    "address; retry after `Retry-After` seconds",
     503: "The database is unreachable; retry after `Retry-After` seconds",
 }
 BODY_ERRORS: Mapping[int, str] = {
