@@ -42,6 +42,8 @@ end
 if redis.call('set', KEYS[2], 1, 'NX', 'EX', ARGV[2]) then return 1 end
 return 0
 """
+# Lua's unpack() takes some thousands of values at most: larger notifies add the rest first.
+NOTIFY_ACCOUNTS_PER_CALL = 1000
 # How long a drain task lets requests gather before each take.
 GATHER_SECONDS = 0.004
 # How many accounts one drain task takes at most.
@@ -66,9 +68,14 @@ class Dispatcher:
         relay's choice: it only runs when something was lost). Returns whether this
         call queued a task.
         """
+        ids = list(account_ids)
+        last = max(len(ids) - NOTIFY_ACCOUNTS_PER_CALL, 0)
+        for start in range(0, last, NOTIFY_ACCOUNTS_PER_CALL):
+            end = min(start + NOTIFY_ACCOUNTS_PER_CALL, last)
+            self.redis.sadd(self.pending_key, *ids[start:end])
         mode = "force" if force else "nx"
         keys = [self.pending_key, self.dispatch_key]
-        if not self._notify(keys, [mode, DISPATCH_TTL_SECONDS, *account_ids]):
+        if not self._notify(keys, [mode, DISPATCH_TTL_SECONDS, *ids[last:]]):
             return False
         try:
             self.send()

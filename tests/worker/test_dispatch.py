@@ -73,3 +73,15 @@ def test_the_relay_queues_a_task_whatever_the_mark_says(redis: Redis) -> None:
     # The task holding the mark was lost (say, its worker was killed): force sends anew.
     assert dispatcher.notify(["a"], force=True) is True
     assert sends.count == 2
+
+
+def test_a_batch_of_ten_thousand_accounts_is_handed_over_whole(redis: Redis) -> None:
+    dispatcher, sends = _dispatcher(redis)
+    accounts = [f"account-{n:05}" for n in range(10_000)]
+    assert dispatcher.notify(accounts) is True
+    assert sends.count == 1
+    assert dispatcher.backlog() == 10_000
+    taken = []
+    while batch := dispatcher.take():
+        taken += batch
+    assert sorted(taken) == accounts
