@@ -15,7 +15,7 @@ from sqlalchemy import text
 from api.body import Preferences, read_preferences
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
-from shared.adjustments import Adjustment, Recorded, Target
+from shared.adjustments import Adjustment, Recorded
 from shared.adjustments import submit as record
 from shared.auth import Principal
 from shared.config import PointsType
@@ -24,7 +24,7 @@ from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentStatus
 from shared.notify import Completion
-from shared.validation import FieldError
+from shared.validation import FieldError, UserRef
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Accepted:
 
 def submit(
     principal: Principal,
-    target: Target,
+    target: UserRef,
     adjustment: Adjustment,
     points_type: PointsType,
     idempotency_key: str | None,

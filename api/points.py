@@ -16,7 +16,7 @@ from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import account_object, transaction_object
-from shared.adjustments import Adjustment, Target
+from shared.adjustments import Adjustment
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
 from shared.models import Account, AdjustmentRequest, AdjustmentStatus, LedgerEntry, User
 from shared.query_params import PageQuery
@@ -24,6 +24,7 @@ from shared.validation import (
     AdjustPointsInput,
     FieldError,
     InvalidInput,
+    UserRef,
     validate_idempotency_key,
     validate_points,
 )
@@ -133,7 +134,8 @@ def adjust(user_ref: str) -> Response:
         expires_at=data.expires_at,
         allow_negative=data.allow_negative_balance,
     )
-    accepted = submit(principal, Target("user_ref", user.id), adjustment, points_type, key)
+    target = UserRef("user_ref", user_id=user.id)
+    accepted = submit(principal, target, adjustment, points_type, key)
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
         raise rejection(recorded.request_id, done)

@@ -14,7 +14,7 @@ from api.openapi import FORM, JSON, documented
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import queued_status, score_object, status_object
-from shared.adjustments import Adjustment, Target
+from shared.adjustments import Adjustment
 from shared.fields import BIGINT_MAX
 from shared.models import AdjustmentRequest, AdjustmentStatus
 from shared.validation import (
@@ -65,7 +65,7 @@ def create_score() -> Response:
             reputation_context=command.reputation_context,
             comment=command.comment,
         )
-        accepted = submit(principal, Target.of(command.user), adjustment, points_type, key)
+        accepted = submit(principal, command.user, adjustment, points_type, key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     recorded, done = accepted.recorded, accepted.completion

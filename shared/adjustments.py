@@ -20,7 +20,7 @@ from shared.validation import FieldError, InvalidInput, UserRef
 class Adjustment:
     """A validated adjustment for a known user, ready to be recorded."""
 
-    # None when the accept statement is to find the user from the client's Target.
+    # None when the accept statement is to find the user the client's UserRef names.
     user_id: int | None
     points_type: str
     amount: int
@@ -43,19 +43,6 @@ class Adjustment:
 
 COLUMNS = tuple(field.name for field in fields(Adjustment))
 FIELD_NAMES = tuple(name for name in COLUMNS if name != "user_id")
-
-
-@dataclass(frozen=True)
-class Target:
-    """The user an adjustment is for, as the client named it: by id or by username."""
-
-    field: str
-    user_id: int | None = None
-    username: str | None = None
-
-    @classmethod
-    def of(cls, ref: UserRef) -> Target:
-        return cls(ref.field, ref.user_id, ref.username)
 
 
 @dataclass(frozen=True)
@@ -127,7 +114,7 @@ FIND_BY_KEY = text("""
 def submit(
     connection: Connection,
     principal: Principal,
-    target: Target,
+    target: UserRef,
     adjustment: Adjustment,
     points_type: PointsType,
     idempotency_key: str | None,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment, Target, submit
+from shared.adjustments import Adjustment, submit
 from shared.auth import Principal, create_token
 from shared.config import DEFAULT_POINTS_TYPES, PointsType
 from shared.db import transaction
@@ -24,6 +24,7 @@ from shared.models import (
 )
 from shared.notify import done_channel
 from shared.processing import drain_accounts
+from shared.validation import UserRef
 from worker.app import TallyCelery
 
 
@@ -137,7 +138,7 @@ def queue_requests(
                 user_id=user_id, points_type="reputation", amount=amount, comment="queued"
             )
             recorded = submit(
-                session.connection(), principal, Target("user_id", user_id), adjustment,
+                session.connection(), principal, UserRef("user_id", user_id=user_id), adjustment,
                 settings_type, None,
             )  # fmt: skip
             ids.append(recorded.request_id)
@@ -160,7 +161,7 @@ def queue_adjustments(
     with transaction(sessions) as session:
         for adjustment in adjustments:
             points_type = DEFAULT_POINTS_TYPES[adjustment.points_type]
-            target = Target("user_id", adjustment.user_id)
+            target = UserRef("user_id", user_id=adjustment.user_id)
             recorded = submit(
                 session.connection(), principal, target, adjustment, points_type, None, entry_type
             )
