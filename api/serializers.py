@@ -109,25 +109,25 @@ def entry_score(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]
     )  # fmt: skip
 
 
-def queued_status(recorded: Recorded, idempotency_key: str | None) -> dict[str, Any]:
-    """The status object of a request just recorded (no worker has seen it yet)."""
-    return {
-        "id": recorded.request_id,
-        "idempotency_key": idempotency_key,
-        "status": AdjustmentStatus.QUEUED,
-        "attempts": 0,
-        "last_error": None,
-        "error": None,
-        "created_at": format_timestamp(recorded.created_at),
-        "started_at": None,
-        "completed_at": None,
-        "batch_id": None,
-        "score": None,
-    }
-
-
 def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
     """The request's status, with its Score object once completed."""
+    score = load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None
+    return _status(row, score)
+
+
+def queued_status(recorded: Recorded, idempotency_key: str | None) -> dict[str, Any]:
+    """The status of a request just recorded, which no worker has seen yet (no query)."""
+    row = AdjustmentRequest(
+        id=recorded.request_id,
+        idempotency_key=idempotency_key,
+        status=AdjustmentStatus.QUEUED,
+        attempts=0,
+        created_at=recorded.created_at,
+    )
+    return _status(row, None)
+
+
+def _status(row: AdjustmentRequest, score: dict[str, Any] | None) -> dict[str, Any]:
     error = {"code": row.error_code, "message": row.error_message} if row.error_code else None
     return {
         "id": row.id,
@@ -140,7 +140,7 @@ def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
         "started_at": format_timestamp(row.started_at),
         "completed_at": format_timestamp(row.completed_at),
         "batch_id": row.batch_id,
-        "score": load_score(session, row.ledger_entry_id) if row.ledger_entry_id else None,
+        "score": score,
     }
 
 
