@@ -22,8 +22,6 @@ from shared.models import (
     Tenant,
     User,
 )
-from shared.notify import done_channel
-from shared.processing import drain_accounts
 from shared.validation import UserRef
 from worker.app import TallyCelery
 
@@ -112,17 +110,7 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
 
 def apply_now(app: TallyCelery, account_ids: list[str]) -> int:
     """Apply these accounts' pending requests in this thread, as a drain task does."""
-    settings = app.resources.settings
-    applied = drain_accounts(
-        account_ids,
-        redis=app.resources.redis,
-        channel=done_channel(settings.queue_name),
-        sessions=app.resources.sessions,
-        lock_ttl=settings.lock_ttl,
-        lock_wait=settings.lock_wait,
-        chunk=settings.apply_chunk,
-    )
-    return len(applied.outcomes)
+    return len(app.apply(account_ids).outcomes)
 
 
 def queue_requests(

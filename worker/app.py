@@ -9,6 +9,9 @@ from celery import Celery
 
 from shared.config import Settings
 from shared.dispatch import Dispatcher
+from shared.ledger import Applied
+from shared.notify import done_channel
+from shared.processing import drain_accounts
 from shared.resources import Resources
 
 DRAIN_TASK = "tally.drain"
@@ -27,6 +30,19 @@ class TallyCelery(Celery):
             self.resources.redis,
             lambda: self.send_task(DRAIN_TASK),
             self.resources.settings.queue_name,
+        )
+
+    def apply(self, account_ids: list[str]) -> Applied:
+        """Apply one chunk of these accounts' pending requests, with this app's settings."""
+        settings = self.resources.settings
+        return drain_accounts(
+            account_ids,
+            redis=self.resources.redis,
+            channel=done_channel(settings.queue_name),
+            sessions=self.resources.sessions,
+            lock_ttl=settings.lock_ttl,
+            lock_wait=settings.lock_wait,
+            chunk=settings.apply_chunk,
         )
 
 

@@ -21,9 +21,8 @@ from shared.metrics import (
     TASK_RETRIES,
 )
 from shared.models import AdjustmentStatus
-from shared.notify import done_channel
 from shared.outbox import stale_accounts
-from shared.processing import AccountBusy, drain_accounts, note_transient_error
+from shared.processing import AccountBusy, note_transient_error
 from worker.app import DRAIN_TASK, RELAY_OUTBOX_TASK, TallyCelery
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ def drain(self: Task) -> int:
     gone too, the outbox relay finds them again.
     """
     app = _app(self)
-    resources, settings = app.resources, app.resources.settings
     dispatcher = app.dispatcher
     deadline = time.monotonic() + DRAIN_SECONDS
     applied_count = 0
@@ -82,15 +80,7 @@ def drain(self: Task) -> int:
                 return applied_count
             continue
         try:
-            applied = drain_accounts(
-                account_ids,
-                redis=resources.redis,
-                channel=done_channel(settings.queue_name),
-                sessions=resources.sessions,
-                lock_ttl=settings.lock_ttl,
-                lock_wait=settings.lock_wait,
-                chunk=settings.apply_chunk,
-            )
+            applied = app.apply(account_ids)
         except TRANSIENT_ERRORS as error:
             _put_back(app, account_ids, error)
             raise
