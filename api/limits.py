@@ -101,18 +101,15 @@ class RateLimits:
         cost = self.token_counts.take(token)
         if cost == 0:
             return None
+        broken = self._first_broken(self.per_token, ("token", token), count=True, cost=cost)
         for limit in self.per_token:
             try:
-                allowed = self.shared.hit(limit, "token", token, cost=cost)
                 stats = self.shared.get_window_stats(limit, "token", token)
-                if stats.remaining < self.near_margin:
-                    self.token_counts.near(token, stats.reset_time)
-            except Exception as error:  # as in _first_broken
-                log.warning("rate limits counted in memory: Redis failed (%s)", error)
-                allowed = self.local.hit(limit, "token", token, cost=cost)
-            if not allowed:
-                return limit
-        return None
+            except Exception:  # Redis is down: _first_broken counted locally meanwhile
+                return broken
+            if stats.remaining < self.near_margin:
+                self.token_counts.near(token, stats.reset_time)
+        return broken
 
     def hit(self, limits: list[RateLimitItem], *identity: str) -> RateLimitItem | None:
         """Count one request; the first limit it breaks, if any."""
@@ -123,14 +120,19 @@ class RateLimits:
         return self._first_broken(limits, identity, count=False)
 
     def _first_broken(
-        self, limits: list[RateLimitItem], identity: tuple[str, ...], *, count: bool
+        self,
+        limits: list[RateLimitItem],
+        identity: tuple[str, ...],
+        *,
+        count: bool,
+        cost: int = 1,
     ) -> RateLimitItem | None:
         for limit in limits:
             try:
-                allowed = self._check(self.shared, limit, identity, count)
+                allowed = self._check(self.shared, limit, identity, count, cost)
             except Exception as error:  # redis-py raises many kinds; count locally meanwhile
                 log.warning("rate limits counted in memory: Redis failed (%s)", error)
-                allowed = self._check(self.local, limit, identity, count)
+                allowed = self._check(self.local, limit, identity, count, cost)
             if not allowed:
                 return limit
         return None
@@ -141,8 +143,11 @@ class RateLimits:
         limit: RateLimitItem,
         identity: tuple[str, ...],
         count: bool,
+        cost: int,
     ) -> bool:
-        return limiter.hit(limit, *identity) if count else limiter.test(limit, *identity)
+        if count:
+            return limiter.hit(limit, *identity, cost=cost)
+        return limiter.test(limit, *identity, cost=cost)
 
     def too_many(self, limit: RateLimitItem, *identity: str) -> Problem:
         """The 429 for a broken limit, with the seconds until its window ends."""
