@@ -19,6 +19,7 @@ from shared.adjustments import Adjustment, Recorded
 from shared.adjustments import submit as record
 from shared.auth import Principal
 from shared.config import PointsType
+from shared.dispatch import Lane
 from shared.fields import format_timestamp
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
@@ -92,7 +93,7 @@ def submit(
 def dispatch(account_id: str) -> None:
     """Hand the account to the workers; if Redis is down the outbox relay does it later."""
     try:
-        publisher().dispatcher.notify([account_id])
+        publisher().dispatchers[Lane.INTERACTIVE].notify([account_id])
     except Exception:  # redis-py and kombu raise many kinds; the row is safe either way
         current_app.logger.warning("dispatch failed for account %s; relay will retry", account_id)
 

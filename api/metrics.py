@@ -6,7 +6,7 @@ from flask import Blueprint, Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.resources import resources
-from shared.backlog import outbox, queue_depth
+from shared.backlog import outbox, queue_depths
 from shared.metrics import HTTP_REQUESTS, BacklogCollector, render
 
 bp = Blueprint("metrics", __name__)
@@ -21,9 +21,7 @@ def metrics() -> Response:
         with res.sessions() as session:
             return outbox(session)
 
-    collector = BacklogCollector(
-        res.settings.queue_name, lambda: queue_depth(res.redis, res.settings.queue_name), backlog
-    )
+    collector = BacklogCollector(lambda: queue_depths(res.redis, res.settings.queue_name), backlog)
     return Response(render(collector), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.auth import create_token
 from shared.config import load_settings
 from shared.db import make_engine, make_session_factory, transaction
+from shared.dispatch import Lane, queue_of
 from shared.migrate import upgrade
 from shared.models import DEFAULT_TENANT, Role, Token, User
 from shared.users import create_user, ensure_tenant
@@ -284,11 +285,31 @@ def api(bind: str | None, processes: int | None, threads: int | None) -> None:
     serve(load_settings().with_overrides({k: v for k, v in given.items() if v}))
 
 
+LANE_NAMES = [lane.value for lane in Lane]
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--lanes",
+    default=",".join(LANE_NAMES),
+    show_default=True,
+    help="Comma-separated lanes whose queues this worker consumes: interactive (single "
+    "adjustments), bulk (batch items), relay (the outbox relay).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker (extra arguments go to `celery worker`)."""
-    _celery("worker", *celery_args)
+def worker(lanes: str, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`).
+
+    Run one worker for interactive,relay and one for bulk, so that single adjustments
+    never wait behind a batch; each is named after its lanes (`bulk@host`).
+    """
+    chosen = [name.strip() for name in lanes.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(LANE_NAMES))
+    if unknown or not chosen:
+        raise click.BadParameter(f"choose from {', '.join(LANE_NAMES)}", param_hint="--lanes")
+    base = load_settings().queue_name
+    queues = ",".join(queue_of(base, Lane(name)) for name in chosen)
+    _celery("worker", "--queues", queues, "--hostname", f"{'+'.join(chosen)}@%h", *celery_args)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

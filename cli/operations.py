@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from shared.backlog import outbox, queue_depth
+from shared.backlog import outbox, queue_depths
 from shared.config import load_settings
 from shared.reconcile import reconcile as check_ledger
 from shared.resources import Resources
@@ -41,7 +41,7 @@ def reconcile(as_json: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Queue depth, outbox backlog, oldest pending age and the workers that answer."""
+    """Queue depths, outbox backlog, oldest pending age and the workers that answer."""
     from worker.app import make_celery
 
     settings = load_settings()
@@ -50,14 +50,13 @@ def status(as_json: bool) -> None:
     try:
         with resources.sessions() as session:
             backlog = outbox(session)
-        depth = queue_depth(resources.redis, settings.queue_name)
+        depths = queue_depths(resources.redis, settings.queue_name)
         replies = celery.control.ping(timeout=1.0) or []
     finally:
         resources.close()
     workers = sorted(name for reply in replies for name in reply)
     data = {
-        "queue": settings.queue_name,
-        "queue_depth": depth,
+        "queue_depths": depths,
         "outbox_pending": backlog.pending,
         "oldest_pending_seconds": round(backlog.oldest_age_seconds, 3),
         "workers": workers,
@@ -66,8 +65,7 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(data))
         return
     rows = [
-        ("queue", settings.queue_name),
-        ("queue depth", str(depth)),
+        *((f"queue {queue}", str(depth)) for queue, depth in depths.items()),
         ("outbox pending", str(backlog.pending)),
         ("oldest pending", f"{backlog.oldest_age_seconds:.1f} s"),
         ("workers", ", ".join(workers) or "none answered"),

@@ -13,6 +13,7 @@ import click
 from honcho.manager import Manager
 
 from shared.auth import authenticate, create_token
+from shared.config import load_settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.migrate import upgrade
 from shared.models import DEFAULT_TENANT, Role
@@ -58,7 +59,26 @@ def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
     python = sys.executable
     processes = {
         "api": [python, "-m", "cli", "api", "--bind", f"127.0.0.1:{port}"],
-        "worker": [python, "-m", "cli", "worker", "--concurrency", "2"],
+        "worker": [
+            python,
+            "-m",
+            "cli",
+            "worker",
+            "--lanes",
+            "interactive,relay",
+            "--concurrency",
+            "2",
+        ],
+        "bulk-worker": [
+            python,
+            "-m",
+            "cli",
+            "worker",
+            "--lanes",
+            "bulk",
+            "--concurrency",
+            str(load_settings().bulk_partitions),
+        ],
         "beat": [python, "-m", "cli", "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:

@@ -8,18 +8,22 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.dispatch import Lane, queue_of
+
 # kombu's Redis transport keeps one list per priority step: "name", "name\x06\x163", ...
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
-def queue_depth(redis: Redis, queue: str) -> int:
-    """Messages waiting in the Celery queue (every priority list)."""
-    keys = [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+def queue_depths(redis: Redis, base: str) -> dict[str, int]:
+    """Messages waiting in each lane's Celery queue (every priority list), by queue name."""
+    queues = [queue_of(base, lane) for lane in Lane]
     pipeline = redis.pipeline(transaction=False)
-    for key in keys:
-        pipeline.llen(key)
-    return sum(int(length) for length in pipeline.execute())
+    for queue in queues:
+        for step in PRIORITY_STEPS:
+            pipeline.llen(queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}")
+    lengths = iter(int(length) for length in pipeline.execute())
+    return {queue: sum(next(lengths) for _ in PRIORITY_STEPS) for queue in queues}
 
 
 @dataclass(frozen=True)

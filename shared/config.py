@@ -55,7 +55,12 @@ class Settings:
     # The points type of seed 002's routes when the body names none.
     points_default_type: str = "points"
     points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
+    # The Celery queue of single adjustments; bulk and the relay use `<queue_name>.bulk` and
+    # `<queue_name>.relay` (see shared.dispatch.Lane).
     queue_name: str = "tally"
+    # Bulk drain tasks that may run at once (on distinct accounts): give the bulk workers
+    # at least this much concurrency in all.
+    bulk_partitions: int = 2
     # The API server: address, processes, threads per process, access log.
     bind: str = "127.0.0.1:8000"
     api_processes: int = 2

@@ -52,14 +52,14 @@ TASK_RETRIES = Counter("tally_task_retries_total", "Task retries after transient
 class BacklogCollector(Collector):
     """Scrape-time gauges: queue depth, outbox backlog and the oldest pending age."""
 
-    def __init__(self, queue: str, depth: Callable[[], int], backlog: Callable[[], Outbox]):
-        self.queue = queue
-        self.depth = depth
+    def __init__(self, depths: Callable[[], dict[str, int]], backlog: Callable[[], Outbox]):
+        self.depths = depths
         self.backlog = backlog
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("tally_queue_depth", "Messages waiting", labels=["queue"])
-        depth.add_metric([self.queue], self.depth())
+        for queue, count in self.depths().items():
+            depth.add_metric([queue], count)
         yield depth
         outbox = self.backlog()
         yield GaugeMetricFamily(

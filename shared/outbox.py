@@ -7,20 +7,30 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.dispatch import Lane
 from shared.ledger import PENDING_STATUSES
 from shared.models import AdjustmentRequest
 
 
-def stale_accounts(session: Session, older_than: float) -> list[str]:
-    """Accounts with a request still pending `older_than` seconds after acceptance."""
+def stale_accounts(session: Session, older_than: float) -> dict[Lane, list[str]]:
+    """Accounts with a request still pending `older_than` seconds after acceptance, by lane.
+
+    An account with a stale single adjustment goes to the interactive lane (its drain
+    applies the account's batch items too); one with only batch items to the bulk lane.
+    """
     cutoff = func.now() - timedelta(seconds=older_than)
-    return list(
-        session.scalars(
-            select(AdjustmentRequest.account_id)
-            .where(
-                AdjustmentRequest.status.in_(PENDING_STATUSES),
-                AdjustmentRequest.created_at < cutoff,
-            )
-            .distinct()
+    rows = session.execute(
+        select(
+            AdjustmentRequest.account_id,
+            func.bool_and(AdjustmentRequest.batch_id.is_not(None)).label("bulk_only"),
         )
+        .where(
+            AdjustmentRequest.status.in_(PENDING_STATUSES),
+            AdjustmentRequest.created_at < cutoff,
+        )
+        .group_by(AdjustmentRequest.account_id)
     )
+    stale: dict[Lane, list[str]] = {}
+    for account_id, bulk_only in rows:
+        stale.setdefault(Lane.BULK if bulk_only else Lane.INTERACTIVE, []).append(account_id)
+    return stale

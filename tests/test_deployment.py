@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROCESSES = ("api", "worker", "beat", "flower")
+PROCESSES = ("api", "worker", "bulk-worker", "beat", "flower")
 
 
 SECRETS = {"POSTGRES_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:pa55"}

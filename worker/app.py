@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 
 from celery import Celery
+from kombu.entity import Queue
 
 from shared.config import Settings
-from shared.dispatch import Dispatcher
+from shared.dispatch import Dispatcher, Lane, queue_of
 from shared.ledger import Applied
 from shared.notify import done_channel
 from shared.processing import drain_accounts
@@ -24,13 +26,27 @@ class TallyCelery(Celery):
     resources: Resources
 
     @cached_property
-    def dispatcher(self) -> Dispatcher:
-        """The one way work reaches the workers (see shared.dispatch)."""
-        return Dispatcher(
-            self.resources.redis,
-            lambda: self.send_task(DRAIN_TASK),
-            self.resources.settings.queue_name,
-        )
+    def dispatchers(self) -> dict[Lane, Dispatcher]:
+        """The one way work reaches the workers, per lane (see shared.dispatch)."""
+        settings = self.resources.settings
+        partitions = {Lane.INTERACTIVE: 1, Lane.BULK: settings.bulk_partitions}
+        return {
+            lane: Dispatcher(
+                self.resources.redis,
+                self._sender(lane),
+                queue_of(settings.queue_name, lane),
+                count,
+            )
+            for lane, count in partitions.items()
+        }
+
+    def _sender(self, lane: Lane) -> Callable[[int], None]:
+        queue = queue_of(self.resources.settings.queue_name, lane)
+
+        def send(partition: int) -> None:
+            self.send_task(DRAIN_TASK, args=[lane.value, partition], queue=queue)
+
+        return send
 
     def apply(self, account_ids: list[str]) -> Applied:
         """Apply one chunk of these accounts' pending requests, with this app's settings."""
@@ -55,7 +71,10 @@ def make_celery(settings: Settings) -> TallyCelery:
         # Unacknowledged messages of a dead worker come back after this long;
         # the outbox relay usually gets there first.
         broker_transport_options={"visibility_timeout": 600},
+        # One queue per lane; a worker started with `--lanes` consumes only its lanes' queues.
+        task_queues=[Queue(queue_of(settings.queue_name, lane)) for lane in Lane],  # type: ignore[no-untyped-call]
         task_default_queue=settings.queue_name,
+        task_routes={RELAY_OUTBOX_TASK: {"queue": queue_of(settings.queue_name, Lane.RELAY)}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -12,7 +12,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 
 from shared.db import transaction
-from shared.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS
+from shared.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
 from shared.ledger import Outcome
 from shared.metrics import (
     ADJUSTMENTS_APPLIED,
@@ -58,8 +58,8 @@ class DrainTask(Task):
     retry_jitter=True,
     max_retries=None,
 )
-def drain(self: Task) -> int:
-    """Apply the pending requests of the accounts the dispatcher holds, many at a time.
+def drain(self: Task, lane: str = Lane.INTERACTIVE, partition: int = 0) -> int:
+    """Apply the pending requests of the accounts a lane's partition holds, many at a time.
 
     Works until the set is empty or DRAIN_SECONDS pass (then it queues its successor,
     so that a stopping worker stops soon). A transient failure puts the accounts back
@@ -67,33 +67,35 @@ def drain(self: Task) -> int:
     gone too, the outbox relay finds them again.
     """
     app = _app(self)
-    dispatcher = app.dispatcher
+    dispatcher = app.dispatchers[Lane(lane)]
     deadline = time.monotonic() + DRAIN_SECONDS
     applied_count = 0
     while True:
         # A moment for more requests to gather: fewer, larger transactions (a third of the
         # workers' and PostgreSQL's CPU per adjustment), for 4 ms more until the 201.
         time.sleep(GATHER_SECONDS)
-        account_ids = dispatcher.take(ACCOUNTS_PER_TASK)
+        account_ids = dispatcher.take(partition, ACCOUNTS_PER_TASK)
         if not account_ids:
-            if dispatcher.release():
+            if dispatcher.release(partition):
                 return applied_count
             continue
         try:
             applied = app.apply(account_ids)
         except TRANSIENT_ERRORS as error:
-            _put_back(app, account_ids, error)
+            _put_back(app, dispatcher, account_ids, error)
             raise
         record_outcomes(applied.outcomes)
         applied_count += len(applied.outcomes)
         if applied.more:
             dispatcher.return_accounts(account_ids)
         if time.monotonic() > deadline:
-            dispatcher.requeue()
+            dispatcher.requeue(partition)
             return applied_count
 
 
-def _put_back(app: TallyCelery, account_ids: list[str], error: Exception) -> None:
+def _put_back(
+    app: TallyCelery, dispatcher: Dispatcher, account_ids: list[str], error: Exception
+) -> None:
     """Best effort: note the error on the requests and return the accounts to the set."""
     if not isinstance(error, AccountBusy):
         try:
@@ -101,7 +103,7 @@ def _put_back(app: TallyCelery, account_ids: list[str], error: Exception) -> Non
         except TRANSIENT_ERRORS:
             log.warning("could not record a transient error for %d accounts", len(account_ids))
     try:
-        app.dispatcher.return_accounts(account_ids)
+        dispatcher.return_accounts(account_ids)
     except redis.exceptions.RedisError:
         log.warning("could not put back %d accounts; the relay will find them", len(account_ids))
 
@@ -134,12 +136,12 @@ def relay_outbox(self: Task) -> int:
     """Hand the workers again the accounts whose requests are pending past the relay delay."""
     app = _app(self)
     with transaction(app.resources.sessions) as session:
-        accounts = stale_accounts(session, app.resources.settings.relay_delay)
-    if accounts:
+        stale = stale_accounts(session, app.resources.settings.relay_delay)
+    for lane, accounts in stale.items():
         # Something was lost on the way (a message, a popped account): queue a drain anyway.
-        app.dispatcher.notify(accounts, force=True)
-        log.info("relayed %d accounts with stale requests", len(accounts))
-    return len(accounts)
+        app.dispatchers[lane].notify(accounts, force=True)
+        log.info("relayed %d accounts with stale requests", len(accounts), extra={"lane": lane})
+    return sum(len(accounts) for accounts in stale.values())
 
 
 @worker_process_init.connect

@@ -10,6 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.dispatch import Lane
 from shared.models import AdjustmentRequest
 from tests.factories import Caller, Factory, assert_ledger_consistent
 from worker.app import DRAIN_TASK, TallyCelery
@@ -27,10 +28,10 @@ def test_many_adjustments_over_many_accounts_are_applied_by_one_task(
 ) -> None:
     queue = celery_app.conf.task_default_queue
     redis = celery_app.resources.redis
-    dispatcher = celery_app.dispatcher
+    dispatcher = celery_app.dispatchers[Lane.INTERACTIVE]
     with celery_app.connection_for_write() as connection:
         connection.default_channel.queue_purge(queue)
-    redis.delete(dispatcher.pending_key, dispatcher.dispatch_key)
+    redis.delete(*dispatcher.pending_keys, *dispatcher.dispatch_keys)
     users = [factory.user() for _ in range(ACCOUNTS)]
     client = flask_app.test_client()
     ids = []

@@ -10,6 +10,7 @@ import sqlalchemy.exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.dispatch import Lane
 from shared.models import Account, AdjustmentRequest, LedgerEntry
 from tests.factories import (
     Caller,
@@ -110,7 +111,7 @@ def test_one_chunk_per_task_and_the_rest_follows(
     chunk = celery_app.resources.settings.apply_chunk
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * (3 * chunk + 50))
-    celery_app.dispatcher.notify([account_id])
+    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id])
 
     deadline = time.monotonic() + 30
     with sessions() as session:

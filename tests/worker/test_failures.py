@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
 from shared.config import Settings
+from shared.dispatch import Lane
 from shared.models import Account, AdjustmentRequest
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 from worker.app import TallyCelery, make_celery
@@ -21,9 +22,11 @@ from worker.app import TallyCelery, make_celery
 @pytest.fixture
 def broken_celery(base_settings: Settings) -> Iterator[TallyCelery]:
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/tally"
-    app = make_celery(base_settings.with_overrides({"database_url": dead}))
+    # Its own queues and dispatch marks: a mark left behind must not hold up other tests.
+    app = make_celery(
+        base_settings.with_overrides({"database_url": dead, "queue_name": "tally-broken-db"})
+    )
     app.loader.import_default_modules()
-    app.conf.task_default_queue = "tally-broken-db"
     yield app
     app.resources.close()
 
@@ -37,7 +40,8 @@ def test_database_down_is_retried_with_backoff_not_failed(broken_celery: TallyCe
     task_failure.connect(on_failure, weak=False)
     try:
         with start_worker(broken_celery, pool="solo", perform_ping_check=False):
-            broken_celery.dispatcher.notify(["01ARZ3NDEKTSV4RRFFQ69G5FAV"], force=True)
+            dispatcher = broken_celery.dispatchers[Lane.INTERACTIVE]
+            dispatcher.notify(["01ARZ3NDEKTSV4RRFFQ69G5FAV"], force=True)
             deadline = time.monotonic() + 15
             while len(retries) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -8,6 +8,7 @@ from celery import Task
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.dispatch import Lane
 from shared.models import AdjustmentRequest
 from shared.outbox import stale_accounts
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
@@ -16,7 +17,7 @@ from worker.app import TallyCelery
 
 def _stale(sessions: sessionmaker[Session], delay: float) -> list[str]:
     with sessions() as session:
-        return stale_accounts(session, delay)
+        return [a for accounts in stale_accounts(session, delay).values() for a in accounts]
 
 
 def _status(sessions: sessionmaker[Session], request_id: int) -> str:
@@ -69,9 +70,9 @@ def test_relay_while_a_worker_applies_gives_one_entry(
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * 200)
     time.sleep(celery_app.resources.settings.relay_delay + 0.1)
     # The original task and the relay's copy race each other on the worker.
-    celery_app.dispatcher.notify([account_id])
+    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id])
     relay_outbox()
-    celery_app.dispatcher.notify([account_id], force=True)
+    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id], force=True)
 
     deadline = time.monotonic() + 15
     while _status(sessions, ids[-1]) != "completed" and time.monotonic() < deadline:
