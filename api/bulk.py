@@ -29,17 +29,18 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
 from shared.bulk import (
-    BATCH_COUNTS,
     BatchInvalid,
     ItemError,
     Stored,
     Validated,
+    collect,
     csv_rows,
     store_batch,
     validate_batch,
     validate_bulk_item,
     validate_csv_row,
 )
+from shared.dispatch import Lane
 from shared.fields import format_timestamp, parse_flag
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
@@ -94,7 +95,7 @@ def _publish(stored: Stored) -> None:
         return
     ADJUSTMENTS_ACCEPTED.inc(stored.total)
     try:
-        publisher().dispatcher.notify(stored.account_ids)
+        publisher().dispatchers[Lane.BULK].notify(stored.account_ids)
     except Exception:  # redis-py and kombu raise many kinds; the relay hands them on later
         current_app.logger.warning("dispatching batch %s failed; relay will retry", stored.batch_id)
 
@@ -167,12 +168,8 @@ def import_csv() -> Response:
         rows = list(csv_rows(io.StringIO(text)))
     except BatchInvalid as bad:
         raise _invalid_rows(bad.errors) from None
-    batch, errors = validate_batch(
-        db_session(),
-        current_principal().tenant_id,
-        rows,
-        lambda n, row: validate_csv_row(n, row, max_amount),
-    )
+    checked = collect(rows, lambda n, row: validate_csv_row(n, row, max_amount))
+    batch, errors = validate_batch(db_session(), current_principal().tenant_id, checked)
     awards = batch.awards
     bad_rows = {e.position for e in errors}
     total = sum(a.amount for a in awards if a.position not in bad_rows)
@@ -275,12 +272,10 @@ def bulk() -> Response:
     if not items:
         raise validation_problem([FieldError("items", "required", "give at least one item")])
     max_amount = resources().settings.max_amount
-    batch, errors = validate_batch(
-        db_session(),
-        current_principal().tenant_id,
-        enumerate(items),
-        lambda i, item: validate_bulk_item(i, item, defaults, max_amount),
+    checked = collect(
+        enumerate(items), lambda i, item: validate_bulk_item(i, item, defaults, max_amount)
     )
+    batch, errors = validate_batch(db_session(), current_principal().tenant_id, checked)
     if errors:
         raise _invalid(errors, "index")
     return _accepted(_store(key, batch))
@@ -307,25 +302,22 @@ def _bulk_items() -> tuple[list[Any], dict[str, Any]]:
 
 def batch_status(batch_id: str) -> dict[str, Any]:
     """The batch's status object: counts per status, overall status, progress."""
-    session = db_session()
-    batch = session.get_one(Batch, batch_id)
-    counts = {"queued": 0, "processing": 0, "completed": 0, "rejected": 0}
-    last_completed = None
-    for status, count, completed_at in session.execute(BATCH_COUNTS, {"batch_id": batch_id}):
-        counts[status] = count
-        last_completed = max(filter(None, (last_completed, completed_at)), default=None)
-    final = counts["completed"] + counts["rejected"]
+    batch = db_session().get_one(Batch, batch_id)
+    final = batch.completed + batch.rejected
     if final == batch.total:
-        overall = "completed_with_rejections" if counts["rejected"] else "completed"
+        overall = "completed_with_rejections" if batch.rejected else "completed"
     else:
-        overall = "processing" if final or counts["processing"] else "queued"
+        overall = "processing" if final else "queued"
+    counts = schemas.BatchCounts(
+        queued=batch.total - final, processing=0, completed=batch.completed, rejected=batch.rejected
+    )
     return schemas.BatchStatus(
         id=batch.id,
         status=overall,
         total=batch.total,
-        counts=schemas.BatchCounts(**counts),
+        counts=counts,
         created_at=format_timestamp(batch.created_at) or "",
-        completed_at=format_timestamp(last_completed) if final == batch.total else None,
+        completed_at=format_timestamp(batch.completed_at),
         progress=round(final / batch.total, 4) if batch.total else 1.0,
     ).model_dump(mode="json")
 

@@ -26,13 +26,13 @@ from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict
 from shared.models import Batch, new_ulid
 from shared.validation import (
+    BulkItemInput,
     FieldError,
     InvalidInput,
     ScoreInput,
     check_amount,
     parse_input,
-    validate_idempotency_key,
-    validate_score,
+    score_command,
 )
 
 # Array parameters (one bind each), so that 10,000 users are one short statement.
@@ -164,15 +164,15 @@ def validate_bulk_item(
         raise BatchInvalid([ItemError(index, "item", "invalid_type", "must be an object")])
     merged = {key: value for key, value in defaults.items() if value is not None} | item
     try:
-        command = validate_score(merged, max_amount)
-        key = validate_idempotency_key(item.get("idempotency_key"), "idempotency_key")
+        parsed = parse_input(BulkItemInput, merged)
+        command = score_command(parsed, max_amount)
     except InvalidInput as error:
         raise BatchInvalid(
             [ItemError(index, e.field, e.code, e.message) for e in error.errors]
         ) from None
     return Award(
         index, command.user.user_id, command.user.username, command.amount,
-        command.reputation_context, command.comment, key,
+        command.reputation_context, command.comment, parsed.idempotency_key,
     )  # fmt: skip
 
 
@@ -197,10 +197,10 @@ class Validated:
 
 
 def validate_batch(
-    session: Session, tenant_id: str, items: Iterable[tuple[int, Any]], validate: Any
+    session: Session, tenant_id: str, checked: tuple[list[Award], list[ItemError]]
 ) -> tuple[Validated, list[ItemError]]:
-    """Every item's own checks, then one lookup of all their users; errors sorted by item."""
-    awards, errors = collect(items, validate)
+    """After every item's own checks, one lookup of all their users; errors sorted by item."""
+    awards, errors = checked
     users: dict[int, int] = {}
     try:
         users = resolve_users(session, tenant_id, awards)
@@ -373,9 +373,3 @@ def _keys_in_use(
     # A concurrent request that took a key and then rolled back leaves nothing to name.
     return errors or [ItemError(awards[0].position, "idempotency_key", "in_use",
                                 "a concurrent request held one of these keys; retry")]  # fmt: skip
-
-
-BATCH_COUNTS = text("""
-    SELECT status, COUNT(*), MAX(completed_at) FROM adjustment_requests
-    WHERE batch_id = :batch_id GROUP BY status
-""")

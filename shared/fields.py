@@ -8,6 +8,7 @@ at the bottom attach a parser and its JSON schema to a model field.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
@@ -82,6 +83,12 @@ def parse_context(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise _error("string", "must be a string")
+    return _parse_context_text(value)
+
+
+# A batch names the same few contexts thousands of times: parse each once.
+@functools.lru_cache(maxsize=1024)
+def _parse_context_text(value: str) -> str:
     segments = [segment.strip() for segment in value.split(CONTEXT_SEPARATOR)]
     if any(not segment for segment in segments):
         raise _error("empty_segment", "must not contain empty segments")
@@ -206,11 +213,14 @@ Timestamp = Annotated[
     BeforeValidator(parse_timestamp),
     WithJsonSchema({"type": ["string", "null"], "format": "date-time"}),
 ]
+KEY_SCHEMA = {
+    "type": ["string", "null"], "minLength": 1, "maxLength": KEY_MAX, "pattern": "^[ -~]+$",
+}  # fmt: skip
 # In a body, a blank key counts as absent, like every other blank field.
 IdempotencyKey = Annotated[
     str | None,
     BeforeValidator(lambda value: None if is_blank(value) else parse_key(value)),
-    WithJsonSchema(
-        {"type": ["string", "null"], "minLength": 1, "maxLength": KEY_MAX, "pattern": "^[ -~]+$"}
-    ),
+    WithJsonSchema(KEY_SCHEMA),
 ]
+# A bulk item's own key: absent, or a key (a blank one would silently take the batch's).
+ItemKey = Annotated[str | None, BeforeValidator(parse_key), WithJsonSchema(KEY_SCHEMA)]

@@ -211,8 +211,10 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     ulid: Mapped[str] = mapped_column(String(26), unique=True, default=new_ulid)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # Account, tenant and creator are copied from the request, whose foreign keys hold
+    # them (migration 0006); `tally reconcile` checks that each entry agrees with it.
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(String(26))
     # The account's points type, kept on the entry so that reads need not join accounts.
     points_type: Mapped[str] = mapped_column(String(64))
     # At most one entry per request, however often its task runs.
@@ -230,7 +232,7 @@ class LedgerEntry(Base):
     related_id: Mapped[str] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_by: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _now()
 
 
@@ -265,12 +267,23 @@ class Batch(Base):
     """A bulk submission: its items are adjustment requests that carry its id."""
 
     __tablename__ = "batches"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        CheckConstraint(
+            "completed >= 0 AND rejected >= 0 AND completed + rejected <= total",
+            name="final_within_total",
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_ulid)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))
     total: Mapped[int] = mapped_column(Integer)
+    # Items final so far, counted by the applier in the transaction that applies them.
+    completed: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    rejected: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    # When the last item became final.
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = _now()

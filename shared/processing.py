@@ -54,7 +54,9 @@ def drain_accounts(
     try:
         with transaction(sessions) as session:
             applied = apply_pending(session, ids, chunk)
-        announce(redis, channel, map(completion, applied.outcomes))
+        # Only single adjustments have waiters; a batch is followed through its status.
+        waited = (completion(o) for o in applied.outcomes if o.batch_id is None)
+        announce(redis, channel, waited)
         return applied
     finally:
         expired = locks.release()

@@ -35,6 +35,19 @@ CHAIN_BREAKS = text("""
     WHERE balance_before <> previous_after OR balance_after <> balance_before + amount
 """)
 
+# Invariant 1 for batches: the counts a batch keeps equal its requests' final statuses.
+BATCH_MISMATCHES = text("""
+    SELECT b.id, b.completed, COALESCE(c.completed, 0), b.rejected, COALESCE(c.rejected, 0)
+    FROM batches b
+    LEFT JOIN (
+        SELECT batch_id,
+               COUNT(*) FILTER (WHERE status = 'completed') AS completed,
+               COUNT(*) FILTER (WHERE status = 'rejected') AS rejected
+        FROM adjustment_requests WHERE batch_id IS NOT NULL GROUP BY batch_id
+    ) c ON c.batch_id = b.id
+    WHERE b.completed <> COALESCE(c.completed, 0) OR b.rejected <> COALESCE(c.rejected, 0)
+""")
+
 # Invariant 2: at most one entry per request, and entries match request outcomes.
 REQUEST_MISMATCHES = text("""
     SELECT r.id, r.status, COUNT(e.id)
@@ -44,6 +57,14 @@ REQUEST_MISMATCHES = text("""
     HAVING COUNT(e.id) > 1
         OR (r.status = 'completed' AND COUNT(e.id) <> 1)
         OR (r.status <> 'completed' AND COUNT(e.id) <> 0)
+""")
+
+# Invariant 2 too: each entry agrees with its request (the entry's only foreign key).
+ENTRY_REQUEST_MISMATCHES = text("""
+    SELECT e.id, e.request_id
+    FROM ledger_entries e JOIN adjustment_requests r ON r.id = e.request_id
+    WHERE e.account_id <> r.account_id OR e.tenant_id <> r.tenant_id
+       OR e.created_by <> r.created_by OR e.amount <> r.amount
 """)
 
 # Invariant 5: the triggers that refuse UPDATE, DELETE and TRUNCATE are in place and enabled.
@@ -91,9 +112,26 @@ def reconcile(session: Session) -> Report:
                 f"entry {entry}: balance_before {before} but previous balance_after {previous}",
             )
         )
+    for batch, completed, counted, rejected, counted_rejected in session.execute(BATCH_MISMATCHES):
+        violations.append(
+            Violation(
+                1,
+                f"batch {batch}",
+                f"completed {completed} vs requests {counted}, "
+                f"rejected {rejected} vs {counted_rejected}",
+            )
+        )
     for request, status, entries in session.execute(REQUEST_MISMATCHES):
         violations.append(
             Violation(2, f"request {request}", f"status {status} with {entries} ledger entries")
+        )
+    for entry, request in session.execute(ENTRY_REQUEST_MISMATCHES):
+        violations.append(
+            Violation(
+                2,
+                f"entry {entry}",
+                f"account, tenant, creator or amount differ from request {request}",
+            )
         )
     triggers = set(session.scalars(IMMUTABILITY_TRIGGERS))
     for missing in sorted(EXPECTED_TRIGGERS - triggers):

@@ -21,6 +21,7 @@ from shared.fields import (
     Flag,
     IdempotencyKey,
     Integer,
+    ItemKey,
     ShortText,
     Timestamp,
     Username,
@@ -124,9 +125,19 @@ def _user_ref(data: ScoreInput) -> tuple[UserRef | None, list[FieldError]]:
     return UserRef(field=name, user_id=getattr(data, name)), []
 
 
+class BulkItemInput(ScoreInput):
+    """One item of POST /api/v2/score/bulk: a score body, with its own key if it likes."""
+
+    idempotency_key: ItemKey = None
+
+
 def validate_score(raw: Mapping[str, Any], max_amount: int) -> ScoreCommand:
     """Validate a community score body; raise InvalidInput naming every bad field."""
-    data = parse_input(ScoreInput, raw)
+    return score_command(parse_input(ScoreInput, raw), max_amount)
+
+
+def score_command(data: ScoreInput, max_amount: int) -> ScoreCommand:
+    """The rules across a parsed score body's fields; InvalidInput naming every bad field."""
     user, errors = _user_ref(data)
     errors += check_amount("score", data.score, max_amount)
     if data.reputation_context is None and data.comment is None:

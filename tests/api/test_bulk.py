@@ -135,7 +135,9 @@ def test_bulk_json_and_ndjson_with_defaults_and_index_errors(
     _wait_batch(client, moderator, nd.headers["Location"])
     with sessions() as session:
         entries = session.scalars(
-            select(LedgerEntry).join(Account).where(Account.user_id == user.id)
+            select(LedgerEntry)
+            .join(Account, Account.id == LedgerEntry.account_id)
+            .where(Account.user_id == user.id)
         ).all()
         assert sorted(e.amount for e in entries) == [2, 3, 5, 5, 5, 5]
         assert_ledger_consistent(session, entries[0].account_id)
