@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
-from shared.models import Account, Role
-from tests.factories import Factory
+from shared.models import Account, AdjustmentRequest, Batch, Role
+from tests.factories import Factory, assert_ledger_consistent
 from tests.processes.conftest import Stack
 
 pytestmark = pytest.mark.processes
@@ -58,3 +60,63 @@ def test_award_applies_a_file_and_reports_rejections(
     result = _award(stack, caller.token, path)
     assert result.returncode == 2
     assert "row 1: username: no such user" in result.stderr
+
+
+def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no_duplicate(
+    stack: Stack, stack_factory: Factory, stack_sessions, tmp_path: Path
+) -> None:
+    caller = stack_factory.caller(Role.MODERATOR)
+    users = [stack_factory.user() for _ in range(25)]
+    rows, size = 4000, 200  # 20 batches
+    path = tmp_path / "contest.csv"
+    lines = (f"{users[n % 25].username},,{1 + n % 7},contest|resume,row {n}\n" for n in range(rows))
+    path.write_text("username,user_id,variation_points,context,comment\n" + "".join(lines))
+    expected = {
+        user.id: sum(1 + n % 7 for n in range(rows) if n % 25 == i) for i, user in enumerate(users)
+    }
+    prefix = "award-" + hashlib.sha256(path.read_bytes()).hexdigest()[:48] + "-%"
+
+    def batches() -> int:
+        with stack_sessions() as session:
+            return session.scalar(
+                select(func.count()).select_from(Batch).where(Batch.idempotency_key.like(prefix))
+            )
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cli", "award", str(path), "--url", stack.base_url,
+         "--batch-size", str(size)],
+        env=os.environ | {"TALLY_TOKEN": caller.token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while batches() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill()
+    first.wait()
+    time.sleep(0.5)  # a batch whose POST was in flight may still commit
+    sent_before_kill = batches()
+    assert 2 <= sent_before_kill < rows // size, sent_before_kill  # the kill came half-way
+
+    result = _award(stack, caller.token, path, "--batch-size", str(size))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"20 batches, {rows} rows: {rows} applied, 0 rejected" in result.stdout
+    assert batches() == rows // size
+    with stack_sessions() as session:
+        per_user = dict(
+            session.execute(
+                select(AdjustmentRequest.user_id, func.count())
+                .where(AdjustmentRequest.user_id.in_(expected))
+                .group_by(AdjustmentRequest.user_id)
+            ).all()
+        )
+        assert per_user == {user_id: rows // 25 for user_id in expected}  # no row twice
+        balances = dict(
+            session.execute(
+                select(Account.user_id, Account.balance).where(Account.user_id.in_(expected))
+            ).all()
+        )
+        assert balances == expected
+        for user_id in expected:
+            account_id = session.scalar(select(Account.id).where(Account.user_id == user_id))
+            assert_ledger_consistent(session, account_id)
