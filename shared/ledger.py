@@ -1,12 +1,13 @@
 """The one place a balance changes: apply the pending requests of some accounts, in order.
 
 Single adjustments, bulk batches and the relay all come through `apply_pending`.
-It works set-based so that one transaction applies tens of thousands of requests:
-the accounts are locked in id order; the chunk's requests are read narrow (id,
-account, amount, flag), and Python walks them once to decide each one and chain
+It works set-based so that one transaction applies thousands of requests: the
+accounts are locked in id order; the chunk's requests are read narrow (id,
+account, amount, flags), and Python walks them once to decide each one and chain
 the balances; then one statement writes every ledger row (copying the wide
-columns from the request rows inside PostgreSQL) and marks the requests
-completed, and one statement each marks the rejected and updates the accounts.
+columns from the request rows inside PostgreSQL) and marks those requests
+completed, and one statement each marks the rejected, updates the accounts and
+adds to the batches' counts.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class _Account:
     balance: int
     allow_negative: bool
     frozen: bool
-    points_type: str
     earned: int = 0
     spent: int = 0
     changed: bool = False
@@ -90,7 +90,7 @@ class _Chain:
 # Row locks in id order, so two appliers of overlapping account sets cannot deadlock.
 # NO KEY UPDATE lets the API keep inserting requests that reference these accounts.
 LOCK_ACCOUNTS = text("""
-    SELECT id, balance, allow_negative, status, points_type FROM accounts
+    SELECT id, balance, allow_negative, status FROM accounts
     WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
 """)
 
@@ -195,7 +195,6 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
             row.balance,
             row.allow_negative,
             frozen=row.status == AccountStatus.FROZEN,
-            points_type=row.points_type,
         )
         for row in session.execute(LOCK_ACCOUNTS, {"ids": ids})
     }

@@ -41,10 +41,12 @@ class Stack:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def start_worker(self, name: str) -> None:
+    def start_worker(self, name: str, lanes: str = "interactive,bulk,relay") -> None:
         self.start(
             name,
             "worker",
+            "--lanes",
+            lanes,
             "--concurrency",
             "1",
             "--hostname",

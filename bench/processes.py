@@ -1,0 +1,39 @@
+"""The stack's processes by role and their CPU seconds, read from /proc (for the benchmarks)."""
+
+from __future__ import annotations
+
+import psutil
+
+ROLES = ("api", "workers", "bulk workers", "postgres", "redis")
+
+
+def groups() -> dict[str, list[psutil.Process]]:
+    """The stack's processes by role, recognised by their command lines."""
+    found: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        name = process.info["name"] or ""
+        if name.startswith("postgres") or cmdline.startswith("postgres:"):
+            found["postgres"].append(process)
+        elif name.startswith("redis-server"):
+            found["redis"].append(process)
+        elif "celery" in cmdline and "worker" in cmdline.split():
+            found["bulk workers" if ".bulk" in cmdline else "workers"].append(process)
+        elif (" cli api" in cmdline or "tally api" in cmdline) and "bench" not in cmdline:
+            found["api"].append(process)
+    return found
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds per role: each process's own, plus its reaped children's."""
+    totals: dict[str, float] = {}
+    for role, processes in groups().items():
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        totals[role] = total
+    return totals
