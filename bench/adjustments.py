@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from processes import cpu_seconds  # bench/processes.py, beside this script
+from common import aligned, cpu_seconds  # bench/common.py, beside this script
 from sqlalchemy import select, text
 
 from shared.auth import create_token
@@ -198,9 +198,7 @@ def table(results: list[Result]) -> str:
             f"{r.p99_ms:.1f}", f"{cpu['api']:.2f}", f"{cpu['workers'] + cpu['bulk workers']:.2f}",
             f"{cpu['postgres']:.2f}", f"{cpu['redis']:.2f}", f"{sum(cpu.values()):.2f}",
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import psutil
 import requests
-from processes import cpu_seconds, groups  # bench/processes.py, beside this script
+from common import aligned, cpu_seconds, groups  # bench/common.py, beside this script
 from sqlalchemy import text
 
 from shared.auth import authenticate
@@ -201,9 +201,7 @@ def table(results: list[Result]) -> str:
             " / ".join(f"{v:.2f}" for v in r.cpu_s_accept.values()),
             " / ".join(f"{v:.2f}" for v in r.cpu_s_apply.values()),
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The stack's processes by role and their CPU seconds, read from /proc (for the benchmarks)."""
+"""What the benchmarks share: the stack's processes by role, their CPU seconds read from
+/proc, and the aligned table they print."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def cpu_seconds() -> dict[str, float]:
             total += times.user + times.system + times.children_user + times.children_system
         totals[role] = total
     return totals
+
+
+def aligned(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as right-aligned columns, the first row being the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(lines)
