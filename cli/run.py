@@ -57,29 +57,13 @@ def demo_token(database_url: str, saved: Path) -> str:
 
 def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
     python = sys.executable
+    tally = [python, "-m", "cli"]
+    bulk_processes = str(load_settings().bulk_partitions)
     processes = {
-        "api": [python, "-m", "cli", "api", "--bind", f"127.0.0.1:{port}"],
-        "worker": [
-            python,
-            "-m",
-            "cli",
-            "worker",
-            "--lanes",
-            "interactive,relay",
-            "--concurrency",
-            "2",
-        ],
-        "bulk-worker": [
-            python,
-            "-m",
-            "cli",
-            "worker",
-            "--lanes",
-            "bulk",
-            "--concurrency",
-            str(load_settings().bulk_partitions),
-        ],
-        "beat": [python, "-m", "cli", "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
+        "api": [*tally, "api", "--bind", f"127.0.0.1:{port}"],
+        "worker": [*tally, "worker", "--lanes", "interactive,relay", "--concurrency", "2"],
+        "bulk-worker": [*tally, "worker", "--lanes", "bulk", "--concurrency", bulk_processes],
+        "beat": [*tally, "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:
         processes["flower"] = [
