@@ -24,7 +24,7 @@ from typing import Any
 import click
 import requests
 
-from shared.bulk import CSV_COLUMNS
+from shared.bulk import CSV_COLUMNS, BatchInvalid, csv_records
 from shared.config import load_settings
 
 POLL_SECONDS = 0.2
@@ -43,13 +43,9 @@ class Chunk:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(row number, cells) of every row that holds data: the header and blank rows are skipped."""
+    """(row number, cells) of every row that holds data, as the import route reads them."""
     with path.open(encoding="utf-8-sig", newline="") as stream:
-        for number, cells in enumerate(csv.reader(stream), start=1):
-            if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
-                continue
-            if any(cell.strip() for cell in cells):
-                yield number, cells
+        yield from csv_records(stream)
 
 
 def _survey(path: Path) -> tuple[str, int]:
@@ -184,7 +180,12 @@ def award(
     the rows at fault are listed) or cannot be reached.
     """
     size = batch_size or load_settings().bulk_max_items
-    digest, total = _survey(path)
+    try:
+        digest, total = _survey(path)
+    except BatchInvalid as bad:
+        (error,) = bad.errors
+        click.echo(f"row {error.position}: {error.message}; nothing was sent", err=True)
+        sys.exit(2)
     base = key or f"award-{digest[:48]}"
     base_url = url.rstrip("/")
     with requests.Session() as http:

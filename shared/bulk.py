@@ -95,27 +95,33 @@ class BatchInvalid(Exception):
         self.errors = errors
 
 
-def csv_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
-    """(row number, row) of a community import file; a header row is detected and skipped.
+def csv_records(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """(row number, cells) of each row of a community import file that holds data.
 
-    A file that is not CSV (say, a field past the csv module's size limit) raises
-    BatchInvalid naming the row where reading stopped.
+    A header row is detected and skipped, and so are blank rows. A file that is not
+    CSV (say, a field past the csv module's size limit) raises BatchInvalid naming
+    the row where reading stopped.
     """
     number = 0
     try:
         for number, cells in enumerate(csv.reader(stream), start=1):
             if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
                 continue
-            if not any(cell.strip() for cell in cells):
-                continue
-            row = dict(zip(CSV_COLUMNS, cells, strict=False))
-            if len(cells) != len(CSV_COLUMNS):
-                row["__columns__"] = str(len(cells))
-            yield number, row
+            if any(cell.strip() for cell in cells):
+                yield number, cells
     except csv.Error as error:
         raise BatchInvalid(
             [ItemError(number + 1, "row", "csv", f"not readable as CSV: {error}")]
         ) from None
+
+
+def csv_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+    """(row number, row by column name) of a community import file."""
+    for number, cells in csv_records(stream):
+        row = dict(zip(CSV_COLUMNS, cells, strict=False))
+        if len(cells) != len(CSV_COLUMNS):
+            row["__columns__"] = str(len(cells))
+        yield number, row
 
 
 def validate_csv_row(number: int, row: Mapping[str, str], max_amount: int) -> Award:
