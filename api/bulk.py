@@ -33,7 +33,6 @@ from shared.bulk import (
     ItemError,
     Stored,
     Validated,
-    collect,
     csv_rows,
     store_batch,
     validate_batch,
@@ -168,8 +167,12 @@ def import_csv() -> Response:
         rows = list(csv_rows(io.StringIO(text)))
     except BatchInvalid as bad:
         raise _invalid_rows(bad.errors) from None
-    checked = collect(rows, lambda n, row: validate_csv_row(n, row, max_amount))
-    batch, errors = validate_batch(db_session(), current_principal().tenant_id, checked)
+    batch, errors = validate_batch(
+        db_session(),
+        current_principal().tenant_id,
+        rows,
+        lambda n, row: validate_csv_row(n, row, max_amount),
+    )
     awards = batch.awards
     bad_rows = {e.position for e in errors}
     total = sum(a.amount for a in awards if a.position not in bad_rows)
@@ -272,10 +275,12 @@ def bulk() -> Response:
     if not items:
         raise validation_problem([FieldError("items", "required", "give at least one item")])
     max_amount = resources().settings.max_amount
-    checked = collect(
-        enumerate(items), lambda i, item: validate_bulk_item(i, item, defaults, max_amount)
+    batch, errors = validate_batch(
+        db_session(),
+        current_principal().tenant_id,
+        enumerate(items),
+        lambda i, item: validate_bulk_item(i, item, defaults, max_amount),
     )
-    batch, errors = validate_batch(db_session(), current_principal().tenant_id, checked)
     if errors:
         raise _invalid(errors, "index")
     return _accepted(_store(key, batch))

@@ -203,10 +203,10 @@ class Validated:
 
 
 def validate_batch(
-    session: Session, tenant_id: str, checked: tuple[list[Award], list[ItemError]]
+    session: Session, tenant_id: str, items: Iterable[tuple[int, Any]], validate: Any
 ) -> tuple[Validated, list[ItemError]]:
-    """After every item's own checks, one lookup of all their users; errors sorted by item."""
-    awards, errors = checked
+    """Every item's own checks, then one lookup of all their users; errors sorted by item."""
+    awards, errors = collect(items, validate)
     users: dict[int, int] = {}
     try:
         users = resolve_users(session, tenant_id, awards)
