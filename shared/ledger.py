@@ -206,14 +206,12 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
         return Applied([], more=False)
 
     chain = _Chain()
-    rejected: list[tuple[int, str]] = []
     decided: list[tuple[Any, str | None]] = []
     for request in pending:
         account = accounts[request.account_id]
         code = _rejection(account, request.amount, request.allow_negative)
         decided.append((request, code))
         if code is not None:
-            rejected.append((request.id, code))
             continue
         chain.add(request.id, account.balance, request.batch_id is None)
         account.balance += request.amount
@@ -223,6 +221,7 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
         else:
             account.spent -= request.amount
 
+    rejected = [(request.id, code) for request, code in decided if code is not None]
     entries = _write(session, chain, rejected, [a for a in accounts.values() if a.changed])
     outcomes = [_outcome(request, code, entries.get(request.id)) for request, code in decided]
     _count_batches(session, outcomes)
