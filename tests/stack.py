@@ -41,12 +41,12 @@ class Stack:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def start_worker(self, name: str, lanes: str = "interactive,bulk,relay") -> None:
+    def start_worker(self, name: str, lanes: str | None = None) -> None:
+        """A worker for these lanes (`tally worker`'s default: every lane)."""
         self.start(
             name,
             "worker",
-            "--lanes",
-            lanes,
+            *(["--lanes", lanes] if lanes else []),
             "--concurrency",
             "1",
             "--hostname",
