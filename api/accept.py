@@ -23,7 +23,7 @@ from shared.dispatch import Lane
 from shared.fields import format_timestamp
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
-from shared.models import AdjustmentStatus
+from shared.models import FINAL_STATUSES
 from shared.notify import Completion
 from shared.validation import FieldError, UserRef
 
@@ -126,7 +126,7 @@ def final_state(request_id: int) -> Completion | None:
     """The request's outcome as stored, or None while it is pending."""
     with resources().engine.connect() as connection:
         row = connection.execute(FINAL_STATE, {"id": request_id}).one()
-    if row.status not in (AdjustmentStatus.COMPLETED, AdjustmentStatus.REJECTED):
+    if row.status not in FINAL_STATUSES:
         return None
     return Completion(
         request_id, row.status, row.error_code, row.error_message, row.entry_id,
