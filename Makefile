@@ -25,13 +25,16 @@ test: $(STAMP) tools
 bench: $(STAMP) tools
 	$(BIN)/python bench/adjustments.py $(ARGS)
 
-# Debian packages: docker-compose validates the compose file, wrk drives `make bench`.
-TOOLS := docker-compose wrk
+# Debian packages, as command:package: docker-compose validates the compose file, wrk
+# drives `make bench`, promtool (package prometheus) checks monitoring/. Without their
+# recommendations: neither a Docker engine nor a node exporter is needed for that.
+TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus
 tools:
-	@missing="$$(for tool in $(TOOLS); do command -v $$tool >/dev/null || echo $$tool; done)"; \
+	@missing="$$(for tool in $(TOOLS); do command -v $${tool%%:*} >/dev/null || echo $${tool#*:}; done)"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
-		|| echo "note: install $$missing (docker-compose validates docker-compose.yml, wrk runs make bench)"
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; } \
+		|| echo "note: install $$missing (docker-compose validates docker-compose.yml, wrk runs make bench, prometheus has promtool for monitoring/)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
