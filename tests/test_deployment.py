@@ -1,4 +1,4 @@
-"""docker-compose.yml validates, and it runs the same commands as the Procfile."""
+"""docker-compose.yml validates, runs the same commands as the Procfile, and is monitored."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("api", "worker", "bulk-worker", "beat", "flower")
+# The processes that run tally's own image (Flower has an image of its own).
+TALLY_PROCESSES = ("api", "worker", "bulk-worker", "beat")
+WORKERS = ("worker", "bulk-worker")
+# Services that run once and exit; every other one is long-running.
+ONE_SHOT = ("migrate",)
 
 
-SECRETS = {"POSTGRES_PASSWORD": "s3cret", "FLOWER_BASIC_AUTH": "ops:pa55"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "s3cret",
+    "FLOWER_BASIC_AUTH": "ops:pa55",
+    "GRAFANA_ADMIN_PASSWORD": "gr4fana",
+}
 
 
 def _run_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -43,17 +52,33 @@ def _procfile() -> dict[str, list[str]]:
     }
 
 
+def _bind_mounts(service: dict) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (not its named volumes)."""
+    mounts = (volume.split(":") for volume in service.get("volumes", []))
+    return {target: Path(source) for source, target, *_ in mounts if source.startswith("/")}
+
+
 def test_compose_file_validates_with_health_checks_and_dependencies() -> None:
     services = _compose_config()["services"]
-    assert set(services) >= {"postgres", "redis", "migrate", *PROCESSES}
-    for name in ("postgres", "redis", "api"):
-        assert "healthcheck" in services[name], name
-    for name in PROCESSES:
+    assert set(services) >= {"postgres", "redis", "migrate", *PROCESSES, "prometheus", "grafana"}
+    for name in TALLY_PROCESSES:
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert services["flower"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "ports" not in services["worker"], "workers must scale with --scale worker=N"
+
+
+def test_every_long_running_service_has_a_health_check_and_the_api_checks_readiness() -> None:
+    services = _compose_config()["services"]
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+    api_check = " ".join(services["api"]["healthcheck"]["test"])
+    assert "/readyz" in api_check and "/healthz" not in api_check
+    for name in WORKERS:
+        assert "127.0.0.1:9808/metrics" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
 def test_compose_and_procfile_run_the_same_programs() -> None:
@@ -62,6 +87,11 @@ def test_compose_and_procfile_run_the_same_programs() -> None:
     assert set(procfile) == set(PROCESSES)
     for name in PROCESSES:
         compose_command = services[name]["command"]
+        if name == "flower":
+            # Flower's image runs it from the broker alone, without tally's Celery app.
+            assert compose_command[0] == procfile[name][0] == "celery"
+            assert "flower" in compose_command and "flower" in procfile[name]
+            continue
         # The same program and subcommand; only addresses and ports differ.
         assert compose_command[:2] == procfile[name][:2], name
 
@@ -73,13 +103,61 @@ def test_compose_takes_its_secrets_from_the_environment() -> None:
     services = _compose_config()["services"]
     assert "s3cret" in services["api"]["environment"]["TALLY_DATABASE_URL"]
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:pa55"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gr4fana"
 
 
 def test_flower_and_the_api_listen_on_loopback_unless_told_otherwise() -> None:
     services = _compose_config()["services"]
-    (flower_port,) = services["flower"]["ports"]
-    published = flower_port if isinstance(flower_port, str) else flower_port.get("host_ip")
-    assert str(published).startswith("127.0.0.1"), flower_port
+    for name in ("flower", "prometheus", "grafana"):
+        (port,) = services[name]["ports"]
+        published = port if isinstance(port, str) else port.get("host_ip")
+        assert str(published).startswith("127.0.0.1"), (name, port)
     procfile = (ROOT / "Procfile").read_text()
     assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in procfile
     assert "${TALLY_BIND:-127.0.0.1:" in procfile
+
+
+def test_no_two_containers_share_a_metrics_folder() -> None:
+    # prometheus_client names its sample files by PID, and PIDs repeat across containers:
+    # every process group keeps its own folder and serves its own /metrics.
+    config = _compose_config()
+    users: dict[str, list[str]] = {}
+    for name, service in config["services"].items():
+        assert "PROMETHEUS_MULTIPROC_DIR" not in service.get("environment", {}), name
+        for volume in service.get("volumes", []):
+            users.setdefault(volume.split(":")[0], []).append(name)
+    assert {source: names for source, names in users.items() if len(names) > 1} == {}
+    assert set(config.get("volumes", {})) == {"pgdata", "prometheus", "grafana"}
+
+
+def test_prometheus_scrapes_the_api_and_every_worker_container() -> None:
+    services = _compose_config()["services"]
+    scrape = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    (api_targets,) = (c["targets"] for c in jobs["tally-api"]["static_configs"])
+    assert api_targets == ["api:8000"]
+    assert "0.0.0.0:8000" in services["api"]["command"]
+    (workers,) = jobs["tally-worker"]["dns_sd_configs"]
+    assert sorted(workers["names"]) == sorted(WORKERS) and workers["type"] == "A"
+    for name in WORKERS:
+        assert services[name]["environment"]["TALLY_METRICS_BIND"] == f"0.0.0.0:{workers['port']}"
+
+
+def test_prometheus_and_grafana_mount_the_monitoring_files_of_the_repository() -> None:
+    services = _compose_config()["services"]
+    prometheus = _bind_mounts(services["prometheus"])
+    monitoring = ROOT / "monitoring"
+    # alerts.yml beside prometheus.yml, where the config's relative rule_files finds it.
+    assert prometheus == {
+        "/etc/prometheus/prometheus.yml": monitoring / "prometheus.yml",
+        "/etc/prometheus/alerts.yml": monitoring / "alerts.yml",
+    }
+    grafana = _bind_mounts(services["grafana"])
+    assert grafana["/etc/grafana/provisioning"] == monitoring / "grafana" / "provisioning"
+    for host_path in [*prometheus.values(), *grafana.values()]:
+        assert host_path.exists(), host_path
+    providers = yaml.safe_load(
+        (monitoring / "grafana" / "provisioning" / "dashboards" / "tally.yml").read_text()
+    )["providers"]
+    (dashboards,) = (provider["options"]["path"] for provider in providers)
+    assert (grafana[dashboards] / "tally.json").is_file()
