@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from api import bulk, health, metrics, openapi, points, score, score_reads, users
 
+    # First, so that every answer is counted and timed, a rate limit's 429 too.
+    metrics.count_requests(app)
     init_limits(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
@@ -37,7 +39,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(points.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(bulk.bp)
-    metrics.count_requests(app)
     track_request_ids(app)
     return app
 

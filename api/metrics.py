@@ -1,23 +1,25 @@
-"""GET /metrics, and the per-request counter."""
+"""GET /metrics, and the per-route request counter and latency histogram."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, request
+import time
+
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.resources import resources
-from shared.backlog import outbox, queue_depths
-from shared.metrics import HTTP_REQUESTS, BacklogCollector, render
+from shared.backlog import Outbox, outbox, queue_depths
+from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS, BacklogCollector, render
 
 bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus exposition format, aggregated over all processes of this host."""
+    """Prometheus exposition format: the API's processes on this host, and the backlog."""
     res = resources()
 
-    def backlog():  # type: ignore[no-untyped-def]
+    def backlog() -> Outbox:
         with res.sessions() as session:
             return outbox(session)
 
@@ -26,8 +28,16 @@ def metrics() -> Response:
 
 
 def count_requests(app: Flask) -> None:
+    """Count every answer by route, method and status, and time it by route and method."""
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
     @app.after_request
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - g.started)
         return response

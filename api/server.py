@@ -9,16 +9,12 @@ of the WSGI threads; on SIGTERM it stops accepting and lets requests in flight f
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
-from shared.config import Settings
+from shared.config import Settings, host_port
 from shared.logs import JSON_FORMAT, JSON_RENAMED
 
 WSGI_TARGET = "api.wsgi:app"
-# Read by prometheus_client when it is imported (not importable here for that reason).
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client has this long to send its request line and headers.
 HEADER_READ_TIMEOUT_MS = 10_000
 # The request line and headers together; a longer head is refused before Python sees it.
@@ -60,20 +56,19 @@ def _logging_config() -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> None:
-    """Run the API on `settings.bind` in the foreground until SIGINT or SIGTERM."""
-    # Every worker process writes its metrics to this folder; it must be set before
-    # any process imports prometheus_client, so before granian forks the workers.
-    os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="tally-metrics-"))
+    """Run the API on `settings.bind` in the foreground until SIGINT or SIGTERM.
 
-    host, _, port = settings.bind.rpartition(":")
+    The caller gives the API's processes their metrics folder (see shared.metrics).
+    """
+    host, port = host_port(settings.bind)
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.server import Server
 
     server = Server(
         WSGI_TARGET,
-        address=host.strip("[]"),
-        port=int(port),
+        address=host,
+        port=port,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
         websockets=False,

@@ -6,7 +6,9 @@ import csv
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.auth import create_token
-from shared.config import load_settings
+from shared.config import METRICS_FOLDER_ENV, load_settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.dispatch import Lane, queue_of
 from shared.migrate import upgrade
@@ -263,14 +265,28 @@ def tokens_revoke(token_id: int, as_json: bool) -> None:
     _emit(as_json, {"id": token_id, "revoked": True}, f"token {token_id} revoked")
 
 
-def _exec(argv: list[str]) -> None:
+def _celery(command: str, *args: str) -> None:
+    """Become `celery -A worker.celery_app <command>`."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", command,
+            "--loglevel", "INFO", *args]  # fmt: skip
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
 
-def _celery(command: str, *args: str) -> None:
-    _exec([sys.executable, "-m", "celery", "-A", "worker.celery_app", command,
-           "--loglevel", "INFO", *args])  # fmt: skip
+@contextmanager
+def _metrics_folder(group: str) -> Iterator[None]:
+    """A folder of its own for this process group's metric files, while it runs.
+
+    prometheus_client reads it when first imported, so this comes before any import of
+    it; a folder inherited from a parent (`tally run`, a shell) is replaced, so that two
+    groups never add up each other's samples (see shared.metrics).
+    """
+    folder = tempfile.mkdtemp(prefix=f"tally-metrics-{group}-")
+    os.environ[METRICS_FOLDER_ENV] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @cli.command()
@@ -278,11 +294,12 @@ def _celery(command: str, *args: str) -> None:
 @click.option("--processes", type=int, help="processes (default TALLY_API_PROCESSES, 2)")
 @click.option("--threads", type=int, help="threads per process (default TALLY_API_THREADS, 16)")
 def api(bind: str | None, processes: int | None, threads: int | None) -> None:
-    """Serve the HTTP API (granian, WSGI) in the foreground."""
-    from api.server import serve
-
+    """Serve the HTTP API (granian, WSGI) in the foreground; its /metrics too."""
     given = {"bind": bind, "api_processes": processes, "api_threads": threads}
-    serve(load_settings().with_overrides({k: v for k, v in given.items() if v}))
+    with _metrics_folder("api"):
+        from api.server import serve
+
+        serve(load_settings().with_overrides({k: v for k, v in given.items() if v}))
 
 
 LANE_NAMES = [lane.value for lane in Lane]
@@ -296,8 +313,13 @@ LANE_NAMES = [lane.value for lane in Lane]
     help="Comma-separated lanes whose queues this worker consumes: interactive (single "
     "adjustments), bulk (batch items), relay (the outbox relay).",
 )
+@click.option(
+    "--metrics-bind",
+    help="HOST:PORT where this worker serves its /metrics, or '' for none "
+    "(default TALLY_METRICS_BIND, 127.0.0.1:9808).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(lanes: str, celery_args: tuple[str, ...]) -> None:
+def worker(lanes: str, metrics_bind: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`).
 
     Run one worker for interactive,relay and one for bulk, so that single adjustments
@@ -307,9 +329,18 @@ def worker(lanes: str, celery_args: tuple[str, ...]) -> None:
     unknown = sorted(set(chosen) - set(LANE_NAMES))
     if unknown or not chosen:
         raise click.BadParameter(f"choose from {', '.join(LANE_NAMES)}", param_hint="--lanes")
+    if metrics_bind is not None:
+        os.environ["TALLY_METRICS_BIND"] = metrics_bind
     base = load_settings().queue_name
     queues = ",".join(queue_of(base, Lane(name)) for name in chosen)
-    _celery("worker", "--queues", queues, "--hostname", f"{'+'.join(chosen)}@%h", *celery_args)
+    argv = ["worker", "--loglevel", "INFO", "--queues", queues,
+            "--hostname", f"{'+'.join(chosen)}@%h", *celery_args]  # fmt: skip
+    # In this process (not exec'd), so that the metrics folder goes when the worker does.
+    with _metrics_folder("worker"):
+        from worker.celery_app import app
+
+        code = app.start(argv)
+    sys.exit(code or 0)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

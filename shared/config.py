@@ -10,6 +10,8 @@ from typing import Any
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tally"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# prometheus_client's folder of per-process sample files, read when it is first imported.
+METRICS_FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Settings:
     # Off by default: a front proxy usually logs requests, and this log cost a tenth of the
     # API's CPU per adjustment; every accepted adjustment is logged by tally either way.
     access_log: bool = False
+    # Where a worker serves its own /metrics (its pool's samples); empty: not served.
+    metrics_bind: str = "127.0.0.1:9808"
     # Requests of one API process that may wait for the worker at once; beyond it a POST
     # answers 202 at once, so waiting never takes the threads that serve everything else.
     max_waiters: int = 12
@@ -92,6 +96,12 @@ class Settings:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         return replace(self, **overrides)
+
+
+def host_port(bind: str) -> tuple[str, int]:
+    """("127.0.0.1", 8000) from "127.0.0.1:8000", ("::1", 8000) from "[::1]:8000"."""
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _parse_points_types(raw: str) -> dict[str, PointsType]:

@@ -1,33 +1,45 @@
 """Prometheus metrics of the API and the worker, correct across processes.
 
-With PROMETHEUS_MULTIPROC_DIR set (one shared, empty folder for every process of
-a host, as `tally run` and `tally api` arrange), each process writes its
-samples there and /metrics aggregates them. Gauges about the backlog are read at
-scrape time from Redis and PostgreSQL, so they are right whoever serves them.
+Each process group (the API's processes; one worker and its pool) has a folder of
+its own in PROMETHEUS_MULTIPROC_DIR, made by `tally api` / `tally worker` before
+anything imports prometheus_client; each of its processes writes its samples there
+and the group serves their sum on its own /metrics (the API on its port, a worker
+on TALLY_METRICS_BIND). Folders are never shared between groups or containers:
+Prometheus scrapes every group and adds them up. Gauges about the backlog are read
+at scrape time from Redis and PostgreSQL, so they are right whoever serves them,
+and a source that does not answer leaves its gauges out instead of failing the scrape.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+import sqlalchemy.exc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from shared.backlog import Outbox
+from shared.config import METRICS_FOLDER_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 HTTP_REQUESTS = Counter(
     "tally_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "tally_http_request_duration_seconds",
+    "From the request reaching Flask to its answer, by route",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
 )
 ADJUSTMENTS_ACCEPTED = Counter(
     "tally_adjustments_accepted_total", "Adjustment requests accepted (new rows)"
@@ -47,41 +59,82 @@ LOCK_WAIT = Histogram(
     "tally_lock_wait_seconds", "Time a task waited for an account lock", buckets=LATENCY_BUCKETS
 )
 TASK_RETRIES = Counter("tally_task_retries_total", "Task retries after transient errors", ["error"])
+RELAY_RUNS = Counter("tally_relay_runs_total", "Runs of the outbox relay")
+RELAY_ACCOUNTS = Counter(
+    "tally_relay_accounts_total",
+    "Accounts the relay handed to the workers again (their requests waited past the delay)",
+    ["lane"],
+)
+
+# A source of the backlog gauges that may be down while the scrape goes on.
+SOURCE_ERRORS: dict[str, tuple[type[Exception], ...]] = {
+    "postgresql": (sqlalchemy.exc.SQLAlchemyError,),
+    "redis": (RedisError, OSError),
+}
 
 
 class BacklogCollector(Collector):
-    """Scrape-time gauges: queue depth, outbox backlog and the oldest pending age."""
+    """Scrape-time gauges: queue depth, outbox backlog and the oldest pending age.
+
+    `tally_backlog_source_up{source}` says whether Redis and PostgreSQL answered; the
+    gauges of a source that did not are absent from that scrape.
+    """
 
     def __init__(self, depths: Callable[[], dict[str, int]], backlog: Callable[[], Outbox]):
         self.depths = depths
         self.backlog = backlog
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("tally_queue_depth", "Messages waiting", labels=["queue"])
-        for queue, count in self.depths().items():
-            depth.add_metric([queue], count)
-        yield depth
-        outbox = self.backlog()
-        yield GaugeMetricFamily(
-            "tally_outbox_backlog", "Requests accepted, not yet final", value=outbox.pending
+        up = GaugeMetricFamily(
+            "tally_backlog_source_up",
+            "1 if the source of the backlog gauges answered this scrape",
+            labels=["source"],
         )
-        yield GaugeMetricFamily(
-            "tally_outbox_oldest_age_seconds",
-            "Age of the oldest pending request",
-            value=outbox.oldest_age_seconds,
-        )
+        depths = self._read("redis", self.depths, up)
+        if depths is not None:
+            depth = GaugeMetricFamily("tally_queue_depth", "Messages waiting", labels=["queue"])
+            for queue, count in depths.items():
+                depth.add_metric([queue], count)
+            yield depth
+        outbox = self._read("postgresql", self.backlog, up)
+        if outbox is not None:
+            yield GaugeMetricFamily(
+                "tally_outbox_backlog", "Requests accepted, not yet final", value=outbox.pending
+            )
+            yield GaugeMetricFamily(
+                "tally_outbox_oldest_age_seconds",
+                "Age of the oldest pending request",
+                value=outbox.oldest_age_seconds,
+            )
+        yield up
+
+    @staticmethod
+    def _read(source: str, read: Callable[[], T], up: GaugeMetricFamily) -> T | None:
+        try:
+            value = read()
+        except SOURCE_ERRORS[source] as error:
+            log.warning("metrics: %s did not answer: %s", source, error)
+            up.add_metric([source], 0)
+            return None
+        up.add_metric([source], 1)
+        return value
 
 
-def render(backlog: Collector) -> bytes:
-    """The exposition text: every process's samples plus the backlog gauges."""
+def group_registry() -> CollectorRegistry:
+    """The samples of this process group: its metrics folder's sum, else this process's own."""
+    if not os.environ.get(METRICS_FOLDER_ENV):
+        return REGISTRY
     registry = CollectorRegistry()
-    if os.environ.get(MULTIPROC_ENV):
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        from prometheus_client import REGISTRY
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
-        registry = REGISTRY
-    output = generate_latest(registry)
-    extra = CollectorRegistry()
-    extra.register(backlog)
-    return output + generate_latest(extra)
+
+def render(*extra: Collector) -> bytes:
+    """The exposition text: this group's samples, then those of `extra` collectors."""
+    output = generate_latest(group_registry())
+    if extra:
+        registry = CollectorRegistry()
+        for collector in extra:
+            registry.register(collector)
+        output += generate_latest(registry)
+    return output

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from cli.embedded import free_port
 
 STARTUP_TIMEOUT = 60.0
 
@@ -21,6 +23,8 @@ class Stack:
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]]
     log_dir: Path
+    # Each worker's own /metrics URL, by name.
+    worker_metrics: dict[str, str] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> None:
         with (self.log_dir / f"{name}.log").open("ab") as log:
@@ -43,10 +47,14 @@ class Stack:
 
     def start_worker(self, name: str, lanes: str | None = None) -> None:
         """A worker for these lanes (`tally worker`'s default: every lane)."""
+        metrics_bind = f"127.0.0.1:{free_port()}"
+        self.worker_metrics[name] = f"http://{metrics_bind}/metrics"
         self.start(
             name,
             "worker",
             *(["--lanes", lanes] if lanes else []),
+            "--metrics-bind",
+            metrics_bind,
             "--concurrency",
             "1",
             "--hostname",

@@ -4,6 +4,7 @@ from celery.signals import setup_logging
 
 from shared.config import load_settings
 from shared.logs import configure_logging
+from worker import metrics  # noqa: F401  (a worker serves its own /metrics)
 from worker.app import make_celery
 
 app = make_celery(load_settings())

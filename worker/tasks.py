@@ -18,6 +18,8 @@ from shared.metrics import (
     ADJUSTMENTS_APPLIED,
     ADJUSTMENTS_REJECTED,
     APPLY_LATENCY,
+    RELAY_ACCOUNTS,
+    RELAY_RUNS,
     TASK_RETRIES,
 )
 from shared.models import AdjustmentStatus
@@ -137,7 +139,9 @@ def relay_outbox(self: Task) -> int:
     app = _app(self)
     with transaction(app.resources.sessions) as session:
         stale = stale_accounts(session, app.resources.settings.relay_delay)
+    RELAY_RUNS.inc()
     for lane, accounts in stale.items():
+        RELAY_ACCOUNTS.labels(lane.value).inc(len(accounts))
         # Something was lost on the way (a message, a popped account): queue a drain anyway.
         app.dispatchers[lane].notify(accounts, force=True)
         log.info("relayed %d accounts with stale requests", len(accounts), extra={"lane": lane})

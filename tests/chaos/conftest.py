@@ -47,8 +47,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     user_ids = [factory.user().id for _ in range(12)]
 
     port = free_port()
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
     env = os.environ | {
         "TALLY_DATABASE_URL": postgres.url,
         "TALLY_REDIS_URL": redis.url,
@@ -58,7 +56,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
         "TALLY_LOCK_WAIT": "1",
         "TALLY_APPLY_CHUNK": "50",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
     stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
     stack.start("api", "api", "--bind", f"127.0.0.1:{port}")

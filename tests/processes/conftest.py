@@ -33,8 +33,6 @@ def stack_factory(stack_sessions: sessionmaker[Session]) -> Factory:
 def stack_without_workers(services: Services, tmp_path: Path) -> Iterator[Stack]:
     """The API (two processes) and beat; the test starts workers when it wants them."""
     port = free_port()
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
     env = os.environ | {
         "TALLY_DATABASE_URL": services.database_url,
         "TALLY_REDIS_URL": services.redis_url,
@@ -42,7 +40,6 @@ def stack_without_workers(services: Services, tmp_path: Path) -> Iterator[Stack]
         "TALLY_RELAY_DELAY": "2",
         "TALLY_RELAY_INTERVAL": "0.5",
         "TALLY_API_PROCESSES": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
     stack.start("api", "api", "--bind", f"127.0.0.1:{port}")

@@ -1,57 +1,281 @@
-"""/metrics served by a multi-process API counts what every process did."""
+"""/metrics in every launch mode: each process group serves what its own processes counted.
+
+The API's processes add up on the API's /metrics, a worker's pool processes on that
+worker's own /metrics (TALLY_METRICS_BIND); no two groups share a folder, so nothing
+is counted twice or lost (see shared.metrics). Docker Compose is checked in
+tests/test_deployment.py: it gives each container its own folder the same way.
+"""
 
 from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.embedded import free_port
+from shared.migrate import upgrade
 from shared.models import Role
+from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
+from tests.conftest import Services
 from tests.factories import Factory
-from tests.processes.conftest import Stack
+from tests.stack import Stack, wait_until_up
 
 pytestmark = pytest.mark.processes
 
+REPO = Path(__file__).resolve().parents[2]
+POST_ROUTE = {"route": "/api/v2/score/", "method": "POST"}
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-def _samples(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(stack.base_url + "/metrics", timeout=10).text
+
+def scrape(url: str) -> Samples:
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200, response.text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
 
 
-def _value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_counters_move_when_adjustments_are_applied(stack: Stack, stack_factory: Factory) -> None:
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+# What the API's /metrics counts once per accepted POST.
+COUNTED_PER_POST = [
+    ("tally_http_requests_total", {**POST_ROUTE, "status": "201"}),
+    ("tally_http_request_duration_seconds_count", POST_ROUTE),
+    ("tally_adjustments_accepted_total", {}),
+]
+
+
+def moved(before: Samples, after: Samples) -> dict[str, float]:
+    """How much each of COUNTED_PER_POST grew between two scrapes."""
+    return {
+        name: value(after, name, **labels) - value(before, name, **labels)
+        for name, labels in COUNTED_PER_POST
+    }
+
+
+def eventually_applied(urls: list[str], expected: float, timeout: float = 30) -> float:
+    """The applied counter summed over these workers, once it reaches `expected`.
+
+    A worker serves /metrics once it is ready: until then its URL may refuse.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            total = sum(value(scrape(url), "tally_adjustments_applied_total") for url in urls)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            total = -1
+        if total >= expected or time.monotonic() > deadline:
+            return total
+        time.sleep(0.2)
+
+
+def post(base_url: str, token: str, body: dict[str, object]) -> None:
+    response = requests.post(
+        base_url + "/api/v2/score/",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_bare_api_and_workers_each_serve_their_own_counts(
+    stack: Stack, stack_factory: Factory
+) -> None:
     caller = stack_factory.caller(Role.MODERATOR)
     user = stack_factory.user()
-    before = _samples(stack)
-    route = {"route": "/api/v2/score/", "method": "POST", "status": "201"}
-    with requests.Session() as http:
-        for n in range(12):
-            response = http.post(
-                stack.base_url + "/api/v2/score/",
-                json={"user_id": user.id, "score": 1, "comment": f"n{n}"},
-                headers={"Authorization": f"Bearer {caller.token}"},
-                timeout=30,
-            )
-            assert response.status_code == 201
+    api_metrics = stack.base_url + "/metrics"
+    workers = list(stack.worker_metrics.values())
+    assert len(workers) == 2
+    before = scrape(api_metrics)
+    applied_before = eventually_applied(workers, 0)
+    for n in range(12):
+        post(stack.base_url, caller.token, {"user_id": user.id, "score": 1, "comment": f"n{n}"})
     # Scrape several times: whichever API process answers, the sums agree.
-    scrapes = [_samples(stack) for _ in range(4)]
-    for after in scrapes:
-        accepted = _value(after, "tally_adjustments_accepted_total")
-        assert accepted - _value(before, "tally_adjustments_accepted_total") == 12
-        posts = _value(after, "tally_http_requests_total", **route)
-        assert posts - _value(before, "tally_http_requests_total", **route) == 12
-        applied = _value(after, "tally_adjustments_applied_total")
-        assert applied - _value(before, "tally_adjustments_applied_total") == 12
-        assert _value(after, "tally_outbox_backlog") == 0
+    for after in [scrape(api_metrics) for _ in range(4)]:
+        assert moved(before, after) == {name: 12 for name, _ in COUNTED_PER_POST}
+        assert value(after, "tally_outbox_backlog") == 0
         assert ("tally_queue_depth", (("queue", stack.env["TALLY_QUEUE_NAME"]),)) in after
+        # The API applies nothing: no worker's samples are summed here.
+        assert value(after, "tally_adjustments_applied_total") == 0
+    assert eventually_applied(workers, applied_before + 12) == applied_before + 12
+    for url in workers:
+        assert value(scrape(url), "tally_http_requests_total", **POST_ROUTE, status="201") == 0
     # Every process logs JSON lines; none of them carries the token.
     logs = stack.logs()
     assert caller.token not in logs
     assert '"adjustment_ids"' in logs and '"adjustment_id"' in logs
+
+
+def _ports_100_apart(count: int) -> int:
+    """A base port such that base, base+100, ... are free (honcho gives each process one)."""
+    while True:
+        base = free_port()
+        if base + 100 * count < 65536 and all(_free(base + 100 * i) for i in range(count)):
+            return base
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def launch_env(services: Services) -> dict[str, str]:
+    """The environment of a whole launched stack, on the test servers and a queue of its own."""
+    env = os.environ | {
+        "TALLY_DATABASE_URL": services.database_url,
+        "TALLY_REDIS_URL": services.redis_url,
+        "TALLY_QUEUE_NAME": "tally-launch-" + secrets.token_hex(4),
+        # The console scripts of this environment, as a user's shell would find them.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for inherited in ("TALLY_BIND", "TALLY_METRICS_BIND", "PORT", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(inherited, None)
+    return env
+
+
+@contextmanager
+def _launch(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-4000:]
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer:\n{log.read_text()[-4000:]}")
+
+
+def _one_adjustment_is_counted(api: str, workers: list[str], token: str, user: str) -> None:
+    """One POST: the API's /metrics counts it and a worker's /metrics counts its apply."""
+    before = scrape(api + "/metrics")
+    applied_before = eventually_applied(workers, 0)
+    post(api, token, {"username": user, "score": 3, "comment": "launch mode"})
+    assert moved(before, scrape(api + "/metrics")) == {name: 1 for name, _ in COUNTED_PER_POST}
+    assert eventually_applied(workers, applied_before + 1) == applied_before + 1
+
+
+def test_procfile_under_honcho(
+    launch_env: dict[str, str], stack_factory: Factory, tmp_path: Path
+) -> None:
+    caller = stack_factory.caller(Role.MODERATOR)
+    user = stack_factory.user()
+    base = _ports_100_apart(3)  # honcho: api on base, worker base+100, bulk-worker base+200
+    log = tmp_path / "honcho.log"
+    argv = [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-p", str(base),
+            "api", "worker", "bulk-worker", "beat"]  # fmt: skip
+    with _launch(argv, launch_env, log) as honcho:
+        api = f"http://127.0.0.1:{base}"
+        workers = [f"http://127.0.0.1:{base + step}/metrics" for step in (100, 200)]
+        for url in [api + "/readyz", *workers]:
+            _wait_for(url, honcho, log)
+        _one_adjustment_is_counted(api, workers, caller.token, user.username)
+
+
+def test_tally_run(launch_env: dict[str, str], tmp_path: Path) -> None:
+    port, metrics_port = free_port(), _ports_100_apart(1)
+    while not _free(metrics_port + 1):
+        metrics_port = free_port()
+    data = tmp_path / "data"
+    log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
+            "--metrics-port", str(metrics_port)]  # fmt: skip
+    with _launch(argv, launch_env, log) as run:
+        api = f"http://127.0.0.1:{port}"
+        workers = [f"http://127.0.0.1:{metrics_port + step}/metrics" for step in (0, 1)]
+        for url in [api + "/readyz", *workers]:
+            _wait_for(url, run, log)
+        token = (data / "demo-token").read_text().strip()
+        _one_adjustment_is_counted(api, workers, token, "mario.rossi")
+
+
+def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:
+    postgres = ThrowawayPostgres(tmp_path / "pg")
+    redis = ThrowawayRedis(tmp_path)
+    postgres.start()
+    redis.start()
+    upgrade(postgres.url)
+    port = free_port()
+    env = os.environ | {
+        "TALLY_DATABASE_URL": postgres.url,
+        "TALLY_REDIS_URL": redis.url,
+        "TALLY_API_PROCESSES": "1",
+    }
+    stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
+    stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
+    url = stack.base_url + "/metrics"
+    scrapes = {"route": "/metrics", "method": "GET", "status": "200"}
+    try:
+        wait_until_up(stack)
+        healthy = scrape(url)
+        assert value(healthy, "tally_backlog_source_up", source="postgresql") == 1
+        assert value(healthy, "tally_backlog_source_up", source="redis") == 1
+        assert {"tally_outbox_backlog", "tally_queue_depth"} <= names(healthy)
+
+        postgres.stop()
+        without_postgres = scrape(url)
+        assert value(without_postgres, "tally_backlog_source_up", source="postgresql") == 0
+        assert value(without_postgres, "tally_backlog_source_up", source="redis") == 1
+        assert "tally_outbox_backlog" not in names(without_postgres)
+        assert "tally_queue_depth" in names(without_postgres)
+        # The rest is served: the scrapes so far were counted.
+        assert value(without_postgres, "tally_http_requests_total", **scrapes) >= 1
+
+        postgres.start()
+        redis.kill()
+        without_redis = scrape(url)
+        assert value(without_redis, "tally_backlog_source_up", source="postgresql") == 1
+        assert value(without_redis, "tally_backlog_source_up", source="redis") == 0
+        assert "tally_queue_depth" not in names(without_redis)
+        assert "tally_outbox_backlog" in names(without_redis)
+        assert value(without_redis, "tally_http_requests_total", **scrapes) >= 2
+    finally:
+        for name in list(stack.processes):
+            stack.stop(name)
+        redis.kill()
+        postgres.stop()
