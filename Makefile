@@ -3,15 +3,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test tools lint typecheck bench clean
+.PHONY: install lock run test tools lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
+$(STAMP): pyproject.toml requirements/dev.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## lock: pin what pyproject.toml added (ARGS=--upgrade: newest of all); runtime.txt feeds the image
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes
+lock: $(STAMP)
+	$(LOCK) --quiet $(ARGS) -o requirements/runtime.txt
+	$(LOCK) --quiet $(ARGS) --extra dev -o requirements/dev.txt
 
 ## run: the API, a worker and beat (embedded PostgreSQL and Redis unless TALLY_*_URL are set)
 run: $(STAMP)
