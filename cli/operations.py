@@ -7,9 +7,13 @@ import json
 import sys
 
 import click
+import kombu.exceptions
+import sqlalchemy.exc
+from redis.exceptions import RedisError
 
 from shared.backlog import outbox, queue_depths
 from shared.config import load_settings
+from shared.dispatch import Lane, queue_of
 from shared.reconcile import reconcile as check_ledger
 from shared.resources import Resources
 
@@ -38,10 +42,35 @@ def reconcile(as_json: bool) -> None:
     sys.exit(1 if report.violations else 0)
 
 
+# Past this, the oldest pending request means the workers are stuck, gone or far behind
+# (the relay hands a request to the workers again after TALLY_RELAY_DELAY, 30 s).
+MAX_PENDING_AGE_SECONDS = 120.0
+# How long the workers have to answer the broadcast.
+WORKER_REPLY_SECONDS = 1.0
+UNREACHABLE = (
+    sqlalchemy.exc.OperationalError,
+    RedisError,
+    OSError,
+    kombu.exceptions.OperationalError,
+)
+
+
 @click.command()
+@click.option(
+    "--max-pending-age",
+    type=click.FloatRange(min=0),
+    default=MAX_PENDING_AGE_SECONDS,
+    show_default=True,
+    help="Seconds the oldest pending request may wait before the status is unhealthy.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json: bool) -> None:
-    """Queue depths, outbox backlog, oldest pending age and the workers that answer."""
+def status(max_pending_age: float, as_json: bool) -> None:
+    """Queue depths, outbox backlog, oldest pending age and the workers of each lane.
+
+    Exit 0 when healthy; 1 when the oldest pending request is older than
+    --max-pending-age or a lane has no worker consuming its queue (each problem is
+    listed); 2 when PostgreSQL or Redis cannot be reached. For cron and health checks.
+    """
     from worker.app import make_celery
 
     settings = load_settings()
@@ -51,25 +80,47 @@ def status(as_json: bool) -> None:
         with resources.sessions() as session:
             backlog = outbox(session)
         depths = queue_depths(resources.redis, settings.queue_name)
-        replies = celery.control.ping(timeout=1.0) or []
+        replies = celery.control.inspect(timeout=WORKER_REPLY_SECONDS).active_queues() or {}
+    except UNREACHABLE as error:
+        click.echo(f"cannot check: {error}", err=True)
+        sys.exit(2)
     finally:
         resources.close()
-    workers = sorted(name for reply in replies for name in reply)
+    lanes = {
+        lane.value: sorted(
+            worker
+            for worker, queues in replies.items()
+            if any(q["name"] == queue_of(settings.queue_name, lane) for q in queues)
+        )
+        for lane in Lane
+    }
+    problems = [f"no worker consumes the {lane} lane" for lane, names in lanes.items() if not names]
+    if backlog.oldest_age_seconds > max_pending_age:
+        problems.insert(
+            0,
+            f"the oldest pending request is {backlog.oldest_age_seconds:.0f} s old "
+            f"(more than {max_pending_age:g} s)",
+        )
     data = {
         "queue_depths": depths,
         "outbox_pending": backlog.pending,
         "oldest_pending_seconds": round(backlog.oldest_age_seconds, 3),
-        "workers": workers,
+        "workers": sorted(replies),
+        "lanes": lanes,
+        "problems": problems,
     }
     if as_json:
         click.echo(json.dumps(data))
-        return
-    rows = [
-        *((f"queue {queue}", str(depth)) for queue, depth in depths.items()),
-        ("outbox pending", str(backlog.pending)),
-        ("oldest pending", f"{backlog.oldest_age_seconds:.1f} s"),
-        ("workers", ", ".join(workers) or "none answered"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        click.echo(f"{name:<{width}}  {value}")
+    else:
+        rows = [
+            *((f"queue {queue}", str(depth)) for queue, depth in depths.items()),
+            ("outbox pending", str(backlog.pending)),
+            ("oldest pending", f"{backlog.oldest_age_seconds:.1f} s"),
+            *((f"{lane} workers", ", ".join(names) or "none") for lane, names in lanes.items()),
+        ]
+        width = max(len(name) for name, _ in rows)
+        for name, value in rows:
+            click.echo(f"{name:<{width}}  {value}")
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+    sys.exit(1 if problems else 0)

@@ -84,6 +84,15 @@ def services() -> Iterator[Services]:
         redis.close()
 
 
+@pytest.fixture
+def own_database(services: Services) -> Iterator[str]:
+    """A migrated database of this test's own, on the suite's server (for global counts)."""
+    url, name = _create_database(services.database_url)
+    upgrade(url)
+    yield url
+    _drop_database(services.database_url, name)
+
+
 @pytest.fixture(scope="session")
 def base_settings(services: Services) -> Settings:
     return Settings(
