@@ -26,10 +26,11 @@ class Stack:
     # Each worker's own /metrics URL, by name.
     worker_metrics: dict[str, str] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> None:
+    def start(self, name: str, *args: str, wrapper: tuple[str, ...] = ()) -> None:
+        """`tally ARGS` as process `name`, run by `wrapper` if any (`unshare ...`, say)."""
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "cli", *args],
+                [*wrapper, sys.executable, "-m", "cli", *args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -45,7 +46,9 @@ class Stack:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def start_worker(self, name: str, lanes: str | None = None) -> None:
+    def start_worker(
+        self, name: str, lanes: str | None = None, wrapper: tuple[str, ...] = ()
+    ) -> None:
         """A worker for these lanes (`tally worker`'s default: every lane)."""
         metrics_bind = f"127.0.0.1:{free_port()}"
         self.worker_metrics[name] = f"http://{metrics_bind}/metrics"
@@ -61,6 +64,7 @@ class Stack:
             f"{name}@%h",
             "--without-mingle",
             "--without-gossip",
+            wrapper=wrapper,
         )
 
     def logs(self) -> str:

@@ -127,6 +127,29 @@ def test_bare_api_and_workers_each_serve_their_own_counts(
     assert '"adjustment_ids"' in logs and '"adjustment_id"' in logs
 
 
+def test_scaled_workers_whose_pids_repeat_add_up_like_compose_containers(
+    stack_without_workers: Stack, stack_factory: Factory
+) -> None:
+    """`docker compose up --scale worker=3`, without Docker: each worker in a PID namespace.
+
+    Each worker is PID 1 of its own namespace and its pool processes 2, 3, ... in
+    every one, as in containers; their samples must still add up exactly.
+    """
+    stack = stack_without_workers
+    own_pids = ("unshare", "--pid", "--fork", "--mount-proc")
+    for n in range(3):
+        stack.start_worker(f"container{n}", "interactive,relay", wrapper=own_pids)
+    workers = list(stack.worker_metrics.values())
+    caller = stack_factory.caller(Role.MODERATOR)
+    users = [stack_factory.user() for _ in range(6)]
+    applied_before = eventually_applied(workers, 0)
+    for n in range(30):
+        post(stack.base_url, caller.token, {"user_id": users[n % 6].id, "score": 1, "comment": "c"})
+    assert eventually_applied(workers, applied_before + 30) == applied_before + 30
+    shares = [value(scrape(url), "tally_adjustments_applied_total") for url in workers]
+    assert sum(shares) == applied_before + 30 and max(shares) < sum(shares), shares
+
+
 def _ports_100_apart(count: int) -> int:
     """A base port such that base, base+100, ... are free (honcho gives each process one)."""
     while True:
