@@ -1,1 +1,57 @@
-"""tally's Python client."""
+"""tally's Python client: `Client` (blocking) and `AsyncClient` (asyncio), httpx only.
+
+Every call retries transient failures (no connection, a timeout, 429, 502, 503,
+504) with one idempotency key, generated once per call when none is given, so a
+retry never creates a second adjustment; Retry-After is honoured and every
+request has a timeout. Error answers raise a TallyError subclass per problem type.
+"""
+
+from tally_client.async_client import AsyncClient
+from tally_client.client import Client
+from tally_client.errors import (
+    Conflict,
+    ContentTooLarge,
+    FieldError,
+    Forbidden,
+    KeyReused,
+    NotFound,
+    RateLimited,
+    Rejected,
+    ServerError,
+    TallyError,
+    Unauthorized,
+    Unavailable,
+    Unreachable,
+    UnsupportedMediaType,
+    ValidationError,
+    WaitTimeout,
+)
+from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.retries import Retries
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "BatchStatus",
+    "Client",
+    "Conflict",
+    "ContentTooLarge",
+    "FieldError",
+    "Forbidden",
+    "KeyReused",
+    "NotFound",
+    "RateLimited",
+    "Rejected",
+    "RequestStatus",
+    "Retries",
+    "ServerError",
+    "Submission",
+    "TallyError",
+    "Unauthorized",
+    "Unavailable",
+    "Unreachable",
+    "UnsupportedMediaType",
+    "ValidationError",
+    "WaitTimeout",
+]

@@ -1,0 +1,356 @@
+"""Every call of the client, written once as a generator of I/O steps.
+
+A call yields `Send` (make this HTTP request; the driver answers with the
+response or the transport error) and `Sleep` (pause), and returns its result.
+`Client` drives calls with httpx.Client and time.sleep, `AsyncClient` with
+httpx.AsyncClient and asyncio.sleep; nothing here does I/O itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from tally_client.errors import Rejected, Unreachable, WaitTimeout, error_for
+from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.retries import Retries, retry_delay
+
+T = TypeVar("T")
+log = logging.getLogger("tally_client")
+
+USER_AGENT = "tally-client/0.1"
+CONNECT_TIMEOUT = 5.0
+# Status polls start fast (a worker applies most requests in milliseconds) and slow down.
+FIRST_POLL = 0.05
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Send:
+    """One HTTP request to make."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    timeout: float
+    params: Mapping[str, str | int] | None = None
+    json: Any = None
+    data: Mapping[str, str] | None = None
+    files: Mapping[str, tuple[str, bytes, str]] | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments of httpx's Client.request and AsyncClient.request alike."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "params": self.params,
+            "json": self.json,
+            "data": self.data,
+            "files": self.files,
+            "timeout": httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
+        }
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Pause for `seconds`."""
+
+    seconds: float
+
+
+Reply = httpx.Response | httpx.TransportError | None
+Call = Generator[Send | Sleep, Reply, T]
+OnProgress = Callable[[BatchStatus], None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API is and how every request to it is made."""
+
+    base_url: str
+    token: str = field(repr=False)
+    timeout: float
+    retries: Retries
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **content: Any,
+    ) -> Send:
+        return Send(
+            method,
+            self.base_url.rstrip("/") + path,
+            {
+                "Authorization": f"Bearer {self.token}",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+                **(headers or {}),
+            },
+            self.timeout if timeout is None else timeout,
+            **content,
+        )
+
+
+def new_key() -> str:
+    """A key for a call given none: made once per logical call, sent on every try."""
+    return str(uuid.uuid4())
+
+
+def send(endpoint: Endpoint, request: Send, *ok: int) -> Call[httpx.Response]:
+    """The answer to `request`, retried while transient; a TallyError unless its status is `ok`."""
+    retries = endpoint.retries
+    give_up_at = time.monotonic() + retries.deadline
+    tries = 0
+    while True:
+        reply = yield request
+        tries += 1
+        if reply is None:
+            raise RuntimeError("a driver answered a Send with nothing")
+        delay = retry_delay(reply, tries, retries)
+        if delay is None or tries >= retries.attempts or time.monotonic() + delay > give_up_at:
+            break
+        log.info(
+            "%s %s: %s; try %d in %.2f s",
+            request.method,
+            request.url,
+            _describe(reply),
+            tries + 1,
+            delay,
+        )
+        yield Sleep(delay)
+    if isinstance(reply, httpx.TransportError):
+        raise Unreachable(
+            f"{request.method} {request.url}: {_describe(reply)} "
+            f"(after {tries} {'try' if tries == 1 else 'tries'})"
+        ) from reply
+    if reply.status_code not in ok:
+        raise error_for(reply)
+    return reply
+
+
+def _describe(reply: httpx.Response | httpx.TransportError) -> str:
+    if isinstance(reply, httpx.Response):
+        return f"{reply.status_code} {reply.reason_phrase}"
+    return f"{type(reply).__name__}: {reply}" if str(reply) else type(reply).__name__
+
+
+def _prefer(wait: float | None) -> dict[str, str]:
+    """No header leaves the server's default wait; 0 asks for a 202 at once."""
+    if wait is None:
+        return {}
+    if wait <= 0:
+        return {"Prefer": "respond-async"}
+    return {"Prefer": f"wait={wait:g}"}
+
+
+def _fields(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def adjust(
+    endpoint: Endpoint,
+    user: int | str,
+    score: int,
+    reputation_context: str | None,
+    comment: str | None,
+    idempotency_key: str | None,
+    wait: float | None,
+) -> Call[Submission]:
+    """POST /api/v2/score/: 201 once applied, 202 while pending, Rejected for a 409."""
+    key = idempotency_key or new_key()
+    target = {"user_id": user} if isinstance(user, int) else {"username": user}
+    request = endpoint.request(
+        "POST",
+        "/api/v2/score/",
+        json=target | _fields(score=score, reputation_context=reputation_context, comment=comment),
+        headers={"Idempotency-Key": key, **_prefer(wait)},
+        timeout=endpoint.timeout + (wait or 0),  # the server may hold the answer that long
+    )
+    response = yield from send(endpoint, request, 201, 202)
+    return Submission.from_response(response, key)
+
+
+def points_adjust(
+    endpoint: Endpoint,
+    user_id: int | str,
+    amount: int,
+    fields: Mapping[str, Any],
+    idempotency_key: str | None,
+    wait: float | None,
+) -> Call[Submission]:
+    """POST /admin/points/{user_id}/adjust (seed 002); its 409 envelope gets its reason filled."""
+    key = idempotency_key or new_key()
+    request = endpoint.request(
+        "POST",
+        f"/admin/points/{quote(str(user_id), safe='')}/adjust",
+        json={"amount": amount, **_fields(**fields)},
+        headers={"Idempotency-Key": key, **_prefer(wait)},
+        timeout=endpoint.timeout + (wait or 0),
+    )
+    try:
+        response = yield from send(endpoint, request, 201, 202)
+    except Rejected as rejected:
+        # The envelope carries the message, not the code: the request's status has it.
+        if rejected.reason is None and rejected.request_id is not None:
+            stored = yield from status(endpoint, rejected.request_id, None)
+            rejected.reason = stored.error_code
+        raise
+    return Submission.from_response(response, key)
+
+
+def status(
+    endpoint: Endpoint, request_id: int | None, idempotency_key: str | None
+) -> Call[RequestStatus]:
+    """GET a request's status by its id or by its idempotency key."""
+    if (request_id is None) == (idempotency_key is None):
+        raise TypeError("give exactly one of request_id or idempotency_key")
+    if request_id is not None:
+        request = endpoint.request("GET", f"/api/v2/score/requests/{int(request_id)}")
+    else:
+        request = endpoint.request(
+            "GET", "/api/v2/score/requests", params={"idempotency_key": str(idempotency_key)}
+        )
+    response = yield from send(endpoint, request, 200)
+    return RequestStatus.from_json(response.json())
+
+
+def wait(
+    endpoint: Endpoint,
+    request_id: int | None,
+    idempotency_key: str | None,
+    timeout: float,
+    poll: float,
+) -> Call[RequestStatus]:
+    """Poll a request until final: its completed status, or Rejected; WaitTimeout past `timeout`."""
+    give_up_at = time.monotonic() + timeout
+    pause = min(FIRST_POLL, poll)
+    while True:
+        current = yield from status(endpoint, request_id, idempotency_key)
+        if current.final:
+            break
+        left = give_up_at - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(
+                f"request {current.id} still {current.status} after {timeout} s", current
+            )
+        yield Sleep(min(pause, left))
+        pause = min(pause * 2, poll)
+    if current.status == "rejected":
+        raise Rejected.from_status(current)
+    return current
+
+
+def bulk(
+    endpoint: Endpoint,
+    items: Iterable[Mapping[str, Any]],
+    key: str | None,
+    defaults: Mapping[str, Any],
+    timeout: float | None,
+) -> Call[BatchStatus]:
+    """POST /api/v2/score/bulk: every item accepted as one batch (202), or ValidationError."""
+    request = endpoint.request(
+        "POST",
+        "/api/v2/score/bulk",
+        json={"items": [dict(item) for item in items], **_fields(**defaults)},
+        headers={"Idempotency-Key": key or new_key()},
+        timeout=timeout,
+    )
+    response = yield from send(endpoint, request, 202)
+    return _accepted_batch(response)
+
+
+def import_csv(
+    endpoint: Endpoint, text: str | bytes, key: str | None, filename: str, timeout: float | None
+) -> Call[BatchStatus]:
+    """POST /api/v2/score/import/ with dry_run=false: the rows as one batch, or ValidationError.
+
+    Without a key the server derives one from the file's content, the same on every try.
+    """
+    content = text.encode() if isinstance(text, str) else text
+    request = endpoint.request(
+        "POST",
+        "/api/v2/score/import/",
+        files={"csv_file": (filename, content, "text/csv")},
+        data={"dry_run": "false"},
+        headers={"Idempotency-Key": key} if key else None,
+        timeout=timeout,
+    )
+    response = yield from send(endpoint, request, 202)
+    return _accepted_batch(response)
+
+
+def _accepted_batch(response: httpx.Response) -> BatchStatus:
+    return BatchStatus.from_json(
+        response.json(), replayed=response.headers.get("Idempotent-Replayed") == "true"
+    )
+
+
+def batch(endpoint: Endpoint, batch_id: str) -> Call[BatchStatus]:
+    """GET /api/v2/score/batches/{id}."""
+    request = endpoint.request("GET", f"/api/v2/score/batches/{quote(batch_id, safe='')}")
+    response = yield from send(endpoint, request, 200)
+    return BatchStatus.from_json(response.json())
+
+
+def follow_batch(
+    endpoint: Endpoint, batch_id: str, timeout: float, poll: float, on_progress: OnProgress | None
+) -> Call[BatchStatus]:
+    """Poll a batch until every item is final, calling `on_progress` with each status read."""
+    give_up_at = time.monotonic() + timeout
+    pause = min(FIRST_POLL, poll)
+    while True:
+        current = yield from batch(endpoint, batch_id)
+        if on_progress is not None:
+            on_progress(current)
+        if current.final:
+            return current
+        left = give_up_at - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(
+                f"batch {batch_id} still {current.status} ({current.done}/{current.total}) "
+                f"after {timeout} s",
+                current,
+            )
+        yield Sleep(min(pause, left))
+        pause = min(pause * 2, poll)
+
+
+def batch_items(
+    endpoint: Endpoint, batch_id: str, item_status: str | None
+) -> Call[list[RequestStatus]]:
+    """Every item of a batch (or those of one status), read a page at a time."""
+    items: list[RequestStatus] = []
+    path = f"/api/v2/score/batches/{quote(batch_id, safe='')}/items"
+    while True:
+        params: dict[str, str | int] = {"limit": PAGE_SIZE, "offset": len(items)}
+        if item_status:
+            params["status"] = item_status
+        response = yield from send(endpoint, endpoint.request("GET", path, params=params), 200)
+        page = response.json()
+        items += [RequestStatus.from_json(item) for item in page["results"]]
+        if not page["results"] or len(items) >= page["count"]:
+            return items
+
+
+def request_id_of(request: Submission | RequestStatus | int) -> int:
+    if isinstance(request, Submission):
+        return request.request_id
+    if isinstance(request, RequestStatus):
+        return request.id
+    return int(request)
+
+
+def batch_id_of(batch: BatchStatus | str) -> str:
+    return batch.id if isinstance(batch, BatchStatus) else batch

@@ -1,0 +1,194 @@
+"""The blocking client: tally's calls driven by httpx.Client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from tally_client import calls
+from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.retries import Retries
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 30.0
+
+
+class Client:
+    """A tally API client; one instance may be shared by threads. Close it, or use `with`.
+
+    `timeout` bounds every try of every request (calls that ask the server to
+    wait get that wait on top); `retries` says how transient failures are retried,
+    always with the call's one idempotency key. Pass `http` to bring your own
+    httpx.Client (proxies, certificates, hooks); the caller then closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: Retries = Retries(),  # noqa: B008 (frozen, so sharing the default is safe)
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.endpoint = calls.Endpoint(base_url, token, timeout, retries)
+        self._http = http or httpx.Client()
+        self._owns_http = http is None
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, call: calls.Call[T]) -> T:
+        """Make the call's requests and pauses until it returns."""
+        reply: calls.Reply = None
+        try:
+            while True:
+                step = call.send(reply)
+                if isinstance(step, calls.Sleep):
+                    time.sleep(step.seconds)
+                    reply = None
+                    continue
+                try:
+                    reply = self._http.request(**step.arguments())
+                except httpx.TransportError as error:
+                    reply = error
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def adjust(
+        self,
+        user: int | str,
+        score: int,
+        *,
+        reputation_context: str | None = None,
+        comment: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Add `score` to a user (an int is a user id, a str a username): POST /api/v2/score/.
+
+        `wait` seconds for the worker (None: the server's default; 0: answer 202 at once).
+        Raises Rejected (409) if the account's state refuses it within the wait.
+        """
+        return self._run(
+            calls.adjust(
+                self.endpoint, user, score, reputation_context, comment, idempotency_key, wait
+            )
+        )
+
+    def points_adjust(
+        self,
+        user_id: int | str,
+        amount: int,
+        *,
+        reason: str | None = None,
+        points_type: str | None = None,
+        source: str | None = None,
+        related_id: str | None = None,
+        expires_at: str | None = None,
+        allow_negative_balance: bool | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Adjust a user's points (seed 002): POST /admin/points/{user_id}/adjust.
+
+        `user_id` is the user's external_id or integer id; `body` of the answer is
+        seed 002's envelope. Raises Rejected (409) with its `reason`.
+        """
+        fields: Mapping[str, Any] = dict(
+            reason=reason,
+            points_type=points_type,
+            source=source,
+            related_id=related_id,
+            expires_at=expires_at,
+            allow_negative_balance=allow_negative_balance,
+        )
+        return self._run(
+            calls.points_adjust(self.endpoint, user_id, amount, fields, idempotency_key, wait)
+        )
+
+    def status(
+        self, request_id: int | None = None, *, idempotency_key: str | None = None
+    ) -> RequestStatus:
+        """A request's status, by its id or by its idempotency key."""
+        return self._run(calls.status(self.endpoint, request_id, idempotency_key))
+
+    def wait(
+        self,
+        request: Submission | RequestStatus | int | None = None,
+        *,
+        idempotency_key: str | None = None,
+        timeout: float = 60.0,
+        poll: float = 1.0,
+    ) -> RequestStatus:
+        """Follow a request until final: its completed status, or Rejected, or WaitTimeout."""
+        request_id = None if request is None else calls.request_id_of(request)
+        return self._run(calls.wait(self.endpoint, request_id, idempotency_key, timeout, poll))
+
+    def bulk(
+        self,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        key: str | None = None,
+        reputation_context: str | None = None,
+        comment: str | None = None,
+        timeout: float | None = None,
+    ) -> BatchStatus:
+        """Submit adjustments as one idempotent batch: POST /api/v2/score/bulk (202).
+
+        Items are shaped like `adjust`'s body (`user_id` or `username`, `score`, ...);
+        `reputation_context` and `comment` fill items that lack them. Without a
+        `key` one is generated for this call.
+        """
+        defaults = {"reputation_context": reputation_context, "comment": comment}
+        return self._run(calls.bulk(self.endpoint, items, key, defaults, timeout))
+
+    def import_csv(
+        self,
+        csv: str | bytes,
+        *,
+        key: str | None = None,
+        filename: str = "awards.csv",
+        timeout: float | None = None,
+    ) -> BatchStatus:
+        """Import a community CSV file as one batch: POST /api/v2/score/import/, dry_run=false."""
+        return self._run(calls.import_csv(self.endpoint, csv, key, filename, timeout))
+
+    def batch(self, batch: BatchStatus | str) -> BatchStatus:
+        """A batch's status now."""
+        return self._run(calls.batch(self.endpoint, calls.batch_id_of(batch)))
+
+    def follow_batch(
+        self,
+        batch: BatchStatus | str,
+        *,
+        timeout: float = 600.0,
+        poll: float = 1.0,
+        on_progress: calls.OnProgress | None = None,
+    ) -> BatchStatus:
+        """Follow a batch until every item is final; `on_progress(status)` after each read."""
+        batch_id = calls.batch_id_of(batch)
+        return self._run(calls.follow_batch(self.endpoint, batch_id, timeout, poll, on_progress))
+
+    def batch_items(
+        self, batch: BatchStatus | str, *, status: str | None = None
+    ) -> list[RequestStatus]:
+        """A batch's items with their status and reasons (`status="rejected"`: the rejected)."""
+        return self._run(calls.batch_items(self.endpoint, calls.batch_id_of(batch), status))
