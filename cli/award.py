@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import requests
+from tally_client import BatchStatus, Client, Retries, TallyError, Unreachable
 
 from shared.bulk import CSV_COLUMNS, BatchInvalid, csv_records
 from shared.config import load_settings
 
 POLL_SECONDS = 0.2
-FINAL = ("completed", "completed_with_rejections")
+# Seconds each try of a batch upload may take: the route validates and stores it whole.
+UPLOAD_TIMEOUT = 300.0
 CONTEXT_COLUMN = CSV_COLUMNS.index("context")
 HEADER = ",".join(CSV_COLUMNS) + "\n"
 CHUNK_BYTES = 1 << 20
@@ -79,77 +80,87 @@ class Refused(Exception):
     """The server refused a batch (or could not be reached): nothing more is sent."""
 
 
-def _submit(http: requests.Session, url: str, chunk: Chunk, key: str, name: str) -> str:
-    """Send one batch; its status URL. A refused batch names the file's rows at fault."""
+class Unfollowed(Exception):
+    """The batches sent could not be followed to the end (unreachable, or no progress)."""
+
+
+def _submit(client: Client, chunk: Chunk, key: str, name: str) -> BatchStatus:
+    """Send one batch; its accepted status. A refused batch names the file's rows at fault."""
+    rows = f"rows {chunk.rows[0]}-{chunk.rows[-1]}"
     try:
-        response = http.post(
-            f"{url}/api/v2/score/import/",
-            files={"csv_file": (name, chunk.text.encode(), "text/csv")},
-            data={"dry_run": "false"},
-            headers={"Idempotency-Key": key},
-            timeout=300,
-        )
-    except requests.RequestException as error:
-        raise Refused(f"could not send rows {chunk.rows[0]}-{chunk.rows[-1]}: {error}") from None
-    if response.status_code == 202:
-        return str(response.headers["Location"])
-    lines = [f"refused ({response.status_code}) rows {chunk.rows[0]}-{chunk.rows[-1]}:"]
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = {"detail": response.text[:200]}
-    for item in problem.get("errors", []):
-        # The server numbers the rows of the batch it got, its header being row 1.
-        number = item.get("row_number")
-        row = chunk.rows[number - 2] if isinstance(number, int) and number >= 2 else number
-        lines.append(f"  row {row}: {item.get('field')}: {item.get('message')}")
-    if not problem.get("errors"):
-        lines.append(f"  {problem.get('detail') or problem.get('title')}")
-    raise Refused("\n".join(lines))
-
-
-def _status(http: requests.Session, status_url: str) -> dict[str, Any]:
-    response = http.get(status_url, timeout=30)
-    if response.status_code != 200:
-        raise Refused(f"batch status {status_url}: {response.status_code}")
-    status: dict[str, Any] = response.json()
-    return status
-
-
-def _rejected(http: requests.Session, status_url: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    url: str | None = f"{status_url}/items?status=rejected&limit=1000"
-    while url:
-        page = http.get(url, timeout=30).json()
-        items += page["results"]
-        url = page["next"]
-    return items
+        return client.import_csv(chunk.text, key=key, filename=name, timeout=UPLOAD_TIMEOUT)
+    except Unreachable as error:
+        raise Refused(f"could not send {rows}: {error}") from None
+    except TallyError as error:
+        lines = [f"refused ({error.status}) {rows}:"]
+        for item in error.errors:
+            # The server numbers the rows of the batch it got, its header being row 1.
+            number = item.position
+            row = chunk.rows[number - 2] if number is not None and number >= 2 else number
+            lines.append(f"  row {row}: {item.field}: {item.message}")
+        if not error.errors:
+            lines.append(f"  {error.detail}")
+        raise Refused("\n".join(lines)) from None
 
 
 class Follower:
     """The statuses of the batches sent so far; the bar shows their final items."""
 
-    def __init__(self, http: requests.Session, bar: Any) -> None:
-        self.http = http
+    def __init__(self, client: Client, bar: Any, patience: float) -> None:
+        self.client = client
         self.bar = bar
-        self.statuses: dict[str, dict[str, Any]] = {}
+        self.patience = patience
+        self.statuses: dict[str, BatchStatus] = {}
         self.shown = 0
+        self.progressed_at = time.monotonic()
 
-    def add(self, status_url: str) -> None:
-        self.statuses[status_url] = {}
+    def add(self, status: BatchStatus) -> None:
+        self.statuses[status.id] = status
 
     def poll(self) -> bool:
         """Refresh the unfinished batches; True once every batch is final."""
-        for url, status in self.statuses.items():
-            if status.get("status") not in FINAL:
-                self.statuses[url] = _status(self.http, url)
-        final = sum(
-            status["counts"]["completed"] + status["counts"]["rejected"]
-            for status in self.statuses.values()
-        )
+        try:
+            for batch_id, status in self.statuses.items():
+                if not status.final:
+                    self.statuses[batch_id] = self.client.batch(batch_id)
+        except TallyError as error:
+            raise Unfollowed(f"could not read the batches' status: {error}") from None
+        final = sum(status.done for status in self.statuses.values())
+        now = time.monotonic()
+        if final > self.shown:
+            self.progressed_at = now
+        elif now - self.progressed_at > self.patience:
+            raise Unfollowed(f"no batch made progress for {self.patience:g} s")
         self.bar.update(final - self.shown)
         self.shown = final
-        return all(s["status"] in FINAL for s in self.statuses.values())
+        return all(status.final for status in self.statuses.values())
+
+
+def _send_and_follow(
+    client: Client, batches: Iterator[tuple[str, Chunk]], name: str, total: int, patience: float
+) -> dict[str, BatchStatus]:
+    """Send every batch, then follow them all until final, behind one progress bar."""
+    with click.progressbar(length=total, label="applying", file=sys.stderr) as bar:
+        follower = Follower(client, bar, patience)
+        for key, chunk in batches:
+            follower.add(_submit(client, chunk, key, name))
+            follower.poll()
+        while not follower.poll():
+            time.sleep(POLL_SECONDS)
+    return follower.statuses
+
+
+def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str, Any]]:
+    """The status objects of every rejected row."""
+    try:
+        return [
+            item.body
+            for batch_id, status in statuses.items()
+            if status.counts["rejected"]
+            for item in client.batch_items(batch_id, status="rejected")
+        ]
+    except TallyError as error:
+        raise Unfollowed(f"could not list the rejected rows: {error}") from None
 
 
 @click.command()
@@ -163,6 +174,20 @@ class Follower:
     type=click.IntRange(min=1),
     help="rows per batch (default: the import route's item limit, TALLY_BULK_MAX_ITEMS)",
 )
+@click.option(
+    "--patience",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="seconds to follow the batches without any progress before giving up",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=Retries().deadline,
+    show_default=True,
+    help="seconds to retry a request that gets no answer, a 429, 502, 503 or 504",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def award(
     path: Path,
@@ -171,13 +196,17 @@ def award(
     token: str,
     key: str | None,
     batch_size: int | None,
+    patience: float,
+    retry_for: float,
     as_json: bool,
 ) -> None:
     """Award every row of a community CSV file, in batches; exit 1 if any row is rejected.
 
     Running the same command again resumes: batches already accepted are not
-    created twice. Exit 2 if the server refuses a batch (nothing of it is written;
-    the rows at fault are listed) or cannot be reached.
+    created twice. Requests that get no answer (or a 429, 502, 503, 504) are
+    retried for --retry-for seconds with the same keys. Exit 2 if the server
+    refuses a batch (nothing of it is written; the rows at fault are listed),
+    cannot be reached, or the batches make no progress for --patience seconds.
     """
     size = batch_size or load_settings().bulk_max_items
     try:
@@ -187,34 +216,25 @@ def award(
         click.echo(f"row {error.position}: {error.message}; nothing was sent", err=True)
         sys.exit(2)
     base = key or f"award-{digest[:48]}"
-    base_url = url.rstrip("/")
-    with requests.Session() as http:
-        http.headers["Authorization"] = f"Bearer {token}"
-        with click.progressbar(length=total, label="applying", file=sys.stderr) as bar:
-            follower = Follower(http, bar)
-            try:
-                for n, chunk in enumerate(chunks(path, size, context)):
-                    follower.add(_submit(http, base_url, chunk, f"{base}-{n}", path.name))
-                    follower.poll()
-                while not follower.poll():
-                    time.sleep(POLL_SECONDS)
-            except Refused as refused:
-                click.echo(f"\n{refused}\nnothing of that batch was written; "
-                           "run the same command again to resume", err=True)  # fmt: skip
-                sys.exit(2)
-        statuses = follower.statuses
-        rejected = [
-            item
-            for url, status in statuses.items()
-            if status["counts"]["rejected"]
-            for item in _rejected(http, url)
-        ]
+    batches = ((f"{base}-{n}", chunk) for n, chunk in enumerate(chunks(path, size, context)))
+    with Client(url, token, retries=Retries(deadline=retry_for)) as client:
+        try:
+            statuses = _send_and_follow(client, batches, path.name, total, patience)
+            rejected = _rejected(client, statuses)
+        except Refused as refused:
+            click.echo(f"\n{refused}\nnothing of that batch was written; "
+                       "run the same command again to resume", err=True)  # fmt: skip
+            sys.exit(2)
+        except Unfollowed as unfollowed:
+            click.echo(f"\n{unfollowed}\nthe batches sent are accepted and will be "
+                       "applied; run the same command again to follow them", err=True)  # fmt: skip
+            sys.exit(2)
     counts = {
-        name: sum(status["counts"][name] for status in statuses.values())
+        name: sum(status.counts[name] for status in statuses.values())
         for name in ("completed", "rejected")
     }
-    summary = {"batch_ids": [s["id"] for s in statuses.values()], "rows": total,
-               "counts": counts, "rejected": rejected}  # fmt: skip
+    summary = {"batch_ids": list(statuses), "rows": total, "counts": counts,
+               "rejected": rejected}  # fmt: skip
     if as_json:
         click.echo(json.dumps(summary))
     else:

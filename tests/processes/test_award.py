@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from cli.embedded import free_port
 from shared.models import Account, AdjustmentRequest, Batch, Role
 from tests.factories import Factory, assert_ledger_consistent
 from tests.processes.conftest import Stack
@@ -120,3 +121,47 @@ def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no
         for user_id in expected:
             account_id = session.scalar(select(Account.id).where(Account.user_id == user_id))
             assert_ledger_consistent(session, account_id)
+
+
+def test_award_retries_through_an_api_restart_and_exits_2_when_nothing_answers(
+    stack_without_workers: Stack, stack_factory: Factory, stack_sessions, tmp_path: Path
+) -> None:
+    stack = stack_without_workers
+    caller = stack_factory.caller(Role.MODERATOR)
+    users = [stack_factory.user() for _ in range(3)]
+    path = tmp_path / "awards.csv"
+    path.write_text(
+        "".join(f"{u.username},,{n + 1},contest|restart,\n" for n, u in enumerate(users))
+    )
+    command = [sys.executable, "-m", "cli", "award", str(path), "--url", stack.base_url]
+    running = subprocess.Popen(
+        command,
+        env=os.environ | {"TALLY_TOKEN": caller.token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    with stack_sessions() as session:  # accepted: no worker yet, so award is following it
+        while not session.scalar(select(func.count()).where(Batch.tenant_id == caller.tenant_id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    stack.stop("api")
+    time.sleep(1)  # its status polls meet a refused connection and are retried
+    stack.start("api", "api", "--bind", stack.base_url.removeprefix("http://"))
+    stack.start_worker("worker1")
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 0, out + err
+    assert "1 batches, 3 rows: 3 applied, 0 rejected" in out
+
+    result = subprocess.run(
+        [*command[:-1], f"http://127.0.0.1:{free_port()}", "--retry-for", "1"],
+        env=os.environ | {"TALLY_TOKEN": caller.token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "could not send rows 1-3" in result.stderr and "ConnectError" in result.stderr
+    assert "Traceback" not in result.stderr
