@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tally_client import BatchStatus, Client, Retries, TallyError, Unreachable
+from tally_client import BatchStatus, Client, TallyError, Unreachable
 
+from cli.remote import api_options, client
 from shared.bulk import CSV_COLUMNS, BatchInvalid, csv_records
 from shared.config import load_settings
 
@@ -166,8 +167,6 @@ def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str
 @click.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--context", help="reputation_context for rows that have none")
-@click.option("--url", envvar="TALLY_URL", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--token", envvar="TALLY_TOKEN", required=True, help="or TALLY_TOKEN")
 @click.option("--key", help="the batches' key prefix (default: derived from the file's content)")
 @click.option(
     "--batch-size",
@@ -181,13 +180,7 @@ def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str
     show_default=True,
     help="seconds to follow the batches without any progress before giving up",
 )
-@click.option(
-    "--retry-for",
-    type=click.FloatRange(min=0),
-    default=Retries().deadline,
-    show_default=True,
-    help="seconds to retry a request that gets no answer, a 429, 502, 503 or 504",
-)
+@api_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def award(
     path: Path,
@@ -217,10 +210,10 @@ def award(
         sys.exit(2)
     base = key or f"award-{digest[:48]}"
     batches = ((f"{base}-{n}", chunk) for n, chunk in enumerate(chunks(path, size, context)))
-    with Client(url, token, retries=Retries(deadline=retry_for)) as client:
+    with client(url, token, retry_for) as api:
         try:
-            statuses = _send_and_follow(client, batches, path.name, total, patience)
-            rejected = _rejected(client, statuses)
+            statuses = _send_and_follow(api, batches, path.name, total, patience)
+            rejected = _rejected(api, statuses)
         except Refused as refused:
             click.echo(f"\n{refused}\nnothing of that batch was written; "
                        "run the same command again to resume", err=True)  # fmt: skip
