@@ -18,11 +18,19 @@ def groups() -> dict[str, list[psutil.Process]]:
             found["postgres"].append(process)
         elif name.startswith("redis-server"):
             found["redis"].append(process)
-        elif "celery" in cmdline and "worker" in cmdline.split():
-            found["bulk workers" if ".bulk" in cmdline else "workers"].append(process)
+        elif _worker(cmdline):
+            bulk = ".bulk" in cmdline or "--lanes bulk" in cmdline
+            found["bulk workers" if bulk else "workers"].append(process)
         elif (" cli api" in cmdline or "tally api" in cmdline) and "bench" not in cmdline:
             found["api"].append(process)
     return found
+
+
+def _worker(cmdline: str) -> bool:
+    """`tally worker` (Celery in-process) and its pool, or an exec'd `celery worker`."""
+    words = cmdline.split()
+    launched = "celery" in cmdline or " cli worker" in cmdline or "tally worker" in cmdline
+    return launched and "worker" in words
 
 
 def cpu_seconds() -> dict[str, float]:
