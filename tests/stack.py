@@ -31,7 +31,8 @@ class Stack:
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [*wrapper, sys.executable, "-m", "cli", *args],
-                env=self.env,
+                # Temporary files (the metrics folders a kill -9 leaves) stay with the test.
+                env=self.env | {"TMPDIR": str(self.log_dir)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

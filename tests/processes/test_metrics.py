@@ -170,9 +170,10 @@ def _free(port: int) -> bool:
 
 
 @pytest.fixture
-def launch_env(services: Services) -> dict[str, str]:
+def launch_env(services: Services, tmp_path: Path) -> dict[str, str]:
     """The environment of a whole launched stack, on the test servers and a queue of its own."""
     env = os.environ | {
+        "TMPDIR": str(tmp_path),
         "TALLY_DATABASE_URL": services.database_url,
         "TALLY_REDIS_URL": services.redis_url,
         "TALLY_QUEUE_NAME": "tally-launch-" + secrets.token_hex(4),
