@@ -24,7 +24,7 @@ from typing import Any
 import click
 from tally_client import BatchStatus, Client, TallyError, Unreachable
 
-from cli.remote import api_options, client
+from cli import remote
 from shared.bulk import CSV_COLUMNS, BatchInvalid, csv_records
 from shared.config import load_settings
 
@@ -180,7 +180,7 @@ def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str
     show_default=True,
     help="seconds to follow the batches without any progress before giving up",
 )
-@api_options
+@remote.api_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def award(
     path: Path,
@@ -210,7 +210,7 @@ def award(
         sys.exit(2)
     base = key or f"award-{digest[:48]}"
     batches = ((f"{base}-{n}", chunk) for n, chunk in enumerate(chunks(path, size, context)))
-    with client(url, token, retry_for) as api:
+    with remote.client(url, token, retry_for) as api:
         try:
             statuses = _send_and_follow(api, batches, path.name, total, patience)
             rejected = _rejected(api, statuses)

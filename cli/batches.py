@@ -8,7 +8,7 @@ import sys
 import click
 from tally_client import BatchStatus, Client, TallyError, WaitTimeout
 
-from cli.remote import api_options, client
+from cli import remote
 
 
 @click.group()
@@ -22,7 +22,7 @@ def batches() -> None:
               help="follow the batch until every item is final")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="seconds to follow it at most")  # fmt: skip
-@api_options
+@remote.api_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(
     batch_id: str,
@@ -38,7 +38,7 @@ def show(
     Exit 0 once every item is applied, 1 if any was rejected, 2 if the batch is not
     found, the API cannot be reached or the batch is still going after --timeout.
     """
-    with client(url, token, retry_for) as api:
+    with remote.client(url, token, retry_for) as api:
         try:
             status = api.batch(batch_id)
             if follow and not status.final:
