@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +28,7 @@ from shared.models import Role
 from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
 from tests.conftest import Services
 from tests.factories import Factory
-from tests.stack import Stack, wait_until_up
+from tests.stack import Stack, stop_group, wait_until_up
 
 pytestmark = pytest.mark.processes
 
@@ -150,17 +150,15 @@ def test_scaled_workers_whose_pids_repeat_add_up_like_compose_containers(
     assert sum(shares) == applied_before + 30 and max(shares) < sum(shares), shares
 
 
-def _ports_100_apart(count: int) -> int:
-    """A base port such that base, base+100, ... are free (honcho gives each process one)."""
+def _ports_apart(count: int, step: int) -> int:
+    """A base port such that base, base + step, ... (`count` ports) are all free."""
     while True:
         base = free_port()
-        if base + 100 * count < 65536 and all(_free(base + 100 * i) for i in range(count)):
+        if base + step * count < 65536 and all(_free(base + step * i) for i in range(count)):
             return base
 
 
 def _free(port: int) -> bool:
-    import socket
-
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -194,12 +192,7 @@ def _launch(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=30)
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -229,7 +222,7 @@ def test_procfile_under_honcho(
 ) -> None:
     caller = stack_factory.caller(Role.MODERATOR)
     user = stack_factory.user()
-    base = _ports_100_apart(3)  # honcho: api on base, worker base+100, bulk-worker base+200
+    base = _ports_apart(3, 100)  # honcho: api on base, worker base+100, bulk-worker base+200
     log = tmp_path / "honcho.log"
     argv = [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-p", str(base),
             "api", "worker", "bulk-worker", "beat"]  # fmt: skip
@@ -242,9 +235,7 @@ def test_procfile_under_honcho(
 
 
 def test_tally_run(launch_env: dict[str, str], tmp_path: Path) -> None:
-    port, metrics_port = free_port(), _ports_100_apart(1)
-    while not _free(metrics_port + 1):
-        metrics_port = free_port()
+    port, metrics_port = free_port(), _ports_apart(2, 1)  # worker, bulk worker
     data = tmp_path / "data"
     log = tmp_path / "run.log"
     argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
