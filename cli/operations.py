@@ -21,7 +21,7 @@ from shared.resources import Resources
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def reconcile(as_json: bool) -> None:
-    """Check ledger invariants 1, 2 and 5 for every account; exit 1 on any violation."""
+    """Check the ledger invariants (1, 2, 5, 7-10) everywhere; exit 1 on any violation."""
     resources = Resources(load_settings())
     try:
         with resources.sessions() as session:
@@ -37,7 +37,8 @@ def reconcile(as_json: bool) -> None:
         )
         for violation in report.violations:
             click.echo(
-                f"  invariant {violation.invariant}: {violation.subject}: {violation.detail}"
+                f"  invariant {violation.invariant} ({violation.check}): {violation.subject}:"
+                f" {violation.detail}"
             )
     sys.exit(1 if report.violations else 0)
 

@@ -12,7 +12,7 @@ from shared.auth import Principal
 from shared.config import PointsType
 from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict, fingerprint
-from shared.models import EntryType, new_ulid
+from shared.models import Operation, new_ulid
 from shared.validation import FieldError, InvalidInput, UserRef
 
 
@@ -31,18 +31,26 @@ class Adjustment:
     related_id: str = ""
     expires_at: datetime | None = None
     allow_negative: bool = False
+    # What the request asks for: an adjustment, or a reversal, hold, capture or release
+    # (whose amount and related_id the route sets; see shared.models.Operation).
+    entry_type: Operation = Operation.ADJUST
 
     def fingerprint(self) -> str:
         """Equal for equal adjustments, whichever route or encoding brought them.
 
         The user is not part of it: the accept statement resolves the user inside the
         database, so a reused key is checked by this digest and the stored user_id.
+        The operation is, when it is not a plain adjustment (so that the digests of
+        requests stored before there were other operations stay the same).
         """
-        return fingerprint([getattr(self, name) for name in FIELD_NAMES])
+        values = [getattr(self, name) for name in FIELD_NAMES]
+        if self.entry_type != Operation.ADJUST:
+            values.append(self.entry_type)
+        return fingerprint(values)
 
 
 COLUMNS = tuple(field.name for field in fields(Adjustment))
-FIELD_NAMES = tuple(name for name in COLUMNS if name != "user_id")
+FIELD_NAMES = tuple(name for name in COLUMNS if name not in ("user_id", "entry_type"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,6 @@ def submit(
     adjustment: Adjustment,
     points_type: PointsType,
     idempotency_key: str | None,
-    entry_type: str = EntryType.ADJUST,
 ) -> Recorded:
     """Record the request once per (tenant, key): one statement on the common path.
 
@@ -138,7 +145,6 @@ def submit(
         "target": target.username if target.username is not None else target.user_id,
         "key": idempotency_key,
         "fingerprint": digest,
-        "entry_type": entry_type,
         "created_by": principal.user_id,
     }
     for _ in range(2):

@@ -43,6 +43,9 @@ class Settings:
     # A request still queued this long after acceptance is re-published by the relay.
     relay_delay: float = 30.0
     relay_interval: float = 10.0
+    # How often beat asks the workers to expire due lots and to release timed-out holds:
+    # points stay spendable, and holds open, up to this long past their time.
+    expiry_interval: float = 60.0
     # The per-account Redis lock: its TTL and how long a task waits to take it.
     lock_ttl: float = 30.0
     lock_wait: float = 10.0

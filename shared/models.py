@@ -52,16 +52,48 @@ class AccountStatus(enum.StrEnum):
 
 
 class EntryType(enum.StrEnum):
+    """The `type` of a ledger entry."""
+
     EARN = "earn"
     SPEND = "spend"
     ADJUST = "adjust"
     REVERSAL = "reversal"
     EXPIRE = "expire"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+
+
+class Operation(enum.StrEnum):
+    """What an adjustment request asks for (its `entry_type` column).
+
+    Each is applied into one ledger entry of the same type, except a hold's timeout,
+    which is a `release` entry that leaves its hold `timed_out`.
+    """
+
+    ADJUST = "adjust"
+    REVERSAL = "reversal"
+    EXPIRE = "expire"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    TIMEOUT = "timeout"
+
+
+class HoldStatus(enum.StrEnum):
+    OPEN = "open"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    TIMED_OUT = "timed_out"
 
 
 class ReputationType(enum.IntEnum):
     MANUAL = 10
     REVERSAL = 11
+
+
+# The requests that name a subject only one live request may name (see the index below).
+ONE_PER_SUBJECT = "entry_type IN ('reversal', 'expire', 'timeout') AND status <> 'rejected'"
 
 
 class Base(DeclarativeBase):
@@ -124,6 +156,13 @@ class Account(Base):
         # The target of requests' composite foreign key (account, user, tenant).
         UniqueConstraint("id", "user_id", "tenant_id", name="accounts_identity"),
         CheckConstraint("status IN ('active', 'frozen')", name="status_known"),
+        # Held points are part of the balance: spendable = balance - frozen_balance.
+        CheckConstraint(
+            "frozen_balance >= 0 AND (frozen_balance = 0 OR allow_negative"
+            " OR frozen_balance <= balance)",
+            name="frozen_within_balance",
+        ),
+        CheckConstraint("expired_points >= 0", name="expired_not_negative"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_ulid)
@@ -152,7 +191,21 @@ class AdjustmentRequest(Base):
         CheckConstraint(
             "status IN ('queued', 'processing', 'completed', 'rejected')", name="status_known"
         ),
-        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        CheckConstraint(
+            "entry_type IN ('adjust', 'reversal', 'expire', 'hold', 'capture', 'release',"
+            " 'timeout')",
+            name="entry_type_known",
+        ),
+        # An adjustment or reversal moves points; a hold names how many, a capture how
+        # many (0: the whole hold); a release, a timeout and an expiry are worked out
+        # by the worker from their hold or lot.
+        CheckConstraint(
+            "CASE WHEN entry_type IN ('adjust', 'reversal') THEN amount <> 0"
+            " WHEN entry_type = 'hold' THEN amount > 0"
+            " WHEN entry_type = 'capture' THEN amount >= 0"
+            " ELSE amount = 0 END",
+            name="amount_fits_type",
+        ),
         # One check per row (cheap for a 100,000-row COPY) covers the account, its user
         # and its tenant, and keeps the three consistent.
         ForeignKeyConstraint(
@@ -168,6 +221,17 @@ class AdjustmentRequest(Base):
             postgresql_where="status IN ('queued', 'processing')",
         ),
         Index("ix_adjustment_requests_batch", "batch_id", "status"),
+        # One live request per subject: an entry is reversed, a lot expired and a hold
+        # timed out at most once (a rejected request, say a reversal refused for want of
+        # balance, may be asked again). A second reversal is refused when accepted; the
+        # expiry and timeout tasks skip what is already asked.
+        Index(
+            "ix_adjustment_requests_one_per_subject",
+            "entry_type",
+            "related_id",
+            unique=True,
+            postgresql_where=ONE_PER_SUBJECT,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -177,7 +241,8 @@ class AdjustmentRequest(Base):
     account_id: Mapped[str] = mapped_column(String(26))
     user_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
-    entry_type: Mapped[str] = mapped_column(String(16), default=EntryType.ADJUST)
+    # The Operation asked for.
+    entry_type: Mapped[str] = mapped_column(String(16), default=Operation.ADJUST)
     reputation_context: Mapped[str] = mapped_column(String(255), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -206,7 +271,32 @@ class LedgerEntry(Base):
         CheckConstraint("balance_after = balance_before + amount", name="balance_arithmetic"),
         # Invariant 6: only an entry applied under a negative-allowing rule may end below zero.
         CheckConstraint("negative_allowed OR balance_after >= 0", name="balance_not_negative"),
+        CheckConstraint(
+            "type IN ('earn', 'spend', 'adjust', 'reversal', 'expire', 'hold', 'capture',"
+            " 'release')",
+            name="type_known",
+        ),
         Index("ix_ledger_entries_account_id", "account_id", "id"),
+        # Each names its subject in related_id: an entry is reversed at most once, a lot
+        # expires at most once, and a hold is closed (captured or released) at most once.
+        Index(
+            "ix_ledger_entries_one_reversal",
+            "related_id",
+            unique=True,
+            postgresql_where="type = 'reversal'",
+        ),
+        Index(
+            "ix_ledger_entries_one_expiry",
+            "related_id",
+            unique=True,
+            postgresql_where="type = 'expire'",
+        ),
+        Index(
+            "ix_ledger_entries_one_closing",
+            "related_id",
+            unique=True,
+            postgresql_where="type IN ('capture', 'release')",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -220,6 +310,8 @@ class LedgerEntry(Base):
     # At most one entry per request, however often its task runs.
     request_id: Mapped[int] = mapped_column(ForeignKey("adjustment_requests.id"), unique=True)
     amount: Mapped[int] = mapped_column(BigInteger)
+    # What the entry moved into (+) or out of (-) the account's frozen_balance.
+    frozen_amount: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
     balance_before: Mapped[int] = mapped_column(BigInteger)
     balance_after: Mapped[int] = mapped_column(BigInteger)
     negative_allowed: Mapped[bool] = mapped_column(Boolean)
@@ -261,6 +353,76 @@ Index(
     LedgerEntry.reputation_context,
     postgresql_ops={"reputation_context": "text_pattern_ops"},
 )
+
+
+class Lot(Base):
+    """Points earned with an expiry: spends take them oldest-expiring first; the
+    expiry task writes one `expire` entry for what is left when they expire."""
+
+    __tablename__ = "lots"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_within_amount"),
+        CheckConstraint(
+            "(expired_at IS NULL AND expired_amount IS NULL) OR (expired_at IS NOT NULL"
+            " AND remaining = 0 AND expired_amount >= 0 AND expired_amount <= amount)",
+            name="expired_once",
+        ),
+        # The applier's order of consumption, and the expiry task's scan.
+        Index(
+            "ix_lots_live",
+            "account_id",
+            "expires_at",
+            "entry_ulid",
+            postgresql_where="remaining > 0",
+        ),
+        Index("ix_lots_due", "expires_at", postgresql_where="remaining > 0"),
+    )
+
+    # The earning entry's ULID (seed 002's transaction id): `related_id` of its expiry.
+    entry_ulid: Mapped[str] = mapped_column(ForeignKey("ledger_entries.ulid"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set once, by the expire request's apply: how much it took (0 when nothing was left
+    # that could be taken).
+    expired_amount: Mapped[int | None] = mapped_column(BigInteger)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Hold(Base):
+    """Points moved from spendable to frozen_balance until captured, released or timed out."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(
+            "status IN ('open', 'captured', 'released', 'timed_out')", name="status_known"
+        ),
+        CheckConstraint(
+            "(status = 'captured') = (captured > 0) AND captured <= amount",
+            name="captured_within_amount",
+        ),
+        CheckConstraint("(status = 'open') = (closed_by IS NULL)", name="closed_once"),
+        Index("ix_holds_due", "expires_at", postgresql_where="status = 'open'"),
+    )
+
+    # The hold's id is its request's id: known when the hold is accepted, so a capture
+    # can be accepted before the hold is applied (the worker applies them in order).
+    request_id: Mapped[int] = mapped_column(ForeignKey("adjustment_requests.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    captured: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=HoldStatus.OPEN)
+    # Released automatically at this time if still open; None holds until told.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The capture, release or timeout request that closed it.
+    closed_by: Mapped[int | None] = mapped_column(ForeignKey("adjustment_requests.id"), unique=True)
+    created_at: Mapped[datetime] = _now()
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Batch(Base):

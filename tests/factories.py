@@ -16,7 +16,6 @@ from shared.db import transaction
 from shared.models import (
     Account,
     AdjustmentRequest,
-    EntryType,
     LedgerEntry,
     Role,
     Tenant,
@@ -138,21 +137,16 @@ def queue_adjustments(
     sessions: sessionmaker[Session],
     caller: Caller,
     adjustments: Iterable[Adjustment],
-    entry_type: EntryType = EntryType.ADJUST,
 ) -> list[str]:
-    """Record pending requests for any users and points types; return their accounts in order.
-
-    `entry_type` stands in for the routes that do not exist yet (a reversal, say).
-    """
+    """Record pending requests for any users and points types; return their accounts in order."""
     principal = Principal(caller.user_id, caller.tenant_id, caller.username, "", Role.MODERATOR)
     accounts: list[str] = []
     with transaction(sessions) as session:
         for adjustment in adjustments:
             points_type = DEFAULT_POINTS_TYPES[adjustment.points_type]
             target = UserRef("user_id", user_id=adjustment.user_id)
-            recorded = submit(
-                session.connection(), principal, target, adjustment, points_type, None, entry_type
-            )
+            connection = session.connection()
+            recorded = submit(connection, principal, target, adjustment, points_type, None)
             if recorded.account_id not in accounts:
                 accounts.append(recorded.account_id)
     return accounts

@@ -18,6 +18,10 @@ from shared.resources import Resources
 
 DRAIN_TASK = "tally.drain"
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
+EXPIRE_LOTS_TASK = "tally.expire_lots"
+TIME_OUT_HOLDS_TASK = "tally.time_out_holds"
+# The tasks beat starts; they run on the relay lane, never behind single adjustments.
+SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK)
 
 
 class TallyCelery(Celery):
@@ -74,7 +78,9 @@ def make_celery(settings: Settings) -> TallyCelery:
         # One queue per lane; a worker started with `--lanes` consumes only its lanes' queues.
         task_queues=[Queue(queue_of(settings.queue_name, lane)) for lane in Lane],  # type: ignore[no-untyped-call]
         task_default_queue=settings.queue_name,
-        task_routes={RELAY_OUTBOX_TASK: {"queue": queue_of(settings.queue_name, Lane.RELAY)}},
+        task_routes={
+            name: {"queue": queue_of(settings.queue_name, Lane.RELAY)} for name in SCHEDULED_TASKS
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -88,7 +94,15 @@ def make_celery(settings: Settings) -> TallyCelery:
             "relay-outbox": {
                 "task": RELAY_OUTBOX_TASK,
                 "schedule": timedelta(seconds=settings.relay_interval),
-            }
+            },
+            "expire-lots": {
+                "task": EXPIRE_LOTS_TASK,
+                "schedule": timedelta(seconds=settings.expiry_interval),
+            },
+            "time-out-holds": {
+                "task": TIME_OUT_HOLDS_TASK,
+                "schedule": timedelta(seconds=settings.expiry_interval),
+            },
         },
         include=["worker.tasks"],
     )

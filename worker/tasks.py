@@ -1,15 +1,18 @@
-"""Celery tasks: drain the accounts the dispatcher holds; relay stale outbox rows."""
+"""Celery tasks: drain the accounts the dispatcher holds; relay stale outbox rows; ask for
+the expiry of due lots and the release of timed-out holds."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task, shared_task
 from celery.signals import worker_process_init
+from sqlalchemy.orm import Session
 
 from shared.db import transaction
 from shared.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
@@ -25,7 +28,14 @@ from shared.metrics import (
 from shared.models import AdjustmentStatus
 from shared.outbox import stale_accounts
 from shared.processing import AccountBusy, note_transient_error
-from worker.app import DRAIN_TASK, RELAY_OUTBOX_TASK, TallyCelery
+from shared.timers import request_expiries, request_hold_timeouts
+from worker.app import (
+    DRAIN_TASK,
+    EXPIRE_LOTS_TASK,
+    RELAY_OUTBOX_TASK,
+    TIME_OUT_HOLDS_TASK,
+    TallyCelery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +156,36 @@ def relay_outbox(self: Task) -> int:
         app.dispatchers[lane].notify(accounts, force=True)
         log.info("relayed %d accounts with stale requests", len(accounts), extra={"lane": lane})
     return sum(len(accounts) for accounts in stale.values())
+
+
+# Lots or holds asked for per run; more wait for the next run.
+DUE_PER_RUN = 10_000
+
+
+@shared_task(name=EXPIRE_LOTS_TASK, bind=True, acks_late=True)
+def expire_lots(self: Task) -> int:
+    """Record an expiry request for each lot past its expiry; hand their accounts over."""
+    return _ask_workers(self, request_expiries, "lot expiries")
+
+
+@shared_task(name=TIME_OUT_HOLDS_TASK, bind=True, acks_late=True)
+def time_out_holds(self: Task) -> int:
+    """Record a timeout request for each open hold past its timeout; hand their accounts over."""
+    return _ask_workers(self, request_hold_timeouts, "hold timeouts")
+
+
+def _ask_workers(task: Task, ask: Callable[[Session, int], list[str]], what: str) -> int:
+    """Record the due requests (committed), then dispatch their accounts like an accept.
+
+    If the dispatch fails, the relay finds the requests; a task run twice asks nothing twice.
+    """
+    app = _app(task)
+    with transaction(app.resources.sessions) as session:
+        accounts = ask(session, DUE_PER_RUN)
+    if accounts:
+        app.dispatchers[Lane.INTERACTIVE].notify(accounts)
+        log.info("requested %s", what, extra={"account_ids": accounts})
+    return len(accounts)
 
 
 @worker_process_init.connect

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adjustments import Adjustment
 from shared.config import Settings
-from shared.models import EntryType, Role
+from shared.models import Role
 from tests.factories import Caller, Factory, apply_now, queue_adjustments
 from worker.app import TallyCelery
 
@@ -54,10 +54,8 @@ def award(
     Each account is applied in its own transaction, so its entries share one `reputed_at`.
     """
 
-    def write(
-        caller: Caller, *adjustments: Adjustment, entry_type: EntryType = EntryType.ADJUST
-    ) -> None:
-        for account_id in queue_adjustments(sessions, caller, adjustments, entry_type):
+    def write(caller: Caller, *adjustments: Adjustment) -> None:
+        for account_id in queue_adjustments(sessions, caller, adjustments):
             apply_account(account_id)
 
     return write

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adjustments import Adjustment
-from shared.models import EntryType, Role
-from tests.factories import Caller, Factory, queue_adjustments, reputation
+from shared.models import Operation, Role
+from tests.factories import Caller, Factory, ledger_of, queue_adjustments, reputation
 
 URL = "/api/v2/score/leaderboard/"
 Award = Callable[..., None]
@@ -131,23 +132,33 @@ def test_reputed_at_window_is_inclusive(
 
 
 def test_exclude_manual_and_exclude_reset(
-    client: FlaskClient, factory: Factory, moderator: Caller, award: Award
+    client: FlaskClient,
+    factory: Factory,
+    moderator: Caller,
+    award: Award,
+    sessions: sessionmaker[Session],
 ) -> None:
     mario = factory.user()
     luigi = factory.user()
     award(
         moderator, reputation(mario.id, 10, comment="award"), reputation(luigi.id, 8, comment="x")
     )
-    # A correction recorded as a `reversal` entry (made by tally's manual path, type 10).
-    award(moderator, reputation(mario.id, -10, comment="undo"), entry_type=EntryType.REVERSAL)
+    # A correction recorded as a `reversal` entry (reputation type 11, reversal).
+    with sessions() as session:
+        (awarded,) = ledger_of(session, mario.id)
+    undo = reputation(mario.id, -10, comment="undo")
+    award(
+        moderator,
+        dataclasses.replace(undo, entry_type=Operation.REVERSAL, related_id=awarded.ulid),
+    )
 
     assert _totals(client, moderator) == [(luigi.id, 8), (mario.id, 0)]
     assert _totals(client, moderator, exclude_reset="true") == [(mario.id, 10), (luigi.id, 8)]
     assert _totals(client, moderator, exclude_reset="True") == [(mario.id, 10), (luigi.id, 8)]
     assert _totals(client, moderator, exclude_reset="false") == [(luigi.id, 8), (mario.id, 0)]
     assert _totals(client, moderator, exclude_manual="false") == [(luigi.id, 8), (mario.id, 0)]
-    # Every entry tally writes today is manual (type 10).
-    assert _board(client, moderator, exclude_manual="true")["count"] == 0
+    # Only the reversal is not manual (type 10).
+    assert _totals(client, moderator, exclude_manual="true") == [(mario.id, -10)]
 
 
 def test_entry_filters_and_balances_agree_when_nothing_is_filtered(
