@@ -15,7 +15,7 @@ from sqlalchemy import text
 from api.body import Preferences, read_preferences
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
-from shared.adjustments import Adjustment, Recorded
+from shared.adjustments import Adjustment, Recorded, SubjectTaken
 from shared.adjustments import submit as record
 from shared.auth import Principal
 from shared.config import PointsType
@@ -28,6 +28,10 @@ from shared.notify import Completion
 from shared.validation import FieldError, UserRef
 
 log = logging.getLogger(__name__)
+
+# Refusals at accept (nothing recorded), answered 409 like the worker's rejections.
+ALREADY_REVERSED = "already_reversed"
+NOT_REVERSIBLE = "not_reversible"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,8 @@ def submit(
 ) -> Accepted:
     """Record the adjustment (committed before any 2xx), hand it to the workers, wait.
 
-    Raises InvalidInput for an unknown user and a 422 Problem for a reused key.
+    Raises InvalidInput for an unknown user, a 422 Problem for a reused key and a 409
+    Problem for a second reversal of one entry.
     """
     release_session()  # a route's earlier reads: one connection per thread at a time
     try:
@@ -66,6 +71,13 @@ def submit(
             "idempotency-key-reused",
             str(conflict),
             [FieldError("Idempotency-Key", "reused", "this key was used with a different body")],
+        ) from None
+    except SubjectTaken:
+        raise Problem(
+            409,
+            ALREADY_REVERSED,
+            "the entry is reversed already (or its reversal is pending)",
+            extra={"code": ALREADY_REVERSED},
         ) from None
     if recorded.created:
         ADJUSTMENTS_ACCEPTED.inc()

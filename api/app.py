@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     resources.init_app(app, make_celery(settings))
     register_error_handlers(app)
 
-    from api import bulk, health, metrics, openapi, points, score, score_reads, users
+    from api import bulk, health, holds, metrics, openapi, points, score, score_reads, users
 
     # First, so that every answer is counted and timed, a rate limit's 429 too.
     metrics.count_requests(app)
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(score.bp)
     app.register_blueprint(score_reads.bp)
     app.register_blueprint(points.bp)
+    app.register_blueprint(holds.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(bulk.bp)
     track_request_ids(app)

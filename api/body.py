@@ -106,6 +106,14 @@ def read_object(limit: int) -> dict[str, Any]:
     )
 
 
+def read_input(model: type[Model], limit: int) -> Model:
+    """The body (optional) validated by `model`; a 400 naming each bad field."""
+    try:
+        return parse_input(model, read_object(limit))
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
+
+
 def read_query(model: type[Model]) -> Model:
     """The query string validated by `model`; a 400 naming each bad parameter."""
     raw: dict[str, Any] = {key: request.args.get(key) for key in request.args}

@@ -9,27 +9,44 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import func, select
 
 from api import schemas
-from api.accept import finish, rejection, submit
-from api.auth import current_principal, require_writer
-from api.body import read_object, read_query
+from api.accept import NOT_REVERSIBLE, Accepted, finish, rejection, submit
+from api.auth import current_principal, require_admin, require_writer
+from api.body import read_input, read_object, read_query
 from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import account_object, transaction_object
-from shared.adjustments import Adjustment
+from shared.accounts import set_status
+from shared.adjustments import Adjustment, NotReversible, reversal_of
+from shared.config import PointsType
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
-from shared.models import Account, AdjustmentRequest, AdjustmentStatus, LedgerEntry, User
+from shared.models import (
+    Account,
+    AccountStatus,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    LedgerEntry,
+    User,
+)
 from shared.query_params import PageQuery
 from shared.validation import (
+    AccountStatusInput,
     AdjustPointsInput,
     FieldError,
     InvalidInput,
+    ReverseInput,
     UserRef,
     validate_idempotency_key,
     validate_points,
 )
 
 bp = Blueprint("points", __name__, url_prefix="/admin/points")
+
+# The headers every points operation takes.
+OPERATION_HEADERS = {
+    "Idempotency-Key": "or `idempotency_key` in the body",
+    "Prefer": "respond-async or wait=N",
+}
 
 
 def envelope(code: int, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
@@ -44,7 +61,7 @@ def now() -> datetime:
 
 
 @bp.errorhandler(Exception)
-def _as_envelope(error: Exception) -> Response:
+def as_envelope(error: Exception) -> Response:
     """Errors on these routes use seed 002's SimpleResponse, not problem+json."""
     if not isinstance(error, HANDLED):
         raise error
@@ -58,7 +75,7 @@ def _as_envelope(error: Exception) -> Response:
     return response
 
 
-def _user(user_ref: str) -> User:
+def user_named(user_ref: str) -> User:
     """The user named by the path: its external_id, or its integer id; 404 otherwise."""
     tenant = current_principal().tenant_id
     session = db_session()
@@ -74,13 +91,17 @@ def _user(user_ref: str) -> User:
     return user
 
 
-def _idempotency_key(body_key: str | None) -> str | None:
+def idempotency_key(body_key: str | None) -> str | None:
+    """The key of the header or of the body (they must agree when both are given)."""
     header = request.headers.get("Idempotency-Key")
     if header is not None and body_key is not None and header != body_key:
         raise validation_problem(
             [FieldError("idempotency_key", "conflict", "differs from the Idempotency-Key header")]
         )
-    return validate_idempotency_key(header if header is not None else body_key)
+    try:
+        return validate_idempotency_key(header if header is not None else body_key)
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
 
 
 @bp.post("/<user_ref>/adjust")
@@ -90,10 +111,7 @@ def _idempotency_key(body_key: str | None) -> str | None:
     body=AdjustPointsInput,
     error_model=schemas.Envelope,
     error_type="application/json",
-    headers={
-        "Idempotency-Key": "or `idempotency_key` in the body",
-        "Prefer": "respond-async or wait=N",
-    },
+    headers=OPERATION_HEADERS,
     responses={
         201: ("Applied", schemas.PointOperationResponse),
         202: ("Accepted, not applied yet", schemas.PointOperationResponse),
@@ -109,21 +127,13 @@ def adjust(user_ref: str) -> Response:
     settings = resources().settings
     try:
         data = validate_points(read_object(settings.max_body_bytes), settings.max_amount)
-        key = _idempotency_key(data.idempotency_key)
+        key = idempotency_key(data.idempotency_key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
-    points_type = settings.points_type(data.points_type or settings.points_default_type)
-    if points_type is None:
-        raise validation_problem(
-            [
-                FieldError(
-                    "points_type", "unknown", f"known types: {', '.join(settings.points_types)}"
-                )
-            ]
-        )
+    points_type = points_type_named(data.points_type)
     if data.allow_negative_balance and not principal.is_admin:
         raise Problem(403, "forbidden", "only admins may set allow_negative_balance")
-    user = _user(user_ref)
+    user = user_named(user_ref)
     adjustment = Adjustment(
         user_id=user.id,
         points_type=points_type.name,
@@ -135,7 +145,12 @@ def adjust(user_ref: str) -> Response:
         allow_negative=data.allow_negative_balance,
     )
     target = UserRef("user_ref", user_id=user.id)
-    accepted = submit(principal, target, adjustment, points_type, key)
+    return answer(submit(principal, target, adjustment, points_type, key), user)
+
+
+def answer(accepted: Accepted, user: User, **more: Any) -> Response:
+    """Seed 002's PointOperationResponse for an accepted operation: 201 applied, 202 not
+    yet, 409 rejected; `more` adds members to `data` (a hold, say)."""
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
         raise rejection(recorded.request_id, done)
@@ -146,11 +161,26 @@ def adjust(user_ref: str) -> Response:
     data_out = {
         "account": account_object(account, user),
         "transaction": transaction_object(user, row, entry),
-    }
+    } | more
     completed = entry is not None
     response = jsonify(envelope(0, "completed" if completed else "accepted", data_out))
     response.status_code = 201 if completed else 202
     return finish(response, accepted)
+
+
+def points_type_named(name: str | None) -> PointsType:
+    """The points type a body names (the points routes' default if none), or a 400."""
+    settings = resources().settings
+    points_type = settings.points_type(name or settings.points_default_type)
+    if points_type is None:
+        raise validation_problem(
+            [
+                FieldError(
+                    "points_type", "unknown", f"known types: {', '.join(settings.points_types)}"
+                )
+            ]
+        )
+    return points_type
 
 
 @bp.get("/<user_ref>")
@@ -167,7 +197,7 @@ def adjust(user_ref: str) -> Response:
 @require_writer
 def accounts(user_ref: str) -> Response:
     """Every points account of the user."""
-    user = _user(user_ref)
+    user = user_named(user_ref)
     rows = db_session().scalars(
         select(Account).where(Account.user_id == user.id).order_by(Account.points_type)
     )
@@ -195,7 +225,7 @@ class TransactionsQuery(PageQuery):
 def transactions(user_ref: str) -> Response:
     """A page of the user's ledger entries as PointTransactionResponse objects."""
     query = read_query(TransactionsQuery)
-    user = _user(user_ref)
+    user = user_named(user_ref)
     session = db_session()
     scope = (
         select(LedgerEntry, AdjustmentRequest)
@@ -212,3 +242,110 @@ def transactions(user_ref: str) -> Response:
     items = [transaction_object(user, req, entry) for entry, req in rows]
     page = {"items": items, "total": total, "limit": query.limit, "offset": query.offset}
     return jsonify(envelope(0, "ok", page))
+
+
+@bp.post("/transactions/<transaction_id>/reverse")
+@documented(
+    summary="Reverse a transaction: one entry of the opposite amount, linked to it",
+    tag="points",
+    body=ReverseInput,
+    error_model=schemas.Envelope,
+    error_type="application/json",
+    headers=OPERATION_HEADERS,
+    responses={
+        201: ("Applied: the reversal", schemas.PointOperationResponse),
+        202: ("Accepted, not applied yet", schemas.PointOperationResponse),
+        404: ("No such transaction", schemas.Envelope),
+        409: (
+            "Reversed already, not reversible, or rejected by the account's state",
+            schemas.Envelope,
+        ),
+        422: ("Idempotency key reused with a different body", schemas.Envelope),
+    },
+)
+@require_writer
+def reverse(transaction_id: str) -> Response:
+    """Accept the reversal of a ledger entry (seed 002's transaction id, a ULID)."""
+    principal = current_principal()
+    data = read_input(ReverseInput, resources().settings.max_body_bytes)
+    key = idempotency_key(data.idempotency_key)
+    if data.allow_negative_balance and not principal.is_admin:
+        raise Problem(403, "forbidden", "only admins may set allow_negative_balance")
+    found = (
+        db_session()
+        .execute(
+            select(LedgerEntry, User)
+            .join(Account, Account.id == LedgerEntry.account_id)
+            .join(User, User.id == Account.user_id)
+            .where(LedgerEntry.ulid == transaction_id, LedgerEntry.tenant_id == principal.tenant_id)
+        )
+        .one_or_none()
+    )
+    if found is None:
+        raise Problem(404, "not-found", f"no transaction {transaction_id!r}")
+    entry, user = found
+    adjustment = reversal_of_or_409(
+        entry, user, reason=data.reason or "", force=data.allow_negative_balance
+    )
+    target = UserRef("transaction_id", user_id=user.id)
+    return answer(submit(principal, target, adjustment, known_type(entry), key), user)
+
+
+def reversal_of_or_409(entry: LedgerEntry, user: User, **fields: Any) -> Adjustment:
+    """The reversal of `entry`, or the 409 that says it cannot be reversed."""
+    try:
+        return reversal_of(entry, user.id, **fields)
+    except NotReversible as error:
+        raise Problem(409, NOT_REVERSIBLE, str(error), extra={"code": NOT_REVERSIBLE}) from None
+
+
+def known_type(entry: LedgerEntry) -> PointsType:
+    """The configured points type of an entry's account (a 409 if it is configured no more)."""
+    points_type = resources().settings.points_type(entry.points_type)
+    if points_type is None:
+        raise Problem(409, "unknown-points-type", f"{entry.points_type!r} is not configured")
+    return points_type
+
+
+def _set_status(user_ref: str, status: AccountStatus) -> Response:
+    principal = current_principal()
+    data = read_input(AccountStatusInput, resources().settings.max_body_bytes)
+    points_type = points_type_named(data.points_type)
+    user = user_named(user_ref)
+    session = db_session()
+    account = set_status(session, principal.tenant_id, user.id, points_type, status)
+    session.commit()
+    return jsonify(envelope(0, str(status), account_object(account, user)))
+
+
+STATUS_CONTRACT: dict[str, Any] = {
+    "tag": "points",
+    "body": AccountStatusInput,
+    "error_model": schemas.Envelope,
+    "error_type": "application/json",
+    "responses": {
+        200: ("The account, with its new status", schemas.PointAccountResponse),
+        403: ("Not an admin", schemas.Envelope),
+        404: ("No such user", schemas.Envelope),
+    },
+}
+
+
+@bp.post("/<user_ref>/freeze")
+@documented(
+    summary="Freeze an account: its requests are rejected until it is unfrozen", **STATUS_CONTRACT
+)
+@require_admin
+def freeze(user_ref: str) -> Response:
+    """Freeze the user's account of a points type (idempotent)."""
+    return _set_status(user_ref, AccountStatus.FROZEN)
+
+
+@bp.post("/<user_ref>/unfreeze")
+@documented(
+    summary="Unfreeze an account (requests rejected meanwhile stay rejected)", **STATUS_CONTRACT
+)
+@require_admin
+def unfreeze(user_ref: str) -> Response:
+    """Unfreeze the user's account of a points type (idempotent)."""
+    return _set_status(user_ref, AccountStatus.ACTIVE)

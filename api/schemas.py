@@ -162,6 +162,24 @@ class PointOperationData(BaseModel):
     transaction: PointTransaction
 
 
+class HoldOut(BaseModel):
+    """A hold: `pending` until the worker applies it, then open, captured, released or
+    timed_out (a rejected hold is its request's 409, and stays `rejected` here)."""
+
+    id: int
+    account_id: str
+    amount: int
+    captured: int
+    status: str
+    expires_at: str | None
+    created_at: str
+    closed_at: str | None
+
+
+class HoldOperationData(PointOperationData):
+    hold: HoldOut
+
+
 class Envelope(BaseModel):
     """Seed 002's SimpleResponse: `code` 0 on success, else the HTTP status."""
 
@@ -173,6 +191,18 @@ class Envelope(BaseModel):
 
 class PointOperationResponse(Envelope):
     data: PointOperationData
+
+
+class HoldOperationResponse(Envelope):
+    data: HoldOperationData
+
+
+class HoldResponse(Envelope):
+    data: HoldOut
+
+
+class PointAccountResponse(Envelope):
+    data: PointAccount
 
 
 class PointAccountsResponse(Envelope):

@@ -7,20 +7,30 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api import schemas
-from api.accept import finish, rejection, submit
+from api.accept import Accepted, finish, rejection, submit
 from api.auth import current_principal, require_writer
-from api.body import read_object
+from api.body import read_input, read_object
 from api.openapi import FORM, JSON, documented
+from api.points import known_type, reversal_of_or_409
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import queued_status, score_object, status_object
 from shared.adjustments import Adjustment
 from shared.fields import BIGINT_MAX
-from shared.models import AdjustmentRequest, AdjustmentStatus
+from shared.models import (
+    Account,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    LedgerEntry,
+    ReputationType,
+    User,
+)
 from shared.validation import (
     FieldError,
     InvalidInput,
     ScoreInput,
+    ScoreReverseInput,
+    UserRef,
     validate_idempotency_key,
     validate_score,
 )
@@ -68,6 +78,16 @@ def create_score() -> Response:
         accepted = submit(principal, command.user, adjustment, points_type, key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
+    return _answer(accepted, adjustment, key)
+
+
+def _answer(
+    accepted: Accepted,
+    adjustment: Adjustment,
+    key: str | None,
+    reputation_type: ReputationType = ReputationType.MANUAL,
+) -> Response:
+    """201 with the Score object, 202 with the request's status, or the 409 of a rejection."""
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
         raise rejection(recorded.request_id, done)
@@ -78,8 +98,9 @@ def create_score() -> Response:
                 user=recorded.user,
                 balance_after=done.balance_after or 0,
                 adjustment=adjustment,
-                creator=principal,
+                creator=current_principal(),
                 reputed_at=done.reputed_at or "",
+                reputation_type=reputation_type,
             )
         )
         response.status_code = 201
@@ -92,6 +113,53 @@ def create_score() -> Response:
         response = jsonify(queued_status(recorded, key))
         response.status_code = 202
     return finish(response, accepted)
+
+
+@bp.post("/<int:score_id>/reverse")
+@documented(
+    summary="Reverse a score: one `reversal` entry (type 11) of the opposite amount",
+    body=ScoreReverseInput,
+    body_types=(JSON, FORM),
+    headers={
+        "Idempotency-Key": "1 to 255 printable ASCII characters; a retry with it changes nothing",
+        "Prefer": "respond-async, or wait=N seconds (RFC 7240)",
+    },
+    responses={
+        201: ("Applied: the reversal's Score object", schemas.Score),
+        202: ("Accepted, not applied yet: the request's status", schemas.RequestStatus),
+        404: ("No such score", schemas.Problem),
+        409: (
+            "Reversed already, not reversible, or rejected by the account's state",
+            schemas.Problem,
+        ),
+        422: ("Idempotency key reused with a different body", schemas.Problem),
+    },
+)
+@require_writer
+def reverse(score_id: int) -> Response:
+    """Accept the reversal of a score (a ledger entry of the caller's tenant)."""
+    principal = current_principal()
+    data = read_input(ScoreReverseInput, resources().settings.max_body_bytes)
+    try:
+        key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
+    session = db_session()
+    found = None
+    if score_id <= BIGINT_MAX:
+        found = session.execute(
+            select(LedgerEntry, Account.user_id)
+            .join(Account, Account.id == LedgerEntry.account_id)
+            .where(LedgerEntry.id == score_id, LedgerEntry.tenant_id == principal.tenant_id)
+        ).one_or_none()
+    if found is None:
+        raise Problem(404, "not-found", f"no score {score_id}")
+    entry, user_id = found
+    user = session.get_one(User, user_id)
+    adjustment = reversal_of_or_409(entry, user, comment=data.comment or "")
+    target = UserRef("score_id", user_id=user.id)
+    accepted = submit(principal, target, adjustment, known_type(entry), key)
+    return _answer(accepted, adjustment, key, ReputationType.REVERSAL)
 
 
 @bp.get("/requests/<int:request_id>")

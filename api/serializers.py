@@ -17,6 +17,7 @@ from shared.models import (
     Account,
     AdjustmentRequest,
     AdjustmentStatus,
+    Hold,
     LedgerEntry,
     ReputationType,
     Role,
@@ -183,6 +184,37 @@ def account_object(account: Account, user: User) -> dict[str, Any]:
     )
 
 
+def hold_object(session: Session, hold_id: int) -> dict[str, Any]:
+    """A hold as stored, or as its request while the worker has not applied it."""
+    hold = session.get(Hold, hold_id)
+    if hold is not None:
+        return dump(
+            schemas.HoldOut(
+                id=hold.request_id,
+                account_id=hold.account_id,
+                amount=hold.amount,
+                captured=hold.captured,
+                status=hold.status,
+                expires_at=format_timestamp(hold.expires_at),
+                created_at=format_timestamp(hold.created_at) or "",
+                closed_at=format_timestamp(hold.closed_at),
+            )
+        )
+    request = session.get_one(AdjustmentRequest, hold_id)
+    return dump(
+        schemas.HoldOut(
+            id=request.id,
+            account_id=request.account_id,
+            amount=request.amount,
+            captured=0,
+            status="pending" if request.status != AdjustmentStatus.REJECTED else "rejected",
+            expires_at=format_timestamp(request.expires_at),
+            created_at=format_timestamp(request.created_at) or "",
+            closed_at=None,
+        )
+    )
+
+
 def transaction_object(
     user: User, request: AdjustmentRequest, entry: LedgerEntry | None
 ) -> dict[str, Any]:
@@ -193,7 +225,7 @@ def transaction_object(
             id=entry.ulid if entry else None,
             account_id=request.account_id,
             user_id=public_user_id(user),
-            amount=request.amount,
+            amount=entry.amount if entry else request.amount,
             balance_before=entry.balance_before if entry else None,
             balance_after=entry.balance_after if entry else None,
             type=entry.type if entry else request.entry_type,
@@ -201,7 +233,7 @@ def transaction_object(
             reason=request.reason,
             description=request.reason or request.comment,
             source=request.source,
-            related_id=request.related_id,
+            related_id=entry.related_id if entry else request.related_id,
             idempotency_key=request.idempotency_key,
             expires_at=format_timestamp(request.expires_at),
             created_at=format_timestamp(created) or "",

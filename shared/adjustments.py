@@ -6,13 +6,14 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, text
 
 from shared.auth import Principal
 from shared.config import PointsType
 from shared.fields import BIGINT_MAX
 from shared.idempotency import IdempotencyConflict, fingerprint
-from shared.models import Operation, new_ulid
+from shared.models import EntryType, LedgerEntry, Operation, new_ulid
 from shared.validation import FieldError, InvalidInput, UserRef
 
 
@@ -51,6 +52,46 @@ class Adjustment:
 
 COLUMNS = tuple(field.name for field in fields(Adjustment))
 FIELD_NAMES = tuple(name for name in COLUMNS if name not in ("user_id", "entry_type"))
+
+
+class SubjectTaken(Exception):
+    """A live request already names this subject: the entry is reversed already."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"{subject} has a reversal already")
+        self.subject = subject
+
+
+class NotReversible(Exception):
+    """The entry cannot be reversed: only points moved by an adjustment or a capture can."""
+
+
+# Entries a reversal may undo: an expiry, a hold, a release and a reversal itself cannot.
+REVERSIBLE = frozenset({EntryType.EARN, EntryType.SPEND, EntryType.ADJUST, EntryType.CAPTURE})
+# The unique index that keeps one live request per reversed entry (shared.models).
+ONE_PER_SUBJECT_INDEX = "ix_adjustment_requests_one_per_subject"
+
+
+def reversal_of(
+    entry: LedgerEntry, user_id: int, *, reason: str = "", comment: str = "", force: bool = False
+) -> Adjustment:
+    """The request that undoes `entry`: its opposite amount, in its account and context.
+
+    Raises NotReversible for an entry of a kind that moved no points of its own.
+    """
+    if entry.type not in REVERSIBLE or entry.amount == 0:
+        raise NotReversible(f"a {entry.type} entry cannot be reversed")
+    return Adjustment(
+        user_id=user_id,
+        points_type=entry.points_type,
+        amount=-entry.amount,
+        reputation_context=entry.reputation_context,
+        comment=comment,
+        reason=reason,
+        related_id=entry.ulid,
+        allow_negative=force,
+        entry_type=Operation.REVERSAL,
+    )
 
 
 @dataclass(frozen=True)
@@ -133,7 +174,8 @@ def submit(
     statement is its own transaction). Raises InvalidInput naming the target's field
     for an unknown user, and IdempotencyConflict for a key used with another body.
     Two concurrent calls with one key meet at the unique constraint: the second waits
-    for the first to commit and then finds its row.
+    for the first to commit and then finds its row. Raises SubjectTaken for a second
+    reversal of one entry (a replay with the same key finds the first instead).
     """
     in_range = target.user_id is None or 0 < target.user_id <= BIGINT_MAX
     if not in_range:
@@ -154,7 +196,7 @@ def submit(
         user = TargetUser(row.id, row.username, row.real_name, row.email, row.description,
                           row.avatar)  # fmt: skip
         if row.account_id is None:
-            _create_account(connection, principal.tenant_id, user.id, points_type)
+            create_account(connection, principal.tenant_id, user.id, points_type)
             continue
         if row.request_id is not None:
             return Recorded(row.request_id, row.account_id, True, row.created_at, user)
@@ -171,10 +213,16 @@ def _execute(connection: Connection, statement: str, values: dict[str, Any]) -> 
     # Driver-level SQL: no compiling, and psycopg prepares it after a few runs; through
     # SQLAlchemy still, whose error handling turns a dead connection into a 503 and
     # discards it (the bare driver saved 0.05 ms and answered 500 to a PostgreSQL restart).
-    return connection.exec_driver_sql(statement, values).one_or_none()
+    try:
+        return connection.exec_driver_sql(statement, values).one_or_none()
+    except sqlalchemy.exc.IntegrityError as error:
+        diagnostics = getattr(error.orig, "diag", None)
+        if getattr(diagnostics, "constraint_name", None) == ONE_PER_SUBJECT_INDEX:
+            raise SubjectTaken(values["related_id"]) from None
+        raise
 
 
-def _create_account(
+def create_account(
     connection: Connection, tenant_id: str, user_id: int, points_type: PointsType
 ) -> None:
     """The user's first account of this points type (a concurrent creator may win)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
@@ -181,6 +182,93 @@ def validate_points(raw: Mapping[str, Any], max_amount: int) -> AdjustPointsInpu
     """Validate a seed 002 adjustment body; raise InvalidInput naming every bad field."""
     data = parse_input(AdjustPointsInput, raw)
     errors = check_amount("amount", data.amount, max_amount)
+    if errors:
+        raise InvalidInput(errors)
+    return data
+
+
+class HoldInput(BaseModel):
+    """The body of POST /admin/points/{user_id}/holds: points to move into frozen_balance."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    amount: Integer = None
+    points_type: ShortText = None
+    # When the hold is released if still open; none: held until captured or released.
+    expires_at: Timestamp = None
+    reason: Comment = None
+    idempotency_key: IdempotencyKey = None
+
+
+class CaptureInput(BaseModel):
+    """The body of POST /admin/points/{user_id}/holds/{id}/capture (amount: default all)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    amount: Integer = None
+    reason: Comment = None
+    idempotency_key: IdempotencyKey = None
+
+
+class ReleaseInput(BaseModel):
+    """The body of POST /admin/points/{user_id}/holds/{id}/release."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    reason: Comment = None
+    idempotency_key: IdempotencyKey = None
+
+
+class ReverseInput(BaseModel):
+    """The body of POST /admin/points/transactions/{id}/reverse."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    reason: Comment = None
+    # Admins only: the reversal may take the balance below zero on a type that forbids it.
+    allow_negative_balance: Flag = False
+    idempotency_key: IdempotencyKey = None
+
+
+class ScoreReverseInput(BaseModel):
+    """The body of POST /api/v2/score/{id}/reverse (optional, JSON or form)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    comment: Comment = None
+
+
+class AccountStatusInput(BaseModel):
+    """The body of POST /admin/points/{user_id}/freeze and /unfreeze (optional)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    points_type: ShortText = None
+    reason: Comment = None
+
+
+def positive_amount(field: str, amount: int | None, max_amount: int) -> list[FieldError]:
+    """A hold's or a capture's amount: 1 to max_amount."""
+    if amount is not None and amount <= 0:
+        return [FieldError(field, "not_positive", "must be greater than 0")]
+    return check_amount(field, amount, max_amount)
+
+
+def validate_hold(raw: Mapping[str, Any], max_amount: int) -> HoldInput:
+    """A hold's body: a positive amount, and a timeout in the future if any."""
+    data = parse_input(HoldInput, raw)
+    errors = positive_amount("amount", data.amount, max_amount)
+    if data.expires_at is not None and data.expires_at <= datetime.now(UTC):
+        errors.append(FieldError("expires_at", "past", "must be in the future"))
+    if errors:
+        raise InvalidInput(errors)
+    return data
+
+
+def validate_capture(raw: Mapping[str, Any], max_amount: int) -> CaptureInput:
+    """A capture's body: no amount (the whole hold) or a positive one."""
+    data = parse_input(CaptureInput, raw)
+    errors = [] if data.amount is None else positive_amount("amount", data.amount, max_amount)
     if errors:
         raise InvalidInput(errors)
     return data
