@@ -354,10 +354,12 @@ from cli.accounts import accounts  # noqa: E402
 from cli.award import award  # noqa: E402
 from cli.batches import batches  # noqa: E402
 from cli.operations import reconcile, status  # noqa: E402
+from cli.points import points  # noqa: E402
 from cli.run import run  # noqa: E402
 
 cli.add_command(run)
 cli.add_command(accounts)
+cli.add_command(points)
 cli.add_command(award)
 cli.add_command(batches)
 cli.add_command(reconcile)

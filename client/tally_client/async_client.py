@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -110,9 +111,11 @@ class AsyncClient:
         """Adjust a user's points (seed 002): POST /admin/points/{user_id}/adjust.
 
         `user_id` is the user's external_id or integer id; `body` of the answer is
-        seed 002's envelope. Raises Rejected (409) with its `reason`.
+        seed 002's envelope. `expires_at` (ISO 8601) makes the points expire then.
+        Raises Rejected (409) with its `reason`.
         """
-        fields: Mapping[str, Any] = dict(
+        body = dict(
+            amount=amount,
             reason=reason,
             points_type=points_type,
             source=source,
@@ -120,8 +123,88 @@ class AsyncClient:
             expires_at=expires_at,
             allow_negative_balance=allow_negative_balance,
         )
+        path = calls.points_path(user_id, "adjust")
+        call = calls.points_operation(self.endpoint, path, body, idempotency_key, wait)
+        return await self._run(call)
+
+    async def hold(
+        self,
+        user_id: int | str,
+        amount: int,
+        *,
+        expires_at: str | None = None,
+        reason: str | None = None,
+        points_type: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Hold `amount` points (spendable → frozen_balance) until captured, released or
+        `expires_at`; the hold is `body["data"]["hold"]`, its id that of the request."""
+        body = dict(amount=amount, expires_at=expires_at, reason=reason, points_type=points_type)
+        path = calls.points_path(user_id, "holds")
+        call = calls.points_operation(self.endpoint, path, body, idempotency_key, wait)
+        return await self._run(call)
+
+    async def capture(
+        self,
+        user_id: int | str,
+        hold_id: int,
+        amount: int | None = None,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Capture a hold, or `amount` of it (the rest is released)."""
+        path = calls.points_path(user_id, "holds", int(hold_id), "capture")
+        body = dict(amount=amount, reason=reason)
+        call = calls.points_operation(self.endpoint, path, body, idempotency_key, wait)
+        return await self._run(call)
+
+    async def release(
+        self,
+        user_id: int | str,
+        hold_id: int,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Release a hold: its points are spendable again."""
+        path = calls.points_path(user_id, "holds", int(hold_id), "release")
+        body = dict(reason=reason)
+        call = calls.points_operation(self.endpoint, path, body, idempotency_key, wait)
+        return await self._run(call)
+
+    async def reverse(
+        self,
+        transaction_id: str,
+        *,
+        reason: str | None = None,
+        allow_negative_balance: bool | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Reverse a points transaction (seed 002's id): one entry of the opposite amount.
+
+        Raises Rejected with reason `already_reversed` for a second reversal.
+        """
+        path = f"/admin/points/transactions/{quote(transaction_id, safe='')}/reverse"
+        body = dict(reason=reason, allow_negative_balance=allow_negative_balance)
+        call = calls.points_operation(self.endpoint, path, body, idempotency_key, wait)
+        return await self._run(call)
+
+    async def reverse_score(
+        self,
+        score_id: int,
+        *,
+        comment: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Submission:
+        """Reverse a score (the community API's entry id): a `reversal` Score object."""
         return await self._run(
-            calls.points_adjust(self.endpoint, user_id, amount, fields, idempotency_key, wait)
+            calls.reverse_score(self.endpoint, score_id, comment, idempotency_key, wait)
         )
 
     async def status(

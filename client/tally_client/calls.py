@@ -182,20 +182,20 @@ def adjust(
     return Submission.from_response(response, key)
 
 
-def points_adjust(
+def points_operation(
     endpoint: Endpoint,
-    user_id: int | str,
-    amount: int,
-    fields: Mapping[str, Any],
+    path: str,
+    body: Mapping[str, Any],
     idempotency_key: str | None,
     wait: float | None,
 ) -> Call[Submission]:
-    """POST /admin/points/{user_id}/adjust (seed 002); its 409 envelope gets its reason filled."""
+    """POST a points operation (seed 002's routes: an adjustment, a hold, a capture, a
+    release, a reversal); its 409 envelope gets its reason filled."""
     key = idempotency_key or new_key()
     request = endpoint.request(
         "POST",
-        f"/admin/points/{quote(str(user_id), safe='')}/adjust",
-        json={"amount": amount, **_fields(**fields)},
+        path,
+        json=_fields(**body),
         headers={"Idempotency-Key": key, **_prefer(wait)},
         timeout=endpoint.timeout + (wait or 0),
     )
@@ -207,6 +207,31 @@ def points_adjust(
             stored = yield from status(endpoint, rejected.request_id, None)
             rejected.reason = stored.error_code
         raise
+    return Submission.from_response(response, key)
+
+
+def points_path(user_id: int | str, *parts: str | int) -> str:
+    """/admin/points/{user_id}/…, the user's id quoted."""
+    return "/".join(["/admin/points", quote(str(user_id), safe=""), *map(str, parts)])
+
+
+def reverse_score(
+    endpoint: Endpoint,
+    score_id: int,
+    comment: str | None,
+    idempotency_key: str | None,
+    wait: float | None,
+) -> Call[Submission]:
+    """POST /api/v2/score/{id}/reverse: the reversal's Score object (201) or its status."""
+    key = idempotency_key or new_key()
+    request = endpoint.request(
+        "POST",
+        f"/api/v2/score/{int(score_id)}/reverse",
+        json=_fields(comment=comment),
+        headers={"Idempotency-Key": key, **_prefer(wait)},
+        timeout=endpoint.timeout + (wait or 0),
+    )
+    response = yield from send(endpoint, request, 201, 202)
     return Submission.from_response(response, key)
 
 

@@ -90,6 +90,53 @@ def test_points_adjust_answers_in_the_envelope_and_a_rejection_has_its_reason(
         assert allowed.body["data"]["account"]["balance"] == -3
 
 
+def test_holds_captures_releases_and_reversals(stack: Stack, stack_factory: Factory) -> None:
+    caller = stack_factory.caller(Role.ADMIN)
+    user = stack_factory.user(external_id="ext-" + secrets.token_hex(4))
+    with Client(stack.base_url, caller.token) as tally:
+        earned = tally.points_adjust(user.id, 100, reason="sign-up", wait=30)
+        held = tally.hold(user.id, 60, reason="order 1", expires_at="2100-01-01T00:00:00Z")
+        hold = held.body["data"]["hold"]
+        assert (hold["status"], hold["amount"]) == ("open", 60)
+        assert held.body["data"]["account"]["frozen_balance"] == 60
+        with pytest.raises(Rejected) as refused:  # 40 spendable
+            tally.hold(user.id, 50)
+        assert refused.value.reason == "insufficient_balance"
+
+        captured = tally.capture(user.id, hold["id"], 25)
+        assert captured.body["data"]["hold"]["captured"] == 25
+        assert captured.body["data"]["account"]["balance"] == 75
+        assert captured.body["data"]["account"]["frozen_balance"] == 0
+        with pytest.raises(Rejected) as closed:
+            tally.release(user.id, hold["id"])
+        assert closed.value.reason == "hold_not_open"
+        second = tally.hold(user.id, 10)
+        released = tally.release(user.id, second.body["data"]["hold"]["id"])
+        assert released.body["data"]["hold"]["status"] == "released"
+
+        transaction = earned.body["data"]["transaction"]["id"]
+        with pytest.raises(Rejected):  # 100 would take the balance of 75 below zero
+            tally.reverse(transaction)
+        reversed_ = tally.reverse(transaction, allow_negative_balance=True, reason="fraud")
+        entry = reversed_.body["data"]["transaction"]
+        assert (entry["type"], entry["amount"], entry["related_id"]) == (
+            "reversal",
+            -100,
+            transaction,
+        )
+        with pytest.raises(Rejected):
+            tally.reverse(transaction, reason="again")
+
+        scored = tally.adjust(user.username, 4, comment="typo", wait=30)
+        undone = tally.reverse_score(scored.body["id"], comment="undo")
+        assert (undone.body["score"], undone.body["reputation_type"]) == (-4, 11)
+        assert tally.reverse_score(scored.body["id"], comment="undo",
+                                   idempotency_key=undone.idempotency_key).replayed  # fmt: skip
+        with pytest.raises(Rejected) as twice:
+            tally.reverse_score(scored.body["id"], comment="undo")
+        assert twice.value.reason == "already_reversed"
+
+
 def test_error_answers_raise_one_exception_type_per_problem_and_are_not_retried(
     stack: Stack, stack_factory: Factory, stack_sessions: sessionmaker[Session]
 ) -> None:
