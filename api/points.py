@@ -313,7 +313,10 @@ def _set_status(user_ref: str, status: AccountStatus) -> Response:
     points_type = points_type_named(data.points_type)
     user = user_named(user_ref)
     session = db_session()
-    account = set_status(session, principal.tenant_id, user.id, points_type, status)
+    account = set_status(
+        session, principal.tenant_id, user.id, points_type, status,
+        by=principal.username, reason=data.reason or "",
+    )  # fmt: skip
     session.commit()
     return jsonify(envelope(0, str(status), account_object(account, user)))
 

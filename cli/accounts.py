@@ -19,8 +19,14 @@ def accounts() -> None:
     """Points accounts: freeze one (its requests are rejected) or unfreeze it."""
 
 
-def _set(username: str, points_type_name: str | None, tenant: str, status: AccountStatus,
-         as_json: bool) -> None:  # fmt: skip
+def _set(
+    username: str,
+    points_type_name: str | None,
+    tenant: str,
+    reason: str,
+    status: AccountStatus,
+    as_json: bool,
+) -> None:
     settings = load_settings()
     points_type = settings.points_type(points_type_name or settings.points_default_type)
     if points_type is None:
@@ -34,7 +40,9 @@ def _set(username: str, points_type_name: str | None, tenant: str, status: Accou
             ).one_or_none()
             if user is None:
                 raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
-            account = set_status(session, tenant, user.id, points_type, status)
+            account = set_status(
+                session, tenant, user.id, points_type, status, by="tally accounts", reason=reason
+            )
             shown = {
                 "account_id": account.id,
                 "username": username,
@@ -54,6 +62,7 @@ OPTIONS = (
     click.option("--username", required=True),
     click.option("--points-type", help="default: TALLY_POINTS_DEFAULT_TYPE (points)"),
     click.option("--tenant", default=DEFAULT_TENANT),
+    click.option("--reason", default="", help="why, logged with the change"),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
 )
 
@@ -66,14 +75,16 @@ def _options(command: Callable[..., None]) -> Callable[..., None]:
 
 @accounts.command()
 @_options
-def freeze(username: str, points_type: str | None, tenant: str, as_json: bool) -> None:
+def freeze(username: str, points_type: str | None, tenant: str, reason: str, as_json: bool) -> None:
     """Freeze an account: its requests are rejected (account_frozen) until it is unfrozen;
     tally's own expiries and hold timeouts still apply."""
-    _set(username, points_type, tenant, AccountStatus.FROZEN, as_json)
+    _set(username, points_type, tenant, reason, AccountStatus.FROZEN, as_json)
 
 
 @accounts.command()
 @_options
-def unfreeze(username: str, points_type: str | None, tenant: str, as_json: bool) -> None:
+def unfreeze(
+    username: str, points_type: str | None, tenant: str, reason: str, as_json: bool
+) -> None:
     """Unfreeze an account: new requests apply again; those rejected meanwhile stay rejected."""
-    _set(username, points_type, tenant, AccountStatus.ACTIVE, as_json)
+    _set(username, points_type, tenant, reason, AccountStatus.ACTIVE, as_json)

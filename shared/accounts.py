@@ -7,12 +7,16 @@ own expiry and hold-timeout requests still apply (see shared.ledger).
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from shared.adjustments import create_account
 from shared.config import PointsType
 from shared.models import Account, AccountStatus
+
+log = logging.getLogger(__name__)
 
 # Waits for an applier holding the account's row lock, so the change falls between two
 # chunks: the requests applied before it were applied while active.
@@ -23,11 +27,18 @@ SET_STATUS = text("""
 
 
 def set_status(
-    session: Session, tenant_id: str, user_id: int, points_type: PointsType, status: AccountStatus
+    session: Session,
+    tenant_id: str,
+    user_id: int,
+    points_type: PointsType,
+    status: AccountStatus,
+    *,
+    by: str,
+    reason: str = "",
 ) -> Account:
     """Set the user's account of this type to `status` (creating it if need be); idempotent.
 
-    The caller owns the transaction.
+    A change is logged with who made it (`by`) and why. The caller owns the transaction.
     """
     account_of = select(Account).where(
         Account.user_id == user_id, Account.points_type == points_type.name
@@ -36,6 +47,13 @@ def set_status(
     if account is None:
         create_account(session.connection(), tenant_id, user_id, points_type)
         account = session.scalars(account_of).one()
+    before = account.status
     session.execute(SET_STATUS, {"id": account.id, "status": status.value})
     session.refresh(account)
+    if account.status != before:
+        log.info(
+            "account %s",
+            status.value,
+            extra={"account_id": account.id, "tenant_id": tenant_id, "by": by, "reason": reason},
+        )
     return account
