@@ -89,6 +89,10 @@ def make_celery(settings: Settings) -> TallyCelery:
         # Publishing from the API must not hang when Redis is down: the relay retries.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         worker_prefetch_multiplier=1,
+        # Task events, so that Flower's task list names every task (the drains, the relay,
+        # the expiries, the hold timeouts): a few Redis messages per task, and a drain task
+        # applies many chunks.
+        worker_send_task_events=True,
         worker_hijack_root_logger=False,
         beat_schedule={
             "relay-outbox": {
