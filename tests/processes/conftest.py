@@ -30,7 +30,15 @@ def stack_factory(stack_sessions: sessionmaker[Session]) -> Factory:
 
 
 @pytest.fixture
-def stack_without_workers(services: Services, tmp_path: Path) -> Iterator[Stack]:
+def stack_env() -> dict[str, str]:
+    """More TALLY_* settings for every process of the stack; a test module may override it."""
+    return {}
+
+
+@pytest.fixture
+def stack_without_workers(
+    services: Services, tmp_path: Path, stack_env: dict[str, str]
+) -> Iterator[Stack]:
     """The API (two processes) and beat; the test starts workers when it wants them."""
     port = free_port()
     env = os.environ | {
@@ -41,6 +49,7 @@ def stack_without_workers(services: Services, tmp_path: Path) -> Iterator[Stack]
         "TALLY_RELAY_INTERVAL": "0.5",
         "TALLY_API_PROCESSES": "2",
     }
+    env |= stack_env
     stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
     stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
     stack.start("beat", "beat", "--schedule", str(tmp_path / "beat-schedule"))
