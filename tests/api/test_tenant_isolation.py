@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from shared.models import AdjustmentRequest, Batch, Role, User
-from tests.factories import Caller, Factory, count_rows
+from shared.models import Account, AdjustmentRequest, Batch, Hold, LedgerEntry, Role, User
+from tests.factories import Caller, Factory, apply_now, count_rows
 
 # Routes that hold no tenant's data.
 PUBLIC = {
@@ -35,6 +35,7 @@ PUBLIC = {
 }
 MISSING_ID = 2**62
 MISSING_NAME = "nobody-anywhere"
+MISSING_ULID = "01ZZZZZZZZZZZZZZZZZZZZZZZZ"
 # Answer fields that name the object asked about or the moment of the answer.
 VOLATILE = ("detail", "message", "timestamp")
 
@@ -50,6 +51,12 @@ class World:
     their_request_id: int
     their_request_key: str
     their_batch_id: str
+    # B's applied score (a ledger entry: its id and its ULID) and B's open hold.
+    their_entry_id: int
+    their_entry_ulid: str
+    their_hold_id: int
+    # A user of tenant A's own, with no account: A's path with B's hold.
+    my_user: User
     sessions: sessionmaker[Session]
 
 
@@ -81,6 +88,23 @@ def _written(world: World) -> tuple[int, ...]:
         tenants = (world.mine.tenant_id, world.theirs.tenant_id)
         batches = session.scalar(select(func.count()).where(Batch.tenant_id.in_(tenants)))
         return (*count_rows(session, tenants[0]), *count_rows(session, tenants[1]), batches or 0)
+
+
+def _their_state(world: World) -> tuple[Any, ...]:
+    """B's accounts (status, version, balances) and holds, which no probe of A may change."""
+    with world.sessions() as session:
+        accounts = session.execute(
+            select(Account.points_type, Account.status, Account.version, Account.balance,
+                   Account.frozen_balance)
+            .where(Account.tenant_id == world.theirs.tenant_id)
+            .order_by(Account.points_type)
+        ).all()  # fmt: skip
+        holds = session.execute(
+            select(Hold.request_id, Hold.status, Hold.captured).where(
+                Hold.tenant_id == world.theirs.tenant_id
+            )
+        ).all()
+        return tuple(accounts), tuple(holds)
 
 
 # --- one case per (endpoint, method) -----------------------------------------------------
@@ -211,6 +235,92 @@ def points_transactions(world: World) -> None:
         )
 
 
+def holds_place(world: World) -> None:
+    before = _written(world), _their_state(world)
+    for theirs in (world.their_user.external_id, str(world.their_user.id)):
+        _alike(
+            _post(world, f"/admin/points/{theirs}/holds", {"amount": 1}, "h-theirs"),
+            _post(world, f"/admin/points/{MISSING_NAME}/holds", {"amount": 1}, "h-missing"),
+        )
+    assert (_written(world), _their_state(world)) == before
+
+
+def _hold_urls(world: World, suffix: str) -> list[tuple[str, str]]:
+    """(B's hold, a missing hold) by B's user and by a user of A's own."""
+    hold, mine = world.their_hold_id, world.my_user.id
+    pairs = [
+        (f"/admin/points/{theirs}/holds/{hold}{suffix}",
+         f"/admin/points/{MISSING_NAME}/holds/{MISSING_ID}{suffix}")
+        for theirs in (world.their_user.external_id, str(world.their_user.id))
+    ]  # fmt: skip
+    pairs.append(
+        (f"/admin/points/{mine}/holds/{hold}{suffix}",
+         f"/admin/points/{mine}/holds/{MISSING_ID}{suffix}")
+    )  # fmt: skip
+    return pairs
+
+
+def holds_capture(world: World) -> None:
+    before = _written(world), _their_state(world)
+    for theirs, missing in _hold_urls(world, "/capture"):
+        for body in ({}, {"amount": 1}):
+            _alike(_post(world, theirs, body, "c-theirs"), _post(world, missing, body, "c-missing"))
+    assert (_written(world), _their_state(world)) == before
+
+
+def holds_release(world: World) -> None:
+    before = _written(world), _their_state(world)
+    for theirs, missing in _hold_urls(world, "/release"):
+        _alike(_post(world, theirs, {}, "r-theirs"), _post(world, missing, {}, "r-missing"))
+    assert (_written(world), _their_state(world)) == before
+
+
+def holds_read(world: World) -> None:
+    for theirs, missing in _hold_urls(world, ""):
+        _alike(_get(world, theirs), _get(world, missing))
+
+
+def points_reverse(world: World) -> None:
+    before = _written(world), _their_state(world)
+    for body in ({}, {"reason": "probe", "allow_negative_balance": True}):
+        _alike(
+            _post(world, f"/admin/points/transactions/{world.their_entry_ulid}/reverse", body,
+                  "pr-theirs"),
+            _post(world, f"/admin/points/transactions/{MISSING_ULID}/reverse", body, "pr-missing"),
+        )  # fmt: skip
+    assert (_written(world), _their_state(world)) == before
+
+
+def score_reverse(world: World) -> None:
+    before = _written(world), _their_state(world)
+    for body in ({}, {"comment": "probe"}):
+        _alike(
+            _post(world, f"/api/v2/score/{world.their_entry_id}/reverse", body, "sr-theirs"),
+            _post(world, f"/api/v2/score/{MISSING_ID}/reverse", body, "sr-missing"),
+        )
+    assert (_written(world), _their_state(world)) == before
+
+
+def _set_status(world: World, action: str, points_type: str) -> None:
+    """A's admin freezes or unfreezes B's account: not found, and B's account unchanged."""
+    before = _written(world), _their_state(world)
+    body = {"points_type": points_type}
+    for theirs in (world.their_user.external_id, str(world.their_user.id)):
+        _alike(
+            _post(world, f"/admin/points/{theirs}/{action}", body),
+            _post(world, f"/admin/points/{MISSING_NAME}/{action}", body),
+        )
+    assert (_written(world), _their_state(world)) == before
+
+
+def points_freeze(world: World) -> None:
+    _set_status(world, "freeze", "points")  # B's points account is active
+
+
+def points_unfreeze(world: World) -> None:
+    _set_status(world, "unfreeze", "reputation")  # B's reputation account is frozen
+
+
 def users_read(world: World) -> None:
     _alike(
         _get(world, f"/api/v2/users/{world.their_user.id}"),
@@ -241,6 +351,14 @@ CASES: dict[str, Callable[[World], None]] = {
     "points.adjust": points_adjust,
     "points.accounts": points_accounts,
     "points.transactions": points_transactions,
+    "points.reverse": points_reverse,
+    "points.freeze": points_freeze,
+    "points.unfreeze": points_unfreeze,
+    "holds.place": holds_place,
+    "holds.capture": holds_capture,
+    "holds.release": holds_release,
+    "holds.read": holds_read,
+    "score.reverse": score_reverse,
     "users.read": users_read,
     "users.create": users_create,
 }
@@ -254,7 +372,8 @@ def test_every_route_of_the_url_map_has_an_isolation_case(flask_app: Flask) -> N
 @pytest.fixture(scope="module")
 def world(flask_app: Flask, celery_app: Any, request: pytest.FixtureRequest) -> World:
     sessions = celery_app.resources.sessions
-    mine = Factory(sessions).caller(Role.ADMIN)
+    my_factory = Factory(sessions)
+    mine = my_factory.caller(Role.ADMIN)
     their_factory = Factory(sessions)
     theirs = their_factory.caller(Role.ADMIN)
     their_user = their_factory.user(external_id="ext-" + their_factory.tenant_id)
@@ -273,16 +392,35 @@ def world(flask_app: Flask, celery_app: Any, request: pytest.FixtureRequest) -> 
         headers=theirs.headers | {"Idempotency-Key": "their-batch"},
     )
     assert batch_answer.status_code == 202
+    # And points with an open hold; then B's accounts are applied, so the score is an
+    # entry, and B's reputation account is frozen (for the unfreeze case).
+    points = theirs.headers | {"Prefer": "respond-async"}
+    url = f"/admin/points/{their_user.id}"
+    assert client.post(f"{url}/adjust", json={"amount": 10}, headers=points).status_code == 202
+    hold = client.post(f"{url}/holds", json={"amount": 3}, headers=points)
+    assert hold.status_code == 202
     with sessions() as session:
-        request_id = session.scalars(
-            select(AdjustmentRequest.id).where(
+        accounts = session.scalars(select(Account.id).where(Account.user_id == their_user.id))
+        account_ids = list(accounts)
+    apply_now(celery_app, account_ids)
+    with sessions() as session:
+        request_id, entry_id, entry_ulid = session.execute(
+            select(AdjustmentRequest.id, LedgerEntry.id, LedgerEntry.ulid)
+            .join(LedgerEntry, LedgerEntry.request_id == AdjustmentRequest.id)
+            .where(
                 AdjustmentRequest.tenant_id == theirs.tenant_id,
                 AdjustmentRequest.idempotency_key == "their-key",
             )
         ).one()
+        hold_id = hold.json["data"]["hold"]["id"]
+        assert session.get_one(Hold, hold_id).status == "open"
+    frozen = client.post(
+        f"{url}/freeze", json={"points_type": "reputation"}, headers=theirs.headers
+    )
+    assert frozen.status_code == 200
     return World(
         client, mine, theirs, their_user, request_id, "their-key", batch_answer.json["id"],
-        sessions,
+        entry_id, entry_ulid, hold_id, my_factory.user(), sessions,
     )  # fmt: skip
 
 
