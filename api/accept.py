@@ -150,13 +150,17 @@ def status_url(request_id: int) -> str:
     return url_for("score.request_status", request_id=request_id, _external=True)
 
 
-def rejection(request_id: int, completion: Completion) -> Problem:
+def rejection(accepted: Accepted, completion: Completion) -> Problem:
     """The 409 for a request the worker rejected because of the account's state."""
+    request_id = accepted.recorded.request_id
+    headers = {"Location": status_url(request_id)}
+    if not accepted.recorded.created:
+        headers["Idempotent-Replayed"] = "true"
     return Problem(
         409,
         completion.error_code or "rejected",
         completion.error_message or "the adjustment was rejected",
-        headers={"Location": status_url(request_id)},
+        headers=headers,
         extra={"request_id": request_id, "code": completion.error_code},
     )
 

@@ -153,7 +153,7 @@ def answer(accepted: Accepted, user: User, **more: Any) -> Response:
     yet, 409 rejected; `more` adds members to `data` (a hold, say)."""
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
-        raise rejection(recorded.request_id, done)
+        raise rejection(accepted, done)
     session = db_session()
     row = session.get_one(AdjustmentRequest, recorded.request_id)
     entry = session.get(LedgerEntry, done.entry_id) if done and done.entry_id else None

@@ -90,7 +90,7 @@ def _answer(
     """201 with the Score object, 202 with the request's status, or the 409 of a rejection."""
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
-        raise rejection(recorded.request_id, done)
+        raise rejection(accepted, done)
     if done is not None and done.entry_id is not None:
         response = jsonify(
             score_object(

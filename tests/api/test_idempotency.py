@@ -8,6 +8,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.models import Role
 from tests.factories import Caller, Factory, count_rows, ledger_of
 
 
@@ -115,3 +116,21 @@ def test_concurrent_requests_with_one_key_make_one_request(
     with sessions() as session:
         assert count_rows(session, moderator.tenant_id) == (1, 1)
         assert [e.amount for e in ledger_of(session, user.id)] == [5]
+
+
+def test_replayed_rejection_says_it_is_a_replay(
+    client: FlaskClient, factory: Factory, worker: None, sessions
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    user = factory.user()
+    body = {"amount": -5, "reason": "more than there is"}
+    url = f"/admin/points/{user.id}/adjust"
+    first = client.post(url, json=body, headers=_headers(admin, "spend-1"))
+    again = client.post(url, json=body, headers=_headers(admin, "spend-1"))
+
+    assert first.status_code == again.status_code == 409
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    with sessions() as session:
+        assert count_rows(session, admin.tenant_id) == (1, 0)
