@@ -346,7 +346,7 @@ def worker(lanes: str, metrics_bind: str | None, celery_args: tuple[str, ...]) -
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
-    """Run Celery beat, which drives the outbox relay."""
+    """Run Celery beat: the outbox relay, lot expiries and hold timeouts."""
     _celery("beat", *celery_args)
 
 
