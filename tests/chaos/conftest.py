@@ -21,6 +21,7 @@ from tests.stack import Stack, wait_until_up
 
 LOCK_TTL_SECONDS = 2
 RELAY_DELAY_SECONDS = 3
+EXPIRY_INTERVAL_SECONDS = 0.5
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Rig:
     sessions: sessionmaker[Session]
     caller: Caller
     user_ids: list[int]
+    # Users of the "points" load (holds, expiring points), apart from the reputation load's.
+    points_user_ids: list[int]
 
 
 @pytest.fixture
@@ -45,6 +48,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     factory = Factory(sessions)
     caller = factory.caller(Role.MODERATOR)
     user_ids = [factory.user().id for _ in range(12)]
+    points_user_ids = [factory.user().id for _ in range(6)]
 
     port = free_port()
     env = os.environ | {
@@ -56,6 +60,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
         "TALLY_LOCK_WAIT": "1",
         "TALLY_APPLY_CHUNK": "50",
+        # Beat asks for due lot expiries and hold timeouts twice a second.
+        "TALLY_EXPIRY_INTERVAL": str(EXPIRY_INTERVAL_SECONDS),
     }
     stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
     stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
@@ -64,7 +70,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     stack.start_worker("worker2")
     try:
         wait_until_up(stack)
-        yield Rig(stack, postgres, redis, sessions, caller, user_ids)
+        yield Rig(stack, postgres, redis, sessions, caller, user_ids, points_user_ids)
     finally:
         for name in list(stack.processes):
             stack.stop(name)
