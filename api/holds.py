@@ -35,6 +35,7 @@ from shared.validation import (
     InvalidInput,
     ReleaseInput,
     UserRef,
+    check_future,
     validate_capture,
     validate_hold,
 )
@@ -79,6 +80,11 @@ def place(user_ref: str) -> Response:
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     key = idempotency_key(data.idempotency_key)
+    if not _recorded(key):
+        try:
+            check_future("expires_at", data.expires_at)
+        except InvalidInput as error:
+            raise validation_problem(error.errors) from None
     points_type = points_type_named(data.points_type)
     user = user_named(user_ref)
     adjustment = Adjustment(
@@ -127,6 +133,19 @@ def release(user_ref: str, hold_id: int) -> Response:
     """Accept the release of an open hold."""
     data = read_input(ReleaseInput, resources().settings.max_body_bytes)
     return _close(user_ref, hold_id, Operation.RELEASE, 0, data.reason, data.idempotency_key)
+
+
+def _recorded(key: str | None) -> bool:
+    """Whether a request of the caller's tenant has this idempotency key already."""
+    if key is None:
+        return False
+    found = db_session().scalar(
+        select(AdjustmentRequest.id).where(
+            AdjustmentRequest.tenant_id == current_principal().tenant_id,
+            AdjustmentRequest.idempotency_key == key,
+        )
+    )
+    return found is not None
 
 
 def _close(

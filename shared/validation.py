@@ -255,14 +255,19 @@ def positive_amount(field: str, amount: int | None, max_amount: int) -> list[Fie
 
 
 def validate_hold(raw: Mapping[str, Any], max_amount: int) -> HoldInput:
-    """A hold's body: a positive amount, and a timeout in the future if any."""
+    """A hold's body: a positive amount (its timeout is checked by `check_future` when the
+    hold is new: a retry of an accepted hold after its timeout is a replay)."""
     data = parse_input(HoldInput, raw)
     errors = positive_amount("amount", data.amount, max_amount)
-    if data.expires_at is not None and data.expires_at <= datetime.now(UTC):
-        errors.append(FieldError("expires_at", "past", "must be in the future"))
     if errors:
         raise InvalidInput(errors)
     return data
+
+
+def check_future(field: str, moment: datetime | None) -> None:
+    """InvalidInput unless `moment` is None or still to come."""
+    if moment is not None and moment <= datetime.now(UTC):
+        raise InvalidInput([FieldError(field, "past", "must be in the future")])
 
 
 def validate_capture(raw: Mapping[str, Any], max_amount: int) -> CaptureInput:

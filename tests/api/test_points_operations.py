@@ -309,6 +309,20 @@ def test_hold_capture_and_release_replay_by_key(
     assert desk.capture(hold_id, {"amount": 11}, **key).status_code == 422
     assert desk.capture(hold_id, {"amount": 10}, **key).status_code == 201
 
+    # Retried after its timeout (say, its first answer was lost), a hold is a replay, not a
+    # 400 for an expires_at now past; a new hold with a past timeout is that 400.
+    soon = (datetime.now(UTC) + timedelta(seconds=0.6)).isoformat()
+    timed = {"amount": 1, "expires_at": soon, "idempotency_key": "hold-timed"}
+    first = desk.hold(timed)
+    time.sleep(0.8)
+    again = desk.hold(timed)
+    assert again.status_code == first.status_code == 201, again.json
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    late = desk.hold(timed | {"idempotency_key": "hold-late"})
+    assert late.status_code == 400 and late.json["errors"][0]["field"] == "expires_at"
+    expired = desk.release(first.json["data"]["hold"]["id"], {})
+    assert expired.status_code == 409  # hold_expired: beat's timeout will release it
+
     released = desk.placed(5)
     body = {"idempotency_key": "release-1"}
     first, again = desk.release(released, body), desk.release(released, body)
@@ -318,7 +332,7 @@ def test_hold_capture_and_release_replay_by_key(
     assert desk.release(released, body | {"reason": "other"}).status_code == 422
     # The key names a release of this hold: releasing another hold with it is a conflict.
     assert desk.release(desk.placed(5), body).status_code == 422
-    assert desk.totals() == (90, 5, 100, 10, 0)
+    assert desk.totals() == (90, 6, 100, 10, 0)  # the timed-out hold of 1 is still held
 
 
 def test_respond_async_hold_is_pending_then_open(
