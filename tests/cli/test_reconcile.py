@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
+from shared.db import make_engine, make_session_factory, transaction
 from shared.models import Batch, Role, new_ulid
 from shared.processing import drain_accounts
 from shared.resources import Resources
 from tests.conftest import Services
 from tests.factories import Factory, queue_requests
+from tests.shared.test_ledger_rules import (
+    DAY,
+    Book,
+    capture,
+    earn,
+    expire,
+    hold,
+    reversal,
+    spend,
+)
 
 
 def _reconcile(services: Services) -> tuple[int, dict]:
-    runner = CliRunner(env={"TALLY_DATABASE_URL": services.database_url})
+    return _reconcile_database(services.database_url)
+
+
+def _reconcile_database(database_url: str) -> tuple[int, dict]:
+    runner = CliRunner(env={"TALLY_DATABASE_URL": database_url})
     result = runner.invoke(cli, ["reconcile", "--json"])
     return result.exit_code, json.loads(result.output)
 
@@ -125,3 +144,137 @@ def test_reconcile_reports_an_entry_that_disagrees_with_its_request(
                 {"me": caller.user_id, "id": request_id},
             )
         resources.close()
+
+
+# Invariants 7 to 10 and the expired points of invariant 1. reconcile checks the whole
+# database, so each of these tests has one of its own (the corruptions stay there).
+
+
+@dataclass(frozen=True)
+class Healthy:
+    """A ledger with every kind of row the new invariants cover, built by apply_pending."""
+
+    account_id: str
+    expired_lot: str  # a lot that expired, with an expire entry
+    live_lot: str  # a lot with points left
+    captured_hold: int
+    reversal_entry: int
+    # An entry of the same account that the reversal does not reverse.
+    other_ulid: str
+
+
+def healthy_ledger(book: Book) -> Healthy:
+    user, now = book.user(), book.now()
+    expiring, live, plain = book.record_and_apply(
+        earn(user, 50, now + DAY), earn(user, 40, now + 2 * DAY), earn(user, 100)
+    )
+    spent, held, _ = book.record_and_apply(spend(user, 5), hold(user, 30), hold(user, 10))
+    _, undone, _ = book.record_and_apply(
+        capture(user, held, 20),
+        reversal(user, book.entry(spent)),
+        expire(user, book.entry(expiring).ulid),
+    )
+    # The spend and the capture took 25 of the expiring lot; its expiry took the rest.
+    account = book.account(user)
+    assert (account.balance, account.frozen_balance, account.expired_points) == (145, 10, 25)
+    assert book.lot(live).remaining == 40
+    return Healthy(
+        account_id=account.id,
+        expired_lot=book.entry(expiring).ulid,
+        live_lot=book.entry(live).ulid,
+        captured_hold=held,
+        reversal_entry=book.entry(undone).id,
+        other_ulid=book.entry(plain).ulid,
+    )
+
+
+# Each corruption: its statements (which may name the fields of Healthy), the check that
+# must report it, and the subject it names. A CHECK constraint that would refuse the
+# corruption is dropped first; a ledger row is changed with the immutability trigger off
+# for that one statement.
+CORRUPTIONS = [
+    pytest.param(
+        ["UPDATE accounts SET frozen_balance = frozen_balance + 1 WHERE id = :account_id"],
+        "frozen_balance",
+        "account {account_id}",
+        id="frozen_balance",
+    ),
+    pytest.param(
+        ["UPDATE accounts SET expired_points = expired_points + 1 WHERE id = :account_id"],
+        "balance",
+        "account {account_id}",
+        id="expired_points",
+    ),
+    pytest.param(
+        ["UPDATE lots SET expired_amount = expired_amount - 1 WHERE entry_ulid = :expired_lot"],
+        "lot",
+        "lot {expired_lot}",
+        id="lot-expired-amount",
+    ),
+    pytest.param(
+        [
+            "ALTER TABLE lots DROP CONSTRAINT remaining_within_amount",
+            "UPDATE lots SET remaining = amount + 1 WHERE entry_ulid = :live_lot",
+        ],
+        "lot",
+        "lot {live_lot}",
+        id="lot-remaining-above-amount",
+    ),
+    pytest.param(
+        ["UPDATE holds SET captured = captured - 1 WHERE request_id = :captured_hold"],
+        "hold",
+        "hold {captured_hold}",
+        id="hold-captured",
+    ),
+    pytest.param(
+        ["UPDATE holds SET status = 'released', captured = 0 WHERE request_id = :captured_hold"],
+        "hold",
+        "hold {captured_hold}",
+        id="hold-status",
+    ),
+    pytest.param(
+        [
+            "ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_immutable",
+            "UPDATE ledger_entries SET related_id = :other_ulid WHERE id = :reversal_entry",
+            "ALTER TABLE ledger_entries ENABLE TRIGGER ledger_entries_immutable",
+        ],
+        "reversal",
+        "entry {reversal_entry}",
+        id="reversal",
+    ),
+]
+
+
+@pytest.fixture
+def own_sessions(own_database: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(own_database, pool_size=2)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("statements", "check", "subject"), CORRUPTIONS)
+def test_reconcile_reports_each_corrupted_points_invariant(
+    own_database: str,
+    own_sessions: sessionmaker[Session],
+    statements: list[str],
+    check: str,
+    subject: str,
+) -> None:
+    healthy = healthy_ledger(Book(own_sessions))
+    code, report = _reconcile_database(own_database)
+    assert code == 0, report
+    assert report["violations"] == []
+
+    names = vars(healthy)
+    with transaction(own_sessions) as session:
+        for statement in statements:
+            session.execute(
+                text(statement), {k: v for k, v in names.items() if f":{k}" in statement}
+            )
+    code, report = _reconcile_database(own_database)
+    assert code == 1
+    assert [(v["check"], v["subject"]) for v in report["violations"]] == [
+        (check, subject.format(**names))
+    ], report
+    if check == "balance":
+        assert "expired 26 vs 25" in report["violations"][0]["detail"]
