@@ -18,12 +18,15 @@ Points rules (SPEC "Round 2", issue 13):
 - a positive adjustment with `expires_at` makes a lot; anything that takes points
   (spend, reversal, capture) takes them from the lots that expire first (a reversal
   from the lot of the entry it reverses first), then from points that never expire;
-- an expiry takes what is left of its lot, but never more than is spendable (held
-  points are not expired); a lot already spent has nothing to expire;
+- points coming in are never refused, even into an account an admin took below zero;
+- an expiry takes what is left of its lot, but on a type that forbids negatives never
+  more than is spendable (held points are not expired); a lot already spent has
+  nothing to expire;
 - a capture or release accepted after its hold's timeout is refused; the timeout
   releases the hold;
 - a frozen account rejects every request except the expiry and timeout requests
-  tally makes itself, so that nothing stays held or unexpired for ever.
+  tally makes itself, so that points expire and holds time out on time even there
+  (a hold without a timeout stays held until the account is unfrozen).
 """
 
 from __future__ import annotations
@@ -213,7 +216,9 @@ HOLDS = text("""
 # One statement writes the ledger rows of the chunk (balances chained and amounts
 # decided in Python) and marks their requests completed; it returns the entries of the
 # requests to report. Entry ids follow request ids, so each account's chain reads in
-# entry-id order. A hold's entry names its hold, whose id is the hold request's.
+# entry-id order. A hold's entry names its hold, whose id is the hold request's. An entry
+# that takes no points may end below zero (points coming into an account an admin took
+# below zero), as may one a negative-allowing rule applied.
 WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
@@ -231,7 +236,7 @@ WRITE_ENTRIES = text("""
                                     idempotency_key, expires_at, created_by)
         SELECT c.ulid, r.tenant_id, r.account_id, a.points_type, r.id, c.amount,
                c.frozen_amount, c.balance_before, c.balance_before + c.amount,
-               a.allow_negative OR r.allow_negative, c.type, c.reputation_type,
+               a.allow_negative OR r.allow_negative OR c.amount >= 0, c.type, c.reputation_type,
                r.reputation_context, r.comment, r.reason, r.source,
                CASE WHEN r.entry_type = 'hold' THEN r.id::text ELSE r.related_id END,
                r.idempotency_key, r.expires_at, r.created_by
@@ -430,11 +435,13 @@ def _take_from_lots(account: _Account, amount: int, first: str = "") -> None:
 
 
 def _expire(account: _Account, lot_ulid: str) -> _Entry | str:
-    """What is left of the lot, but never more than is spendable."""
+    """What is left of the lot; on a type that forbids negatives, no more than is spendable."""
     lot = next((lot for lot in account.lots if lot.ulid == lot_ulid), None)
     if lot is None or lot.remaining == 0:
         return Rejection.NOTHING_TO_EXPIRE
-    taken = min(lot.remaining, max(account.balance - account.frozen_balance, 0))
+    taken = lot.remaining
+    if not account.allow_negative:
+        taken = min(taken, max(account.balance - account.frozen_balance, 0))
     lot.remaining, lot.expired_amount, lot.changed = 0, taken, True
     if taken == 0:
         return Rejection.NOTHING_TO_EXPIRE

@@ -16,6 +16,7 @@ from shared.db import transaction
 from shared.models import (
     Account,
     AdjustmentRequest,
+    EntryType,
     LedgerEntry,
     Role,
     Tenant,
@@ -104,7 +105,10 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
         running = entry.balance_after
     assert account.balance == running == sum(e.amount for e in entries)
     assert account.total_earned == sum(e.amount for e in entries if e.amount > 0)
-    assert account.total_spent == -sum(e.amount for e in entries if e.amount < 0)
+    assert account.total_spent == -sum(
+        e.amount for e in entries if e.amount < 0 and e.type != EntryType.EXPIRE
+    )
+    assert account.expired_points == -sum(e.amount for e in entries if e.type == EntryType.EXPIRE)
 
 
 def apply_now(app: TallyCelery, account_ids: list[str]) -> int:

@@ -9,6 +9,7 @@ see only what the test made. Requests are recorded through the real accept funct
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy.exc
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -699,6 +699,26 @@ def test_a_type_that_allows_negatives_needs_no_force(book: Book) -> None:
     assert book.violations() == []
 
 
+def test_on_a_type_that_allows_negatives_an_expiry_takes_the_whole_lot(book: Book) -> None:
+    user = book.user()
+    lot = Adjustment(
+        user_id=user, points_type="reputation", amount=100, expires_at=book.now() + DAY
+    )
+    earned, _ = book.record_and_apply(lot, spend(user, 130, points_type="reputation"))
+    # The spend took the lot's 100 (then 30 below zero): nothing is left of it to expire.
+    assert book.lot(earned).remaining == 0
+    again, _ = book.record_and_apply(lot, spend(user, 20, points_type="reputation"))
+    (expiry,) = book.record(
+        dataclasses.replace(expire(user, book.entry(again).ulid), points_type="reputation")
+    )
+    assert book.apply() == {expiry: COMPLETED}
+    # -30 + 100 - 20 = 50, of which the lot's 80 left expire: back to -30 (on "points",
+    # an expiry would stop at zero).
+    assert book.account(user, "reputation").balance == -30
+    assert book.lot(again).expired_amount == 80
+    assert book.violations() == []
+
+
 # Timers
 
 
@@ -771,18 +791,12 @@ def test_request_hold_timeouts_asks_only_for_open_holds_past_their_timeout(book:
     assert book.violations() == []
 
 
-# Known product bugs
+# Points coming into an account below zero: once a product bug (442b8fc), whose entry
+# broke the CHECK balance_not_negative and so the whole chunk, each time it was applied.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlalchemy.exc.IntegrityError,
-    reason="product bug (442b8fc): a positive amount that leaves a points balance below zero"
-    " is neither refused nor marked negative_allowed, so its entry breaks the CHECK"
-    " balance_not_negative and the whole chunk fails, each time it is applied",
-)
 @pytest.mark.parametrize("undo", [False, True], ids=["award", "reversal-of-a-spend"])
-def test_points_coming_into_an_account_below_zero_are_applied_or_rejected(
+def test_points_coming_into_an_account_below_zero_are_applied(
     book: Book, undo: bool
 ) -> None:
     user, bystander = book.user(), book.user()
@@ -792,9 +806,10 @@ def test_points_coming_into_an_account_below_zero_are_applied_or_rejected(
     coming_in, other = book.record(
         reversal(user, book.entry(small)) if undo else earn(user, 5), earn(bystander, 1)
     )
-    # Whichever the rule (before 442b8fc: insufficient_balance), the chunk must apply, and
-    # another account's request in it with it.
+    # Points coming in are applied (before 442b8fc they were refused: insufficient_balance),
+    # and another account's request in the chunk with them.
     outcomes = book.apply()
-    assert outcomes[coming_in] in (COMPLETED, Rejection.INSUFFICIENT_BALANCE)
+    assert outcomes[coming_in] == COMPLETED
+    assert book.account(user).balance == -10
     assert outcomes[other] == COMPLETED
     assert book.violations() == []
