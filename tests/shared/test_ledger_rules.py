@@ -796,9 +796,7 @@ def test_request_hold_timeouts_asks_only_for_open_holds_past_their_timeout(book:
 
 
 @pytest.mark.parametrize("undo", [False, True], ids=["award", "reversal-of-a-spend"])
-def test_points_coming_into_an_account_below_zero_are_applied(
-    book: Book, undo: bool
-) -> None:
+def test_points_coming_into_an_account_below_zero_are_applied(book: Book, undo: bool) -> None:
     user, bystander = book.user(), book.user()
     _, small, _ = book.record_and_apply(earn(user, 10), spend(user, 5), spend(user, 20, force=True))
     assert book.account(user).balance == -15
