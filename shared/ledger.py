@@ -79,6 +79,8 @@ SYSTEM_OPERATIONS = frozenset({Operation.EXPIRE, Operation.TIMEOUT})
 # The operations whose requests need the account's lots or its holds.
 TAKES_FROM_LOTS = frozenset({Operation.ADJUST, Operation.REVERSAL, Operation.CAPTURE})
 CLOSES_HOLD = frozenset({Operation.CAPTURE, Operation.RELEASE, Operation.TIMEOUT})
+# The operations that move the points their request names.
+MOVES = frozenset({Operation.ADJUST, Operation.REVERSAL})
 
 
 class Outcome(NamedTuple):
@@ -151,12 +153,12 @@ class _Account:
 
 
 class _Entry(NamedTuple):
-    """A ledger entry decided in Python; the wide columns come from its request in SQL."""
+    """A ledger entry decided in Python; the rest comes from its request in SQL (its type
+    too: the request's operation, a timeout's being a release)."""
 
     type: str
     amount: int
     frozen_amount: int = 0
-    reputation_type: int = ReputationType.MANUAL
 
 
 @dataclass
@@ -169,8 +171,6 @@ class _Chain:
     balances_before: list[int] = field(default_factory=list)
     amounts: list[int] = field(default_factory=list)
     frozen_amounts: list[int] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    reputation_types: list[int] = field(default_factory=list)
     reported: list[bool] = field(default_factory=list)
 
     def add(self, request_id: int, ulid: str, before: int, entry: _Entry, reported: bool) -> None:
@@ -179,8 +179,6 @@ class _Chain:
         self.balances_before.append(before)
         self.amounts.append(entry.amount)
         self.frozen_amounts.append(entry.frozen_amount)
-        self.types.append(entry.type)
-        self.reputation_types.append(entry.reputation_type)
         self.reported.append(reported)
 
 
@@ -223,11 +221,8 @@ WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
                              CAST(:before AS bigint[]), CAST(:amounts AS bigint[]),
-                             CAST(:frozen AS bigint[]), CAST(:types AS text[]),
-                             CAST(:reputation_types AS integer[]),
-                             CAST(:reported AS boolean[]))
-            AS v(request_id, ulid, balance_before, amount, frozen_amount, type,
-                 reputation_type, reported)
+                             CAST(:frozen AS bigint[]), CAST(:reported AS boolean[]))
+            AS v(request_id, ulid, balance_before, amount, frozen_amount, reported)
     ), entries AS (
         INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id,
                                     amount, frozen_amount, balance_before, balance_after,
@@ -236,7 +231,9 @@ WRITE_ENTRIES = text("""
                                     idempotency_key, expires_at, created_by)
         SELECT c.ulid, r.tenant_id, r.account_id, a.points_type, r.id, c.amount,
                c.frozen_amount, c.balance_before, c.balance_before + c.amount,
-               a.allow_negative OR r.allow_negative OR c.amount >= 0, c.type, c.reputation_type,
+               a.allow_negative OR r.allow_negative OR c.amount >= 0,
+               CASE r.entry_type WHEN 'timeout' THEN 'release' ELSE r.entry_type END,
+               CASE r.entry_type WHEN 'reversal' THEN :reversal ELSE :manual END,
                r.reputation_context, r.comment, r.reason, r.source,
                CASE WHEN r.entry_type = 'hold' THEN r.id::text ELSE r.related_id END,
                r.idempotency_key, r.expires_at, r.created_by
@@ -343,10 +340,15 @@ class _Walk:
 
     def request(self, request: Any) -> None:
         account = self.accounts[request.account_id]
-        if account.frozen and request.entry_type not in SYSTEM_OPERATIONS:
+        operation = request.entry_type
+        if account.frozen and operation not in SYSTEM_OPERATIONS:
             self.decided.append((request, Rejection.ACCOUNT_FROZEN))
             return
-        decided = self._decide(account, request)
+        # Adjustments first: a bulk award is one of a hundred thousand.
+        if operation in MOVES:
+            decided = self._move(account, request)
+        else:
+            decided = self._decide(account, request)
         if isinstance(decided, str):
             self.decided.append((request, decided))
             return
@@ -367,10 +369,8 @@ class _Walk:
             _add_lot(account, _Lot(ulid, decided.amount, request.expires_at, new=True))
 
     def _decide(self, account: _Account, request: Any) -> _Entry | str:
-        """The request's entry, or its rejection code."""
+        """The entry of a request that moves no points of its own, or its rejection code."""
         operation = request.entry_type
-        if operation in (Operation.ADJUST, Operation.REVERSAL):
-            return self._move(account, request)
         if operation == Operation.HOLD:
             if not account.may_take(request.amount, forced=False):
                 return Rejection.INSUFFICIENT_BALANCE
@@ -393,9 +393,7 @@ class _Walk:
         if amount < 0:
             # A reversal takes from the lot of the entry it reverses first.
             _take_from_lots(account, -amount, first=request.related_id if reversal else "")
-        if reversal:
-            return _Entry(EntryType.REVERSAL, amount, 0, ReputationType.REVERSAL)
-        return _Entry(EntryType.ADJUST, amount)
+        return _Entry(EntryType.REVERSAL if reversal else EntryType.ADJUST, amount)
 
     def _close_hold(self, account: _Account, request: Any) -> _Entry | str:
         hold = self.holds.get(int(request.related_id))
@@ -608,9 +606,9 @@ def _write(
                 "before": chain.balances_before,
                 "amounts": chain.amounts,
                 "frozen": chain.frozen_amounts,
-                "types": chain.types,
-                "reputation_types": chain.reputation_types,
                 "reported": chain.reported,
+                "reversal": int(ReputationType.REVERSAL),
+                "manual": int(ReputationType.MANUAL),
             },
         )
         entries = {row.request_id: row for row in written}
