@@ -3,8 +3,6 @@ authorization. Each change is an adjustment request through the one accept path.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
@@ -14,11 +12,11 @@ from api.auth import current_principal, require_writer
 from api.body import read_input, read_object
 from api.openapi import documented
 from api.points import (
-    OPERATION_HEADERS,
     answer,
     as_envelope,
     envelope,
     idempotency_key,
+    operation_contract,
     points_type_named,
     user_named,
 )
@@ -44,30 +42,14 @@ bp = Blueprint("holds", __name__, url_prefix="/admin/points")
 bp.register_error_handler(Exception, as_envelope)
 
 
-def _contract(summary: str, body: Any, rejected: str) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "tag": "points",
-        "body": body,
-        "error_model": schemas.Envelope,
-        "error_type": "application/json",
-        "headers": OPERATION_HEADERS,
-        "responses": {
-            201: ("Applied", schemas.HoldOperationResponse),
-            202: ("Accepted, not applied yet", schemas.HoldOperationResponse),
-            404: ("No such user or hold", schemas.Envelope),
-            409: (rejected, schemas.Envelope),
-            422: ("Idempotency key reused with a different body", schemas.Envelope),
-        },
-    }
-
-
 @bp.post("/<user_ref>/holds")
 @documented(
-    **_contract(
+    **operation_contract(
         "Hold points: move them from spendable to frozen_balance",
         HoldInput,
+        "No such user",
         "Rejected: not enough spendable points, or the account is frozen",
+        schemas.HoldOperationResponse,
     )
 )
 @require_writer
@@ -102,10 +84,12 @@ def place(user_ref: str) -> Response:
 
 @bp.post("/<user_ref>/holds/<int:hold_id>/capture")
 @documented(
-    **_contract(
+    **operation_contract(
         "Capture a hold, or part of it: the points leave the account",
         CaptureInput,
+        "No such user or hold",
         "Rejected: the hold is not open, timed out, or smaller than the capture",
+        schemas.HoldOperationResponse,
     )
 )
 @require_writer
@@ -122,10 +106,12 @@ def capture(user_ref: str, hold_id: int) -> Response:
 
 @bp.post("/<user_ref>/holds/<int:hold_id>/release")
 @documented(
-    **_contract(
+    **operation_contract(
         "Release a hold: its points are spendable again",
         ReleaseInput,
+        "No such user or hold",
         "Rejected: the hold is not open or timed out",
+        schemas.HoldOperationResponse,
     )
 )
 @require_writer

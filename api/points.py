@@ -49,6 +49,32 @@ OPERATION_HEADERS = {
 }
 
 
+def operation_contract(
+    summary: str,
+    body: Any,
+    missing: str,
+    rejected: str,
+    answer: Any = schemas.PointOperationResponse,
+) -> dict[str, Any]:
+    """The documented contract of a points operation: 201, 202, 404, 409, 422 in the
+    envelope; `missing` and `rejected` say what its 404 and 409 mean."""
+    return {
+        "summary": summary,
+        "tag": "points",
+        "body": body,
+        "error_model": schemas.Envelope,
+        "error_type": "application/json",
+        "headers": OPERATION_HEADERS,
+        "responses": {
+            201: ("Applied", answer),
+            202: ("Accepted, not applied yet", answer),
+            404: (missing, schemas.Envelope),
+            409: (rejected, schemas.Envelope),
+            422: ("Idempotency key reused with a different body", schemas.Envelope),
+        },
+    }
+
+
 def envelope(code: int, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "message": message, "timestamp": format_timestamp(now())}
     if data is not None:
@@ -106,19 +132,12 @@ def idempotency_key(body_key: str | None) -> str | None:
 
 @bp.post("/<user_ref>/adjust")
 @documented(
-    summary="Adjust a user's points (seed 002)",
-    tag="points",
-    body=AdjustPointsInput,
-    error_model=schemas.Envelope,
-    error_type="application/json",
-    headers=OPERATION_HEADERS,
-    responses={
-        201: ("Applied", schemas.PointOperationResponse),
-        202: ("Accepted, not applied yet", schemas.PointOperationResponse),
-        404: ("No such user", schemas.Envelope),
-        409: ("Rejected by the account's state", schemas.Envelope),
-        422: ("Idempotency key reused with a different body", schemas.Envelope),
-    },
+    **operation_contract(
+        "Adjust a user's points (seed 002)",
+        AdjustPointsInput,
+        "No such user",
+        "Rejected by the account's state",
+    )
 )
 @require_writer
 def adjust(user_ref: str) -> Response:
@@ -246,22 +265,12 @@ def transactions(user_ref: str) -> Response:
 
 @bp.post("/transactions/<transaction_id>/reverse")
 @documented(
-    summary="Reverse a transaction: one entry of the opposite amount, linked to it",
-    tag="points",
-    body=ReverseInput,
-    error_model=schemas.Envelope,
-    error_type="application/json",
-    headers=OPERATION_HEADERS,
-    responses={
-        201: ("Applied: the reversal", schemas.PointOperationResponse),
-        202: ("Accepted, not applied yet", schemas.PointOperationResponse),
-        404: ("No such transaction", schemas.Envelope),
-        409: (
-            "Reversed already, not reversible, or rejected by the account's state",
-            schemas.Envelope,
-        ),
-        422: ("Idempotency key reused with a different body", schemas.Envelope),
-    },
+    **operation_contract(
+        "Reverse a transaction: one entry of the opposite amount, linked to it",
+        ReverseInput,
+        "No such transaction",
+        "Reversed already, not reversible, or rejected by the account's state",
+    )
 )
 @require_writer
 def reverse(transaction_id: str) -> Response:

@@ -42,16 +42,19 @@ class RequestLookup(BaseModel):
 
 bp = Blueprint("score", __name__, url_prefix="/api/v2/score")
 
+# The headers the score operations take.
+SCORE_HEADERS = {
+    "Idempotency-Key": "1 to 255 printable ASCII characters; a retry with it changes nothing",
+    "Prefer": "respond-async, or wait=N seconds (RFC 7240)",
+}
+
 
 @bp.post("/")
 @documented(
     summary="Add or remove score points for a user (seeds 000 and 001)",
     body=ScoreInput,
     body_types=(JSON, FORM),
-    headers={
-        "Idempotency-Key": "1 to 255 printable ASCII characters; a retry with it changes nothing",
-        "Prefer": "respond-async, or wait=N seconds (RFC 7240)",
-    },
+    headers=SCORE_HEADERS,
     responses={
         201: ("Applied: the Score object", schemas.Score),
         202: ("Accepted, not applied yet: the request's status", schemas.RequestStatus),
@@ -120,10 +123,7 @@ def _answer(
     summary="Reverse a score: one `reversal` entry (type 11) of the opposite amount",
     body=ScoreReverseInput,
     body_types=(JSON, FORM),
-    headers={
-        "Idempotency-Key": "1 to 255 printable ASCII characters; a retry with it changes nothing",
-        "Prefer": "respond-async, or wait=N seconds (RFC 7240)",
-    },
+    headers=SCORE_HEADERS,
     responses={
         201: ("Applied: the reversal's Score object", schemas.Score),
         202: ("Accepted, not applied yet: the request's status", schemas.RequestStatus),
