@@ -76,8 +76,8 @@ REJECTION_MESSAGES = {
 # What the expiry and timeout requests tally makes itself are applied even on a
 # frozen account.
 SYSTEM_OPERATIONS = frozenset({Operation.EXPIRE, Operation.TIMEOUT})
-# The operations whose requests need the account's lots or its holds.
-TAKES_FROM_LOTS = frozenset({Operation.ADJUST, Operation.REVERSAL, Operation.CAPTURE})
+# Besides the requests that take points (a negative amount), those that need the lots.
+USES_LOTS = frozenset({Operation.CAPTURE, Operation.EXPIRE})
 CLOSES_HOLD = frozenset({Operation.CAPTURE, Operation.RELEASE, Operation.TIMEOUT})
 # The operations that move the points their request names.
 MOVES = frozenset({Operation.ADJUST, Operation.REVERSAL})
@@ -490,15 +490,7 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
 
 def _load_lots(session: Session, accounts: dict[str, _Account], pending: Sequence[Any]) -> None:
     """The live lots of the accounts whose requests may take points (bulk awards do not)."""
-    ids = sorted(
-        {
-            r.account_id
-            for r in pending
-            if r.entry_type == Operation.EXPIRE
-            or (r.entry_type in TAKES_FROM_LOTS and r.amount < 0)
-            or r.entry_type == Operation.CAPTURE
-        }
-    )
+    ids = sorted({r.account_id for r in pending if r.amount < 0 or r.entry_type in USES_LOTS})
     if not ids:
         return
     for row in session.execute(LIVE_LOTS, {"ids": ids}):
