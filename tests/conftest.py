@@ -4,6 +4,10 @@ TALLY_TEST_DATABASE_URL names a server (any database on it); the suite creates a
 fresh database there, migrates it once and drops it at the end. TALLY_TEST_REDIS_URL
 names a Redis database that the suite flushes. Without them the embedded servers
 start. With CI=true an unreachable server fails the run instead of falling back.
+
+The fixtures at the bottom (worker, apply_account, sessions, factory, moderator) are
+shared by the packages that define a `celery_app` fixture (tests/api: the Flask app's;
+tests/worker: one of its own); each resolves the `celery_app` of the test's package.
 """
 
 from __future__ import annotations
@@ -11,18 +15,23 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+from celery.contrib.testing.worker import start_worker
 from redis import Redis
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.migrate import upgrade
+from shared.models import Role
+from tests.factories import Caller, Factory, apply_now
+from worker.app import TallyCelery
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,11 @@ def _reachable_or_fail(name: str, check: object) -> None:
         pytest.exit(f"{name} is unreachable: {error}", returncode=3)
 
 
-def _create_database(server_url: str) -> tuple[str, str]:
-    """Create a fresh database on the server; return (its URL, libpq URL of the server)."""
+def _create_database(server_url: str, prefix: str = "tally_test") -> tuple[str, str]:
+    """Create a fresh, empty database on the server; return (its URL, its name)."""
     url = make_url(server_url)
     libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"tally_test_{os.getpid()}_{secrets.token_hex(3)}"
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     test_url = url.set(drivername="postgresql+psycopg", database=name)
@@ -107,3 +116,34 @@ def base_settings(services: Services) -> Settings:
         auth_failure_limit="100000/minute",
         rate_limit="100000/second",
     )
+
+
+# Fixtures over the `celery_app` of the test's package (tests/api, tests/worker).
+
+
+@pytest.fixture
+def worker(celery_app: TallyCelery) -> Iterator[None]:
+    """A real Celery worker consuming the test queue, in a thread of this process."""
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+@pytest.fixture
+def apply_account(celery_app: TallyCelery) -> Callable[[str], int]:
+    """Apply one account's pending requests now, in the test's thread; how many were applied."""
+    return lambda account_id: apply_now(celery_app, [account_id])
+
+
+@pytest.fixture
+def sessions(celery_app: TallyCelery) -> sessionmaker[Session]:
+    return celery_app.resources.sessions
+
+
+@pytest.fixture
+def factory(sessions: sessionmaker[Session]) -> Factory:
+    return Factory(sessions)
+
+
+@pytest.fixture
+def moderator(factory: Factory) -> Caller:
+    return factory.caller(Role.MODERATOR)

@@ -1,19 +1,21 @@
-"""API fixtures: the Flask app on the test services, a Celery worker thread on demand."""
+"""API fixtures: the Flask app on the test services, and its Celery app.
+
+worker, apply_account, sessions, factory and moderator come from tests/conftest.py and use
+the `celery_app` defined here (the Flask app's).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.adjustments import Adjustment
 from shared.config import Settings
-from shared.models import Role
-from tests.factories import Caller, Factory, apply_now, queue_adjustments
+from tests.factories import Caller, queue_adjustments
 from worker.app import TallyCelery
 
 
@@ -33,19 +35,6 @@ def celery_app(flask_app: Flask) -> TallyCelery:
 
 
 @pytest.fixture
-def worker(celery_app: TallyCelery) -> Iterator[None]:
-    """A real Celery worker consuming the test queue, in a thread of this process."""
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        yield
-
-
-@pytest.fixture
-def apply_account(celery_app: TallyCelery) -> Callable[[str], int]:
-    """Apply one account's pending requests now, in the test's thread; how many were applied."""
-    return lambda account_id: apply_now(celery_app, [account_id])
-
-
-@pytest.fixture
 def award(
     sessions: sessionmaker[Session], apply_account: Callable[[str], int]
 ) -> Callable[..., None]:
@@ -62,23 +51,8 @@ def award(
 
 
 @pytest.fixture
-def sessions(celery_app: TallyCelery) -> sessionmaker[Session]:
-    return celery_app.resources.sessions
-
-
-@pytest.fixture
 def client(flask_app: Flask) -> FlaskClient:
     return flask_app.test_client()
-
-
-@pytest.fixture
-def factory(sessions: sessionmaker[Session]) -> Factory:
-    return Factory(sessions)
-
-
-@pytest.fixture
-def moderator(factory: Factory) -> Caller:
-    return factory.caller(Role.MODERATOR)
 
 
 @pytest.fixture
