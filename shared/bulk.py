@@ -99,12 +99,13 @@ def csv_records(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
     """(row number, cells) of each row of a community import file that holds data.
 
     A header row is detected and skipped, and so are blank rows. A file that is not
-    CSV (say, a field past the csv module's size limit) raises BatchInvalid naming
-    the row where reading stopped.
+    CSV (say, a field past the csv module's size limit, a quote left open, which would
+    otherwise take every row after it into one field, or text after a closing quote)
+    raises BatchInvalid naming the row where reading stopped.
     """
     number = 0
     try:
-        for number, cells in enumerate(csv.reader(stream), start=1):
+        for number, cells in enumerate(csv.reader(stream, strict=True), start=1):
             if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
                 continue
             if any(cell.strip() for cell in cells):
