@@ -24,10 +24,12 @@ import psycopg
 import pytest
 from celery.contrib.testing.worker import start_worker
 from redis import Redis
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.models import Role
 from tests.factories import Caller, Factory, apply_now
@@ -100,6 +102,28 @@ def own_database(services: Services) -> Iterator[str]:
     upgrade(url)
     yield url
     _drop_database(services.database_url, name)
+
+
+@pytest.fixture(scope="session")
+def suite_engine(services: Services) -> Iterator[Engine]:
+    """A small engine on the suite's database, for tests that need no app."""
+    engine = make_engine(services.database_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def scratch_session(suite_engine: Engine) -> Iterator[Session]:
+    """A session on the suite's database in one transaction, rolled back at the end.
+
+    What a test writes there (say, pending requests) never reaches other tests or the relay.
+    """
+    with Session(suite_engine) as session:
+        session.begin()
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 @pytest.fixture(scope="session")
