@@ -12,12 +12,23 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Account, AdjustmentRequest, Role
+from shared.models import Account, AdjustmentRequest, LedgerEntry, Role
 from shared.reconcile import reconcile
 from tests.factories import Factory
-from tests.processes.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.processes
+
+
+# Small chunks: the worker needs many transactions for the load, so SIGTERM finds it
+# in the middle of the work rather than before or after it.
+APPLY_CHUNK = 10
+LOAD = 900
+
+
+@pytest.fixture
+def stack_env() -> dict[str, str]:
+    return {"TALLY_APPLY_CHUNK": str(APPLY_CHUNK)}
 
 
 def _counts(sessions: sessionmaker[Session], tenant_id: str) -> dict[str, int]:
@@ -30,15 +41,22 @@ def _counts(sessions: sessionmaker[Session], tenant_id: str) -> dict[str, int]:
     return dict(rows)
 
 
+def _pending(counts: dict[str, int]) -> int:
+    return counts.get("queued", 0) + counts.get("processing", 0)
+
+
 def test_sigterm_to_a_busy_worker_loses_nothing(
-    stack_without_workers: Stack, stack_factory: Factory, stack_sessions
+    stack_without_workers: Stack,
+    stack_factory: Factory,
+    stack_sessions: sessionmaker[Session],
 ) -> None:
     stack = stack_without_workers
+    tenant_id = stack_factory.tenant_id
     caller = stack_factory.caller(Role.MODERATOR)
     users = [stack_factory.user() for _ in range(30)]
     expected: dict[int, int] = defaultdict(int)
     with requests.Session() as http:
-        for n in range(900):
+        for n in range(LOAD):
             user = users[n % len(users)]
             response = http.post(
                 stack.base_url + "/api/v2/score/",
@@ -51,24 +69,51 @@ def test_sigterm_to_a_busy_worker_loses_nothing(
 
     stack.start_worker("worker1")
     deadline = time.monotonic() + 60
-    while _counts(stack_sessions, stack_factory.tenant_id).get("completed", 0) == 0:
+    while _counts(stack_sessions, tenant_id).get("completed", 0) == 0:
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.01)
+    # The worker is busy: it has applied some, and (counted right after the signal, so
+    # no fewer than when it was sent) many are still pending.
+    before = _counts(stack_sessions, tenant_id)
     busy = stack.processes.pop("worker1")
     os.kill(busy.pid, signal.SIGTERM)
+    after = _counts(stack_sessions, tenant_id)
     assert busy.wait(timeout=60) == 0, stack.logs()
+    assert before.get("completed", 0) > 0, before
+    assert _pending(after) > 0, f"the worker had drained everything before SIGTERM: {after}"
 
-    counts = _counts(stack_sessions, stack_factory.tenant_id)
+    counts = _counts(stack_sessions, tenant_id)
     assert counts.get("processing", 0) == 0
     with stack_sessions() as session:
         assert reconcile(session).violations == []  # no half-applied request
 
     stack.start_worker("worker2")
     deadline = time.monotonic() + 90
-    while _counts(stack_sessions, stack_factory.tenant_id).get("completed", 0) < 900:
+    while _counts(stack_sessions, tenant_id).get("completed", 0) < LOAD:
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.2)
+    assert _counts(stack_sessions, tenant_id) == {"completed": LOAD}
     with stack_sessions() as session:
+        # Exactly once: one entry per request, the one its row names.
+        entries = dict(
+            session.execute(
+                select(LedgerEntry.request_id, func.count())
+                .where(LedgerEntry.tenant_id == tenant_id)
+                .group_by(LedgerEntry.request_id)
+            ).all()
+        )
+        assert len(entries) == LOAD
+        assert set(entries.values()) == {1}
+        linked = session.scalar(
+            select(func.count())
+            .select_from(AdjustmentRequest)
+            .join(LedgerEntry, LedgerEntry.id == AdjustmentRequest.ledger_entry_id)
+            .where(
+                AdjustmentRequest.tenant_id == tenant_id,
+                LedgerEntry.request_id == AdjustmentRequest.id,
+            )
+        )
+        assert linked == LOAD
         for user in users:
             account = session.scalars(select(Account).where(Account.user_id == user.id)).one()
             assert account.balance == expected[user.id]

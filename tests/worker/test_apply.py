@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +20,7 @@ from tests.factories import (
     assert_ledger_consistent,
     queue_requests,
 )
+from worker.app import TallyCelery
 
 
 def _entries_per_request(session: Session, request_ids: list[int]) -> dict[int, int]:
@@ -103,34 +105,64 @@ def test_a_completed_request_is_not_applied_again(
         assert _entries_per_request(session, ids) == {ids[0]: 1}
 
 
-def test_one_chunk_per_task_and_the_rest_follows(
-    celery_app, factory: Factory, moderator: Caller, sessions: sessionmaker[Session], worker: None
-) -> None:
-    import time
+def _completed(sessions: sessionmaker[Session], request_ids: list[int]) -> list[int]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(AdjustmentRequest.id)
+                .where(
+                    AdjustmentRequest.id.in_(request_ids),
+                    AdjustmentRequest.status == "completed",
+                )
+                .order_by(AdjustmentRequest.id)
+            )
+        )
 
+
+def test_one_chunk_per_task_and_the_rest_follows(
+    celery_app: TallyCelery,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    worker: None,
+) -> None:
+    """One apply (one transaction) takes at most `apply_chunk` requests; the drain goes on."""
     chunk = celery_app.resources.settings.apply_chunk
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * (3 * chunk + 50))
-    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id])
 
+    # One apply call: exactly the first chunk, in order, and word that more are pending.
+    applied = celery_app.apply([account_id])
+    assert [o.request_id for o in applied.outcomes] == ids[:chunk]
+    assert applied.more
+    assert _completed(sessions, ids) == ids[:chunk]
+
+    # The worker's drain applies the rest, chunk by chunk.
+    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id])
     deadline = time.monotonic() + 30
+    while len(_completed(sessions, ids)) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _completed(sessions, ids) == ids
+
     with sessions() as session:
-        while time.monotonic() < deadline:
-            done = session.scalar(
-                select(func.count()).where(
-                    AdjustmentRequest.id.in_(ids), AdjustmentRequest.status == "completed"
-                )
-            )
-            session.rollback()
-            if done == len(ids):
-                break
-            time.sleep(0.05)
-        assert done == len(ids)
         assert_ledger_consistent(session, account_id)
+        assert set(_entries_per_request(session, ids).values()) == {1}
+        # An entry's created_at is its transaction's start: one group per transaction.
+        per_transaction = session.execute(
+            select(LedgerEntry.created_at, func.count())
+            .where(LedgerEntry.request_id.in_(ids))
+            .group_by(LedgerEntry.created_at)
+            .order_by(LedgerEntry.created_at)
+        ).all()
+    assert [count for _, count in per_transaction] == [chunk, chunk, chunk, 50]
 
 
 def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
-    celery_app, factory: Factory, moderator: Caller, sessions: sessionmaker[Session], monkeypatch
+    celery_app: TallyCelery,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sqlalchemy import text
 

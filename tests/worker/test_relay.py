@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from celery import Task
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_failure
 from redis import Redis
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.dispatch import Lane
-from shared.models import AdjustmentRequest
+from shared.ledger import PENDING_STATUSES
+from shared.models import Account, AdjustmentRequest, LedgerEntry
 from shared.outbox import stale_accounts
-from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
-from worker.app import TallyCelery
+from tests.factories import (
+    Caller,
+    Factory,
+    assert_ledger_consistent,
+    ledger_of,
+    queue_requests,
+)
+from worker.app import DRAIN_TASK, TallyCelery
+
+# The race: this many accounts with this many requests each, drained in chunks of 100.
+RACE_ACCOUNTS = 10
+RACE_REQUESTS_PER_ACCOUNT = 100
 
 
 def _stale(sessions: sessionmaker[Session], delay: float) -> list[str]:
     with sessions() as session:
         return [a for accounts in stale_accounts(session, delay).values() for a in accounts]
+
+
+def _pending(sessions: sessionmaker[Session], request_ids: list[int]) -> int:
+    with sessions() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    AdjustmentRequest.id.in_(request_ids),
+                    AdjustmentRequest.status.in_(PENDING_STATUSES),
+                )
+            )
+            or 0
+        )
 
 
 def _status(sessions: sessionmaker[Session], request_id: int) -> str:
@@ -32,29 +60,48 @@ def test_request_whose_message_was_removed_is_applied_after_the_relay_delay(
     moderator: Caller,
     sessions: sessionmaker[Session],
     redis: Redis,
-    worker: None,
 ) -> None:
+    dispatcher = celery_app.dispatchers[Lane.INTERACTIVE]
     queue = celery_app.conf.task_default_queue
     user = factory.user()
-    # Accept as the API does, publish, then lose the message before any worker sees it.
+    account_id, (request_id,) = queue_requests(sessions, moderator, user.id, [9])
+    partition = dispatcher.partition_of(account_id)
+    pending_key = dispatcher.pending_keys[partition]
+    mark_key = dispatcher.dispatch_keys[partition]
+    # An idle system: no drain task queued or running, no account waiting.
     with celery_app.connection_for_write() as connection:
         connection.default_channel.queue_purge(queue)
-    account_id, (request_id,) = queue_requests(sessions, moderator, user.id, [9])
-    redis.delete(queue)
+    redis.delete(pending_key, mark_key)
+
+    # Published as the API does after the commit: the account pending, one drain queued.
+    assert dispatcher.notify([account_id]) == 1
+    assert redis.smembers(pending_key) == {account_id.encode()}
+    assert redis.exists(mark_key)
+    assert redis.llen(queue) == 1
+    message = json.loads(redis.lindex(queue, 0))  # type: ignore[arg-type]
+    assert message["headers"]["task"] == DRAIN_TASK
+
+    # Lost before any worker saw it: the message and the pending account go. The mark
+    # stays, as it would: it says a task is on its way, so no plain notify queues one.
+    redis.delete(queue, pending_key)
     assert redis.llen(queue) == 0
+    assert not redis.exists(pending_key)
 
-    delay = celery_app.resources.settings.relay_delay
-    assert account_id not in _stale(sessions, delay)  # younger than the delay: left alone
-    time.sleep(delay + 0.1)
-    assert account_id in _stale(sessions, delay)
-    assert relay_outbox() >= 1
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        delay = celery_app.resources.settings.relay_delay
+        assert account_id not in _stale(sessions, delay)  # younger than the delay: left alone
+        time.sleep(delay + 0.1)
+        assert _status(sessions, request_id) == "queued"  # nothing else would apply it
+        assert account_id in _stale(sessions, delay)
+        assert relay_outbox() >= 1
 
-    deadline = time.monotonic() + 10
-    while _status(sessions, request_id) != "completed" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _status(sessions, request_id) == "completed"
+        deadline = time.monotonic() + 10
+        while _status(sessions, request_id) != "completed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _status(sessions, request_id) == "completed"
     with sessions() as session:
         assert_ledger_consistent(session, account_id)
+        assert [e.request_id for e in ledger_of(session, user.id)] == [request_id]
     assert account_id not in _stale(sessions, delay)  # nothing left to relay
 
 
@@ -64,21 +111,69 @@ def test_relay_while_a_worker_applies_gives_one_entry(
     factory: Factory,
     moderator: Caller,
     sessions: sessionmaker[Session],
-    worker: None,
 ) -> None:
-    user = factory.user()
-    account_id, ids = queue_requests(sessions, moderator, user.id, [1] * 200)
-    time.sleep(celery_app.resources.settings.relay_delay + 0.1)
-    # The original task and the relay's copy race each other on the worker.
-    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id])
-    relay_outbox()
-    celery_app.dispatchers[Lane.INTERACTIVE].notify([account_id], force=True)
+    """The relay queues drains again and again while four worker threads drain."""
+    users = [factory.user() for _ in range(RACE_ACCOUNTS)]
+    ids_of: dict[int, list[int]] = {}
+    accounts = []
+    for user in users:
+        account_id, ids_of[user.id] = queue_requests(
+            sessions, moderator, user.id, [1] * RACE_REQUESTS_PER_ACCOUNT
+        )
+        accounts.append(account_id)
+    ids = [request_id for user in users for request_id in ids_of[user.id]]
+    time.sleep(celery_app.resources.settings.relay_delay + 0.1)  # every request is stale
 
-    deadline = time.monotonic() + 15
-    while _status(sessions, ids[-1]) != "completed" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    failures: list[BaseException] = []
+
+    def on_failure(exception: BaseException, **_: object) -> None:
+        failures.append(exception)
+
+    task_failure.connect(on_failure, weak=False)
+    try:
+        with start_worker(
+            celery_app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            shutdown_timeout=10,
+        ):
+            # The original drain, then the relay's copies, while the first ones work.
+            celery_app.dispatchers[Lane.INTERACTIVE].notify(accounts)
+            relays = 0
+            deadline = time.monotonic() + 20
+            while _pending(sessions, ids) and time.monotonic() < deadline:
+                relays += relay_outbox() > 0
+                time.sleep(0.005)
+    finally:
+        task_failure.disconnect(on_failure)
+
+    assert failures == []
+    assert relays >= 3  # the relay did race the drains
     with sessions() as session:
-        assert_ledger_consistent(session, account_id)
-        from tests.factories import ledger_of
-
-        assert [e.request_id for e in ledger_of(session, user.id)] == ids
+        twice = session.execute(
+            select(LedgerEntry.request_id)
+            .where(LedgerEntry.request_id.in_(ids))
+            .group_by(LedgerEntry.request_id)
+            .having(func.count() > 1)
+        ).all()
+        assert twice == []
+        entries = dict(
+            session.execute(
+                select(LedgerEntry.request_id, LedgerEntry.id).where(
+                    LedgerEntry.request_id.in_(ids)
+                )
+            ).all()
+        )
+        requests = session.execute(
+            select(
+                AdjustmentRequest.id, AdjustmentRequest.status, AdjustmentRequest.ledger_entry_id
+            ).where(AdjustmentRequest.id.in_(ids))
+        ).all()
+        assert len(requests) == len(ids)
+        assert {row.status for row in requests} == {"completed"}
+        assert {row.id: row.ledger_entry_id for row in requests} == entries
+        for user, account_id in zip(users, accounts, strict=True):
+            assert_ledger_consistent(session, account_id)
+            assert [e.request_id for e in ledger_of(session, user.id)] == ids_of[user.id]
+            assert session.get_one(Account, account_id).balance == RACE_REQUESTS_PER_ACCOUNT
