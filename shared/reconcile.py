@@ -112,8 +112,8 @@ LOT_MISMATCHES = text("""
        OR e.amount <> l.amount
        OR COALESCE(x.entries, 0) > 1
        OR (l.expired_at IS NULL AND COALESCE(x.entries, 0) > 0)
-       OR (l.expired_at IS NOT NULL AND (l.remaining <> 0
-                                         OR l.expired_amount <> COALESCE(x.taken, 0)))
+       OR (l.expired_at IS NOT NULL
+           AND (l.remaining <> 0 OR l.expired_amount IS DISTINCT FROM COALESCE(x.taken, 0)))
 """)
 
 # Invariant 9: a hold is exactly one of open, captured, released, timed out: one hold
