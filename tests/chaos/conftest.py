@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
@@ -34,6 +35,20 @@ class Rig:
     user_ids: list[int]
     # Users of the "points" load (holds, expiring points), apart from the reputation load's.
     points_user_ids: list[int]
+    # A user no load touches: a probe's account that only the relay can hand over.
+    quiet_user_id: int
+    # How the API and beat were started, to start them again after a kill.
+    api_args: tuple[str, ...]
+    beat_args: tuple[str, ...]
+
+    def redis_client(self) -> Redis:
+        return Redis.from_url(self.redis.url, socket_timeout=2)
+
+    def start_api(self) -> None:
+        self.stack.start("api", *self.api_args)
+
+    def start_beat(self) -> None:
+        self.stack.start("beat", *self.beat_args)
 
 
 @pytest.fixture
@@ -49,6 +64,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     caller = factory.caller(Role.MODERATOR)
     user_ids = [factory.user().id for _ in range(12)]
     points_user_ids = [factory.user().id for _ in range(6)]
+    quiet_user_id = factory.user().id
 
     port = free_port()
     env = os.environ | {
@@ -64,13 +80,25 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         "TALLY_EXPIRY_INTERVAL": str(EXPIRY_INTERVAL_SECONDS),
     }
     stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
-    stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
-    stack.start("beat", "beat", "--schedule", str(tmp_path / "beat-schedule"))
+    rig = Rig(
+        stack,
+        postgres,
+        redis,
+        sessions,
+        caller,
+        user_ids,
+        points_user_ids,
+        quiet_user_id,
+        api_args=("api", "--bind", f"127.0.0.1:{port}"),
+        beat_args=("beat", "--schedule", str(tmp_path / "beat-schedule")),
+    )
+    rig.start_api()
+    rig.start_beat()
     stack.start_worker("worker1")
     stack.start_worker("worker2")
     try:
         wait_until_up(stack)
-        yield Rig(stack, postgres, redis, sessions, caller, user_ids, points_user_ids)
+        yield rig
     finally:
         for name in list(stack.processes):
             stack.stop(name)

@@ -1,8 +1,15 @@
 """Clients that keep posting adjustments through faults, retrying with their idempotency keys.
 
 Besides the reputation load (single adjustments and batches), a few "points" clients
-adjust with short expiries, place holds with short timeouts and capture or release
-some of them, so that beat's lot expiries and hold timeouts run through the faults too.
+adjust with short expiries, place holds with short timeouts, capture or release some
+of them, and spend more than an account has now and then (rejected, 409), so that
+beat's lot expiries and hold timeouts and the rejections run through the faults too.
+
+Every request is timed: when its first try was sent and when its final answer came.
+A request answered before another was first sent was accepted (committed) before that
+one existed, so the checks can order requests across every client by what the clients
+saw. Nothing goes wrong silently: each 503, timeout and broken connection is recorded
+with its time, its kind and its key, and the key is remembered as retried.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +27,11 @@ import requests
 RETRY_DEADLINE = 120.0
 # The longest a lot or a hold of the points load lives: all are due this long after it stops.
 POINTS_TIMER_MAX = 3.0
+# Every this many operations, and at least this often when answers are slow (a fault),
+# a points client spends far more than any account holds: rejected, insufficient_balance.
+UNAFFORDABLE_EVERY = 5
+UNAFFORDABLE_SECONDS = 0.5
+UNAFFORDABLE = -1_000_000
 
 
 @dataclass
@@ -28,7 +40,8 @@ class Accepted:
     user_id: int
     amount: int
     request_id: int
-    accepted_at: float
+    sent_at: float  # the first try
+    answered_at: float  # the answer that named the request
 
 
 @dataclass
@@ -36,6 +49,8 @@ class AcceptedBatch:
     key: str
     batch_id: str
     items: list[tuple[int, int]]  # (user_id, amount), in order
+    sent_at: float
+    answered_at: float
 
 
 @dataclass
@@ -47,11 +62,38 @@ class PointsOperation:
     user_id: int
     request_id: int
     status: int
+    sent_at: float
+    answered_at: float
+    amount: int | None = None
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """A try that did not get a final answer: a 503, or no answer at all."""
+
+    at: float  # time.monotonic() when it came back
+    kind: str  # see trouble_kind, or "503"
+    key: str
+
+
+def trouble_kind(error: requests.RequestException) -> str:
+    """What went wrong with a try that got no answer, as a short name."""
+    if isinstance(error, requests.ConnectTimeout):
+        return "connect_timeout"
+    if isinstance(error, requests.ReadTimeout):
+        return "read_timeout"
+    if isinstance(error, requests.ConnectionError):
+        text = repr(error)
+        if "refused" in text.lower():
+            return "connection_refused"  # nobody listening
+        # Aborted, reset, closed without an answer: the server went away mid-request.
+        return "connection_cut"
+    return type(error).__name__
 
 
 @dataclass
 class Load:
-    """Client threads posting single adjustments until stopped; every answer is recorded."""
+    """Client threads posting adjustments until stopped; every answer is recorded."""
 
     base_url: str
     token: str
@@ -65,9 +107,6 @@ class Load:
     statuses: Counter[int] = field(default_factory=Counter)
     missing_retry_after: int = 0
     replays_mismatched: int = 0
-    sent_by_thread: dict[tuple[int, int], list[int]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
     points: list[PointsOperation] = field(default_factory=list)
     points_statuses: Counter[int] = field(default_factory=Counter)
     # Answers a points client did not expect (any 4xx but 409 and the one below).
@@ -75,6 +114,14 @@ class Load:
     # Keys of holds whose retry came after their timeout: 400 "expires_at must be in the
     # future" although the first try may have been recorded (see _points_until_accepted).
     holds_refused_on_retry: list[str] = field(default_factory=list)
+    # Every 503 and every try without an answer, and the keys they happened to.
+    troubles: list[Trouble] = field(default_factory=list)
+    retried_keys: set[str] = field(default_factory=set)
+    # Retried keys whose final answer was a replay: the request had been recorded by a
+    # try whose answer the client never got.
+    replayed_after_trouble: set[str] = field(default_factory=set)
+    # Keys that kept failing until RETRY_DEADLINE (the checks want none).
+    abandoned: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -83,16 +130,15 @@ class Load:
 
     def start(self) -> None:
         for number in range(self.threads):
-            worker = threading.Thread(target=self._client, args=(number,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        bulk = threading.Thread(target=self._bulk_client, daemon=True)
-        bulk.start()
-        self._workers.append(bulk)
+            self._spawn(self._client, number)
+        self._spawn(self._bulk_client)
         for number in range(self.points_threads if self.points_user_ids else 0):
-            points = threading.Thread(target=self._points_client, args=(number,), daemon=True)
-            points.start()
-            self._workers.append(points)
+            self._spawn(self._points_client, number)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        worker = threading.Thread(target=target, args=args, daemon=True)
+        worker.start()
+        self._workers.append(worker)
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,34 +146,75 @@ class Load:
             worker.join(timeout=RETRY_DEADLINE + 30)
 
     def accepted_between(self, start: float, end: float) -> int:
-        return sum(1 for a in self.accepted if start <= a.accepted_at <= end)
+        return sum(1 for a in self.accepted if start <= a.answered_at <= end)
 
-    def _post(self, http: requests.Session, key: str, body: dict) -> requests.Response | None:
+    def transport_errors(self) -> Counter[str]:
+        """How many tries got no answer, by kind (503s apart)."""
+        return Counter(t.kind for t in self.troubles if t.kind != "503")
+
+    # One try, and the retry loop every client uses.
+
+    def _try(
+        self,
+        http: requests.Session,
+        path: str,
+        key: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: float,
+        statuses: Counter[int],
+    ) -> requests.Response | None:
+        """POST once; record the answer's status, or the trouble if there was one."""
         try:
             response = http.post(
-                self.base_url + "/api/v2/score/",
+                self.base_url + path,
                 json=body,
-                headers={"Idempotency-Key": key, "Prefer": "wait=2"},
-                timeout=15,
+                headers={"Idempotency-Key": key, **headers},
+                timeout=timeout,
             )
-        except requests.RequestException:
+        except requests.RequestException as error:
+            self._trouble(trouble_kind(error), key)
             return None
         with self._lock:
-            self.statuses[response.status_code] += 1
+            statuses[response.status_code] += 1
             if response.status_code == 503 and "Retry-After" not in response.headers:
                 self.missing_retry_after += 1
+        if response.status_code == 503:
+            self._trouble("503", key)
         return response
+
+    def _trouble(self, kind: str, key: str) -> None:
+        with self._lock:
+            self.troubles.append(Trouble(time.monotonic(), kind, key))
+            self.retried_keys.add(key)
+
+    def _answered(self, key: str, response: requests.Response) -> None:
+        """Note a final answer; a replay after a trouble means a lost answer was recovered."""
+        if response.headers.get("Idempotent-Replayed") == "true":
+            with self._lock:
+                if key in self.retried_keys:
+                    self.replayed_after_trouble.add(key)
+
+    def _abandon(self, key: str) -> None:
+        with self._lock:
+            self.abandoned.append(key)
+
+    # The reputation load: single adjustments, and batches of 200.
 
     def _until_accepted(self, http: requests.Session, key: str, body: dict) -> int | None:
         """Retry with the same key until the API accepts it (as a careful client would)."""
         deadline = time.monotonic() + RETRY_DEADLINE
         delay = 0.05
         while time.monotonic() < deadline:
-            response = self._post(http, key, body)
+            response = self._try(
+                http, "/api/v2/score/", key, body, {"Prefer": "wait=2"}, 15, self.statuses
+            )
             if response is not None and response.status_code in (201, 202):
+                self._answered(key, response)
                 return int(response.headers["Location"].rsplit("/", 1)[1])
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        self._abandon(key)
         return None
 
     def _client(self, number: int) -> None:
@@ -141,13 +228,14 @@ class Load:
                 user_id = rng.choice(self.user_ids)
                 amount = rng.choice([-3, -1, 1, 2, 5, 10])
                 body = {"user_id": user_id, "score": amount, "comment": key}
+                sent_at = time.monotonic()
                 request_id = self._until_accepted(http, key, body)
-                assert request_id is not None, f"{key} was never accepted"
+                if request_id is None:
+                    return
                 with self._lock:
                     self.accepted.append(
-                        Accepted(key, user_id, amount, request_id, time.monotonic())
+                        Accepted(key, user_id, amount, request_id, sent_at, time.monotonic())
                     )
-                    self.sent_by_thread[(number, user_id)].append(request_id)
                 if sequence % 10 == 0:
                     # A retry that reuses the key must name the same request.
                     again = self._until_accepted(http, key, body)
@@ -169,38 +257,37 @@ class Load:
                     "items": [{"user_id": u, "score": a} for u, a in items],
                     "comment": key,
                 }
+                sent_at = time.monotonic()
                 batch_id = self._batch_until_accepted(http, key, body)
-                assert batch_id is not None, f"{key} was never accepted"
+                if batch_id is None:
+                    return
                 with self._lock:
-                    self.batches.append(AcceptedBatch(key, batch_id, items))
+                    self.batches.append(
+                        AcceptedBatch(key, batch_id, items, sent_at, time.monotonic())
+                    )
                 time.sleep(0.2)
 
     def _batch_until_accepted(self, http: requests.Session, key: str, body: dict) -> str | None:
         deadline = time.monotonic() + RETRY_DEADLINE
         while time.monotonic() < deadline:
-            try:
-                response = http.post(
-                    self.base_url + "/api/v2/score/bulk",
-                    json=body,
-                    headers={"Idempotency-Key": key},
-                    timeout=30,
-                )
-            except requests.RequestException:
-                time.sleep(0.2)
-                continue
-            with self._lock:
-                self.statuses[response.status_code] += 1
-            if response.status_code == 202:
+            response = self._try(http, "/api/v2/score/bulk", key, body, {}, 30, self.statuses)
+            if response is not None and response.status_code == 202:
+                self._answered(key, response)
                 return str(response.json()["id"])
             time.sleep(0.2)
+        self._abandon(key)
         return None
+
+    # The points load.
 
     def _points_client(self, number: int) -> None:
         """Adjust (expiring points, spends some refused), hold, capture and release.
 
         Each thread first gives every points user 100 points that never expire (and asks
         for a spend that is refused); later it closes only some of its holds, so that
-        others are left to time out.
+        others are left to time out, and every UNAFFORDABLE_EVERY operations (or
+        UNAFFORDABLE_SECONDS) it spends more than any account has (refused:
+        insufficient_balance).
         """
         rng = random.Random(2000 + number)
         own_holds: list[tuple[int, int, int]] = []  # (user, hold id, amount)
@@ -208,11 +295,12 @@ class Load:
             http.headers["Authorization"] = f"Bearer {self.token}"
             for user_id in self.points_user_ids:
                 # 100 points for good, and a spend no account can afford: refused.
-                for amount in (100, -1_000_000):
+                for amount in (100, UNAFFORDABLE):
                     key = f"chaos-points-{number}-seed-{user_id}-{amount}"
                     body: dict[str, Any] = {"amount": amount, "reason": key}
                     self._points_record(http, key, "adjust", user_id, "/adjust", body)
             sequence = 0
+            unaffordable_at = time.monotonic()
             while not self._stop.is_set():
                 sequence += 1
                 key = f"chaos-points-{number}-{sequence}"
@@ -220,7 +308,11 @@ class Load:
                 roll = rng.random()
                 path, kind = "/adjust", "adjust"
                 body = {"reason": key}
-                if roll < 0.35:
+                overdue = time.monotonic() - unaffordable_at > UNAFFORDABLE_SECONDS
+                if sequence % UNAFFORDABLE_EVERY == 0 or overdue:
+                    body["amount"] = UNAFFORDABLE
+                    unaffordable_at = time.monotonic()
+                elif roll < 0.35:
                     body["amount"] = rng.randint(5, 30)
                     if rng.random() < 0.7:
                         body["expires_at"] = _in(rng.uniform(1.0, POINTS_TIMER_MAX - 0.5))
@@ -270,27 +362,34 @@ class Load:
         """Retry with the same key and body until the API accepts the operation."""
         # Holds and their closing wait for the worker; adjustments ask for an early 202.
         prefer = "respond-async" if kind == "adjust" else "wait=2"
-        deadline = time.monotonic() + RETRY_DEADLINE
+        sent_at = time.monotonic()
+        deadline = sent_at + RETRY_DEADLINE
         delay = 0.05
         while time.monotonic() < deadline:
-            try:
-                response = http.post(
-                    f"{self.base_url}/admin/points/{user_id}{path}",
-                    json=body,
-                    headers={"Idempotency-Key": key, "Prefer": prefer},
-                    timeout=15,
-                )
-            except requests.RequestException:
-                response = None
+            response = self._try(
+                http,
+                f"/admin/points/{user_id}{path}",
+                key,
+                body,
+                {"Prefer": prefer},
+                15,
+                self.points_statuses,
+            )
             if response is not None:
                 status = response.status_code
-                with self._lock:
-                    self.points_statuses[status] += 1
-                    if status == 503 and "Retry-After" not in response.headers:
-                        self.missing_retry_after += 1
                 if status in (201, 202, 409):
+                    self._answered(key, response)
                     request_id = int(response.headers["Location"].rsplit("/", 1)[1])
-                    return PointsOperation(key, kind, user_id, request_id, status)
+                    return PointsOperation(
+                        key,
+                        kind,
+                        user_id,
+                        request_id,
+                        status,
+                        sent_at,
+                        time.monotonic(),
+                        body.get("amount"),
+                    )
                 if status == 400 and kind == "hold" and _past(body["expires_at"]):
                     # A retry past the hold's timeout is refused, even when the first try
                     # was recorded: the verification looks the key up.
@@ -303,6 +402,7 @@ class Load:
                     return None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        self._abandon(key)
         with self._lock:
             self.points_problems.append(f"{key} never accepted")
         return None

@@ -89,6 +89,11 @@ class ThrowawayPostgres:
         """A fast shutdown: open transactions are rolled back, clients are cut off."""
         self._pg(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"], check=False)
 
+    def crash(self) -> None:
+        """An immediate shutdown, as in a crash: every server process quits at once, with
+        no checkpoint and nothing rolled back cleanly; the next start recovers from the WAL."""
+        self._pg(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+
     def _wait(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:

@@ -1,31 +1,37 @@
 """Faults while adjustments flow: nothing accepted is lost, nothing is applied twice.
 
-Each scenario prints how many requests were accepted during the fault and how long
-recovery took (fault over -> every accepted request final); run with -s to see it.
+Each scenario first makes sure its fault hits work (a worker killed or paused inside
+a chunk's transaction, Redis wiped while it holds undelivered work, PostgreSQL stopped
+or crashed with requests pending, the API killed with requests in flight) and asserts
+what the fault did; then tests/chaos/checks.py checks the ledger from its rows. Each
+prints how many requests were accepted, what the clients saw, and how long recovery
+took (fault over -> every accepted request final); run with -s to see it.
 
-The points load (holds, expiring points) runs alongside: once every lot and hold it
-made is due, beat's timers must have expired lots and timed out holds, exactly once
-each, through the fault.
+The points load (holds, expiring points, spends some refused) runs alongside: once
+every lot and hold it made is due, beat's timers must have expired lots and timed out
+holds, exactly once each, through the fault.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
+import psutil
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
-from shared.models import Account, AdjustmentRequest, LedgerEntry
-from shared.reconcile import reconcile
+from shared.locks import LOCK_KEY_PREFIX
+from shared.models import AdjustmentRequest
+from tests.chaos.checks import Findings, Run, verify
 from tests.chaos.conftest import LOCK_TTL_SECONDS, Rig
 from tests.chaos.load import POINTS_TIMER_MAX, Load
-from tests.factories import assert_ledger_consistent
-from tests.stack import kill_group, signal_process
+from tests.stack import kill_group, wait_until_up
 
 pytestmark = pytest.mark.chaos
 
@@ -33,6 +39,11 @@ RECOVERY_LIMIT = 60.0
 # After the load stops, its last lots and holds are due within POINTS_TIMER_MAX; beat
 # asks every half second, and a fault may have left work to the relay.
 TIMERS_LIMIT = 30.0
+# How long a scenario may look for the moment its fault hits work.
+AIM_LIMIT = 8.0
+DOWN_SECONDS = 3.0
+
+Fault = Callable[[dict[str, Any]], None]
 
 
 def _wait_all_final(rig: Rig, load: Load) -> float:
@@ -54,61 +65,6 @@ def _wait_all_final(rig: Rig, load: Load) -> float:
             f"{pending} accepted requests still pending\n{rig.stack.logs()}"
         )
         time.sleep(0.2)
-
-
-def _verify(rig: Rig, load: Load) -> None:
-    assert load.statuses[500] == 0, load.statuses
-    assert load.missing_retry_after == 0
-    assert load.replays_mismatched == 0
-    expected: dict[int, int] = {}
-    for accepted in load.accepted:
-        expected[accepted.user_id] = expected.get(accepted.user_id, 0) + accepted.amount
-    for batch in load.batches:
-        for user_id, amount in batch.items:
-            expected[user_id] = expected.get(user_id, 0) + amount
-    ids = [a.request_id for a in load.accepted]
-    assert len(set(ids)) == len(ids), "two keys named one request"
-    with rig.sessions() as session:
-        entries = dict(
-            session.execute(
-                select(LedgerEntry.request_id, LedgerEntry.id).where(
-                    LedgerEntry.request_id.in_(ids)
-                )
-            ).all()
-        )
-        assert len(entries) == len(ids), "an accepted request has no ledger entry"
-        batch_ids = [b.batch_id for b in load.batches]
-        batch_requests = session.scalar(
-            select(func.count()).where(AdjustmentRequest.batch_id.in_(batch_ids))
-        )
-        batch_entries = session.scalar(
-            select(func.count())
-            .select_from(LedgerEntry)
-            .join(AdjustmentRequest, AdjustmentRequest.id == LedgerEntry.request_id)
-            .where(AdjustmentRequest.batch_id.in_(batch_ids))
-        )
-        assert batch_requests == batch_entries == 200 * len(load.batches)
-        for user_id, total in expected.items():
-            account = session.scalars(
-                select(Account).where(
-                    Account.user_id == user_id, Account.points_type == "reputation"
-                )
-            ).one()
-            assert account.balance == total, f"user {user_id}"
-            assert_ledger_consistent(session, account.id)
-        for request_ids in load.sent_by_thread.values():
-            ledger_ids = [entries[r] for r in request_ids]
-            assert ledger_ids == sorted(ledger_ids), "acceptance order broken"
-        _verify_points(session, rig, load)
-        assert reconcile(session).violations == []
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "reconcile"],
-        env=os.environ | {"TALLY_DATABASE_URL": rig.postgres.url},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 POINTS_STATE = text("""
@@ -134,96 +90,22 @@ def _wait_timers(rig: Rig, stopped: float) -> float:
         time.sleep(0.2)
 
 
-def _verify_points(session, rig: Rig, load: Load) -> None:  # type: ignore[no-untyped-def]
-    """Every accepted points operation is final, as answered; the timers ran, once each."""
-    assert load.points_statuses[500] == 0, load.points_statuses
-    assert load.points_problems == []
-    assert load.points, "the points load made no request"
-    ids = [p.request_id for p in load.points]
-    assert len(set(ids)) == len(ids), "two keys named one request"
-    final = dict(
-        session.execute(
-            select(AdjustmentRequest.id, AdjustmentRequest.status).where(
-                AdjustmentRequest.id.in_(ids)
-            )
-        ).all()
-    )
-    answered = {201: {"completed"}, 202: {"completed", "rejected"}, 409: {"rejected"}}
-    for operation in load.points:
-        assert final[operation.request_id] in answered[operation.status], operation
-    # A hold whose retry was refused past its timeout may still have been recorded.
-    refused = session.scalars(
-        select(AdjustmentRequest.status).where(
-            AdjustmentRequest.tenant_id == rig.caller.tenant_id,
-            AdjustmentRequest.idempotency_key.in_(load.holds_refused_on_retry),
-        )
-    ).all()
-    assert set(refused) <= {"completed", "rejected"}
-    rejected = Counter(
-        session.scalars(
-            select(AdjustmentRequest.error_code).where(
-                AdjustmentRequest.id.in_(ids), AdjustmentRequest.status == "rejected"
-            )
-        )
-    )
-    assert rejected["insufficient_balance"] > 0, rejected
-    accounts = session.execute(
-        select(Account.id, Account.frozen_balance, Account.expired_points).where(
-            Account.user_id.in_(rig.points_user_ids), Account.points_type == "points"
-        )
-    ).all()
-    assert accounts
-    # Every hold is closed: nothing is frozen any more.
-    assert [a for a in accounts if a.frozen_balance != 0] == []
-    assert sum(a.expired_points for a in accounts) > 0, "no lot expired"
-    holds = Counter(
-        session.scalars(
-            text("SELECT status FROM holds WHERE tenant_id = :tenant"),
-            {"tenant": rig.caller.tenant_id},
-        )
-    )
-    assert holds["timed_out"] > 0, holds
-    # Each lot expired at most once and never more than it had; each subject asked once.
-    lots_over = session.execute(
-        text("""
-            SELECT l.entry_ulid, l.amount, COUNT(x.id), -SUM(x.amount)
-            FROM lots l JOIN ledger_entries x ON x.type = 'expire' AND x.related_id = l.entry_ulid
-            WHERE l.tenant_id = :tenant
-            GROUP BY l.entry_ulid, l.amount
-            HAVING COUNT(x.id) > 1 OR -SUM(x.amount) > l.amount
-        """),
-        {"tenant": rig.caller.tenant_id},
-    ).all()
-    assert lots_over == []
-    asked_twice = session.execute(
-        text("""
-            SELECT entry_type, related_id FROM adjustment_requests
-            WHERE tenant_id = :tenant AND entry_type IN ('expire', 'timeout')
-              AND status <> 'rejected'
-            GROUP BY entry_type, related_id HAVING COUNT(*) > 1
-        """),
-        {"tenant": rig.caller.tenant_id},
-    ).all()
-    assert asked_twice == []
-    expired = session.scalar(
-        text("SELECT COUNT(*) FROM ledger_entries WHERE tenant_id = :tenant AND type = 'expire'"),
-        {"tenant": rig.caller.tenant_id},
-    )
-    print(
-        f"points: {len(load.points)} operations accepted, answers {dict(load.points_statuses)},"
-        f" rejected {dict(rejected)}, {expired} lots expired, holds {dict(holds)},"
-        f" {len(load.holds_refused_on_retry)} hold retries refused past their timeout"
-    )
+def _run(
+    rig: Rig, fault: Fault, clients_see_it: bool, before: float = 2.0, after: float = 2.0
+) -> tuple[Run, Findings]:
+    """Load, fault, load, then wait for everything to be final and check it all.
 
-
-def _run(rig: Rig, fault, before: float = 2.0, after: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    The fault fills in its evidence; `evidence["fault_at"]`, if it sets it, is when it
+    struck (after aiming), else the fault window starts when `fault` is called.
+    """
     load = Load(
         rig.stack.base_url, rig.caller.token, rig.user_ids, points_user_ids=rig.points_user_ids
     )
+    evidence: dict[str, Any] = {}
     load.start()
     time.sleep(before)
-    fault_started = time.monotonic()
-    fault()
+    called = time.monotonic()
+    fault(evidence)
     fault_ended = time.monotonic()
     time.sleep(after)
     load.stop()
@@ -231,58 +113,286 @@ def _run(rig: Rig, fault, before: float = 2.0, after: float = 2.0) -> None:  # t
     _wait_all_final(rig, load)
     recovery = time.monotonic() - fault_ended  # fault over -> every accepted request final
     timers = _wait_timers(rig, stopped)
+    fault_started = evidence.pop("fault_at", called)
+    run = Run(load, fault_started, fault_ended, clients_see_it, evidence)
+    run.probes = evidence.pop("probes", {})
+    findings = verify(rig, run)
     in_flight = load.accepted_between(fault_started, fault_ended + after)
     print(
         f"\n{fault.__name__}: {len(load.accepted)} single and {len(load.batches)} batches "
         f"of 200 accepted, {in_flight} single during/after the fault, "
-        f"answers {dict(load.statuses)}, recovered in {recovery:.1f} s, "
-        f"timers done {timers:.1f} s later"
+        f"answers {dict(load.statuses)}, transport errors {dict(load.transport_errors())},"
+        f" {len(load.retried_keys)} keys retried ({len(load.replayed_after_trouble)} ended"
+        f" in a replay), fault {fault_ended - fault_started:.1f} s, recovered in"
+        f" {recovery:.1f} s, timers done {timers:.1f} s later\n"
+        f"  hit: {evidence}\n"
+        f"  last trouble {findings.last_trouble_after_fault} s after the fault ended\n"
+        f"  ledger: {findings.entries} entries of {findings.requests} requests, each counted;"
+        f" entries after a higher request id (accepted concurrently):"
+        f" {dict(findings.out_of_id_order)}; {findings.rejected_since_fault} unaffordable"
+        f" spends rejected since the fault began"
     )
-    _verify(rig, load)
+    return run, findings
+
+
+# What the faults look at.
+
+
+def _pending(rig: Rig) -> int:
+    """The tenant's requests accepted and not yet final."""
+    with rig.sessions() as session:
+        return session.scalar(
+            select(func.count()).where(
+                AdjustmentRequest.tenant_id == rig.caller.tenant_id,
+                AdjustmentRequest.status.in_(("queued", "processing")),
+            )
+        )
+
+
+def _worker_metric(rig: Rig, name: str) -> float:
+    """A counter summed over every running worker's /metrics (all its labels)."""
+    total = 0.0
+    for worker, url in rig.stack.worker_metrics.items():
+        if worker not in rig.stack.processes:
+            continue
+        page = requests.get(url, timeout=5).text
+        for family in text_string_to_metric_families(page):
+            total += sum(s.value for s in family.samples if s.name == name)
+    return total
+
+
+def _group(rig: Rig, name: str) -> list[int]:
+    """A process of the stack and every process it started (a worker and its pool)."""
+    parent = psutil.Process(rig.stack.processes[name].pid)
+    return [parent.pid, *(child.pid for child in parent.children(recursive=True))]
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        os.kill(pid, sig)
+
+
+IN_TRANSACTION = text("""
+    SELECT COUNT(*) FROM pg_stat_activity
+    WHERE client_port = ANY(:ports) AND backend_xid IS NOT NULL
+""")
+
+
+def _freeze_inside_a_chunk(rig: Rig, name: str, evidence: dict[str, Any]) -> list[int]:
+    """SIGSTOP every process of worker `name` at a moment one of them is inside a chunk's
+    transaction that has locked its account rows (it has a transaction id); retry until so.
+
+    Returns the pids, stopped. Evidence: how many such transactions, and how many
+    requests were pending then."""
+    deadline = time.monotonic() + AIM_LIMIT
+    tries = 0
+    while True:
+        tries += 1
+        pids = _group(rig, name)
+        _signal_all(pids, signal.SIGSTOP)
+        ports = [
+            c.laddr.port
+            for pid in pids
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == rig.postgres.port
+        ]
+        with rig.sessions() as session:
+            open_transactions = session.scalar(IN_TRANSACTION, {"ports": ports})
+        if open_transactions:
+            evidence["fault_at"] = time.monotonic()
+            evidence["frozen_in_transaction"] = open_transactions
+            evidence["pending"] = _pending(rig)
+            evidence["tries"] = tries
+            return pids
+        _signal_all(pids, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"{name} was never caught inside a chunk"
+        time.sleep(0.02)
+
+
+# The scenarios.
 
 
 def test_worker_killed_mid_chunk(rig: Rig) -> None:
-    def kill_a_worker() -> None:
+    def kill_a_worker_mid_chunk(evidence: dict[str, Any]) -> None:
+        _freeze_inside_a_chunk(rig, "worker1", evidence)
         kill_group(rig.stack, "worker1")
-        time.sleep(3)
+        time.sleep(DOWN_SECONDS)
         rig.stack.start_worker("worker1")
 
-    _run(rig, kill_a_worker)
+    run, _ = _run(rig, kill_a_worker_mid_chunk, clients_see_it=False)
+    # It held a chunk's row locks, in a transaction the kill cut short; work was waiting.
+    assert run.evidence["frozen_in_transaction"] >= 1
+    assert run.evidence["pending"] > 0
+
+
+def _redis_work(rig: Rig, queue: str) -> int:
+    """What Redis holds for the workers: pending accounts, queued and unacked messages."""
+    client = rig.redis_client()
+    try:
+        held = sum(client.scard(key) for key in client.scan_iter("tally:pending:*"))
+        held += sum(client.llen(q) for q in (queue, f"{queue}.bulk", f"{queue}.relay"))
+        return held + client.hlen("unacked")
+    finally:
+        client.close()
 
 
 def test_redis_restarted_empty(rig: Rig) -> None:
-    def wipe_redis() -> None:
+    """Redis is wiped while it holds work; a request accepted meanwhile for an account
+    nobody else touches can only reach a worker through the outbox relay."""
+
+    def wipe_redis(evidence: dict[str, Any]) -> None:
+        deadline = time.monotonic() + AIM_LIMIT
+        relayed = _worker_metric(rig, "tally_relay_accounts_total")
+        queue = rig.stack.env["TALLY_QUEUE_NAME"]
+        while True:
+            pending, held = _pending(rig), _redis_work(rig, queue)
+            if pending and held:
+                break
+            assert time.monotonic() < deadline, "Redis never held work to lose"
+            time.sleep(0.02)
         rig.redis.kill()
-        time.sleep(3)  # the API keeps accepting meanwhile
+        evidence.update(fault_at=time.monotonic(), pending=pending, redis_held=held)
+        evidence["relayed_before"] = relayed
+        # Accepted while Redis is down: the API cannot hand it to anyone.
+        key = "chaos-probe-quiet"
+        response = requests.post(
+            f"{rig.stack.base_url}/api/v2/score/",
+            json={"user_id": rig.quiet_user_id, "score": 7, "comment": key},
+            headers={
+                "Authorization": f"Bearer {rig.caller.token}",
+                "Idempotency-Key": key,
+                "Prefer": "respond-async",
+            },
+            timeout=15,
+        )
+        assert response.status_code == 202, response.text
+        evidence["probes"] = {key: int(response.headers["Location"].rsplit("/", 1)[1])}
+        time.sleep(max(0.0, evidence["fault_at"] + DOWN_SECONDS - time.monotonic()))
         rig.redis.start()
 
-    _run(rig, wipe_redis)
+    # The workers' Celery consumers take a few seconds to reconnect: load on for longer,
+    # so that the points load is rejected some spends after the fault too.
+    run, _ = _run(rig, wipe_redis, clients_see_it=False, after=4.0)
+    assert run.evidence["pending"] > 0 and run.evidence["redis_held"] > 0
+    # The relay handed over what Redis lost: the probe's account at least.
+    relayed = _worker_metric(rig, "tally_relay_accounts_total") - run.evidence["relayed_before"]
+    assert relayed > 0
+    with rig.sessions() as session:
+        probe = session.get_one(AdjustmentRequest, run.probes["chaos-probe-quiet"])
+        assert probe.status == "completed"
+    print(f"  relay: {relayed:.0f} accounts handed over again after the wipe")
+
+
+def _stop_postgres(rig: Rig, stop: Callable[[], None], evidence: dict[str, Any]) -> None:
+    deadline = time.monotonic() + AIM_LIMIT
+    while not (pending := _pending(rig)):
+        assert time.monotonic() < deadline, "nothing was ever pending"
+        time.sleep(0.02)
+    evidence["retries_before"] = _worker_metric(rig, "tally_task_retries_total")
+    evidence.update(fault_at=time.monotonic(), pending=pending)
+    stop()
+    time.sleep(DOWN_SECONDS)  # the API answers 503 with Retry-After meanwhile
+    rig.postgres.start()
+
+
+def _assert_postgres_outage_seen(rig: Rig, run: Run) -> None:
+    """Work was pending when it went; clients were answered 503 (or cut off) meanwhile;
+    the workers' tasks failed on it and were retried."""
+    assert run.evidence["pending"] > 0
+    seen = [t for t in run.load.troubles if t.at >= run.fault_started]
+    assert any(t.kind == "503" for t in seen), run.load.troubles
+    retries = _worker_metric(rig, "tally_task_retries_total") - run.evidence["retries_before"]
+    assert retries > 0, "no worker task met the outage"
+    print(f"  {len(seen)} 503s and broken connections, {retries:.0f} task retries")
 
 
 def test_postgres_restarted(rig: Rig) -> None:
-    def restart_postgres() -> None:
-        rig.postgres.stop()
-        time.sleep(3)  # the API answers 503 with Retry-After meanwhile
-        rig.postgres.start()
+    def restart_postgres(evidence: dict[str, Any]) -> None:
+        _stop_postgres(rig, rig.postgres.stop, evidence)
 
-    _run(rig, restart_postgres)
+    run, _ = _run(rig, restart_postgres, clients_see_it=True)
+    _assert_postgres_outage_seen(rig, run)
+
+
+def test_postgres_crashed(rig: Rig) -> None:
+    """An immediate shutdown: no checkpoint, every connection dropped at once; the
+    restart recovers from the WAL and everything answered as accepted is there."""
+
+    def crash_postgres(evidence: dict[str, Any]) -> None:
+        _stop_postgres(rig, rig.postgres.crash, evidence)
+
+    run, _ = _run(rig, crash_postgres, clients_see_it=True)
+    _assert_postgres_outage_seen(rig, run)
+
+
+def test_api_and_beat_killed(rig: Rig) -> None:
+    """kill -9 the API (every process of it) and beat mid-load; start them again. The
+    clients retry with their keys: requests recorded by a try whose answer was lost are
+    replayed, not recorded twice; beat's timers go on.
+
+    The workers are paused for a moment first, so that the requests in flight when the
+    API dies are recorded and waiting for their 201: the kill surely loses answers."""
+
+    def kill_api_and_beat(evidence: dict[str, Any]) -> None:
+        workers = [pid for name in ("worker1", "worker2") for pid in _group(rig, name)]
+        _signal_all(workers, signal.SIGSTOP)
+        try:
+            time.sleep(0.3)
+            evidence["waiting"] = _pending(rig)
+            evidence["api_processes"] = len(_group(rig, "api"))
+            evidence["fault_at"] = time.monotonic()
+            kill_group(rig.stack, "api")
+            kill_group(rig.stack, "beat")
+        finally:
+            _signal_all(workers, signal.SIGCONT)
+        time.sleep(1.5)
+        rig.start_beat()
+        rig.start_api()
+        wait_until_up(rig.stack)
+
+    run, _ = _run(rig, kill_api_and_beat, clients_see_it=True)
+    assert run.evidence["waiting"] > 0
+    errors = run.load.transport_errors()
+    # Requests were cut off mid-way, and some tries found nobody listening.
+    assert errors["connection_cut"] > 0, errors
+    assert errors["connection_refused"] > 0, errors
+    # Some were recorded before the kill: their retry was answered as a replay.
+    assert run.load.replayed_after_trouble, "no answer lost with the API was replayed"
 
 
 def test_lock_expires_while_its_holder_is_paused(rig: Rig) -> None:
-    def pause_a_worker() -> None:
-        for child in _children(rig.stack.processes["worker1"].pid):
-            os.kill(child, signal.SIGSTOP)
-        time.sleep(LOCK_TTL_SECONDS + 2)
-        for child in _children(rig.stack.processes["worker1"].pid):
-            os.kill(child, signal.SIGCONT)
+    """SIGSTOP a worker inside a chunk, past its Redis locks' TTL: the locks expire while
+    it sleeps (another worker may take them; the row locks keep it waiting), and once
+    resumed the worker notices it had lost them."""
 
-    _run(rig, pause_a_worker)
-    signal_process  # noqa: B018  (kept for scenarios that signal the main process)
+    def pause_a_worker(evidence: dict[str, Any]) -> None:
+        pids = _freeze_inside_a_chunk(rig, "worker1", evidence)
+        client = rig.redis_client()
+        try:
+            first = _locks(client)
+            time.sleep(0.3)
+            # Held across the pause by one token: the paused worker's (a running one
+            # holds a lock for milliseconds).
+            held = {key: token for key, token in _locks(client).items() if first.get(key) == token}
+            evidence["locks_held"] = len(held)
+            deadline = time.monotonic() + LOCK_TTL_SECONDS + 2
+            while any(_locks(client).get(key) == token for key, token in held.items()):
+                assert time.monotonic() < deadline, "the paused worker's locks never expired"
+                time.sleep(0.05)
+            evidence["expired_after"] = round(time.monotonic() - evidence["fault_at"], 2)
+            time.sleep(0.5)  # others may take the accounts now, and wait on the row locks
+        finally:
+            client.close()
+            _signal_all(pids, signal.SIGCONT)
+
+    run, _ = _run(rig, pause_a_worker, clients_see_it=False)
+    assert run.evidence["frozen_in_transaction"] >= 1
+    assert run.evidence["locks_held"] >= 1
+    log = (rig.stack.log_dir / "worker1.log").read_text(errors="replace")
+    assert "account locks expired before release" in log
 
 
-def _children(pid: int) -> list[int]:
-    """The worker's main process and its pool processes."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    return [pid, *(child.pid for child in parent.children(recursive=True))]
+def _locks(client: Any) -> dict[bytes, bytes]:
+    keys = list(client.scan_iter(LOCK_KEY_PREFIX + "*"))
+    values = client.mget(keys) if keys else []
+    return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
