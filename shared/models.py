@@ -365,7 +365,8 @@ class Lot(Base):
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_within_amount"),
         CheckConstraint(
             "(expired_at IS NULL AND expired_amount IS NULL) OR (expired_at IS NOT NULL"
-            " AND remaining = 0 AND expired_amount >= 0 AND expired_amount <= amount)",
+            " AND expired_amount IS NOT NULL AND remaining = 0 AND expired_amount >= 0"
+            " AND expired_amount <= amount)",
             name="expired_once",
         ),
         # The applier's order of consumption, and the expiry task's scan.

@@ -97,7 +97,8 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint(
             "(expired_at IS NULL AND expired_amount IS NULL) OR (expired_at IS NOT NULL"
-            " AND remaining = 0 AND expired_amount >= 0 AND expired_amount <= amount)",
+            " AND expired_amount IS NOT NULL AND remaining = 0 AND expired_amount >= 0"
+            " AND expired_amount <= amount)",
             name="expired_once",
         ),
         sa.ForeignKeyConstraint(["entry_ulid"], ["ledger_entries.ulid"]),
