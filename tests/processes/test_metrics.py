@@ -249,6 +249,27 @@ def test_tally_run(launch_env: dict[str, str], tmp_path: Path) -> None:
         _one_adjustment_is_counted(api, workers, token, "mario.rossi")
 
 
+def test_tally_run_with_embedded_servers(launch_env: dict[str, str], tmp_path: Path) -> None:
+    """`make run` on a machine with no services: tally run starts embedded PostgreSQL and
+    Redis in its data folder, and an adjustment goes through them."""
+    env = {
+        k: v for k, v in launch_env.items() if k not in ("TALLY_DATABASE_URL", "TALLY_REDIS_URL")
+    }
+    port, metrics_port = free_port(), _ports_apart(2, 1)
+    data = tmp_path / "data"
+    log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
+            "--metrics-port", str(metrics_port)]  # fmt: skip
+    with _launch(argv, env, log) as run:
+        api = f"http://127.0.0.1:{port}"
+        workers = [f"http://127.0.0.1:{metrics_port + step}/metrics" for step in (0, 1)]
+        for url in [api + "/readyz", *workers]:
+            _wait_for(url, run, log)
+        token = (data / "demo-token").read_text().strip()
+        _one_adjustment_is_counted(api, workers, token, "mario.rossi")
+    assert "starting embedded PostgreSQL and Redis" in log.read_text(), log.read_text()[-2000:]
+
+
 def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:
     postgres = ThrowawayPostgres(tmp_path / "pg")
     redis = ThrowawayRedis(tmp_path)
