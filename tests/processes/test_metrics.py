@@ -234,28 +234,16 @@ def test_procfile_under_honcho(
         _one_adjustment_is_counted(api, workers, caller.token, user.username)
 
 
-def test_tally_run(launch_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("servers", ["given", "embedded"])
+def test_tally_run(launch_env: dict[str, str], tmp_path: Path, servers: str) -> None:
+    """`tally run` (`make run`) on the test servers, and on a machine with no services: with
+    no TALLY_DATABASE_URL and TALLY_REDIS_URL it starts embedded PostgreSQL and Redis in its
+    data folder, and an adjustment goes through them."""
+    given = ("TALLY_DATABASE_URL", "TALLY_REDIS_URL")
+    env = launch_env
+    if servers == "embedded":
+        env = {name: value for name, value in launch_env.items() if name not in given}
     port, metrics_port = free_port(), _ports_apart(2, 1)  # worker, bulk worker
-    data = tmp_path / "data"
-    log = tmp_path / "run.log"
-    argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
-            "--metrics-port", str(metrics_port)]  # fmt: skip
-    with _launch(argv, launch_env, log) as run:
-        api = f"http://127.0.0.1:{port}"
-        workers = [f"http://127.0.0.1:{metrics_port + step}/metrics" for step in (0, 1)]
-        for url in [api + "/readyz", *workers]:
-            _wait_for(url, run, log)
-        token = (data / "demo-token").read_text().strip()
-        _one_adjustment_is_counted(api, workers, token, "mario.rossi")
-
-
-def test_tally_run_with_embedded_servers(launch_env: dict[str, str], tmp_path: Path) -> None:
-    """`make run` on a machine with no services: tally run starts embedded PostgreSQL and
-    Redis in its data folder, and an adjustment goes through them."""
-    env = {
-        k: v for k, v in launch_env.items() if k not in ("TALLY_DATABASE_URL", "TALLY_REDIS_URL")
-    }
-    port, metrics_port = free_port(), _ports_apart(2, 1)
     data = tmp_path / "data"
     log = tmp_path / "run.log"
     argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
@@ -267,7 +255,8 @@ def test_tally_run_with_embedded_servers(launch_env: dict[str, str], tmp_path: P
             _wait_for(url, run, log)
         token = (data / "demo-token").read_text().strip()
         _one_adjustment_is_counted(api, workers, token, "mario.rossi")
-    assert "starting embedded PostgreSQL and Redis" in log.read_text(), log.read_text()[-2000:]
+    started_embedded = "starting embedded PostgreSQL and Redis" in log.read_text()
+    assert started_embedded == (servers == "embedded"), log.read_text()[-2000:]
 
 
 def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:
