@@ -62,10 +62,12 @@ def place(user_ref: str) -> Response:
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     key = idempotency_key(data.idempotency_key)
-    if not _recorded(key):
-        try:
-            check_future("expires_at", data.expires_at)
-        except InvalidInput as error:
+    try:
+        check_future("expires_at", data.expires_at)
+    except InvalidInput as error:
+        # A past timeout is refused for a new hold only: a retry of one accepted before
+        # its timeout is a replay. The key is looked up only then, not for every hold.
+        if not _recorded(key):
             raise validation_problem(error.errors) from None
     points_type = points_type_named(data.points_type)
     user = user_named(user_ref)
