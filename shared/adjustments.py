@@ -75,7 +75,9 @@ ONE_PER_SUBJECT_INDEX = "ix_adjustment_requests_one_per_subject"
 def reversal_of(
     entry: LedgerEntry, user_id: int, *, reason: str = "", comment: str = "", force: bool = False
 ) -> Adjustment:
-    """The request that undoes `entry`: its opposite amount, in its account and context.
+    """The request that undoes `entry`: the opposite of the points it moved (before any of
+    them expired), in its account and context. The worker decides how many it moves: a
+    reversed earn takes back no more than what of it has not expired (docs/points.md).
 
     Raises NotReversible for an entry of a kind that moved no points of its own.
     """
@@ -84,7 +86,7 @@ def reversal_of(
     return Adjustment(
         user_id=user_id,
         points_type=entry.points_type,
-        amount=-entry.amount,
+        amount=-(entry.amount + entry.expired),
         reputation_context=entry.reputation_context,
         comment=comment,
         reason=reason,

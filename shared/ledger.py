@@ -3,30 +3,13 @@
 Single adjustments, bulk batches, reversals, holds, expiries and the relay all come
 through `apply_pending`. It works set-based so that one transaction applies
 thousands of requests: the accounts are locked in id order; the chunk's requests
-are read narrow (id, account, operation, amount, flags), with the lots and holds
-they touch when there are any, and Python walks them once to decide each one and
-chain the balances; then one statement writes every ledger row (copying the wide
-columns from the request rows inside PostgreSQL) and marks those requests
-completed, and one statement each marks the rejected, updates the accounts, the
-lots and the holds, and adds to the batches' counts.
-
-Points rules (SPEC "Round 2", issue 13):
-- spendable = balance - frozen_balance; on a points type that forbids negatives a
-  spend, a reversal, a hold beyond it is rejected (`insufficient_balance`); an
-  admin's allow_negative_balance lets the balance go below zero, never below the
-  points held;
-- a positive adjustment with `expires_at` makes a lot; anything that takes points
-  (spend, reversal, capture) takes them from the lots that expire first (a reversal
-  from the lot of the entry it reverses first), then from points that never expire;
-- points coming in are never refused, even into an account an admin took below zero;
-- an expiry takes what is left of its lot, but on a type that forbids negatives never
-  more than is spendable (held points are not expired); a lot already spent has
-  nothing to expire;
-- a capture or release accepted after its hold's timeout is refused; the timeout
-  releases the hold;
-- a frozen account rejects every request except the expiry and timeout requests
-  tally makes itself, so that points expire and holds time out on time even there
-  (a hold without a timeout stays held until the account is unfrozen).
+are read narrow (id, account, operation, amount, flags), with the lots, holds and
+reversed entries they touch when there are any, and Python walks them once, with
+the points rules of `shared.points` (docs/points.md), to decide each one and chain
+the balances; then one statement writes every ledger row (copying the wide columns
+from the request rows inside PostgreSQL) and marks those requests completed, and one
+statement each marks the rejected, updates the accounts, writes the lots, their
+moves and the holds, and adds to the batches' counts.
 """
 
 from __future__ import annotations
@@ -48,39 +31,30 @@ from shared.models import (
     ReputationType,
     new_ulid,
 )
+from shared.points import (
+    FREE,
+    REJECTION_MESSAGES,
+    Account,
+    Entry,
+    Hold,
+    Lot,
+    Moves,
+    Parts,
+    Rejection,
+    expire,
+    give_back,
+    split,
+    take,
+)
+
+__all__ = ["REJECTION_MESSAGES", "Applied", "Outcome", "Rejection", "apply_pending"]
 
 PENDING_STATUSES = (AdjustmentStatus.QUEUED, AdjustmentStatus.PROCESSING)
-
-
-class Rejection:
-    """Business rejection codes: final, stored on the request, answered as 409."""
-
-    ACCOUNT_FROZEN = "account_frozen"
-    INSUFFICIENT_BALANCE = "insufficient_balance"
-    HOLD_NOT_OPEN = "hold_not_open"
-    HOLD_EXPIRED = "hold_expired"
-    CAPTURE_EXCEEDS_HOLD = "capture_exceeds_hold"
-    NOTHING_TO_EXPIRE = "nothing_to_expire"
-
-
-REJECTION_MESSAGES = {
-    Rejection.ACCOUNT_FROZEN: "the account is frozen",
-    Rejection.INSUFFICIENT_BALANCE: "the balance may not go below zero, nor below the points"
-    " held, for this points type",
-    Rejection.HOLD_NOT_OPEN: "the hold is not open (never placed, captured, released or timed out)",
-    Rejection.HOLD_EXPIRED: "the hold had timed out when this request was accepted",
-    Rejection.CAPTURE_EXCEEDS_HOLD: "a capture may not exceed its hold",
-    Rejection.NOTHING_TO_EXPIRE: "the lot was spent before it expired",
-}
 
 # What the expiry and timeout requests tally makes itself are applied even on a
 # frozen account.
 SYSTEM_OPERATIONS = frozenset({Operation.EXPIRE, Operation.TIMEOUT})
-# Besides the requests that take points (a negative amount), those that need the lots.
-USES_LOTS = frozenset({Operation.CAPTURE, Operation.EXPIRE})
 CLOSES_HOLD = frozenset({Operation.CAPTURE, Operation.RELEASE, Operation.TIMEOUT})
-# The operations that move the points their request names.
-MOVES = frozenset({Operation.ADJUST, Operation.REVERSAL})
 
 
 class Outcome(NamedTuple):
@@ -107,79 +81,41 @@ class Applied:
 
 
 @dataclass
-class _Lot:
-    ulid: str
-    remaining: int
-    expires_at: datetime
-    new: bool = False
-    changed: bool = False
-    expired_amount: int | None = None
-
-
-@dataclass
-class _Hold:
-    request_id: int
-    account_id: str
-    amount: int
-    expires_at: datetime | None
-    status: str = HoldStatus.OPEN
-    captured: int = 0
-    closed_by: int | None = None
-    new: bool = False
-    changed: bool = False
-
-
-@dataclass
-class _Account:
-    id: str
-    balance: int
-    frozen_balance: int
-    allow_negative: bool
-    frozen: bool
-    earned: int = 0
-    spent: int = 0
-    expired: int = 0
-    changed: bool = False
-    # Live lots, the first to expire first; loaded only for chunks that take points.
-    lots: list[_Lot] = field(default_factory=list)
-
-    def may_take(self, amount: int, forced: bool) -> bool:
-        """Whether `amount` points may leave the account (a spend, a hold, a reversal)."""
-        if self.allow_negative:
-            return True
-        if forced:  # below zero, but never below what is held
-            return self.frozen_balance == 0 or self.balance - amount >= self.frozen_balance
-        return self.balance - self.frozen_balance >= amount
-
-
-class _Entry(NamedTuple):
-    """A ledger entry decided in Python; the rest comes from its request in SQL (its type
-    too: the request's operation, a timeout's being a release)."""
-
-    type: str
-    amount: int
-    frozen_amount: int = 0
-
-
-@dataclass
 class _Chain:
     """The requests to complete, each with its entry and the balance it starts from, and
-    whether its entry is reported back (single adjustments: a client may be waiting)."""
+    whether its entry is reported back (single adjustments: a client may be waiting);
+    and the lot moves of those entries."""
 
     request_ids: list[int] = field(default_factory=list)
     ulids: list[str] = field(default_factory=list)
     balances_before: list[int] = field(default_factory=list)
     amounts: list[int] = field(default_factory=list)
     frozen_amounts: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)
     reported: list[bool] = field(default_factory=list)
+    moves: list[tuple[str, str, int, int]] = field(default_factory=list)
 
-    def add(self, request_id: int, ulid: str, before: int, entry: _Entry, reported: bool) -> None:
+    def add(
+        self, request_id: int, ulid: str, before: int, entry: Entry, reported: bool, moves: Moves
+    ) -> None:
         self.request_ids.append(request_id)
         self.ulids.append(ulid)
         self.balances_before.append(before)
         self.amounts.append(entry.amount)
         self.frozen_amounts.append(entry.frozen_amount)
+        self.expired.append(entry.expired)
         self.reported.append(reported)
+        self.moves += [(ulid, lot, delta, expired) for lot, delta, expired in moves.items()]
+
+
+class _Reversed(NamedTuple):
+    """An entry a reversal in the chunk undoes."""
+
+    ulid: str
+    type: str
+    amount: int
+    expired: int
+    related_id: str
 
 
 # Row locks in id order, so two appliers of overlapping account sets cannot deadlock.
@@ -199,16 +135,28 @@ PENDING = text("""
     ORDER BY id LIMIT :limit
 """)
 
-# The lots points are taken from, the first to expire first (the account locks cover them).
-LIVE_LOTS = text("""
-    SELECT entry_ulid, account_id, remaining, expires_at FROM lots
-    WHERE account_id = ANY(:ids) AND remaining > 0
-    ORDER BY account_id, expires_at, entry_ulid
+# The accounts' lots with points left or owed, and the lots the chunk's requests name
+# (an expiry's, a reversed earn's, those an entry being given back took from).
+LOTS = text("""
+    SELECT entry_ulid, account_id, amount, remaining, expires_at, expired_amount FROM lots
+    WHERE (account_id = ANY(:ids) AND remaining <> 0) OR entry_ulid = ANY(:ulids)
 """)
 
+# The entries the chunk's reversals undo.
+REVERSED = text("""
+    SELECT ulid, account_id, type, amount, expired, related_id FROM ledger_entries
+    WHERE ulid = ANY(:ulids)
+""")
+
+# The holds the chunk closes, or whose captures it reverses, with their hold entry.
 HOLDS = text("""
-    SELECT request_id, account_id, amount, expires_at, status FROM holds
-    WHERE request_id = ANY(:ids)
+    SELECT h.request_id, h.account_id, h.amount, h.expires_at, h.status, e.ulid AS entry_ulid
+    FROM holds h JOIN ledger_entries e ON e.request_id = h.request_id
+    WHERE h.request_id = ANY(:ids)
+""")
+
+MOVES_OF = text("""
+    SELECT entry_ulid, lot_ulid, delta, expired FROM lot_moves WHERE entry_ulid = ANY(:ulids)
 """)
 
 # One statement writes the ledger rows of the chunk (balances chained and amounts
@@ -221,16 +169,18 @@ WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
                              CAST(:before AS bigint[]), CAST(:amounts AS bigint[]),
-                             CAST(:frozen AS bigint[]), CAST(:reported AS boolean[]))
-            AS v(request_id, ulid, balance_before, amount, frozen_amount, reported)
+                             CAST(:frozen AS bigint[]), CAST(:expired AS bigint[]),
+                             CAST(:reported AS boolean[]))
+            AS v(request_id, ulid, balance_before, amount, frozen_amount, expired, reported)
     ), entries AS (
         INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id,
-                                    amount, frozen_amount, balance_before, balance_after,
+                                    amount, frozen_amount, expired, balance_before,
+                                    balance_after,
                                     negative_allowed, type, reputation_type,
                                     reputation_context, comment, reason, source, related_id,
                                     idempotency_key, expires_at, created_by)
         SELECT c.ulid, r.tenant_id, r.account_id, a.points_type, r.id, c.amount,
-               c.frozen_amount, c.balance_before, c.balance_before + c.amount,
+               c.frozen_amount, c.expired, c.balance_before, c.balance_before + c.amount,
                a.allow_negative OR r.allow_negative OR c.amount >= 0,
                CASE r.entry_type WHEN 'timeout' THEN 'release' ELSE r.entry_type END,
                CASE r.entry_type WHEN 'reversal' THEN :reversal ELSE :manual END,
@@ -288,10 +238,17 @@ INSERT_LOTS = text("""
 UPDATE_LOTS = text("""
     UPDATE lots l
     SET remaining = v.remaining, expired_amount = v.expired_amount,
-        expired_at = CASE WHEN v.expired_amount IS NULL THEN NULL ELSE now() END
+        expired_at = CASE WHEN v.expired_amount IS NULL THEN NULL
+                          ELSE COALESCE(l.expired_at, now()) END
     FROM unnest(CAST(:ulids AS text[]), CAST(:remaining AS bigint[]),
                 CAST(:expired AS bigint[])) AS v(ulid, remaining, expired_amount)
     WHERE l.entry_ulid = v.ulid
+""")
+
+INSERT_MOVES = text("""
+    INSERT INTO lot_moves (entry_ulid, lot_ulid, delta, expired)
+    SELECT * FROM unnest(CAST(:entries AS text[]), CAST(:lots AS text[]),
+                         CAST(:deltas AS bigint[]), CAST(:expired AS bigint[]))
 """)
 
 # A new hold copies its account, tenant, amount and timeout from its request.
@@ -332,10 +289,13 @@ COUNT_BATCHES = text("""
 class _Walk:
     """One chunk decided in Python: each request's entry or rejection, in order."""
 
-    def __init__(self, accounts: dict[str, _Account], holds: dict[int, _Hold]) -> None:
+    def __init__(self, accounts: dict[str, Account], related: _Related) -> None:
         self.accounts = accounts
-        self.holds = holds
+        self.holds = related.holds
+        self.reversed = related.reversed
+        self.parts = related.parts
         self.chain = _Chain()
+        self.new_lots: list[Lot] = []
         self.decided: list[tuple[Any, str | None]] = []
 
     def request(self, request: Any) -> None:
@@ -344,58 +304,54 @@ class _Walk:
         if account.frozen and operation not in SYSTEM_OPERATIONS:
             self.decided.append((request, Rejection.ACCOUNT_FROZEN))
             return
+        moves = Moves()
         # Adjustments first: a bulk award is one of a hundred thousand.
-        if operation in MOVES:
-            decided = self._move(account, request)
+        if operation == Operation.ADJUST:
+            decided = self._adjust(account, request, moves)
         else:
-            decided = self._decide(account, request)
+            decided = self._decide(account, request, moves)
         if isinstance(decided, str):
             self.decided.append((request, decided))
             return
         self.decided.append((request, None))
         ulid = new_ulid()
-        self.chain.add(request.id, ulid, account.balance, decided, request.batch_id is None)
-        account.changed = True
-        account.balance += decided.amount
-        account.frozen_balance += decided.frozen_amount
-        if decided.type == EntryType.EXPIRE:
-            account.expired -= decided.amount
-        elif decided.amount > 0:
-            account.earned += decided.amount
-        else:
-            account.spent -= decided.amount
-        earns_lot = decided.type == EntryType.ADJUST and decided.amount > 0
-        if earns_lot and request.expires_at is not None:
-            _add_lot(account, _Lot(ulid, decided.amount, request.expires_at, new=True))
+        if operation == Operation.ADJUST and decided.amount > 0 and request.expires_at:
+            lot = Lot(ulid, decided.amount, 0, request.expires_at, new=True)
+            account.lots[ulid] = lot
+            self.new_lots.append(lot)
+            moves.add(lot, decided.amount)
+        self.chain.add(request.id, ulid, account.balance, decided, request.batch_id is None, moves)
+        account.book(decided)
 
-    def _decide(self, account: _Account, request: Any) -> _Entry | str:
-        """The entry of a request that moves no points of its own, or its rejection code."""
+    def _adjust(self, account: Account, request: Any, moves: Moves) -> Entry | str:
+        """An earn (its lot is made once the entry has its ULID) or a spend."""
+        amount = request.amount
+        if amount < 0:
+            if not account.may_take(-amount, forced=request.allow_negative):
+                return Rejection.INSUFFICIENT_BALANCE
+            take(account, -amount, moves)
+        return Entry(EntryType.ADJUST, amount)
+
+    def _decide(self, account: Account, request: Any, moves: Moves) -> Entry | str:
+        """The entry of any other operation, or its rejection code."""
         operation = request.entry_type
         if operation == Operation.HOLD:
             if not account.may_take(request.amount, forced=False):
                 return Rejection.INSUFFICIENT_BALANCE
-            self.holds[request.id] = _Hold(
-                request.id, account.id, request.amount, request.expires_at, new=True
+            parts = take(account, request.amount, moves)
+            self.holds[request.id] = Hold(
+                request.id, account.id, request.amount, request.expires_at, parts, new=True
             )
-            return _Entry(EntryType.HOLD, 0, request.amount)
+            return Entry(EntryType.HOLD, 0, request.amount)
         if operation in CLOSES_HOLD:
-            return self._close_hold(account, request)
+            return self._close_hold(account, request, moves)
         if operation == Operation.EXPIRE:
-            return _expire(account, request.related_id)
+            return expire(account, request.related_id, moves)
+        if operation == Operation.REVERSAL:
+            return self._reverse(account, request, moves)
         raise ValueError(f"unknown operation {operation!r} of request {request.id}")
 
-    def _move(self, account: _Account, request: Any) -> _Entry | str:
-        """An adjustment or a reversal: the request's amount, in or out."""
-        amount = request.amount
-        if amount < 0 and not account.may_take(-amount, forced=request.allow_negative):
-            return Rejection.INSUFFICIENT_BALANCE
-        reversal = request.entry_type == Operation.REVERSAL
-        if amount < 0:
-            # A reversal takes from the lot of the entry it reverses first.
-            _take_from_lots(account, -amount, first=request.related_id if reversal else "")
-        return _Entry(EntryType.REVERSAL if reversal else EntryType.ADJUST, amount)
-
-    def _close_hold(self, account: _Account, request: Any) -> _Entry | str:
+    def _close_hold(self, account: Account, request: Any, moves: Moves) -> Entry | str:
         hold = self.holds.get(int(request.related_id))
         if hold is None or hold.account_id != account.id or hold.status != HoldStatus.OPEN:
             return Rejection.HOLD_NOT_OPEN
@@ -408,42 +364,31 @@ class _Walk:
         hold.changed, hold.closed_by = True, request.id
         if request.entry_type == Operation.CAPTURE:
             hold.status, hold.captured = HoldStatus.CAPTURED, captured
-            _take_from_lots(account, captured)
-            return _Entry(EntryType.CAPTURE, -captured, -hold.amount)
+            _, rest = split(account, hold.parts, captured)
+            expired = give_back(account, rest, moves)
+            return Entry(EntryType.CAPTURE, -captured - expired, -hold.amount, expired)
         hold.status = HoldStatus.TIMED_OUT if timeout else HoldStatus.RELEASED
-        return _Entry(EntryType.RELEASE, 0, -hold.amount)
+        expired = give_back(account, hold.parts, moves)
+        return Entry(EntryType.RELEASE, -expired, -hold.amount, expired)
 
-
-def _add_lot(account: _Account, lot: _Lot) -> None:
-    account.lots.append(lot)
-    account.lots.sort(key=lambda live: (live.expires_at, live.ulid))
-
-
-def _take_from_lots(account: _Account, amount: int, first: str = "") -> None:
-    """Take `amount` points from the lots that expire first (from lot `first` before them)."""
-    lots = sorted(account.lots, key=lambda lot: lot.ulid != first) if first else account.lots
-    for lot in lots:
-        if amount <= 0:
-            break
-        taken = min(lot.remaining, amount)
-        if taken:
-            lot.remaining -= taken
-            lot.changed = True
-            amount -= taken
-
-
-def _expire(account: _Account, lot_ulid: str) -> _Entry | str:
-    """What is left of the lot; on a type that forbids negatives, no more than is spendable."""
-    lot = next((lot for lot in account.lots if lot.ulid == lot_ulid), None)
-    if lot is None or lot.remaining == 0:
-        return Rejection.NOTHING_TO_EXPIRE
-    taken = lot.remaining
-    if not account.allow_negative:
-        taken = min(taken, max(account.balance - account.frozen_balance, 0))
-    lot.remaining, lot.expired_amount, lot.changed = 0, taken, True
-    if taken == 0:
-        return Rejection.NOTHING_TO_EXPIRE
-    return _Entry(EntryType.EXPIRE, -taken)
+    def _reverse(self, account: Account, request: Any, moves: Moves) -> Entry | str:
+        """Undo an entry: take back an earn (less what of it expired), or give back what a
+        spend or a capture took, to the lots it came from."""
+        original = self.reversed[request.related_id]
+        if original.amount > 0:
+            lot = account.lots.get(original.ulid)
+            amount = original.amount if lot is None else lot.amount - (lot.expired or 0)
+            if amount == 0:
+                return Rejection.ALREADY_EXPIRED
+            if not account.may_take(amount, forced=request.allow_negative):
+                return Rejection.INSUFFICIENT_BALANCE
+            if lot is not None:
+                moves.add(lot, -amount)
+            return Entry(EntryType.REVERSAL, -amount)
+        parts = self.parts.get(original.ulid) or {FREE: -(original.amount + original.expired)}
+        given = sum(parts.values())
+        expired = give_back(account, parts, moves)
+        return Entry(EntryType.REVERSAL, given - expired, expired=expired)
 
 
 def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> Applied:
@@ -455,7 +400,7 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
     """
     ids = sorted(set(account_ids))
     accounts = {
-        row.id: _Account(
+        row.id: Account(
             row.id,
             row.balance,
             row.frozen_balance,
@@ -471,65 +416,131 @@ def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> A
     if not pending:
         return Applied([], more=False)
 
-    _load_lots(session, accounts, pending)
-    walk = _Walk(accounts, _load_holds(session, pending))
+    walk = _Walk(accounts, _load(session, accounts, pending))
     for request in pending:
         walk.request(request)
 
     rejected = [(request.id, code) for request, code in walk.decided if code is not None]
     changed = [a for a in accounts.values() if a.changed]
     entries = _write(session, walk.chain, rejected, changed)
-    _write_lots(
-        session, [lot for a in accounts.values() for lot in a.lots if lot.changed or lot.new]
-    )
+    _write_lots(session, accounts, walk.new_lots, walk.chain.moves)
     _write_holds(session, [hold for hold in walk.holds.values() if hold.changed or hold.new])
     outcomes = [_outcome(request, code, entries.get(request.id)) for request, code in walk.decided]
     _count_batches(session, outcomes)
     return Applied(outcomes, more)
 
 
-def _load_lots(session: Session, accounts: dict[str, _Account], pending: Sequence[Any]) -> None:
-    """The live lots of the accounts whose requests may take points (bulk awards do not)."""
-    ids = sorted({r.account_id for r in pending if r.amount < 0 or r.entry_type in USES_LOTS})
-    if not ids:
-        return
-    for row in session.execute(LIVE_LOTS, {"ids": ids}):
-        accounts[row.account_id].lots.append(_Lot(row.entry_ulid, row.remaining, row.expires_at))
+@dataclass
+class _Related:
+    """What the chunk's requests name besides their accounts: the holds they close, the
+    entries they reverse, and the parts those holds and entries took (by entry ULID)."""
+
+    holds: dict[int, Hold] = field(default_factory=dict)
+    reversed: dict[str, _Reversed] = field(default_factory=dict)
+    parts: dict[str, Parts] = field(default_factory=dict)
 
 
-def _load_holds(session: Session, pending: Sequence[Any]) -> dict[int, _Hold]:
-    """The holds the chunk's captures, releases and timeouts close."""
-    ids = sorted({int(r.related_id) for r in pending if r.entry_type in CLOSES_HOLD})
-    if not ids:
-        return {}
-    return {
-        row.request_id: _Hold(
-            row.request_id, row.account_id, row.amount, row.expires_at, row.status
+def _load(session: Session, accounts: dict[str, Account], pending: Sequence[Any]) -> _Related:
+    """The lots, holds, reversed entries and moves the chunk needs; none for bulk awards."""
+    related = _Related()
+    needy = [r for r in pending if r.entry_type != Operation.ADJUST or r.amount < 0]
+    if not needy:
+        return related
+    lot_ulids = {r.related_id for r in needy if r.entry_type == Operation.EXPIRE}
+    reversals = sorted({r.related_id for r in needy if r.entry_type == Operation.REVERSAL})
+    if reversals:
+        for row in session.execute(REVERSED, {"ulids": reversals}):
+            related.reversed[row.ulid] = _Reversed(
+                row.ulid, row.type, row.amount, row.expired, row.related_id
+            )
+        lot_ulids |= {e.ulid for e in related.reversed.values() if e.amount > 0}
+    captures = {e.ulid: int(e.related_id) for e in related.reversed.values()
+                if e.type == EntryType.CAPTURE}  # fmt: skip
+    hold_ids = {int(r.related_id) for r in needy if r.entry_type in CLOSES_HOLD}
+    holds = list(session.execute(HOLDS, {"ids": sorted(hold_ids | set(captures.values()))}))
+    # The moves of the holds' entries (what each hold took) and of the reversed entries.
+    movers = [h.entry_ulid for h in holds] + [e.ulid for e in related.reversed.values()]
+    moves: dict[str, list[Any]] = {}
+    for row in session.execute(MOVES_OF, {"ulids": sorted(movers)}) if movers else ():
+        moves.setdefault(row.entry_ulid, []).append(row)
+        lot_ulids.add(row.lot_ulid)
+    account_ids = sorted({r.account_id for r in needy})
+    for row in session.execute(LOTS, {"ids": account_ids, "ulids": sorted(lot_ulids)}):
+        accounts[row.account_id].lots[row.entry_ulid] = Lot(
+            row.entry_ulid, row.amount, row.remaining, row.expires_at, row.expired_amount
         )
-        for row in session.execute(HOLDS, {"ids": ids})
-    }
+    held = {h.request_id: _taken(moves.get(h.entry_ulid, ()), h.amount) for h in holds}
+    for h in holds:
+        if h.request_id in hold_ids:
+            related.holds[h.request_id] = Hold(
+                h.request_id, h.account_id, h.amount, h.expires_at, held[h.request_id], h.status
+            )
+    for original in related.reversed.values():
+        gross = -(original.amount + original.expired)
+        if original.ulid in captures:
+            related.parts[original.ulid] = _consumed(
+                held.get(captures[original.ulid], {}), moves.get(original.ulid, ()), gross
+            )
+        elif original.amount < 0:
+            related.parts[original.ulid] = _taken(moves.get(original.ulid, ()), gross)
+    return related
 
 
-def _write_lots(session: Session, lots: list[_Lot]) -> None:
-    new = [lot for lot in lots if lot.new]
+def _taken(moves: Sequence[Any], amount: int) -> Parts:
+    """The parts an entry that took `amount` points took: from its lots, the rest free."""
+    parts: Parts = {move.lot_ulid: -move.delta for move in moves if move.delta < 0}
+    free = amount - sum(parts.values())
+    if free:
+        parts[FREE] = free
+    return parts
+
+
+def _consumed(held: Parts, moves: Sequence[Any], captured: int) -> Parts:
+    """What a capture consumed of its hold's parts: what it did not give back."""
+    returned = {move.lot_ulid: move.delta + move.expired for move in moves}
+    parts: Parts = {}
+    for source, points in held.items():
+        if source is not FREE and points - returned.get(source, 0):
+            parts[source] = points - returned.get(source, 0)
+    free = captured - sum(parts.values())
+    if free:
+        parts[FREE] = free
+    return parts
+
+
+def _write_lots(
+    session: Session,
+    accounts: dict[str, Account],
+    new: list[Lot],
+    moves: list[tuple[str, str, int, int]],
+) -> None:
+    """Insert the new lots, update the changed ones, and record the moves."""
     if new:
         session.execute(
             INSERT_LOTS,
             {"ulids": [lot.ulid for lot in new], "remaining": [lot.remaining for lot in new]},
         )
-    changed = [lot for lot in lots if not lot.new]
+    changed = [lot for a in accounts.values() for lot in a.lots.values()
+               if lot.changed and not lot.new]  # fmt: skip
     if changed:
         session.execute(
             UPDATE_LOTS,
             {
                 "ulids": [lot.ulid for lot in changed],
                 "remaining": [lot.remaining for lot in changed],
-                "expired": [lot.expired_amount for lot in changed],
+                "expired": [lot.expired for lot in changed],
             },
         )
+    if moves:
+        entries, lots, deltas, expired = zip(*moves, strict=True)
+        session.execute(
+            INSERT_MOVES,
+            {"entries": list(entries), "lots": list(lots), "deltas": list(deltas),
+             "expired": list(expired)},
+        )  # fmt: skip
 
 
-def _write_holds(session: Session, holds: list[_Hold]) -> None:
+def _write_holds(session: Session, holds: list[Hold]) -> None:
     for statement, group in (
         (INSERT_HOLDS, [hold for hold in holds if hold.new]),
         (CLOSE_HOLDS, [hold for hold in holds if not hold.new]),
@@ -585,7 +596,7 @@ def _outcome(request: Any, code: str | None, entry: Any) -> Outcome:
 
 
 def _write(
-    session: Session, chain: _Chain, rejected: list[tuple[int, str]], accounts: list[_Account]
+    session: Session, chain: _Chain, rejected: list[tuple[int, str]], accounts: list[Account]
 ) -> dict[int, Any]:
     """Write the chunk; return the ledger entry (id, balance, time) of each reported request."""
     entries: dict[int, Any] = {}
@@ -598,6 +609,7 @@ def _write(
                 "before": chain.balances_before,
                 "amounts": chain.amounts,
                 "frozen": chain.frozen_amounts,
+                "expired": chain.expired,
                 "reported": chain.reported,
                 "reversal": int(ReputationType.REVERSAL),
                 "manual": int(ReputationType.MANUAL),

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ulid import ULID
@@ -272,6 +273,10 @@ class LedgerEntry(Base):
         # Invariant 6: only an entry applied under a negative-allowing rule may end below zero.
         CheckConstraint("negative_allowed OR balance_after >= 0", name="balance_not_negative"),
         CheckConstraint(
+            "expired >= 0 AND (type <> 'expire' OR expired = -amount)",
+            name="expired_within_amount",
+        ),
+        CheckConstraint(
             "type IN ('earn', 'spend', 'adjust', 'reversal', 'expire', 'hold', 'capture',"
             " 'release')",
             name="type_known",
@@ -312,6 +317,9 @@ class LedgerEntry(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     # What the entry moved into (+) or out of (-) the account's frozen_balance.
     frozen_amount: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    # How many of its points expired (part of `amount`): all an expiry takes, or the points
+    # a release, capture or reversal gave back to a lot that had expired.
+    expired: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
     balance_before: Mapped[int] = mapped_column(BigInteger)
     balance_after: Mapped[int] = mapped_column(BigInteger)
     negative_allowed: Mapped[bool] = mapped_column(Boolean)
@@ -356,28 +364,32 @@ Index(
 
 
 class Lot(Base):
-    """Points earned with an expiry: spends take them oldest-expiring first; the
-    expiry task writes one `expire` entry for what is left when they expire."""
+    """Points earned with an expiry: spends and holds take them oldest-expiring first, and
+    what is left when they expire is taken by one `expire` entry (docs/points.md)."""
 
     __tablename__ = "lots"
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_within_amount"),
+        # Below zero only once its earn is reversed while some of its points are spent or
+        # held (an overdraft, repaid by the points given back to it).
         CheckConstraint(
-            "(expired_at IS NULL AND expired_amount IS NULL) OR (expired_at IS NOT NULL"
-            " AND expired_amount IS NOT NULL AND remaining = 0 AND expired_amount >= 0"
-            " AND expired_amount <= amount)",
+            "remaining <= amount AND remaining >= -amount", name="remaining_within_amount"
+        ),
+        CheckConstraint(
+            "(expired_at IS NULL) = (expired_amount IS NULL) AND (expired_at IS NULL"
+            " OR (remaining <= 0 AND expired_amount >= 0 AND expired_amount <= amount))",
             name="expired_once",
         ),
-        # The applier's order of consumption, and the expiry task's scan.
+        # The applier's lots of an account (to take from, and overdrafts to repay).
         Index(
             "ix_lots_live",
             "account_id",
             "expires_at",
             "entry_ulid",
-            postgresql_where="remaining > 0",
+            postgresql_where="remaining <> 0",
         ),
-        Index("ix_lots_due", "expires_at", postgresql_where="remaining > 0"),
+        # The expiry timer's scan: each lot is asked to expire once, when its time comes.
+        Index("ix_lots_due", "expires_at", postgresql_where="expired_at IS NULL"),
     )
 
     # The earning entry's ULID (seed 002's transaction id): `related_id` of its expiry.
@@ -385,12 +397,33 @@ class Lot(Base):
     tenant_id: Mapped[str] = mapped_column(String(64))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
+    # The lot's points still in the account and not held: the sum of its moves.
     remaining: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # Set once, by the expire request's apply: how much it took (0 when nothing was left
-    # that could be taken).
+    # Set by its expiry (0 when nothing was left), then raised by the points given back to
+    # it afterwards, which expire at once: the sum of its moves' `expired`.
     expired_amount: Mapped[int | None] = mapped_column(BigInteger)
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LotMove(Base):
+    """How many points of one lot one ledger entry moved; rows are never changed.
+
+    `delta` is the change of the lot's `remaining` (+: earned into it or given back to
+    it, -: taken by a spend, a hold or a reversal); `expired` counts points given back
+    to it after it expired, or taken by its expiry, that expired there.
+    """
+
+    __tablename__ = "lot_moves"
+    __table_args__ = (
+        CheckConstraint("expired >= 0 AND (delta <> 0 OR expired <> 0)", name="moves_points"),
+        Index("ix_lot_moves_lot", "lot_ulid"),
+    )
+
+    entry_ulid: Mapped[str] = mapped_column(ForeignKey("ledger_entries.ulid"), primary_key=True)
+    lot_ulid: Mapped[str] = mapped_column(ForeignKey("lots.entry_ulid"), primary_key=True)
+    delta: Mapped[int] = mapped_column(BigInteger)
+    expired: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
 
 
 class Hold(Base):
@@ -446,7 +479,22 @@ class Batch(Base):
     # Items final so far, counted by the applier in the transaction that applies them.
     completed: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     rejected: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    # Items found accepted already under their own idempotency key: not created again, and
+    # not part of `total`.
+    replayed: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     # When the last item became final.
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Deployment(Base):
+    """One row: the id that scopes this deployment's Redis keys and channels, so that two
+    deployments sharing a Redis server never see each other's work (made by migration 0008)."""
+
+    __tablename__ = "deployment"
+    __table_args__ = (CheckConstraint("singleton", name="one_row"),)
+
+    singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=true())
+    id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = _now()

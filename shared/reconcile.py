@@ -1,7 +1,8 @@
 """Ledger invariants checked with set-based SQL over every account.
 
 SPEC 1's invariants 1, 2 and 5, and those of the points operations (issue 13):
-7 held points (frozen_balance), 8 lots, 9 holds, 10 reversals.
+7 held points (frozen_balance), 8 lots, 9 holds, 10 reversals; and those of where
+points come from and go back to (docs/points.md): 11 lot moves, 12 points given back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 # Invariant 1: balance and totals equal the sums of the ledger; no gap in the chain.
-# Expiries count as expired_points, not as spent; frozen_balance is invariant 7's.
+# An entry's expired points count as expired_points; the rest it moved (its gross) as
+# earned or spent; frozen_balance is invariant 7's.
 BALANCE_MISMATCHES = text("""
     SELECT a.id, a.balance, COALESCE(s.total, 0), a.total_earned, COALESCE(s.earned, 0),
            a.total_spent, COALESCE(s.spent, 0), a.expired_points, COALESCE(s.expired, 0)
@@ -20,9 +22,9 @@ BALANCE_MISMATCHES = text("""
     LEFT JOIN (
         SELECT account_id,
                SUM(amount) AS total,
-               SUM(amount) FILTER (WHERE amount > 0) AS earned,
-               -SUM(amount) FILTER (WHERE amount < 0 AND type <> 'expire') AS spent,
-               -SUM(amount) FILTER (WHERE type = 'expire') AS expired
+               SUM(amount + expired) FILTER (WHERE amount + expired > 0) AS earned,
+               -SUM(amount + expired) FILTER (WHERE amount + expired < 0) AS spent,
+               SUM(expired) AS expired
         FROM ledger_entries GROUP BY account_id
     ) s ON s.account_id = a.id
     WHERE a.balance <> COALESCE(s.total, 0)
@@ -67,13 +69,18 @@ REQUEST_MISMATCHES = text("""
 """)
 
 # Invariant 2 too: each entry agrees with its request (the entry's only foreign key); an
-# adjustment's and a reversal's amount is the request's (the others' the worker works out).
+# adjustment's amount is the request's, as is a reversal's giving points back (some of
+# which may expire); a reversal taking points back takes no more than asked (the others'
+# the worker works out).
 ENTRY_REQUEST_MISMATCHES = text("""
     SELECT e.id, e.request_id
     FROM ledger_entries e JOIN adjustment_requests r ON r.id = e.request_id
     WHERE e.account_id <> r.account_id OR e.tenant_id <> r.tenant_id
        OR e.created_by <> r.created_by
-       OR (r.entry_type IN ('adjust', 'reversal') AND e.amount <> r.amount)
+       OR (r.entry_type = 'adjust' AND (e.amount <> r.amount OR e.expired <> 0))
+       OR (r.entry_type = 'reversal' AND r.amount > 0 AND e.amount + e.expired <> r.amount)
+       OR (r.entry_type = 'reversal' AND r.amount < 0
+           AND (e.expired <> 0 OR e.amount >= 0 OR e.amount < r.amount))
        OR e.type <> CASE r.entry_type WHEN 'timeout' THEN 'release' ELSE r.entry_type END
 """)
 
@@ -95,25 +102,115 @@ FROZEN_MISMATCHES = text("""
        OR (NOT a.allow_negative AND a.frozen_balance > 0 AND a.frozen_balance > a.balance)
 """)
 
-# Invariant 8: a lot keeps 0 <= remaining <= amount, matches the entry that earned it,
-# and expires at most once: an expired lot has nothing left, and its expire entries
-# (at most one) took exactly what it says it expired.
+# Invariant 8: a lot matches the entry that earned it and expires at most once; what is
+# left in it and what of it expired are the sums of its moves (11); an expired lot has
+# nothing left (it may still be owed points); and no lot loses more points than it
+# earned: to expiry and to the reversal of its earn (less what other lots' expiries
+# repaid of it) together at most its amount, and with what is left and what open holds
+# hold of it, no more than its amount either (the rest, spent or captured, is never
+# negative).
 LOT_MISMATCHES = text("""
-    SELECT l.entry_ulid, l.amount, l.remaining, l.expired_amount, COALESCE(x.taken, 0),
+    SELECT l.entry_ulid, l.amount, l.remaining, l.expired_amount, COALESCE(m.delta, 0),
+           COALESCE(m.expired, 0), COALESCE(m.reversed, 0), COALESCE(h.held, 0),
            COALESCE(x.entries, 0)
     FROM lots l
     LEFT JOIN ledger_entries e ON e.ulid = l.entry_ulid
     LEFT JOIN (
-        SELECT related_id, -SUM(amount) AS taken, COUNT(*) AS entries FROM ledger_entries
+        SELECT related_id, COUNT(*) AS entries FROM ledger_entries
         WHERE type = 'expire' GROUP BY related_id
     ) x ON x.related_id = l.entry_ulid
-    WHERE l.remaining < 0 OR l.remaining > l.amount
-       OR e.id IS NULL OR e.account_id <> l.account_id OR e.tenant_id <> l.tenant_id
+    LEFT JOIN (
+        SELECT m.lot_ulid, SUM(m.delta) AS delta, SUM(m.expired) AS expired,
+               -SUM(m.delta) FILTER (WHERE r.type = 'reversal' AND r.related_id = m.lot_ulid)
+                 - COALESCE(SUM(m.delta) FILTER (WHERE r.type = 'expire'
+                                                 AND r.related_id <> m.lot_ulid), 0)
+                   AS reversed
+        FROM lot_moves m JOIN ledger_entries r ON r.ulid = m.entry_ulid
+        GROUP BY m.lot_ulid
+    ) m ON m.lot_ulid = l.entry_ulid
+    LEFT JOIN (
+        SELECT m.lot_ulid, -SUM(m.delta) AS held
+        FROM holds h
+        JOIN ledger_entries he ON he.request_id = h.request_id
+        JOIN lot_moves m ON m.entry_ulid = he.ulid
+        WHERE h.status = 'open' GROUP BY m.lot_ulid
+    ) h ON h.lot_ulid = l.entry_ulid
+    WHERE e.id IS NULL OR e.account_id <> l.account_id OR e.tenant_id <> l.tenant_id
        OR e.amount <> l.amount
        OR COALESCE(x.entries, 0) > 1
+       OR (l.expired_at IS NULL) <> (l.expired_amount IS NULL)
        OR (l.expired_at IS NULL AND COALESCE(x.entries, 0) > 0)
-       OR (l.expired_at IS NOT NULL
-           AND (l.remaining <> 0 OR l.expired_amount IS DISTINCT FROM COALESCE(x.taken, 0)))
+       OR (l.expired_at IS NOT NULL AND l.remaining > 0)
+       OR l.remaining <> COALESCE(m.delta, 0)
+       OR COALESCE(l.expired_amount, 0) <> COALESCE(m.expired, 0)
+       OR COALESCE(m.expired, 0) + COALESCE(m.reversed, 0) > l.amount
+       OR l.remaining + COALESCE(h.held, 0) + COALESCE(m.expired, 0) + COALESCE(m.reversed, 0)
+          > l.amount
+""")
+
+# Invariant 11: lot moves. Every move belongs to an entry of the lot's own account; an
+# entry's expired points are the sum of its moves' (none for an entry that moved no
+# lot); a spend and a hold only take from lots (never more than they took in all), and
+# an earn only puts points into its own lot.
+MOVE_MISMATCHES = text("""
+    SELECT e.id, e.type FROM ledger_entries e
+    JOIN (
+        SELECT m.entry_ulid, SUM(m.expired) AS expired,
+               BOOL_OR(l.account_id <> e.account_id) AS foreign_lot,
+               BOOL_OR(m.delta > 0 OR m.expired > 0) AS gives,
+               -SUM(m.delta) AS taken,
+               BOOL_OR(m.lot_ulid <> e.ulid) AS other_lot
+        FROM lot_moves m
+        JOIN lots l ON l.entry_ulid = m.lot_ulid
+        JOIN ledger_entries e ON e.ulid = m.entry_ulid
+        GROUP BY m.entry_ulid
+    ) m ON m.entry_ulid = e.ulid
+    WHERE m.foreign_lot OR e.expired <> m.expired
+       OR (e.type IN ('adjust', 'earn', 'spend', 'hold') AND e.amount <= 0
+           AND (m.gives OR m.taken > GREATEST(-e.amount, e.frozen_amount)))
+       OR (e.type IN ('adjust', 'earn') AND e.amount > 0 AND m.other_lot)
+    UNION ALL
+    SELECT e.id, e.type FROM ledger_entries e
+    WHERE e.expired <> 0 AND NOT EXISTS (SELECT 1 FROM lot_moves m WHERE m.entry_ulid = e.ulid)
+""")
+
+# Invariant 12: points given back go back to the lots they came from. A released or
+# timed-out hold gives each lot back exactly what it took from it (some of which may
+# expire there); a capture no more than that; the reversal of a spend gives each lot
+# back what the spend took, and the reversal of a capture what the capture kept.
+GIVEN_BACK_MISMATCHES = text("""
+    WITH taken AS (
+        SELECT m.entry_ulid, m.lot_ulid, -m.delta AS points FROM lot_moves m WHERE m.delta < 0
+    ), given AS (
+        SELECT m.entry_ulid, m.lot_ulid, m.delta + m.expired AS points FROM lot_moves m
+    ), closings AS (
+        SELECT c.id, c.ulid, c.type, h.status, he.ulid AS hold_ulid
+        FROM holds h
+        JOIN ledger_entries he ON he.request_id = h.request_id
+        JOIN ledger_entries c ON c.request_id = h.closed_by
+    ), expected AS (
+        SELECT c.id, c.ulid, t.lot_ulid, t.points,
+               c.type = 'capture' AS at_most
+        FROM closings c JOIN taken t ON t.entry_ulid = c.hold_ulid
+        UNION ALL
+        SELECT r.id, r.ulid, t.lot_ulid, t.points, false
+        FROM ledger_entries r
+        JOIN ledger_entries o ON o.ulid = r.related_id AND o.type IN ('adjust', 'spend')
+        JOIN taken t ON t.entry_ulid = o.ulid
+        WHERE r.type = 'reversal' AND o.amount < 0
+        UNION ALL
+        SELECT r.id, r.ulid, t.lot_ulid, t.points - COALESCE(g.points, 0), false
+        FROM ledger_entries r
+        JOIN ledger_entries o ON o.ulid = r.related_id AND o.type = 'capture'
+        JOIN closings c ON c.id = o.id
+        JOIN taken t ON t.entry_ulid = c.hold_ulid
+        LEFT JOIN given g ON g.entry_ulid = o.ulid AND g.lot_ulid = t.lot_ulid
+        WHERE r.type = 'reversal'
+    )
+    SELECT x.id, x.lot_ulid, x.points, COALESCE(g.points, 0)
+    FROM expected x LEFT JOIN given g ON g.entry_ulid = x.ulid AND g.lot_ulid = x.lot_ulid
+    WHERE (NOT x.at_most AND COALESCE(g.points, 0) <> x.points)
+       OR (x.at_most AND (COALESCE(g.points, 0) > x.points OR COALESCE(g.points, 0) < 0))
 """)
 
 # Invariant 9: a hold is exactly one of open, captured, released, timed out: one hold
@@ -129,26 +226,33 @@ HOLD_MISMATCHES = text("""
     ) o ON o.related_id = h.request_id::text
     LEFT JOIN (
         SELECT related_id, COUNT(*) AS entries, MIN(type) AS type, MIN(amount) AS amount,
-               MIN(frozen_amount) AS frozen
+               MIN(expired) AS expired, MIN(frozen_amount) AS frozen
         FROM ledger_entries WHERE type IN ('capture', 'release') GROUP BY related_id
     ) c ON c.related_id = h.request_id::text
     WHERE h.status NOT IN ('open', 'captured', 'released', 'timed_out')
        OR (h.status = 'open') <> (h.closed_by IS NULL)
        OR COALESCE(o.entries, 0) <> 1 OR o.frozen <> h.amount OR o.account_id <> h.account_id
        OR COALESCE(c.entries, 0) <> CASE WHEN h.status = 'open' THEN 0 ELSE 1 END
-       OR (h.status = 'captured' AND (c.type <> 'capture' OR c.amount <> -h.captured))
-       OR (h.status IN ('released', 'timed_out') AND c.type <> 'release')
+       OR (h.status = 'captured'
+           AND (c.type <> 'capture' OR c.amount + c.expired <> -h.captured))
+       OR (h.status IN ('released', 'timed_out')
+           AND (c.type <> 'release' OR c.amount + c.expired <> 0))
        OR (h.status <> 'open' AND c.frozen <> -h.amount)
 """)
 
-# Invariant 10: a reversal reverses an entry of its own account and tenant, by the
-# opposite amount, and an entry is reversed at most once.
+# Invariant 10: a reversal reverses an entry of its own account and tenant that moved
+# points, and an entry is reversed at most once. It moves the opposite of what the entry
+# moved (before any of it expired), except that the reversal of an earn takes back less
+# when some of the earn expired (what its lot lost to expiry, invariant 8).
 REVERSAL_MISMATCHES = text("""
     SELECT id, related_id, reversals FROM (
         SELECT r.id, r.related_id,
                COUNT(*) OVER (PARTITION BY r.related_id) AS reversals,
                o.id IS NULL OR o.account_id <> r.account_id OR o.tenant_id <> r.tenant_id
-                   OR o.amount <> -r.amount AS mismatched
+                   OR o.amount + o.expired = 0
+                   OR (o.amount < 0 AND r.amount + r.expired <> -(o.amount + o.expired))
+                   OR (o.amount > 0 AND (r.amount >= 0 OR r.amount < -o.amount))
+                   AS mismatched
         FROM ledger_entries r
         LEFT JOIN ledger_entries o ON o.ulid = r.related_id
         WHERE r.type = 'reversal'
@@ -168,7 +272,7 @@ EXPECTED_TRIGGERS = {"ledger_entries_immutable", "ledger_entries_no_truncate"}
 class Violation:
     invariant: int
     # The check that found it: balance, chain, batch, request, entry, immutability,
-    # frozen_balance, lot, hold, reversal.
+    # frozen_balance, lot, hold, reversal, lot_moves, given_back.
     check: str
     subject: str
     detail: str
@@ -183,7 +287,7 @@ class Report:
 
 
 def reconcile(session: Session) -> Report:
-    """Check invariants 1, 2, 5 and 7 to 10 of the whole ledger; list every violation."""
+    """Check invariants 1, 2, 5 and 7 to 12 of the whole ledger; list every violation."""
     violations: list[Violation] = []
     for row in session.execute(BALANCE_MISMATCHES):
         account, balance, total, earned, sum_earned, spent, sum_spent, expired, sum_expired = row
@@ -240,14 +344,36 @@ def reconcile(session: Session) -> Report:
                 f" (balance {balance})",
             )
         )
-    for lot, amount, remaining, expired, taken, entries in session.execute(LOT_MISMATCHES):
+    for row in session.execute(LOT_MISMATCHES):
+        lot, amount, remaining, expired, moved, moved_expired, reversed_, held, expiries = row
         violations.append(
             Violation(
                 8,
                 "lot",
                 f"lot {lot}",
-                f"amount {amount}, remaining {remaining}, expired {expired} vs {entries}"
-                f" expire entries taking {taken}, or its earning entry differs",
+                f"amount {amount}, remaining {remaining} (moves {moved}), expired {expired}"
+                f" (moves {moved_expired}, {expiries} expire entries), reversed {reversed_},"
+                f" held {held}; or its earning entry differs",
+            )
+        )
+    for entry, entry_type in session.execute(MOVE_MISMATCHES):
+        violations.append(
+            Violation(
+                11,
+                "lot_moves",
+                f"entry {entry}",
+                f"its lot moves do not fit a {entry_type} entry (another account's lot, expired"
+                " points not those of its moves, a take that gives back or takes too much)",
+            )
+        )
+    for entry, lot, expected, given in session.execute(GIVEN_BACK_MISMATCHES):
+        violations.append(
+            Violation(
+                12,
+                "given_back",
+                f"entry {entry}",
+                f"gave {given} points back to lot {lot}, which the points it gives back took"
+                f" {expected} from",
             )
         )
     for hold, status, holding, closing in session.execute(HOLD_MISMATCHES):

@@ -1,7 +1,9 @@
 """The requests tally makes itself when time passes: lot expiries and hold timeouts.
 
 Each is an adjustment request like a client's, applied by the worker in the account's
-order. A lot is asked to expire, and a hold to time out, at most once: the statement
+order. Every lot is asked to expire when its time comes, whatever is left in it (a lot
+spent or held to the last point still expires, so that points given back to it later
+expire at once); a hold is asked to time out if still open. Each at most once: the statement
 skips subjects already asked, and the requests' unique index on (entry_type,
 related_id) refuses a second live request should two runs overlap. The request has no
 idempotency key (the namespace is the clients'); its creator is the creator of the
@@ -45,7 +47,7 @@ DUE_LOTS = text(
         FROM lots l
         JOIN ledger_entries e ON e.ulid = l.entry_ulid
         JOIN adjustment_requests r ON r.id = e.request_id
-        WHERE l.remaining > 0 AND l.expires_at <= now()
+        WHERE l.expired_at IS NULL AND l.expires_at <= now()
     """
     )
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -25,6 +25,7 @@ from tests.shared.test_ledger_rules import (
     earn,
     expire,
     hold,
+    release,
     reversal,
     spend,
 )
@@ -174,9 +175,10 @@ def healthy_ledger(book: Book) -> Healthy:
         reversal(user, book.entry(spent)),
         expire(user, book.entry(expiring).ulid),
     )
-    # The spend and the capture took 25 of the expiring lot; its expiry took the rest.
+    # The spend and the holds took 45 of the expiring lot; the capture kept 20 of them and
+    # gave 10 back, the reversal gave the spend's 5 back, and its expiry took the 20 left.
     account = book.account(user)
-    assert (account.balance, account.frozen_balance, account.expired_points) == (145, 10, 25)
+    assert (account.balance, account.frozen_balance, account.expired_points) == (150, 10, 20)
     assert book.lot(live).remaining == 40
     return Healthy(
         account_id=account.id,
@@ -277,4 +279,103 @@ def test_reconcile_reports_each_corrupted_points_invariant(
         (check, subject.format(**names))
     ], report
     if check == "balance":
-        assert "expired 26 vs 25" in report["violations"][0]["detail"]
+        assert "expired 21 vs 20" in report["violations"][0]["detail"]
+
+
+# The states issue 20's two money bugs left behind, made by hand from a healthy ledger:
+# `tally reconcile` reported nothing after either before invariants 8, 11 and 12 said
+# where points come from and go back to.
+
+
+def held_lot_released_after_expiry(book: Book) -> dict[str, object]:
+    """Earn 100 expiring, hold them, the lot expires, release: all 100 expired."""
+    user = book.user()
+    lot, hold_id = book.record_and_apply(earn(user, 100, book.now() + DAY), hold(user, 100))
+    book.record(expire(user, book.entry(lot).ulid))
+    book.apply()
+    (released,) = book.record_and_apply(release(user, hold_id))
+    entry = book.entry(released)
+    return {"lot": book.entry(lot).ulid, "account": book.account(user).id,
+            "release": entry.ulid, "release_id": entry.id}  # fmt: skip
+
+
+def expired_earn_reversed(book: Book) -> dict[str, object]:
+    """100 never-expiring, 50 expiring of which 30 spent and 20 expired, the 50 reversed:
+    the reversal takes back the 30 that did not expire."""
+    user = book.user()
+    _, lot, _ = book.record_and_apply(
+        earn(user, 100), earn(user, 50, book.now() + DAY), spend(user, 30)
+    )
+    book.record_and_apply(expire(user, book.entry(lot).ulid))
+    (undone,) = book.record_and_apply(reversal(user, book.entry(lot)))
+    return {"lot": book.entry(lot).ulid, "account": book.account(user).id,
+            "reversal": book.entry(undone).ulid, "reversal_id": book.entry(undone).id}  # fmt: skip
+
+
+MONEY_BUGS = [
+    pytest.param(
+        held_lot_released_after_expiry,
+        # Bug 1: the release gave the held points back as never-expiring points.
+        [
+            "DELETE FROM lot_moves WHERE entry_ulid = :release",
+            "UPDATE ledger_entries SET amount = 0, expired = 0, balance_after = balance_before"
+            " WHERE ulid = :release",
+            "UPDATE lots SET expired_amount = 0 WHERE entry_ulid = :lot",
+            "UPDATE accounts SET balance = 100, expired_points = 0 WHERE id = :account",
+        ],
+        {(12, "given_back", "entry {release_id}")},
+        id="held-points-escape-expiry",
+    ),
+    pytest.param(
+        held_lot_released_after_expiry,
+        # Bug 1 again: the release gave them back to the lot, spendable, past its expiry
+        # (which the lot's CHECK refuses, so it is dropped first).
+        [
+            "ALTER TABLE lots DROP CONSTRAINT expired_once",
+            "UPDATE lot_moves SET delta = 100, expired = 0 WHERE entry_ulid = :release",
+            "UPDATE ledger_entries SET amount = 0, expired = 0, balance_after = balance_before"
+            " WHERE ulid = :release",
+            "UPDATE lots SET remaining = 100, expired_amount = 0 WHERE entry_ulid = :lot",
+            "UPDATE accounts SET balance = 100, expired_points = 0 WHERE id = :account",
+        ],
+        {(8, "lot", "lot {lot}")},
+        id="expired-lot-spendable-again",
+    ),
+    pytest.param(
+        expired_earn_reversed,
+        # Bug 2: the reversal took back the whole earn, its expired 20 a second time.
+        [
+            "UPDATE lot_moves SET delta = -50 WHERE entry_ulid = :reversal",
+            "UPDATE ledger_entries SET amount = -50, balance_after = balance_before - 50"
+            " WHERE ulid = :reversal",
+            "UPDATE adjustment_requests SET amount = -50 WHERE ledger_entry_id = :reversal_id",
+            "UPDATE lots SET remaining = -50 WHERE entry_ulid = :lot",
+            "UPDATE accounts SET balance = 50, total_spent = total_spent + 20 WHERE id = :account",
+        ],
+        {(8, "lot", "lot {lot}")},
+        id="expired-earn-taken-twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("scenario", "statements", "expected"), MONEY_BUGS)
+def test_reconcile_reports_what_the_money_bugs_left(
+    own_database: str,
+    own_sessions: sessionmaker[Session],
+    scenario: Callable[[Book], dict[str, object]],
+    statements: list[str],
+    expected: set[tuple[int, str, str]],
+) -> None:
+    names = scenario(Book(own_sessions))
+    code, report = _reconcile_database(own_database)
+    assert (code, report["violations"]) == (0, [])
+
+    with transaction(own_sessions) as session:
+        # As a hand-made repair would: past the append-only triggers (and foreign keys).
+        session.execute(text("SET LOCAL session_replication_role = replica"))
+        for statement in statements:
+            session.execute(text(statement), names)
+    code, report = _reconcile_database(own_database)
+    assert code == 1
+    found = {(v["invariant"], v["check"], v["subject"]) for v in report["violations"]}
+    assert found == {(n, check, subject.format(**names)) for n, check, subject in expected}

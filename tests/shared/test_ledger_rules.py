@@ -314,8 +314,10 @@ def test_a_lot_spent_before_its_expiry_has_nothing_to_expire(book: Book, same_ch
         (expiry,) = book.record(expire(user, lot_ulid))
         assert book.apply() == {expiry: Rejection.NOTHING_TO_EXPIRE}
 
+    # The lot counts as expired all the same: points given back to it later expire at once.
     spent_lot = book.lot(lot)
-    assert (spent_lot.remaining, spent_lot.expired_amount, spent_lot.expired_at) == (0, None, None)
+    assert (spent_lot.remaining, spent_lot.expired_amount) == (0, 0)
+    assert spent_lot.expired_at is not None
     assert totals(book.account(user)) == {
         "balance": 50, "frozen": 0, "earned": 80, "spent": 30, "expired": 0,
     }  # fmt: skip
@@ -348,7 +350,7 @@ def test_held_points_are_not_expired(book: Book, held: int, outcome: str) -> Non
 # Reversals
 
 
-def test_a_reversal_takes_from_the_lot_of_the_entry_it_reverses_first(book: Book) -> None:
+def test_a_reversal_of_an_earn_takes_back_from_its_own_lot_overdrawing_it(book: Book) -> None:
     user, now = book.user(), book.now()
     early, late, _ = book.record_and_apply(
         earn(user, 30, now + DAY), earn(user, 50, now + 2 * DAY), earn(user, 40)
@@ -358,9 +360,10 @@ def test_a_reversal_takes_from_the_lot_of_the_entry_it_reverses_first(book: Book
 
     (undo_late,) = book.record_and_apply(reversal(user, book.entry(late)))
     assert (book.lot(early).remaining, book.lot(late).remaining) == (20, 0)
-    # Its own lot has 20 left: the other 10 come from the points that never expire.
+    # Its own lot has 20 left: it owes the 10 that were spent (repaid if that spend is
+    # reversed), and the never-expiring points are untouched.
     (undo_early,) = book.record_and_apply(reversal(user, book.entry(early)))
-    assert (book.lot(early).remaining, book.lot(late).remaining) == (0, 0)
+    assert (book.lot(early).remaining, book.lot(late).remaining) == (-10, 0)
 
     for request, original in ((undo_late, late), (undo_early, early)):
         entry = book.entry(request)
@@ -387,6 +390,157 @@ def test_a_reversal_beyond_spendable_is_rejected(book: Book) -> None:
     assert totals(book.account(user)) == {
         "balance": 0, "frozen": 0, "earned": 90, "spent": 90, "expired": 0,
     }  # fmt: skip
+    assert book.violations() == []
+
+
+# Points given back go back to the lots they came from (issue 20, reproduction 1): before
+# it, points a hold, a spend or a capture had taken came back as never-expiring points, so
+# promotional points outlived their expiry.
+
+
+def due_now(book: Book, user: int, earned: int) -> int:
+    """Ask for the expiry of the lot of request `earned`, as the timer does when it is due."""
+    (expiry,) = book.record(expire(user, book.entry(earned).ulid))
+    return expiry
+
+
+@pytest.mark.parametrize("closing", ["release", "timeout"])
+def test_held_points_of_an_expired_lot_expire_when_the_hold_is_released(
+    book: Book, closing: str
+) -> None:
+    user = book.user()
+    lot, hold_id = book.record_and_apply(earn(user, 100, book.now() + DAY), hold(user, 100))
+    assert book.lot(lot).remaining == 0  # the hold took them from the lot
+
+    expiry = due_now(book, user, lot)
+    assert book.apply() == {expiry: Rejection.NOTHING_TO_EXPIRE}
+    assert book.lot(lot).expired_at is not None
+    (released,) = book.record_and_apply(CLOSINGS[closing](user, hold_id))
+
+    entry = book.entry(released)
+    assert (entry.type, entry.amount, entry.frozen_amount, entry.expired) == (
+        EntryType.RELEASE, -100, -100, 100,
+    )  # fmt: skip
+    assert (book.lot(lot).remaining, book.lot(lot).expired_amount) == (0, 100)
+    assert totals(book.account(user)) == {
+        "balance": 0, "frozen": 0, "earned": 100, "spent": 0, "expired": 100,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+def test_a_capture_for_less_after_the_expiry_expires_the_rest(book: Book) -> None:
+    user = book.user()
+    lot, _, hold_id = book.record_and_apply(
+        earn(user, 100, book.now() + DAY), earn(user, 50), hold(user, 120)
+    )
+    book.apply()
+    expiry = due_now(book, user, lot)
+    assert book.apply() == {expiry: Rejection.NOTHING_TO_EXPIRE}
+
+    # The hold holds 100 of the lot and 20 never-expiring: the capture keeps the lot's
+    # first, and the 10 of the lot it gives back expire.
+    (captured,) = book.record_and_apply(capture(user, hold_id, 90))
+    entry = book.entry(captured)
+    assert (entry.amount, entry.frozen_amount, entry.expired) == (-100, -120, 10)
+    assert totals(book.account(user)) == {
+        "balance": 50, "frozen": 0, "earned": 150, "spent": 90, "expired": 10,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+@pytest.mark.parametrize("reversed_after_expiry", [False, True], ids=["before", "after"])
+def test_a_refunded_spend_returns_its_points_to_their_lot(
+    book: Book, reversed_after_expiry: bool
+) -> None:
+    user = book.user()
+    lot, spent = book.record_and_apply(earn(user, 100, book.now() + DAY), spend(user, 60))
+    if reversed_after_expiry:
+        book.record_and_apply(expire(user, book.entry(lot).ulid))
+    (refund,) = book.record_and_apply(reversal(user, book.entry(spent)))
+    if not reversed_after_expiry:
+        assert book.lot(lot).remaining == 100
+        book.record_and_apply(expire(user, book.entry(lot).ulid))
+
+    # Either way all 100 expire: 40 at the expiry and 60 with the refund, or 100 at once.
+    entry = book.entry(refund)
+    assert (entry.amount, entry.expired) == ((0, 60) if reversed_after_expiry else (60, 0))
+    assert totals(book.account(user)) == {
+        "balance": 0, "frozen": 0, "earned": 160, "spent": 60, "expired": 100,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+def test_a_reversed_capture_returns_its_points_to_their_lot(book: Book) -> None:
+    user = book.user()
+    lot, hold_id = book.record_and_apply(earn(user, 100, book.now() + DAY), hold(user, 100))
+    (captured,) = book.record_and_apply(capture(user, hold_id, 60))
+    assert book.lot(lot).remaining == 40
+    book.record_and_apply(expire(user, book.entry(lot).ulid))
+
+    (undone,) = book.record_and_apply(reversal(user, book.entry(captured)))
+    assert (book.entry(undone).amount, book.entry(undone).expired) == (0, 60)
+    assert totals(book.account(user)) == {
+        "balance": 0, "frozen": 0, "earned": 160, "spent": 60, "expired": 100,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+# A reversal of an earn takes back no more than what of it has not expired (issue 20,
+# reproduction 2): before it, an expired earn was taken twice.
+
+
+def test_a_reversal_of_an_expired_earn_is_rejected(book: Book) -> None:
+    user = book.user()
+    _, lot = book.record_and_apply(earn(user, 100), earn(user, 50, book.now() + DAY))
+    book.record_and_apply(expire(user, book.entry(lot).ulid))
+    assert totals(book.account(user))["balance"] == 100
+
+    (refused,) = book.record(reversal(user, book.entry(lot)))
+    assert book.apply() == {refused: Rejection.ALREADY_EXPIRED}
+    assert totals(book.account(user)) == {
+        "balance": 100, "frozen": 0, "earned": 150, "spent": 0, "expired": 50,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+def test_a_reversal_of_a_partly_expired_earn_takes_back_what_did_not_expire(book: Book) -> None:
+    user = book.user()
+    _, lot, spent = book.record_and_apply(
+        earn(user, 100), earn(user, 50, book.now() + DAY), spend(user, 30)
+    )
+    book.record_and_apply(expire(user, book.entry(lot).ulid))  # the 20 left
+    (undone,) = book.record_and_apply(reversal(user, book.entry(lot)))
+
+    # 50 earned, 20 expired: 30 taken back. They were spent, so the lot owes them...
+    assert book.entry(undone).amount == -30
+    assert (book.lot(lot).remaining, book.lot(lot).expired_amount) == (-30, 20)
+    assert totals(book.account(user))["balance"] == 70
+    # ...until the spend is reversed: its 30 repay the lot, and nothing more expires.
+    (refund,) = book.record_and_apply(reversal(user, book.entry(spent)))
+    assert (book.entry(refund).amount, book.entry(refund).expired) == (30, 0)
+    assert (book.lot(lot).remaining, book.lot(lot).expired_amount) == (0, 20)
+    assert totals(book.account(user)) == {
+        "balance": 100, "frozen": 0, "earned": 180, "spent": 60, "expired": 20,
+    }  # fmt: skip
+    assert book.violations() == []
+
+
+def test_an_overdrawn_lot_is_repaid_by_another_lot_before_it_expires(book: Book) -> None:
+    user, now = book.user(), book.now()
+    first, second = book.record_and_apply(earn(user, 50, now + DAY), earn(user, 100, now + 2 * DAY))
+    _, held = book.record_and_apply(spend(user, 30), hold(user, 20))  # all of the first
+    book.record_and_apply(reversal(user, book.entry(first)))
+    assert (book.lot(first).remaining, totals(book.account(user))["balance"]) == (-50, 70)
+
+    # The second lot's 100 first repay the 50 the first owes; 50 expire. The held 20 stay.
+    (expiry,) = book.record_and_apply(expire(user, book.entry(second).ulid))
+    assert (book.entry(expiry).amount, book.lot(first).remaining) == (-50, 0)
+    assert totals(book.account(user)) == {
+        "balance": 20, "frozen": 20, "earned": 150, "spent": 80, "expired": 50,
+    }  # fmt: skip
+    # Released, the 20 go back to the first lot, to expire with it.
+    book.record_and_apply(release(user, held))
+    assert (book.lot(first).remaining, totals(book.account(user))["balance"]) == (20, 20)
     assert book.violations() == []
 
 
@@ -648,12 +802,14 @@ def test_a_frozen_account_refuses_all_but_expiries_and_timeouts(book: Book) -> N
         expiry: COMPLETED,
         timed_out: COMPLETED,
     }
-    # The expiry takes the whole lot: 60 points were spendable beside the 40 held.
-    assert book.entry(expiry).amount == -50
+    # The holds took their 40 points from the lot: the expiry takes the 10 left, and the
+    # timed-out hold's 30 expire as they come back to the expired lot.
+    assert book.entry(expiry).amount == -10
+    assert (book.entry(timed_out).amount, book.entry(timed_out).expired) == (-30, 30)
     assert book.hold(timing_out).status == HoldStatus.TIMED_OUT
     assert book.hold(open_hold).status == HoldStatus.OPEN
     assert totals(book.account(user)) == {
-        "balance": 50, "frozen": 10, "earned": 100, "spent": 0, "expired": 50,
+        "balance": 60, "frozen": 10, "earned": 100, "spent": 0, "expired": 40,
     }  # fmt: skip
     assert book.violations() == []
 
@@ -699,7 +855,7 @@ def test_a_type_that_allows_negatives_needs_no_force(book: Book) -> None:
     assert book.violations() == []
 
 
-def test_on_a_type_that_allows_negatives_an_expiry_takes_the_whole_lot(book: Book) -> None:
+def test_an_expiry_first_repays_the_points_owed(book: Book) -> None:
     user = book.user()
     lot = Adjustment(
         user_id=user, points_type="reputation", amount=100, expires_at=book.now() + DAY
@@ -712,10 +868,9 @@ def test_on_a_type_that_allows_negatives_an_expiry_takes_the_whole_lot(book: Boo
         dataclasses.replace(expire(user, book.entry(again).ulid), points_type="reputation")
     )
     assert book.apply() == {expiry: COMPLETED}
-    # -30 + 100 - 20 = 50, of which the lot's 80 left expire: back to -30 (on "points",
-    # an expiry would stop at zero).
-    assert book.account(user, "reputation").balance == -30
-    assert book.lot(again).expired_amount == 80
+    # -30 + 100 - 20 = 50: the lot's 80 left first repay the 30 owed, and 50 expire.
+    assert book.account(user, "reputation").balance == 0
+    assert book.lot(again).expired_amount == 50
     assert book.violations() == []
 
 
@@ -734,7 +889,8 @@ def test_request_expiries_asks_once_per_due_lot_and_not_before_it_is_due(book: B
     book.record_and_apply(spend(user, 5))  # the lot that expires first
     assert book.lot(spent).remaining == 0
     account_id = book.account(user).id
-    due = [book.entry(first).ulid, book.entry(second).ulid]
+    # The spent lot is due too: nothing is left in it, but it expires all the same.
+    due = [book.entry(r).ulid for r in (spent, first, second)]
 
     # The first due first; then the rest; then nothing more, however often it runs.
     assert book.ask_expiries(limit=1) == [account_id]
@@ -747,7 +903,12 @@ def test_request_expiries_asks_once_per_due_lot_and_not_before_it_is_due(book: B
         (0, user, book.caller_id, "tally")
     }
 
-    assert book.apply() == {r.id: COMPLETED for r in asked}
+    assert book.apply() == {
+        asked[0].id: Rejection.NOTHING_TO_EXPIRE,
+        asked[1].id: COMPLETED,
+        asked[2].id: COMPLETED,
+    }
+    assert book.lot(spent).expired_amount == 0
     assert [book.lot(r).expired_amount for r in (first, second)] == [10, 20]
     assert (book.lot(future).remaining, book.lot(future).expired_at) == (30, None)
     assert book.ask_expiries() == []
