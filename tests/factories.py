@@ -16,7 +16,6 @@ from shared.db import transaction
 from shared.models import (
     Account,
     AdjustmentRequest,
-    EntryType,
     LedgerEntry,
     Role,
     Tenant,
@@ -104,11 +103,11 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
         assert entry.balance_after == running + entry.amount
         running = entry.balance_after
     assert account.balance == running == sum(e.amount for e in entries)
-    assert account.total_earned == sum(e.amount for e in entries if e.amount > 0)
-    assert account.total_spent == -sum(
-        e.amount for e in entries if e.amount < 0 and e.type != EntryType.EXPIRE
-    )
-    assert account.expired_points == -sum(e.amount for e in entries if e.type == EntryType.EXPIRE)
+    # Each entry's gross (what it moved before any of it expired) is earned or spent.
+    grosses = [e.amount + e.expired for e in entries]
+    assert account.total_earned == sum(g for g in grosses if g > 0)
+    assert account.total_spent == -sum(g for g in grosses if g < 0)
+    assert account.expired_points == sum(e.expired for e in entries)
 
 
 def apply_now(app: TallyCelery, account_ids: list[str]) -> int:
