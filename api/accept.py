@@ -7,6 +7,7 @@ they differ only in how they name the user and in the envelope of the answer.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from flask import Response, current_app, url_for
@@ -15,16 +16,15 @@ from sqlalchemy import text
 from api.body import Preferences, read_preferences
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
+from api.serializers import StoredEntry
 from shared.adjustments import Adjustment, Recorded, SubjectTaken
 from shared.adjustments import submit as record
 from shared.auth import Principal
 from shared.config import PointsType
 from shared.dispatch import Lane
-from shared.fields import format_timestamp
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import FINAL_STATUSES
-from shared.notify import Completion
 from shared.validation import FieldError, UserRef
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 # Refusals at accept (nothing recorded), answered 409 like the worker's rejections.
 ALREADY_REVERSED = "already_reversed"
 NOT_REVERSIBLE = "not_reversible"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A request's final state, as stored: its rejection, or its ledger entry."""
+
+    request_id: int
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    entry: StoredEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,7 @@ def submit(
     read_row = not recorded.created
     if completion is None:
         completion, waited = wait_for_outcome(recorded.request_id, preferences)
-        if completion is None and waited:
-            # An announcement may have been lost (Redis restarted): the database knows.
-            completion, read_row = final_state(recorded.request_id), True
+        read_row = read_row or waited
     return Accepted(recorded, completion, preferences, read_row)
 
 
@@ -111,7 +120,9 @@ def dispatch(account_id: str) -> None:
 
 
 def wait_for_outcome(request_id: int, preferences: Preferences) -> tuple[Completion | None, bool]:
-    """Wait up to the preferred time for the announcement; (completion, whether it waited)."""
+    """Wait up to the preferred time for the request to become final; (its stored final
+    state, whether it waited). An announcement only wakes the wait: the outcome is read
+    from the database, and a wake-up the database does not bear out waits on."""
     settings = resources().settings
     wait = settings.default_wait if preferences.wait is None else preferences.wait
     wait = min(wait, settings.max_wait)
@@ -121,15 +132,27 @@ def wait_for_outcome(request_id: int, preferences: Preferences) -> tuple[Complet
     if not slots.acquire(blocking=False):
         return None, False  # enough threads wait already: answer 202 now
     try:
-        return completions().wait(request_id, wait), True
+        deadline = time.monotonic() + wait
+        heard_before = True
+        while True:
+            left = deadline - time.monotonic()
+            woken = left > 0 and completions().wait(request_id, left, heard_before=heard_before)
+            # Woken or not (an announcement may have been lost), the database knows.
+            completion = final_state(request_id)
+            if completion is not None or not woken:
+                return completion, True
+            heard_before = False
     finally:
         slots.release()
 
 
 FINAL_STATE = text("""
-    SELECT r.status, r.error_code, r.error_message, e.id AS entry_id, e.balance_after,
-           e.created_at
-    FROM adjustment_requests r LEFT JOIN ledger_entries e ON e.id = r.ledger_entry_id
+    SELECT r.status, r.error_code, r.error_message, e.id AS entry_id, e.amount,
+           e.balance_after, e.comment, e.reputation_context, e.reputation_type, e.created_at,
+           c.id AS creator_id, c.username AS creator_username, c.avatar AS creator_avatar
+    FROM adjustment_requests r
+    LEFT JOIN ledger_entries e ON e.id = r.ledger_entry_id
+    LEFT JOIN users c ON c.id = e.created_by
     WHERE r.id = :id
 """)
 
@@ -140,10 +163,14 @@ def final_state(request_id: int) -> Completion | None:
         row = connection.execute(FINAL_STATE, {"id": request_id}).one()
     if row.status not in FINAL_STATUSES:
         return None
-    return Completion(
-        request_id, row.status, row.error_code, row.error_message, row.entry_id,
-        row.balance_after, format_timestamp(row.created_at),
-    )  # fmt: skip
+    entry = None
+    if row.entry_id is not None:
+        entry = StoredEntry(
+            row.entry_id, row.amount, row.balance_after, row.comment, row.reputation_context,
+            row.reputation_type, row.created_at, row.creator_id, row.creator_username,
+            row.creator_avatar,
+        )  # fmt: skip
+    return Completion(request_id, row.status, row.error_code, row.error_message, entry)
 
 
 def status_url(request_id: int) -> str:

@@ -23,14 +23,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # body is framed; werkzeug's own limit would cut a chunked body short without a word.
     app.config["MAX_CONTENT_LENGTH"] = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    resources.init_app(app, make_celery(settings))
+    celery = make_celery(settings)
+    resources.init_app(app, celery)
     register_error_handlers(app)
 
     from api import bulk, health, holds, metrics, openapi, points, score, score_reads, users
 
     # First, so that every answer is counted and timed, a rate limit's 429 too.
     metrics.count_requests(app)
-    init_limits(app, settings)
+    init_limits(app, settings, lambda: celery.resources.keys.limits)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)

@@ -21,6 +21,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from functools import cached_property
 
 from flask import Flask, Response, request
 from limits import RateLimitItem, parse_many
@@ -32,7 +34,6 @@ from api.problems import Problem
 from shared.auth import hash_token
 from shared.config import Settings
 
-KEY_PREFIX = "tally:limits"
 LIMITS_EXTENSION = "tally.limits"
 # Routes that answer without a token and must stay cheap and always reachable.
 UNLIMITED_BLUEPRINTS = frozenset({"health", "openapi", "metrics"})
@@ -79,15 +80,11 @@ class TokenCounts:
 class RateLimits:
     """The configured limits, counted in Redis (or this process's memory when Redis fails)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, key_prefix: Callable[[], str]) -> None:
+        self.settings = settings
+        self.key_prefix = key_prefix
         self.per_token = parse_many(settings.rate_limit)
         self.auth_failures = parse_many(settings.auth_failure_limit)
-        self.shared = FixedWindowRateLimiter(
-            RedisStorage(
-                settings.redis_url, key_prefix=KEY_PREFIX, socket_timeout=1,
-                socket_connect_timeout=1,
-            )
-        )  # fmt: skip
         self.local = FixedWindowRateLimiter(MemoryStorage())
         # Within this many requests of a token's limit, count each request on its own;
         # a limit too small to be worth batching is counted request by request.
@@ -95,6 +92,16 @@ class RateLimits:
         smallest = min((limit.amount for limit in self.per_token), default=0)
         batch = TokenCounts.BATCH if smallest >= 10 * self.near_margin else 1
         self.token_counts = TokenCounts(batch)
+
+    @cached_property
+    def shared(self) -> FixedWindowRateLimiter:
+        """The counts in Redis, under the deployment's prefix (read on first use; a failure
+        to read it counts in memory, like a failure of Redis, and is tried again)."""
+        storage = RedisStorage(
+            self.settings.redis_url, key_prefix=self.key_prefix(), socket_timeout=1,
+            socket_connect_timeout=1,
+        )  # fmt: skip
+        return FixedWindowRateLimiter(storage)
 
     def hit_token(self, token: str) -> RateLimitItem | None:
         """Count a request of the token (in a batch, see TokenCounts); the limit it breaks."""
@@ -168,9 +175,9 @@ def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def init_limits(app: Flask, settings: Settings) -> RateLimits:
+def init_limits(app: Flask, settings: Settings, key_prefix: Callable[[], str]) -> RateLimits:
     """Check the per-token and per-address limits before every limited route."""
-    limits = RateLimits(settings)
+    limits = RateLimits(settings, key_prefix)
     app.extensions[LIMITS_EXTENSION] = limits
 
     @app.before_request

@@ -9,7 +9,7 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
 from shared.auth import TokenCache
-from shared.notify import CompletionListener, done_channel
+from shared.notify import CompletionListener
 from shared.resources import Resources
 from worker.app import TallyCelery
 
@@ -70,7 +70,8 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
     )
     app.extensions[WAIT_SLOTS] = threading.BoundedSemaphore(settings.max_waiters)
     app.extensions[COMPLETIONS] = CompletionListener(
-        lambda: celery.resources.redis, done_channel(settings.queue_name)
+        lambda: celery.resources.redis,
+        lambda: celery.resources.keys.done_channel(settings.queue_name),
     )
 
     @app.teardown_appcontext

@@ -22,7 +22,6 @@ from shared.models import (
     AdjustmentRequest,
     AdjustmentStatus,
     LedgerEntry,
-    ReputationType,
     User,
 )
 from shared.validation import (
@@ -81,31 +80,17 @@ def create_score() -> Response:
         accepted = submit(principal, command.user, adjustment, points_type, key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
-    return _answer(accepted, adjustment, key)
+    return _answer(accepted, key)
 
 
-def _answer(
-    accepted: Accepted,
-    adjustment: Adjustment,
-    key: str | None,
-    reputation_type: ReputationType = ReputationType.MANUAL,
-) -> Response:
-    """201 with the Score object, 202 with the request's status, or the 409 of a rejection."""
+def _answer(accepted: Accepted, key: str | None) -> Response:
+    """201 with the Score object, 202 with the request's status, or the 409 of a rejection:
+    each built from the stored rows (the creator is the stored one, also on a replay)."""
     recorded, done = accepted.recorded, accepted.completion
     if done is not None and done.status == AdjustmentStatus.REJECTED:
         raise rejection(accepted, done)
-    if done is not None and done.entry_id is not None:
-        response = jsonify(
-            score_object(
-                entry_id=done.entry_id,
-                user=recorded.user,
-                balance_after=done.balance_after or 0,
-                adjustment=adjustment,
-                creator=current_principal(),
-                reputed_at=done.reputed_at or "",
-                reputation_type=reputation_type,
-            )
-        )
+    if done is not None and done.entry is not None:
+        response = jsonify(score_object(done.entry, recorded.user))
         response.status_code = 201
     elif accepted.read_row:
         session = db_session()
@@ -159,7 +144,7 @@ def reverse(score_id: int) -> Response:
     adjustment = reversal_of_or_409(entry, user, comment=data.comment or "")
     target = UserRef("score_id", user_id=user.id)
     accepted = submit(principal, target, adjustment, known_type(entry), key)
-    return _answer(accepted, adjustment, key, ReputationType.REVERSAL)
+    return _answer(accepted, key)
 
 
 @bp.get("/requests/<int:request_id>")

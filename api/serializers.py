@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from api import schemas
 from api.schemas import dump
-from shared.adjustments import Adjustment, Recorded
-from shared.auth import Principal
+from shared.adjustments import Recorded
 from shared.fields import format_timestamp
 from shared.ledger_reads import LeaderboardRow
 from shared.models import (
@@ -20,7 +20,6 @@ from shared.models import (
     Hold,
     LedgerEntry,
     ReputationType,
-    Role,
     User,
 )
 
@@ -42,20 +41,26 @@ class ScoreUserFields(Protocol):
     def avatar(self) -> str: ...
 
 
-def score_object(
-    *,
-    entry_id: int,
-    user: ScoreUserFields,
-    balance_after: int,
-    adjustment: Adjustment,
-    creator: Principal,
-    reputed_at: str,
-    reputation_type: int = ReputationType.MANUAL,
-) -> dict[str, Any]:
+class StoredEntry(NamedTuple):
+    """What a Score object shows of a ledger entry and its creator, as stored."""
+
+    id: int
+    amount: int
+    balance_after: int
+    comment: str
+    reputation_context: str
+    reputation_type: int
+    created_at: datetime
+    creator_id: int
+    creator_username: str
+    creator_avatar: str
+
+
+def score_object(entry: StoredEntry, user: ScoreUserFields) -> dict[str, Any]:
     """Seed 000's Score object (with seed 001's extra user fields)."""
     return dump(
         schemas.Score(
-            id=entry_id,
+            id=entry.id,
             user=schemas.ScoreUser(
                 id=user.id,
                 username=user.username,
@@ -63,17 +68,17 @@ def score_object(
                 email=user.email,
                 description=user.description,
                 avatar=user.avatar,
-                reputation=balance_after,
+                reputation=entry.balance_after,
             ),
-            score=adjustment.amount,
-            reputation_type=reputation_type,
-            reputation_type_description=ReputationType(reputation_type).name.lower(),
-            comment=adjustment.comment,
-            reputation_context=adjustment.reputation_context,
+            score=entry.amount,
+            reputation_type=entry.reputation_type,
+            reputation_type_description=ReputationType(entry.reputation_type).name.lower(),
+            comment=entry.comment,
+            reputation_context=entry.reputation_context,
             created_by=schemas.ScoreCreator(
-                id=creator.user_id, username=creator.username, avatar=creator.avatar
+                id=entry.creator_id, username=entry.creator_username, avatar=entry.creator_avatar
             ),
-            reputed_at=reputed_at,
+            reputed_at=format_timestamp(entry.created_at) or "",
         )
     )
 
@@ -93,20 +98,11 @@ def load_score(session: Session, entry_id: int) -> dict[str, Any]:
 def entry_score(entry: LedgerEntry, user: User, creator: User) -> dict[str, Any]:
     """The Score object of a stored ledger entry."""
     return score_object(
-        entry_id=entry.id,
-        user=user,
-        balance_after=entry.balance_after,
-        adjustment=Adjustment(
-            user_id=user.id,
-            points_type=entry.points_type,
-            amount=entry.amount,
-            reputation_context=entry.reputation_context,
-            comment=entry.comment,
+        StoredEntry(
+            entry.id, entry.amount, entry.balance_after, entry.comment, entry.reputation_context,
+            entry.reputation_type, entry.created_at, creator.id, creator.username, creator.avatar,
         ),
-        creator=Principal(creator.id, creator.tenant_id, creator.username, creator.avatar,
-                          Role(creator.role)),
-        reputed_at=format_timestamp(entry.created_at) or "",
-        reputation_type=entry.reputation_type,
+        user,
     )  # fmt: skip
 
 

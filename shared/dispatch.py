@@ -8,8 +8,9 @@ tasks apply a large batch at once, never two on one account.
 
 Whoever commits requests (the API, a bulk batch, the outbox relay) calls `notify`
 with their accounts after the commit: each joins its partition's set
-`tally:pending:<queue>:<partition>`, and a drain task is queued for the partition
-unless its mark `tally:dispatch:<queue>:<partition>` (taken with SET NX) says one
+`tally:<deployment>:pending:<queue>:<partition>`, and a drain task is queued for the
+partition unless its mark `tally:<deployment>:dispatch:<queue>:<partition>` (taken with
+SET NX) says one
 is queued or running. The drain task keeps the mark while it works: it pops a few
 hundred accounts at a time and applies all their pending requests in one
 transaction, again and again until the set is empty; then it `release`s the mark.
@@ -34,6 +35,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from redis import Redis
+
+from shared.keys import RedisKeys
 
 
 class Lane(enum.StrEnum):
@@ -81,14 +84,18 @@ class Dispatcher:
     """
 
     def __init__(
-        self, redis: Redis, send: Callable[[int], None], queue: str, partitions: int = 1
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        send: Callable[[int], None],
+        queue: str,
+        partitions: int = 1,
     ) -> None:
         self.redis = redis
         self.send = send
         self.partitions = partitions
-        # Named after the Celery queue, so deployments that share a Redis keep apart.
-        self.pending_keys = [f"tally:pending:{queue}:{p}" for p in range(partitions)]
-        self.dispatch_keys = [f"tally:dispatch:{queue}:{p}" for p in range(partitions)]
+        self.pending_keys = [keys.pending(queue, p) for p in range(partitions)]
+        self.dispatch_keys = [keys.dispatch_mark(queue, p) for p in range(partitions)]
         self._notify = redis.register_script(NOTIFY)
 
     def partition_of(self, account_id: str) -> int:

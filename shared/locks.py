@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from redis import Redis
 
-LOCK_KEY_PREFIX = "tally:lock:account:"
 RETRY_SECONDS = 0.01
 
 # Delete the key only if it still holds our token (it may have expired and been retaken).
@@ -26,16 +25,12 @@ return 0
 """
 
 
-def lock_key(account_id: str) -> str:
-    return f"{LOCK_KEY_PREFIX}{account_id}"
-
-
 class AccountLocks:
-    """The Redis locks of a set of accounts, held together."""
+    """The Redis locks of a set of accounts (their keys, see RedisKeys.locks), held together."""
 
-    def __init__(self, redis: Redis, account_ids: Sequence[str], ttl: float) -> None:
+    def __init__(self, redis: Redis, keys: Sequence[str], ttl: float) -> None:
         self.redis = redis
-        self.keys = [lock_key(account_id) for account_id in sorted(set(account_ids))]
+        self.keys = list(keys)
         self.ttl_ms = int(ttl * 1000)
         self.token = secrets.token_hex(16)
         self._release = redis.register_script(RELEASE)

@@ -1,9 +1,11 @@
-"""Completion announcements: the workers publish each applied chunk's outcomes on one
-Redis channel, and one listener thread per API process wakes the requests waiting there.
+"""Completion announcements: the workers publish the ids of each applied chunk's requests
+on the deployment's channel, and one listener thread per API process wakes the requests
+waiting there.
 
-An announcement carries what the answer needs (the ledger entry's id, balance and
-time, or the rejection), so a waiting request answers 201 or 409 without reading
-the database again. One subscription per process, not one per waiting request.
+An announcement is only a wake-up: the woken request reads its outcome from the
+database, so nothing that arrives through Redis (a lost, late, repeated or forged
+message) can decide an answer. One subscription per process, not one per waiting
+request.
 """
 
 from __future__ import annotations
@@ -14,82 +16,61 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import redis.exceptions
 from redis import Redis
-
-
-def done_channel(queue: str) -> str:
-    """The channel of one deployment (named after its Celery queue, as the dispatcher's keys)."""
-    return f"tally:done:{queue}"
-
 
 RECONNECT_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Completion:
-    """A request's final status as the worker announced it."""
-
-    request_id: int
-    status: str
-    error_code: str | None = None
-    error_message: str | None = None
-    entry_id: int | None = None
-    balance_after: int | None = None
-    # ISO 8601 UTC: the ledger entry's created_at.
-    reputed_at: str | None = None
-
-
-def announce(redis: Redis, channel: str, completions: Iterable[Completion]) -> None:
+def announce(redis: Redis, channel: str, request_ids: Iterable[int]) -> None:
     """Tell the API processes that these requests are final (after the commit)."""
-    payload = [asdict(completion) for completion in completions]
+    payload = list(request_ids)
     if payload:
         redis.publish(channel, json.dumps(payload, separators=(",", ":")))
 
 
 class _Slot:
-    __slots__ = ("completion", "event")
+    __slots__ = ("event",)
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.completion: Completion | None = None
 
 
 class CompletionListener:
     """One subscription to the done channel for the whole process; threads wait on it.
 
     A thread registers its request id after the request is committed, and the worker
-    may announce before that: the listener keeps the last `remember` completions it
-    saw, and `wait` looks there first. Started on first use (after any fork); when
-    Redis goes away it reconnects, and waiters in the meantime simply time out.
+    may announce before that: the listener keeps the last `remember` ids it heard, and
+    `wait` looks there first. Started on first use (after any fork; the channel, named
+    after the deployment, is asked for then); when Redis goes away it reconnects, and
+    waiters in the meantime simply time out.
     """
 
-    def __init__(self, redis: Callable[[], Redis], channel: str, remember: int = 4096) -> None:
+    def __init__(
+        self, redis: Callable[[], Redis], channel: Callable[[], str], remember: int = 4096
+    ) -> None:
         self._redis = redis
         self._channel = channel
         self._remember = remember
         self._lock = threading.Lock()
         self._waiting: dict[int, _Slot] = {}
-        self._recent: OrderedDict[int, Completion] = OrderedDict()
+        self._recent: OrderedDict[int, None] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
 
-    def wait(self, request_id: int, timeout: float) -> Completion | None:
-        """The request's completion once announced, or None after `timeout` seconds."""
+    def wait(self, request_id: int, timeout: float, *, heard_before: bool = True) -> bool:
+        """Whether the request was announced (heard earlier, unless `heard_before` is False,
+        or within `timeout` seconds). Only a hint: the database has the outcome."""
         self._start()
         with self._lock:
-            seen = self._recent.get(request_id)
-            if seen is not None:
-                return seen
+            if heard_before and request_id in self._recent:
+                return True
             slot = self._waiting.setdefault(request_id, _Slot())
         try:
-            slot.event.wait(timeout)
-            return slot.completion
+            return slot.event.wait(timeout)
         finally:
             with self._lock:
                 self._waiting.pop(request_id, None)
@@ -123,7 +104,7 @@ class CompletionListener:
     def _listen(self) -> None:
         pubsub = self._redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
-            pubsub.subscribe(self._channel)
+            pubsub.subscribe(self._channel())
             while True:
                 message = pubsub.get_message(timeout=1.0)
                 if pubsub.subscribed:
@@ -133,14 +114,15 @@ class CompletionListener:
         finally:
             pubsub.close()
 
-    def _deliver(self, payload: list[dict[str, Any]]) -> None:
-        completions = [Completion(**item) for item in payload]
+    def _deliver(self, payload: object) -> None:
+        if not isinstance(payload, list):
+            return
+        ids = [item for item in payload if isinstance(item, int)]
         with self._lock:
-            for completion in completions:
-                slot = self._waiting.get(completion.request_id)
+            for request_id in ids:
+                slot = self._waiting.get(request_id)
                 if slot is not None:
-                    slot.completion = completion
                     slot.event.set()
-                self._recent[completion.request_id] = completion
+                self._recent[request_id] = None
             while len(self._recent) > self._remember:
                 self._recent.popitem(last=False)

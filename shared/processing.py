@@ -11,12 +11,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import transaction
-from shared.fields import format_timestamp
-from shared.ledger import PENDING_STATUSES, REJECTION_MESSAGES, Applied, Outcome, apply_pending
+from shared.keys import RedisKeys
+from shared.ledger import PENDING_STATUSES, Applied, apply_pending
 from shared.locks import AccountLocks
 from shared.metrics import LOCK_WAIT
 from shared.models import AdjustmentRequest
-from shared.notify import Completion, announce
+from shared.notify import announce
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def drain_accounts(
     account_ids: Sequence[str],
     *,
     redis: Redis,
+    keys: RedisKeys,
     channel: str,
     sessions: sessionmaker[Session],
     lock_ttl: float,
@@ -45,7 +46,7 @@ def drain_accounts(
     that apply_pending takes in PostgreSQL.
     """
     ids = sorted(set(account_ids))
-    locks = AccountLocks(redis, ids, lock_ttl)
+    locks = AccountLocks(redis, keys.locks(ids), lock_ttl)
     started = time.monotonic()
     acquired = locks.acquire(lock_wait)
     LOCK_WAIT.observe(time.monotonic() - started)
@@ -55,27 +56,13 @@ def drain_accounts(
         with transaction(sessions) as session:
             applied = apply_pending(session, ids, chunk)
         # Only single adjustments have waiters; a batch is followed through its status.
-        waited = (completion(o) for o in applied.outcomes if o.batch_id is None)
-        announce(redis, channel, waited)
+        announce(redis, channel, (o.request_id for o in applied.outcomes if o.batch_id is None))
         return applied
     finally:
         expired = locks.release()
         if expired:
             # The row locks kept the ledger right; the TTL was simply too short.
             log.warning("%d account locks expired before release", expired)
-
-
-def completion(outcome: Outcome) -> Completion:
-    """What the API needs to answer a waiting request."""
-    return Completion(
-        request_id=outcome.request_id,
-        status=outcome.status,
-        error_code=outcome.error_code,
-        error_message=REJECTION_MESSAGES.get(outcome.error_code or ""),
-        entry_id=outcome.entry_id,
-        balance_after=outcome.balance_after,
-        reputed_at=format_timestamp(outcome.entry_created_at),
-    )
 
 
 def note_transient_error(

@@ -6,11 +6,15 @@ import os
 from functools import cached_property
 
 from redis import Redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
+from shared.keys import RedisKeys
+
+# Made by migration 0008; read once per process, on first use.
+DEPLOYMENT_ID = text("SELECT id FROM deployment")
 
 REDIS_TIMEOUT = 5.0
 
@@ -43,6 +47,12 @@ class Resources:
             socket_connect_timeout=REDIS_TIMEOUT,
             health_check_interval=30,
         )
+
+    @cached_property
+    def keys(self) -> RedisKeys:
+        """This deployment's Redis key and channel names (its id is in the database)."""
+        with self.engine.connect() as connection:
+            return RedisKeys(connection.execute(DEPLOYMENT_ID).scalar_one())
 
     def after_fork(self) -> None:
         """Drop the parent's pooled connections without closing them (SQLAlchemy's advice)."""

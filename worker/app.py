@@ -12,7 +12,6 @@ from kombu.entity import Queue
 from shared.config import Settings
 from shared.dispatch import Dispatcher, Lane, queue_of
 from shared.ledger import Applied
-from shared.notify import done_channel
 from shared.processing import drain_accounts
 from shared.resources import Resources
 
@@ -37,6 +36,7 @@ class TallyCelery(Celery):
         return {
             lane: Dispatcher(
                 self.resources.redis,
+                self.resources.keys,
                 self._sender(lane),
                 queue_of(settings.queue_name, lane),
                 count,
@@ -55,10 +55,12 @@ class TallyCelery(Celery):
     def apply(self, account_ids: list[str]) -> Applied:
         """Apply one chunk of these accounts' pending requests, with this app's settings."""
         settings = self.resources.settings
+        keys = self.resources.keys
         return drain_accounts(
             account_ids,
             redis=self.resources.redis,
-            channel=done_channel(settings.queue_name),
+            keys=keys,
+            channel=keys.done_channel(settings.queue_name),
             sessions=self.resources.sessions,
             lock_ttl=settings.lock_ttl,
             lock_wait=settings.lock_wait,

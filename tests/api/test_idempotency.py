@@ -33,6 +33,21 @@ def test_same_key_and_body_replays_the_original(
         assert [e.amount for e in ledger_of(session, user.id)] == [3]
 
 
+def test_a_replay_by_another_caller_reports_the_stored_creator(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None, sessions
+) -> None:
+    """Issue 20: the replay named its own caller as created_by; the entry says otherwise."""
+    user, other = factory.user(), factory.caller(Role.MODERATOR)
+    body = {"user_id": user.id, "score": 3, "comment": "once"}
+    first = client.post("/api/v2/score/", json=body, headers=_headers(moderator, "k-by"))
+    again = client.post("/api/v2/score/", json=body, headers=_headers(other, "k-by"))
+    assert first.status_code == again.status_code == 201
+    assert again.json["created_by"]["id"] == first.json["created_by"]["id"] == moderator.user_id
+    assert again.json == first.json
+    with sessions() as session:
+        assert count_rows(session, moderator.tenant_id) == (1, 1)
+
+
 def test_same_content_as_form_is_the_same_body(
     client: FlaskClient, factory: Factory, moderator: Caller, worker: None, sessions
 ) -> None:

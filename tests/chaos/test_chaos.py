@@ -26,7 +26,6 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
-from shared.locks import LOCK_KEY_PREFIX
 from shared.models import AdjustmentRequest
 from tests.chaos.checks import Findings, Run, verify
 from tests.chaos.conftest import LOCK_TTL_SECONDS, Rig
@@ -393,6 +392,6 @@ def test_lock_expires_while_its_holder_is_paused(rig: Rig) -> None:
 
 
 def _locks(client: Any) -> dict[bytes, bytes]:
-    keys = list(client.scan_iter(LOCK_KEY_PREFIX + "*"))
+    keys = list(client.scan_iter("tally:*:lock:account:*"))
     values = client.mget(keys) if keys else []
     return {key: value for key, value in zip(keys, values, strict=True) if value is not None}

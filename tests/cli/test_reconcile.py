@@ -45,7 +45,8 @@ def apply_now_with(resources: Resources, account_id: str) -> None:
     drain_accounts(
         [account_id],
         redis=resources.redis,
-        channel="tally:done:tests",
+        keys=resources.keys,
+        channel=resources.keys.done_channel("tests"),
         sessions=resources.sessions,
         lock_ttl=5,
         lock_wait=5,

@@ -8,10 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from redis import Redis
+from redis import ConnectionPool, Redis
 
 from shared.config import Settings
-from shared.notify import Completion, CompletionListener, announce, done_channel
+from shared.keys import RedisKeys
+from shared.notify import CompletionListener, announce
 
 
 @pytest.fixture
@@ -23,38 +24,59 @@ def redis(base_settings: Settings) -> Iterator[Redis]:
 
 @pytest.fixture
 def channel() -> str:
-    return done_channel("notify-" + secrets.token_hex(4))
-
-
-def _done(request_id: int) -> Completion:
-    return Completion(request_id, "completed", entry_id=request_id + 1000, balance_after=7,
-                      reputed_at="2026-11-30T00:00:00Z")  # fmt: skip
+    return RedisKeys(secrets.token_hex(4)).done_channel("tally")
 
 
 def test_a_waiter_is_woken_by_the_announcement_of_its_request(redis: Redis, channel: str) -> None:
-    listener = CompletionListener(lambda: redis, channel)
-    results: list[Completion | None] = []
+    listener = CompletionListener(lambda: redis, lambda: channel)
+    results: list[bool] = []
     waiter = threading.Thread(target=lambda: results.append(listener.wait(1, timeout=10)))
     started = time.monotonic()
     waiter.start()
     time.sleep(0.2)
-    announce(redis, channel, [_done(2), _done(1)])
+    announce(redis, channel, [2, 1])
     waiter.join()
-    assert results == [_done(1)]
+    assert results == [True]
     assert time.monotonic() - started < 5  # woken, not timed out
 
 
 def test_an_announcement_before_the_wait_is_not_missed(redis: Redis, channel: str) -> None:
-    listener = CompletionListener(lambda: redis, channel)
-    assert listener.wait(3, timeout=0.1) is None  # starts the subscription
-    announce(redis, channel, [_done(4)])
+    listener = CompletionListener(lambda: redis, lambda: channel)
+    assert listener.wait(3, timeout=0.1) is False  # starts the subscription
+    announce(redis, channel, [4])
     time.sleep(0.2)
     # The request was applied before its thread got round to waiting.
-    assert listener.wait(4, timeout=0.1) == _done(4)
+    assert listener.wait(4, timeout=0.1) is True
+    # Unless that earlier announcement was not borne out by the database: wait for a new one.
+    assert listener.wait(4, timeout=0.1, heard_before=False) is False
 
 
 def test_another_deployments_announcements_are_not_heard(redis: Redis, channel: str) -> None:
-    listener = CompletionListener(lambda: redis, channel)
+    listener = CompletionListener(lambda: redis, lambda: channel)
     listener.wait(5, timeout=0.1)
-    announce(redis, done_channel("elsewhere-" + secrets.token_hex(4)), [_done(6)])
-    assert listener.wait(6, timeout=0.5) is None
+    # Another deployment with the same queue name, in this Redis database or another one:
+    # pub/sub channels ignore the database number, so the channel carries the deployment.
+    other = RedisKeys(secrets.token_hex(4)).done_channel("tally")
+    announce(redis, other, [6])
+    other_database = _other_database(redis)
+    announce(other_database, other, [6])
+    other_database.close()
+    assert listener.wait(6, timeout=0.5) is False
+
+
+def test_what_is_not_a_list_of_request_ids_wakes_no_one(redis: Redis, channel: str) -> None:
+    listener = CompletionListener(lambda: redis, lambda: channel)
+    listener.wait(7, timeout=0.1)
+    for junk in ('{"request_id": 8}', '"8"', "[[8]]", '[{"request_id": 8}]'):
+        redis.publish(channel, junk)
+    assert listener.wait(8, timeout=0.5) is False
+    announce(redis, channel, [8])  # and the listener still works
+    assert listener.wait(8, timeout=5) is True
+
+
+def _other_database(redis: Redis) -> Redis:
+    """A client of another database of the same server (TCP or socket alike)."""
+    pool = redis.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["db"] = (int(kwargs.get("db", 0)) + 1) % 16
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))

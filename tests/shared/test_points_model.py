@@ -42,6 +42,7 @@ from shared.adjustments import Adjustment, SubjectTaken, reversal_of, submit
 from shared.auth import Principal
 from shared.config import DEFAULT_POINTS_TYPES
 from shared.db import make_engine, make_session_factory, transaction
+from shared.keys import RedisKeys
 from shared.models import LedgerEntry, Operation, Role
 from shared.processing import drain_accounts
 from shared.reconcile import reconcile
@@ -51,6 +52,7 @@ from tests.conftest import Services
 from tests.factories import Factory
 from tests.shared.points_model import COMPLETED, PointsModel, Request
 
+KEYS = RedisKeys("model")
 EXAMPLES = int(os.environ.get("TALLY_MODEL_EXAMPLES", "120"))
 # Shrinking a failure to its shortest form can take minutes: `make soak` does it.
 SHRINK = os.environ.get("TALLY_MODEL_SHRINK", "") == "1"
@@ -264,7 +266,8 @@ class PointsMachine(RuleBasedStateMachine):
             return
         while True:
             applied = drain_accounts(
-                [self.account_id], redis=self.env.redis, channel="tally:done:model",
+                [self.account_id], redis=self.env.redis, keys=KEYS,
+                channel=KEYS.done_channel("model"),
                 sessions=self.env.sessions, lock_ttl=10, lock_wait=10, chunk=7,
             )  # fmt: skip
             if not applied.more:

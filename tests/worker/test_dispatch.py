@@ -8,6 +8,7 @@ import pytest
 from redis import Redis
 
 from shared.dispatch import Dispatcher
+from shared.keys import RedisKeys
 
 
 class Sends:
@@ -27,7 +28,7 @@ class Sends:
 def _dispatcher(redis: Redis, partitions: int = 1) -> tuple[Dispatcher, Sends]:
     sends = Sends()
     queue = "dispatch-" + secrets.token_hex(4)
-    return Dispatcher(redis, sends, queue, partitions), sends
+    return Dispatcher(redis, RedisKeys("tests"), sends, queue, partitions), sends
 
 
 def test_one_task_is_queued_while_one_is_queued_or_draining(redis: Redis) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.embedded import free_port
 from shared.config import Settings
 from shared.dispatch import Lane
+from shared.keys import RedisKeys
 from shared.models import Account, AdjustmentRequest
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 from worker.app import TallyCelery, make_celery
@@ -27,6 +28,8 @@ def broken_celery(base_settings: Settings) -> Iterator[TallyCelery]:
         base_settings.with_overrides({"database_url": dead, "queue_name": "tally-broken-db"})
     )
     app.loader.import_default_modules()
+    # The deployment's id, as a process that read it before PostgreSQL went away has it.
+    app.resources.__dict__["keys"] = RedisKeys("broken-db")
     yield app
     app.resources.close()
 

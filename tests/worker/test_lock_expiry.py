@@ -8,10 +8,13 @@ import time
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.keys import RedisKeys
 from shared.ledger import apply_pending
-from shared.locks import AccountLocks, lock_key
+from shared.locks import AccountLocks
 from shared.processing import drain_accounts
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+
+KEYS = RedisKeys("tests")
 
 
 def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
@@ -21,7 +24,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     account_id, first_ids = queue_requests(sessions, moderator, user.id, [10, 20, 30])
 
     # Worker A takes the lock with a short TTL and applies, but has not committed yet.
-    lock = AccountLocks(redis, [account_id], ttl=0.5)
+    lock = AccountLocks(redis, KEYS.locks([account_id]), ttl=0.5)
     assert lock.acquire(wait=0)
     slow = sessions()
     slow.begin()
@@ -30,7 +33,7 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
     # More requests arrive, and A's lock expires while A is still working.
     _, later_ids = queue_requests(sessions, moderator, user.id, [-5, 7])
     time.sleep(0.7)
-    assert redis.get(lock_key(account_id)) is None
+    assert redis.get(KEYS.lock(account_id)) is None
 
     # Worker B now gets the lock and drains the account concurrently.
     outcomes: list[int] = []
@@ -40,7 +43,8 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
             for o in drain_accounts(
                 [account_id],
                 redis=redis,
-                channel="tally:done:tests",
+                keys=KEYS,
+                channel=KEYS.done_channel("tests"),
                 sessions=sessions,
                 lock_ttl=5,
                 lock_wait=5,
@@ -68,11 +72,11 @@ def test_expired_lock_holder_and_its_successor_serialise_on_the_account_row(
 
 
 def test_account_locks_are_all_or_none(redis: Redis) -> None:
-    first = AccountLocks(redis, ["acc-a", "acc-b"], ttl=5)
+    first = AccountLocks(redis, KEYS.locks(["acc-a", "acc-b"]), ttl=5)
     assert first.acquire(wait=0)
-    overlapping = AccountLocks(redis, ["acc-b", "acc-c"], ttl=5)
+    overlapping = AccountLocks(redis, KEYS.locks(["acc-b", "acc-c"]), ttl=5)
     assert not overlapping.acquire(wait=0.05)
-    assert redis.get(lock_key("acc-c")) is None  # it kept none while it could not have all
+    assert redis.get(KEYS.lock("acc-c")) is None  # it kept none while it could not have all
     assert first.release() == 0
     assert overlapping.acquire(wait=0)
     assert overlapping.release() == 0
