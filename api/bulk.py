@@ -7,7 +7,7 @@ import io
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
 
@@ -29,18 +29,20 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
 from shared.bulk import (
+    FIND_BATCH,
     BatchInvalid,
     ItemError,
     Stored,
     Validated,
     csv_rows,
+    plan_batch,
     store_batch,
     validate_batch,
     validate_bulk_item,
     validate_csv_row,
 )
 from shared.dispatch import Lane
-from shared.fields import format_timestamp, parse_flag
+from shared.fields import Flag, format_timestamp, parse_flag
 from shared.idempotency import IdempotencyConflict
 from shared.metrics import ADJUSTMENTS_ACCEPTED
 from shared.models import AdjustmentRequest, Batch
@@ -250,13 +252,25 @@ class BulkInput(BaseModel):
     comment: str | None = None
 
 
+class BulkQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    dry_run: Flag = False
+
+
 @bp.post("/bulk")
 @documented(
     summary="Submit up to 100,000 adjustments as one idempotent batch",
     body=BulkInput,
     body_types=(JSON, NDJSON),
-    headers={"Idempotency-Key": "required: the batch's key; items default to key:index"},
+    query=BulkQuery,
+    headers={
+        "Idempotency-Key": "required: the batch's key; items default to key:index. An item"
+        " with an `idempotency_key` of its own that an earlier request has with the same"
+        " content is replayed (counted, not created again); with other content, refused."
+    },
     responses={
+        200: ("Dry run: what the batch would do, nothing written", schemas.BulkDryRun),
         202: ("Accepted as one batch", schemas.BatchStatus),
         400: ("Invalid items (nothing written) or fields", schemas.BulkProblem),
         422: ("Batch key reused with other content", schemas.Problem),
@@ -264,7 +278,8 @@ class BulkInput(BaseModel):
 )
 @require_writer
 def bulk() -> Response:
-    """Validate every item, then store them all as one batch."""
+    """Validate every item, then store them all as one batch (or say what that would do)."""
+    dry_run = read_query(BulkQuery).dry_run
     key = _batch_key()
     items, defaults = _bulk_items()
     limit = resources().settings.bulk_max_items
@@ -283,7 +298,27 @@ def bulk() -> Response:
     )
     if errors:
         raise _invalid(errors, "index")
+    if dry_run:
+        return jsonify(_dry_run(key, batch))
     return _accepted(_store(key, batch))
+
+
+def _dry_run(key: str, batch: Validated) -> dict[str, Any]:
+    """What storing the batch would create and replay; a 400 for items it would refuse."""
+    settings = resources().settings
+    session = db_session()
+    tenant = current_principal().tenant_id
+    items = len(batch.awards)
+    existing = session.execute(FIND_BATCH, {"tenant": tenant, "key": key}).one_or_none()
+    if existing is not None:  # the whole batch is a replay
+        return {"dry_run": True, "items": items, "new": 0, "replayed": items}
+    try:
+        plan = plan_batch(
+            session, tenant, key, batch, settings.points_types[settings.default_points_type]
+        )
+    except BatchInvalid as bad:
+        raise _invalid(bad.errors, "index") from None
+    return {"dry_run": True, "items": items, "new": len(plan.items), "replayed": plan.replayed}
 
 
 def _bulk_items() -> tuple[list[Any], dict[str, Any]]:
@@ -320,6 +355,7 @@ def batch_status(batch_id: str) -> dict[str, Any]:
         id=batch.id,
         status=overall,
         total=batch.total,
+        replayed=batch.replayed,
         counts=counts,
         created_at=format_timestamp(batch.created_at) or "",
         completed_at=format_timestamp(batch.completed_at),

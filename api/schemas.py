@@ -187,6 +187,13 @@ class Envelope(BaseModel):
     message: str
     timestamp: str
     errors: list[FieldErrorOut] | None = None
+    reason: str | None = Field(
+        None,
+        description="a 409's reason: insufficient_balance, account_frozen, hold_not_open,"
+        " hold_expired, capture_exceeds_hold, already_expired, already_reversed,"
+        " not_reversible",
+    )
+    request_id: int | None = Field(None, description="the request a 409 rejected, if recorded")
 
 
 class PointOperationResponse(Envelope):
@@ -246,7 +253,11 @@ class BatchStatus(BaseModel):
 
     id: str
     status: str = Field(description="queued, processing, completed or completed_with_rejections")
-    total: int
+    total: int = Field(description="the items this batch created")
+    replayed: int = Field(
+        description="items whose own idempotency key an earlier request has with the same"
+        " content: accepted before, not created again, not part of `total`"
+    )
     counts: BatchCounts
     created_at: str
     completed_at: str | None
@@ -289,6 +300,15 @@ class BulkProblem(Problem):
 
     errors_by_item: list[ItemErrorOut] | None = None
     error_count: int | None = None
+
+
+class BulkDryRun(BaseModel):
+    """What a bulk batch would do (`dry_run=true`): nothing is written."""
+
+    dry_run: bool
+    items: int = Field(description="the items sent")
+    new: int = Field(description="the items the batch would create")
+    replayed: int = Field(description="the items accepted before under their own keys")
 
 
 class ImportAccepted(BatchStatus):

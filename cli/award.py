@@ -1,23 +1,22 @@
-"""`tally award FILE.csv`: upload contest awards of any size, watch them with one progress bar.
+"""`tally award FILE.csv --key NAME`: upload contest awards of any size, watch them with one
+progress bar, and resume safely after a crash, a refusal or an edit of the file.
 
-The file is read twice, streaming: once to count its rows and take its SHA-256,
-then to send it in batches of at most --batch-size rows to the CSV import route.
-Batch n's idempotency key is `<base>-<n>`, the base derived from the file's
-content: running the same command again (after a crash, a kill, a network error)
-sends the same batches with the same keys, and those already accepted are
-answered as replays instead of being created again.
+Each row is sent as an item of the bulk route with a key of its own, `NAME:row-N` (N its
+row number in the file), in batches of at most --batch-size rows. Running the command
+again sends the same rows with the same keys: those accepted before are replayed, not
+applied again, even after another row was edited (a refused row fixed, say), and a row
+whose content changed after it was accepted is refused, never applied twice. Each
+batch's own key derives from its items, so a batch sent before is replayed whole.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,56 +24,83 @@ import click
 from tally_client import BatchStatus, Client, TallyError, Unreachable
 
 from cli import remote
-from shared.bulk import CSV_COLUMNS, BatchInvalid, csv_records
+from shared.bulk import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
 from shared.config import load_settings
 
 POLL_SECONDS = 0.2
 # Seconds each try of a batch upload may take: the route validates and stores it whole.
 UPLOAD_TIMEOUT = 300.0
-CONTEXT_COLUMN = CSV_COLUMNS.index("context")
-HEADER = ",".join(CSV_COLUMNS) + "\n"
-CHUNK_BYTES = 1 << 20
+ITEM_FIELDS = {"username": "username", "user_id": "user_id", "variation_points": "score",
+               "context": "reputation_context", "comment": "comment"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int
+    username: str
+    item: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One batch of the file: its rows as CSV text (with a header) and their row numbers."""
+    """One batch of the file: its rows, and the batch's key (derived from its items)."""
 
-    text: str
-    rows: list[int]
+    key: str
+    rows: list[Row]
+
+    @property
+    def span(self) -> str:
+        return f"rows {self.rows[0].number}-{self.rows[-1].number}"
+
+    def name_of(self, index: int | None) -> str:
+        """`row N (username)` of the batch's item at `index`."""
+        if index is None or not 0 <= index < len(self.rows):
+            return "a row"
+        row = self.rows[index]
+        return f"row {row.number}" + (f" ({row.username})" if row.username else "")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(row number, cells) of every row that holds data, as the import route reads them."""
+def _rows(path: Path, name: str, context: str | None) -> Iterator[Row]:
+    """Every row that holds data, as a bulk item with its own key (BatchInvalid if the file
+    is not CSV, or a row has not the import's five columns)."""
     with path.open(encoding="utf-8-sig", newline="") as stream:
-        yield from csv_records(stream)
+        for number, cells in csv_records(stream):
+            if len(cells) != len(CSV_COLUMNS):
+                delimiter = _other_delimiter(cells)
+                hint = f" (is the file delimited by {delimiter!r}?)" if delimiter else ""
+                message = f"expected {len(CSV_COLUMNS)} columns{hint}"
+                raise BatchInvalid([ItemError(number, "row", "columns", message)])
+            values = dict(zip(CSV_COLUMNS, (cell.strip() for cell in cells), strict=True))
+            if context and not values["context"]:
+                values["context"] = context
+            item = {ITEM_FIELDS[column]: value for column, value in values.items() if value}
+            item["idempotency_key"] = f"{name}:row-{number}"
+            yield Row(number, values["username"], item)
 
 
-def _survey(path: Path) -> tuple[str, int]:
-    """The file's SHA-256 and how many rows it holds."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest(), sum(1 for _ in _rows(path))
+def _other_delimiter(cells: list[str]) -> str | None:
+    joined = ",".join(cells)
+    found = [d for d in (";", "\t", "|") if joined.count(d) >= len(CSV_COLUMNS) - 1]
+    return found[0] if found else None
 
 
-def chunks(path: Path, size: int, context: str | None) -> Iterator[Chunk]:
-    """The file in batches of at most `size` rows; `context` fills rows that have none."""
-    out, rows = io.StringIO(), []
-    writer = csv.writer(out, lineterminator="\n")
-    for number, cells in _rows(path):
-        if context and len(cells) > CONTEXT_COLUMN and not cells[CONTEXT_COLUMN].strip():
-            cells[CONTEXT_COLUMN] = context
-        writer.writerow(cells)
-        rows.append(number)
+def chunks(path: Path, size: int, name: str, context: str | None) -> Iterator[Chunk]:
+    """The file in batches of at most `size` rows."""
+    rows: list[Row] = []
+    for row in _rows(path, name, context):
+        rows.append(row)
         if len(rows) == size:
-            yield Chunk(HEADER + out.getvalue(), rows)
-            out.seek(0)
-            out.truncate()
+            yield _chunk(name, rows)
             rows = []
     if rows:
-        yield Chunk(HEADER + out.getvalue(), rows)
+        yield _chunk(name, rows)
+
+
+def _chunk(name: str, rows: list[Row]) -> Chunk:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row.item, sort_keys=True).encode() + b"\n")
+    return Chunk(f"{name}:batch-{digest.hexdigest()[:32]}", rows)
 
 
 class Refused(Exception):
@@ -85,23 +111,35 @@ class Unfollowed(Exception):
     """The batches sent could not be followed to the end (unreachable, or no progress)."""
 
 
-def _submit(client: Client, chunk: Chunk, key: str, name: str) -> BatchStatus:
+def _refused(chunk: Chunk, error: TallyError) -> Refused:
+    lines = [f"refused ({error.status}) {chunk.span}:"]
+    for item in error.errors:
+        lines.append(f"  {chunk.name_of(item.position)}: {item.field}: {item.message}")
+    if not error.errors:
+        lines.append(f"  {error.detail}")
+    return Refused("\n".join(lines))
+
+
+def _submit(client: Client, chunk: Chunk) -> BatchStatus:
     """Send one batch; its accepted status. A refused batch names the file's rows at fault."""
-    rows = f"rows {chunk.rows[0]}-{chunk.rows[-1]}"
     try:
-        return client.import_csv(chunk.text, key=key, filename=name, timeout=UPLOAD_TIMEOUT)
+        return client.bulk([row.item for row in chunk.rows], key=chunk.key,
+                           timeout=UPLOAD_TIMEOUT)  # fmt: skip
     except Unreachable as error:
-        raise Refused(f"could not send {rows}: {error}") from None
+        raise Refused(f"could not send {chunk.span}: {error}") from None
     except TallyError as error:
-        lines = [f"refused ({error.status}) {rows}:"]
-        for item in error.errors:
-            # The server numbers the rows of the batch it got, its header being row 1.
-            number = item.position
-            row = chunk.rows[number - 2] if number is not None and number >= 2 else number
-            lines.append(f"  row {row}: {item.field}: {item.message}")
-        if not error.errors:
-            lines.append(f"  {error.detail}")
-        raise Refused("\n".join(lines)) from None
+        raise _refused(chunk, error) from None
+
+
+@dataclass
+class Tally:
+    """What the run did: items new and replayed, and each new batch's latest status."""
+
+    rows: int = 0
+    new: int = 0
+    replayed: int = 0
+    statuses: dict[str, BatchStatus] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # item key -> "row N (username)"
 
 
 class Follower:
@@ -138,25 +176,49 @@ class Follower:
 
 
 def _send_and_follow(
-    client: Client, batches: Iterator[tuple[str, Chunk]], name: str, total: int, patience: float
-) -> dict[str, BatchStatus]:
-    """Send every batch, then follow them all until final, behind one progress bar."""
+    client: Client, batches: Iterator[Chunk], total: int, patience: float, tally: Tally
+) -> None:
+    """Send every batch, then follow the new ones until final, behind one progress bar."""
     with click.progressbar(length=total, label="applying", file=sys.stderr) as bar:
         follower = Follower(client, bar, patience)
-        for key, chunk in batches:
-            follower.add(_submit(client, chunk, key, name))
+        for chunk in batches:
+            status = _submit(client, chunk)
+            tally.names |= {row.item["idempotency_key"]: chunk.name_of(i)
+                            for i, row in enumerate(chunk.rows)}  # fmt: skip
+            if status.replayed:  # sent whole before: followed then
+                tally.replayed += len(chunk.rows)
+                bar.update(len(chunk.rows))
+                continue
+            tally.new += status.total
+            tally.replayed += status.replayed_items
+            bar.update(status.replayed_items)
+            follower.add(status)
             follower.poll()
         while not follower.poll():
             time.sleep(POLL_SECONDS)
-    return follower.statuses
+    tally.statuses = follower.statuses
 
 
-def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str, Any]]:
-    """The status objects of every rejected row."""
+def _plan(client: Client, batches: Iterator[Chunk], tally: Tally) -> None:
+    """--dry-run: what each batch would do; nothing is written."""
+    for chunk in batches:
+        try:
+            plan = client.plan_bulk([row.item for row in chunk.rows], key=chunk.key,
+                                    timeout=UPLOAD_TIMEOUT)  # fmt: skip
+        except Unreachable as error:
+            raise Refused(f"could not send {chunk.span}: {error}") from None
+        except TallyError as error:
+            raise _refused(chunk, error) from None
+        tally.new += plan.new
+        tally.replayed += plan.replayed
+
+
+def _rejected(client: Client, tally: Tally) -> list[dict[str, Any]]:
+    """The status objects of every rejected row, each with its row's name."""
     try:
         return [
-            item.body
-            for batch_id, status in statuses.items()
+            item.body | {"row": tally.names.get(item.idempotency_key or "", "a row")}
+            for batch_id, status in tally.statuses.items()
             if status.counts["rejected"]
             for item in client.batch_items(batch_id, status="rejected")
         ]
@@ -166,12 +228,16 @@ def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    required=True,
+    help="the award's name, unique to it (say spring-contest-2026): row N's key is NAME:row-N",
+)
 @click.option("--context", help="reputation_context for rows that have none")
-@click.option("--key", help="the batches' key prefix (default: derived from the file's content)")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    help="rows per batch (default: the import route's item limit, TALLY_BULK_MAX_ITEMS)",
+    help="rows per batch (default: the bulk route's item limit, TALLY_BULK_MAX_ITEMS)",
 )
 @click.option(
     "--patience",
@@ -180,59 +246,78 @@ def _rejected(client: Client, statuses: dict[str, BatchStatus]) -> list[dict[str
     show_default=True,
     help="seconds to follow the batches without any progress before giving up",
 )
+@click.option("--dry-run", is_flag=True, help="say what would be applied; write nothing")
 @remote.api_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def award(
     path: Path,
+    key: str,
     context: str | None,
-    url: str,
-    token: str,
-    key: str | None,
     batch_size: int | None,
     patience: float,
+    dry_run: bool,
+    url: str,
+    token: str,
     retry_for: float,
     as_json: bool,
 ) -> None:
     """Award every row of a community CSV file, in batches; exit 1 if any row is rejected.
 
-    Running the same command again resumes: batches already accepted are not
-    created twice. Requests that get no answer (or a 429, 502, 503, 504) are
-    retried for --retry-for seconds with the same keys. Exit 2 if the server
-    refuses a batch (nothing of it is written; the rows at fault are listed),
-    cannot be reached, or the batches make no progress for --patience seconds.
+    Running the same command again resumes, and so does running it again after fixing
+    a refused row: rows accepted before are replayed (counted, not applied again). A
+    row changed after it was accepted is refused: give a new award a new --key.
+    Requests that get no answer (or a 429, 502, 503, 504) are retried for --retry-for
+    seconds with the same keys. Exit 2 if the server refuses a batch (nothing of it is
+    written; the rows at fault are listed by row number and username), cannot be
+    reached, or the batches make no progress for --patience seconds.
     """
     size = batch_size or load_settings().bulk_max_items
+    tally = Tally()
     try:
-        digest, total = _survey(path)
+        tally.rows = sum(1 for _ in _rows(path, key, context))
     except BatchInvalid as bad:
         (error,) = bad.errors
         click.echo(f"row {error.position}: {error.message}; nothing was sent", err=True)
         sys.exit(2)
-    base = key or f"award-{digest[:48]}"
-    batches = ((f"{base}-{n}", chunk) for n, chunk in enumerate(chunks(path, size, context)))
+    batches = chunks(path, size, key, context)
+    rejected: list[dict[str, Any]] = []
     with remote.client(url, token, retry_for) as api:
         try:
-            statuses = _send_and_follow(api, batches, path.name, total, patience)
-            rejected = _rejected(api, statuses)
+            if dry_run:
+                _plan(api, batches, tally)
+            else:
+                _send_and_follow(api, batches, tally.rows, patience, tally)
+                rejected = _rejected(api, tally)
         except Refused as refused:
-            click.echo(f"\n{refused}\nnothing of that batch was written; "
-                       "run the same command again to resume", err=True)  # fmt: skip
+            click.echo(f"\n{refused}\nnothing of that batch was written; fix it and run the"
+                       " same command again: rows accepted before are not applied again",
+                       err=True)  # fmt: skip
             sys.exit(2)
         except Unfollowed as unfollowed:
             click.echo(f"\n{unfollowed}\nthe batches sent are accepted and will be "
                        "applied; run the same command again to follow them", err=True)  # fmt: skip
             sys.exit(2)
+    _report(tally, rejected, dry_run, as_json)
+    sys.exit(1 if rejected else 0)
+
+
+def _report(tally: Tally, rejected: list[dict[str, Any]], dry_run: bool, as_json: bool) -> None:
     counts = {
-        name: sum(status.counts[name] for status in statuses.values())
+        name: sum(status.counts[name] for status in tally.statuses.values())
         for name in ("completed", "rejected")
     }
-    summary = {"batch_ids": list(statuses), "rows": total, "counts": counts,
-               "rejected": rejected}  # fmt: skip
     if as_json:
+        summary = {"rows": tally.rows, "new": tally.new, "replayed": tally.replayed,
+                   "dry_run": dry_run, "batch_ids": list(tally.statuses), "counts": counts,
+                   "rejected": rejected}  # fmt: skip
         click.echo(json.dumps(summary))
-    else:
-        click.echo(f"{len(statuses)} batches, {total} rows: {counts['completed']} applied, "
-                   f"{counts['rejected']} rejected")  # fmt: skip
-        for item in rejected:
-            click.echo(f"  rejected {item['idempotency_key']}: {item['error']['message']}")
-    sys.exit(1 if rejected else 0)
+        return
+    if dry_run:
+        click.echo(f"dry run, {tally.rows} rows: {tally.new} would be applied, {tally.replayed}"
+                   " were sent before; nothing was written")  # fmt: skip
+        return
+    click.echo(f"{tally.rows} rows: {tally.new} new, {tally.replayed} sent before (not applied"
+               f" again); {counts['completed']} applied, {counts['rejected']} rejected"
+               )  # fmt: skip
+    for item in rejected:
+        click.echo(f"  rejected {item['row']}: {item['error']['message']}")

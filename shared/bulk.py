@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import func, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -279,7 +279,72 @@ class Stored:
     batch_id: str
     created: bool
     account_ids: list[str]
+    # Items created, and items found accepted already under their own keys.
     total: int
+    replayed: int = 0
+
+
+FIND_BATCH = text("""
+    SELECT id, fingerprint, total, replayed FROM batches
+    WHERE tenant_id = :tenant AND idempotency_key = :key
+""")
+
+ITEMS_BY_KEY = text("""
+    SELECT idempotency_key, fingerprint, user_id FROM adjustment_requests
+    WHERE tenant_id = :tenant AND idempotency_key = ANY(:keys)
+""")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What storing a batch would do: the items to create (with their keys) and how many of
+    the items with keys of their own were accepted already (and are not created again)."""
+
+    items: list[tuple[Award, str]]
+    replayed: int
+
+
+def plan_batch(
+    session: Session, tenant_id: str, key: str, batch: Validated, points_type: PointsType
+) -> Plan:
+    """Check the items' keys; raise BatchInvalid for two items with one key, or for an item
+    whose own key another request has with other content (so a rerun of an edited file
+    creates only its new items)."""
+    awards = batch.awards
+    keys = item_keys(awards, key)
+    duplicates = duplicate_keys(awards, keys)
+    if duplicates:
+        raise BatchInvalid(duplicates)
+    own = [item_key for award, item_key in zip(awards, keys, strict=True) if award.key]
+    found = {row.idempotency_key: row for row in session.execute(
+        ITEMS_BY_KEY, {"tenant": tenant_id, "keys": own}
+    )} if own else {}  # fmt: skip
+    items: list[tuple[Award, str]] = []
+    errors: list[ItemError] = []
+    for award, item_key in zip(awards, keys, strict=True):
+        row = found.get(item_key)
+        user_id = batch.users[award.position]
+        if row is None:
+            items.append((award, item_key))
+        elif (row.fingerprint, row.user_id) != (
+            _adjustment(award, user_id, points_type).fingerprint(),
+            user_id,
+        ):
+            message = "another request has this key, with other content"
+            errors.append(ItemError(award.position, "idempotency_key", "in_use", message))
+    if errors:
+        raise BatchInvalid(errors)
+    return Plan(items, len(awards) - len(items))
+
+
+def _adjustment(award: Award, user_id: int, points_type: PointsType) -> Adjustment:
+    return Adjustment(
+        user_id=user_id,
+        points_type=points_type.name,
+        amount=award.amount,
+        reputation_context=award.context,
+        comment=award.comment,
+    )
 
 
 def store_batch(
@@ -289,55 +354,64 @@ def store_batch(
     batch: Validated,
     points_type: PointsType,
 ) -> Stored:
-    """Write the batch and all its requests in the caller's transaction (or find it again)."""
-    awards, users = batch.awards, batch.users
-    keys = item_keys(awards, key)
-    duplicates = duplicate_keys(awards, keys)
-    if duplicates:
-        raise BatchInvalid(duplicates)
-    digest = batch_fingerprint(awards)
-    batch_id = session.scalar(
-        insert(Batch)
-        .values(
-            id=new_ulid(), tenant_id=principal.tenant_id, idempotency_key=key,
-            fingerprint=digest, total=len(awards), created_by=principal.user_id,
-        )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-        .returning(Batch.id)
-    )  # fmt: skip
-    if batch_id is None:
-        existing = session.scalars(
-            select(Batch).where(
-                Batch.tenant_id == principal.tenant_id, Batch.idempotency_key == key
+    """Write the batch and its new requests in the caller's transaction (or find it again)."""
+    tenant = principal.tenant_id
+    digest = batch_fingerprint(batch.awards)
+    existing = session.execute(FIND_BATCH, {"tenant": tenant, "key": key}).one_or_none()
+    if existing is None:
+        plan = plan_batch(session, tenant, key, batch, points_type)
+        total = len(plan.items)
+        batch_id = session.scalar(
+            insert(Batch)
+            .values(
+                id=new_ulid(), tenant_id=tenant, idempotency_key=key, fingerprint=digest,
+                total=total, replayed=plan.replayed, created_by=principal.user_id,
+                # Nothing to apply: final at once.
+                completed_at=func.now() if total == 0 else None,
             )
-        ).one()
-        if existing.fingerprint != digest:
-            raise IdempotencyConflict(key)
-        return Stored(existing.id, False, [], existing.total)
-    accounts = _accounts(session, principal.tenant_id, set(users.values()), points_type)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+            .returning(Batch.id)
+        )  # fmt: skip
+        if batch_id is not None:
+            return _store_items(session, principal, batch_id, batch, plan, points_type)
+        existing = session.execute(FIND_BATCH, {"tenant": tenant, "key": key}).one()
+    if existing.fingerprint != digest:
+        raise IdempotencyConflict(key)
+    return Stored(existing.id, False, [], existing.total, existing.replayed)
+
+
+def _store_items(
+    session: Session,
+    principal: Principal,
+    batch_id: str,
+    batch: Validated,
+    plan: Plan,
+    points_type: PointsType,
+) -> Stored:
+    """COPY the new items of a new batch."""
+    users = batch.users
+    created = {users[award.position] for award, _ in plan.items}
+    accounts = _accounts(session, principal.tenant_id, created, points_type)
     try:
         # A savepoint, so that a key in use leaves the transaction able to name it.
         with session.begin_nested():
             driver = session.connection().connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(REQUEST_COPY) as copy:  # type: ignore[union-attr]
-                for award, item_key in zip(awards, keys, strict=True):
+                for award, item_key in plan.items:
                     user_id = users[award.position]
-                    adjustment = Adjustment(
-                        user_id=user_id,
-                        points_type=points_type.name,
-                        amount=award.amount,
-                        reputation_context=award.context,
-                        comment=award.comment,
-                    )
                     copy.write_row((
-                        principal.tenant_id, item_key, adjustment.fingerprint(),
+                        principal.tenant_id, item_key,
+                        _adjustment(award, user_id, points_type).fingerprint(),
                         accounts[user_id], user_id, award.amount, "adjust", award.context,
                         award.comment, "", "", "", False, principal.user_id, batch_id,
                         "queued", 0,
                     ))  # fmt: skip
     except psycopg.errors.UniqueViolation:
+        awards = [award for award, _ in plan.items]
+        keys = [item_key for _, item_key in plan.items]
         raise BatchInvalid(_keys_in_use(session, principal.tenant_id, awards, keys)) from None
-    return Stored(batch_id, True, sorted(set(accounts.values())), len(awards))
+    account_ids = sorted({accounts[user] for user in created})
+    return Stored(batch_id, True, account_ids, len(plan.items), plan.replayed)
 
 
 def item_keys(awards: list[Award], batch_key: str) -> list[str]:

@@ -26,7 +26,7 @@ from tally_client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
 from tally_client.retries import Retries
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "BatchStatus",
+    "BulkPlan",
     "Client",
     "Conflict",
     "ContentTooLarge",

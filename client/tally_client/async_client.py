@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from tally_client import calls
-from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
 from tally_client.retries import Retries
 
 T = TypeVar("T")
@@ -244,6 +244,21 @@ class AsyncClient:
         """
         defaults = {"reputation_context": reputation_context, "comment": comment}
         return await self._run(calls.bulk(self.endpoint, items, key, defaults, timeout))
+
+    async def plan_bulk(
+        self,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        key: str,
+        reputation_context: str | None = None,
+        comment: str | None = None,
+        timeout: float | None = None,
+    ) -> BulkPlan:
+        """What `bulk` with these items and key would do (a dry run): how many items it
+        would create, and how many were accepted before under their own keys. Nothing is
+        written; items that would be refused raise ValidationError, as `bulk` would."""
+        defaults = {"reputation_context": reputation_context, "comment": comment}
+        return await self._run(calls.plan_bulk(self.endpoint, items, key, defaults, timeout))
 
     async def import_csv(
         self,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from tally_client.errors import Rejected, Unreachable, WaitTimeout, error_for
-from tally_client.models import BatchStatus, RequestStatus, Submission
+from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
 from tally_client.retries import Retries, retry_delay
 
 T = TypeVar("T")
@@ -285,15 +285,40 @@ def bulk(
     timeout: float | None,
 ) -> Call[BatchStatus]:
     """POST /api/v2/score/bulk: every item accepted as one batch (202), or ValidationError."""
-    request = endpoint.request(
-        "POST",
-        "/api/v2/score/bulk",
-        json={"items": [dict(item) for item in items], **_fields(**defaults)},
-        headers={"Idempotency-Key": key or new_key()},
-        timeout=timeout,
-    )
+    request = _bulk_request(endpoint, items, key or new_key(), defaults, timeout, dry_run=False)
     response = yield from send(endpoint, request, 202)
     return _accepted_batch(response)
+
+
+def plan_bulk(
+    endpoint: Endpoint,
+    items: Iterable[Mapping[str, Any]],
+    key: str,
+    defaults: Mapping[str, Any],
+    timeout: float | None,
+) -> Call[BulkPlan]:
+    """POST /api/v2/score/bulk?dry_run=true: what the batch would do; nothing is written."""
+    request = _bulk_request(endpoint, items, key, defaults, timeout, dry_run=True)
+    response = yield from send(endpoint, request, 200)
+    return BulkPlan.from_json(response.json())
+
+
+def _bulk_request(
+    endpoint: Endpoint,
+    items: Iterable[Mapping[str, Any]],
+    key: str,
+    defaults: Mapping[str, Any],
+    timeout: float | None,
+    dry_run: bool,
+) -> Send:
+    return endpoint.request(
+        "POST",
+        "/api/v2/score/bulk",
+        params={"dry_run": "true"} if dry_run else None,
+        json={"items": [dict(item) for item in items], **_fields(**defaults)},
+        headers={"Idempotency-Key": key},
+        timeout=timeout,
+    )
 
 
 def import_csv(

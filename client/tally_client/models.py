@@ -96,8 +96,10 @@ class BatchStatus:
     """A bulk batch's status: `queued`, `processing`, `completed` or `completed_with_rejections`.
 
     `counts` holds the items per status (`queued`, `processing`, `completed`,
-    `rejected`); `body` also has the import's `imported_rows` and
-    `total_points_variation` when the batch came from a CSV file.
+    `rejected`); `total` counts the items the batch created, `replayed_items` those
+    accepted before under their own keys (not created again); `replayed` says that the
+    whole batch was a replay of one sent before. `body` also has the import's
+    `imported_rows` and `total_points_variation` when the batch came from a CSV file.
     """
 
     id: str
@@ -106,6 +108,7 @@ class BatchStatus:
     counts: dict[str, int]
     replayed: bool
     body: dict[str, Any]
+    replayed_items: int = 0
 
     @property
     def final(self) -> bool:
@@ -125,4 +128,18 @@ class BatchStatus:
             counts={name: int(n) for name, n in body["counts"].items()},
             replayed=replayed,
             body=dict(body),
+            replayed_items=int(body.get("replayed") or 0),
         )
+
+
+@dataclass(frozen=True)
+class BulkPlan:
+    """What a bulk batch would do (a dry run): items sent, to create, accepted before."""
+
+    items: int
+    new: int
+    replayed: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> BulkPlan:
+        return cls(int(body["items"]), int(body["new"]), int(body["replayed"]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -41,9 +40,11 @@ def test_award_applies_a_file_and_reports_rejections(
         "username,user_id,variation_points,context,comment\n"
         + "".join(f"{u.username},,{i + 1},,spring prize\n" for i, u in enumerate(users))
     )
-    result = _award(stack, caller.token, path, "--context", "contest|spring|apis")
+    result = _award(stack, caller.token, path, "--key", "spring", "--context", "contest|spring")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 applied, 0 rejected" in result.stdout
+    assert "5 rows: 5 new, 0 sent before (not applied again); 5 applied, 0 rejected" in (
+        result.stdout
+    )
     assert "applying" in result.stderr  # the progress bar
 
     frozen = users[0]
@@ -52,15 +53,15 @@ def test_award_applies_a_file_and_reports_rejections(
     path.write_text(
         f"{frozen.username},,1,contest|summer,\n{users[1].username},,2,contest|summer,\n"
     )
-    result = _award(stack, caller.token, path)
+    result = _award(stack, caller.token, path, "--key", "summer")
     assert result.returncode == 1
     assert "1 applied, 1 rejected" in result.stdout
-    assert "the account is frozen" in result.stdout
+    assert f"rejected row 1 ({frozen.username}): the account is frozen" in result.stdout
 
     path.write_text("nobody,,1,contest|summer,\n")
-    result = _award(stack, caller.token, path)
+    result = _award(stack, caller.token, path, "--key", "autumn")
     assert result.returncode == 2
-    assert "row 1: username: no such user" in result.stderr
+    assert "row 1 (nobody): username: no such user" in result.stderr
 
 
 def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no_duplicate(
@@ -75,7 +76,7 @@ def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no
     expected = {
         user.id: sum(1 + n % 7 for n in range(rows) if n % 25 == i) for i, user in enumerate(users)
     }
-    prefix = "award-" + hashlib.sha256(path.read_bytes()).hexdigest()[:48] + "-%"
+    prefix = "resume:batch-%"
 
     def batches() -> int:
         with stack_sessions() as session:
@@ -85,7 +86,7 @@ def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no
 
     first = subprocess.Popen(
         [sys.executable, "-m", "cli", "award", str(path), "--url", stack.base_url,
-         "--batch-size", str(size)],
+         "--key", "resume", "--batch-size", str(size)],
         env=os.environ | {"TALLY_TOKEN": caller.token},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -99,9 +100,14 @@ def test_award_sends_a_large_file_in_batches_and_a_rerun_after_a_kill_creates_no
     sent_before_kill = batches()
     assert 2 <= sent_before_kill < rows // size, sent_before_kill  # the kill came half-way
 
-    result = _award(stack, caller.token, path, "--batch-size", str(size))
+    result = _award(stack, caller.token, path, "--key", "resume", "--batch-size", str(size))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"20 batches, {rows} rows: {rows} applied, 0 rejected" in result.stdout
+    # The batches accepted before the kill are replayed; the rest are new and applied.
+    new = rows - sent_before_kill * size
+    assert f"{rows} rows: {new} new, {rows - new} sent before (not applied again);" in (
+        result.stdout
+    )
+    assert f"; {new} applied, 0 rejected" in result.stdout
     assert batches() == rows // size
     with stack_sessions() as session:
         per_user = dict(
@@ -133,7 +139,8 @@ def test_award_retries_through_an_api_restart_and_exits_2_when_nothing_answers(
     path.write_text(
         "".join(f"{u.username},,{n + 1},contest|restart,\n" for n, u in enumerate(users))
     )
-    command = [sys.executable, "-m", "cli", "award", str(path), "--url", stack.base_url]
+    command = [sys.executable, "-m", "cli", "award", str(path), "--key", "restart", "--url",
+               stack.base_url]  # fmt: skip
     running = subprocess.Popen(
         command,
         env=os.environ | {"TALLY_TOKEN": caller.token},
@@ -152,7 +159,7 @@ def test_award_retries_through_an_api_restart_and_exits_2_when_nothing_answers(
     stack.start_worker("worker1")
     out, err = running.communicate(timeout=120)
     assert running.returncode == 0, out + err
-    assert "1 batches, 3 rows: 3 applied, 0 rejected" in out
+    assert "3 rows: 3 new, 0 sent before (not applied again); 3 applied, 0 rejected" in out
 
     result = subprocess.run(
         [*command[:-1], f"http://127.0.0.1:{free_port()}", "--retry-for", "1"],
@@ -165,3 +172,63 @@ def test_award_retries_through_an_api_restart_and_exits_2_when_nothing_answers(
     assert result.returncode == 2
     assert "could not send rows 1-3" in result.stderr and "ConnectError" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_award_edited_and_rerun_applies_every_row_exactly_once(
+    stack: Stack, stack_factory: Factory, stack_sessions, tmp_path: Path
+) -> None:
+    """Issue 20, reproduction 4: a refused batch fixed and the file sent again."""
+    caller = stack_factory.caller(Role.MODERATOR)
+    alice, bob, carol, dave = (stack_factory.user() for _ in range(4))
+    path = tmp_path / "awards.csv"
+
+    def write(third: str) -> None:
+        path.write_text("username,user_id,variation_points,context,comment\n"
+                        f"{alice.username},,7,c,\n{bob.username},,3,c,\n"
+                        f"{third},,1,c,\n{carol.username},,2,c,\n")  # fmt: skip
+
+    write("nobody")
+    args = ("--key", "fixed", "--batch-size", "2")
+    result = _award(stack, caller.token, path, *args)
+    assert result.returncode == 2
+    assert "row 4 (nobody): username: no such user" in result.stderr  # the header is row 1
+
+    # A dry run of the fixed file says what would happen, and writes nothing.
+    write(dave.username)
+    with stack_sessions() as session:
+        before = session.scalar(select(func.count()).select_from(AdjustmentRequest))
+    result = _award(stack, caller.token, path, *args, "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dry run, 4 rows: 2 would be applied, 2 were sent before; nothing was written" in (
+        result.stdout
+    )
+    with stack_sessions() as session:
+        assert session.scalar(select(func.count()).select_from(AdjustmentRequest)) == before
+
+    result = _award(stack, caller.token, path, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 rows: 2 new, 2 sent before (not applied again); 2 applied, 0 rejected" in (
+        result.stdout
+    )
+    # The same with another batch size: every row is replayed by its own key.
+    result = _award(stack, caller.token, path, "--key", "fixed", "--batch-size", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 rows: 0 new, 4 sent before" in result.stdout
+    # A row changed after it was applied is refused, not applied a second time.
+    path.write_text(path.read_text().replace(f"{alice.username},,7", f"{alice.username},,8"))
+    result = _award(stack, caller.token, path, *args)
+    assert result.returncode == 2
+    assert f"row 2 ({alice.username}): idempotency_key: another request has this key" in (
+        result.stderr
+    )
+
+    users = {alice.id: 7, bob.id: 3, carol.id: 2, dave.id: 1}
+    with stack_sessions() as session:
+        balances = dict(
+            session.execute(
+                select(Account.user_id, Account.balance).where(Account.user_id.in_(users))
+            ).all()
+        )
+        requests = session.scalar(select(func.count()).where(AdjustmentRequest.user_id.in_(users)))
+    assert balances == users
+    assert requests == 4
