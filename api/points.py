@@ -92,10 +92,18 @@ def as_envelope(error: Exception) -> Response:
     if not isinstance(error, HANDLED):
         raise error
     problem = as_problem(error)
-    errors = [{"field": e.field, "code": e.code, "message": e.message} for e in problem.errors]
-    response = jsonify(
-        envelope(problem.status, problem.detail, **({"errors": errors} if errors else {}))
-    )
+    extra: dict[str, Any] = {}
+    if problem.errors:
+        extra["errors"] = [
+            {"field": e.field, "code": e.code, "message": e.message} for e in problem.errors
+        ]
+    # The envelope's `code` is the status: a rejection's reason goes beside it, with the
+    # request it rejected.
+    if isinstance(problem.extra.get("code"), str):
+        extra["reason"] = problem.extra["code"]
+    if "request_id" in problem.extra:
+        extra["request_id"] = problem.extra["request_id"]
+    response = jsonify(envelope(problem.status, problem.detail, **extra))
     response.status_code = problem.status
     response.headers.update(problem.headers)
     return response
@@ -175,7 +183,7 @@ def answer(accepted: Accepted, user: User, **more: Any) -> Response:
         raise rejection(accepted, done)
     session = db_session()
     row = session.get_one(AdjustmentRequest, recorded.request_id)
-    entry = session.get(LedgerEntry, done.entry_id) if done and done.entry_id else None
+    entry = session.get(LedgerEntry, done.entry.id) if done and done.entry else None
     account = session.get_one(Account, recorded.account_id)
     data_out = {
         "account": account_object(account, user),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from shared.accounts import set_status
+from shared.accounts import accounts_of, change_status
 from shared.config import load_settings
 from shared.db import make_engine, make_session_factory, transaction
 from shared.models import DEFAULT_TENANT, AccountStatus, User
@@ -16,20 +16,20 @@ from shared.models import DEFAULT_TENANT, AccountStatus, User
 
 @click.group()
 def accounts() -> None:
-    """Points accounts: freeze one (its requests are rejected) or unfreeze it."""
+    """Points accounts: freeze a user's accounts (their requests are rejected) or unfreeze
+    them; every account of the user, or only that of --points-type. None is created."""
 
 
 def _set(
     username: str,
-    points_type_name: str | None,
+    points_type: str | None,
     tenant: str,
     reason: str,
     status: AccountStatus,
     as_json: bool,
 ) -> None:
     settings = load_settings()
-    points_type = settings.points_type(points_type_name or settings.points_default_type)
-    if points_type is None:
+    if points_type is not None and settings.points_type(points_type) is None:
         known = ", ".join(settings.points_types)
         raise click.BadParameter(f"unknown points type; known: {known}", param_hint="--points-type")
     engine = make_engine(settings.database_url)
@@ -40,27 +40,34 @@ def _set(
             ).one_or_none()
             if user is None:
                 raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
-            account = set_status(
-                session, tenant, user.id, points_type, status, by="tally accounts", reason=reason
-            )
-            shown = {
-                "account_id": account.id,
-                "username": username,
-                "tenant": tenant,
-                "points_type": account.points_type,
-                "status": account.status,
-                "balance": account.balance,
-                "frozen_balance": account.frozen_balance,
-            }
+            found = accounts_of(session, user.id, points_type)
+            if not found:
+                kind = f"{points_type} account" if points_type else "account"
+                verb = "freeze" if status == AccountStatus.FROZEN else "unfreeze"
+                raise click.ClickException(f"{username} has no {kind}: nothing to {verb}")
+            for account in found:
+                change_status(session, account, status, by="tally accounts", reason=reason)
+            shown = [
+                {
+                    "account_id": account.id, "username": username, "tenant": tenant,
+                    "points_type": account.points_type, "status": account.status,
+                    "balance": account.balance, "frozen_balance": account.frozen_balance,
+                }
+                for account in found
+            ]  # fmt: skip
     finally:
         engine.dispose()
-    text = f"{username}'s {shown['points_type']} account {shown['account_id']} is {status.value}"
-    click.echo(json.dumps(shown) if as_json else text)
+    if as_json:
+        click.echo(json.dumps({"accounts": shown}))
+        return
+    for changed in shown:
+        click.echo(f"{username}'s {changed['points_type']} account {changed['account_id']}"
+                   f" is {status.value}")  # fmt: skip
 
 
 OPTIONS = (
     click.option("--username", required=True),
-    click.option("--points-type", help="default: TALLY_POINTS_DEFAULT_TYPE (points)"),
+    click.option("--points-type", help="only this type's account (default: every account)"),
     click.option("--tenant", default=DEFAULT_TENANT),
     click.option("--reason", default="", help="why, logged with the change"),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),

@@ -36,17 +36,31 @@ def set_status(
     by: str,
     reason: str = "",
 ) -> Account:
-    """Set the user's account of this type to `status` (creating it if need be); idempotent.
-
-    A change is logged with who made it (`by`) and why. The caller owns the transaction.
-    """
-    account_of = select(Account).where(
-        Account.user_id == user_id, Account.points_type == points_type.name
-    )
-    account = session.scalars(account_of).one_or_none()
+    """Set the user's account of this type to `status`, creating it if need be (so that a
+    user can be frozen before their first points); idempotent. The caller owns the
+    transaction."""
+    account = _account(session, user_id, points_type.name)
     if account is None:
         create_account(session.connection(), tenant_id, user_id, points_type)
-        account = session.scalars(account_of).one()
+        account = _account(session, user_id, points_type.name)
+    assert account is not None
+    change_status(session, account, status, by=by, reason=reason)
+    return account
+
+
+def accounts_of(session: Session, user_id: int, points_type: str | None = None) -> list[Account]:
+    """The user's accounts (of one type, if named), by type; none is created."""
+    scope = select(Account).where(Account.user_id == user_id)
+    if points_type is not None:
+        scope = scope.where(Account.points_type == points_type)
+    return list(session.scalars(scope.order_by(Account.points_type)))
+
+
+def change_status(
+    session: Session, account: Account, status: AccountStatus, *, by: str, reason: str = ""
+) -> None:
+    """Set an existing account to `status` (idempotent); a change is logged with who made
+    it (`by`) and why."""
     before = account.status
     session.execute(SET_STATUS, {"id": account.id, "status": status.value})
     session.refresh(account)
@@ -54,6 +68,12 @@ def set_status(
         log.info(
             "account %s",
             status.value,
-            extra={"account_id": account.id, "tenant_id": tenant_id, "by": by, "reason": reason},
-        )
-    return account
+            extra={"account_id": account.id, "tenant_id": account.tenant_id, "by": by,
+                   "reason": reason},
+        )  # fmt: skip
+
+
+def _account(session: Session, user_id: int, points_type: str) -> Account | None:
+    return session.scalars(
+        select(Account).where(Account.user_id == user_id, Account.points_type == points_type)
+    ).one_or_none()

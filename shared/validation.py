@@ -306,6 +306,12 @@ def validate_user(raw: Mapping[str, Any]) -> UserInput:
         errors.append(FieldError("username", "required", "this field is required"))
     if data.role is not None and data.role not in ROLES:
         errors.append(FieldError("role", "unknown", f"must be one of {', '.join(ROLES)}"))
+    # The points routes take a user's external_id or integer id in one path segment: an
+    # external_id of digits only could name another user's id.
+    external_id = data.external_id
+    if external_id is not None and external_id.isascii() and external_id.isdigit():
+        message = "must not be digits only (that would read as a user's integer id)"
+        errors.append(FieldError("external_id", "digits_only", message))
     if errors:
         raise InvalidInput(errors)
     return data

@@ -192,7 +192,9 @@ def error_for(response: httpx.Response) -> TallyError:
         "retry_after": parse_retry_after(response.headers.get("Retry-After")),
     }
     if kind is Rejected:
-        code = body.get("code")  # the rejection code in a problem; the status in an envelope
+        # The rejection code: a problem's `code`; an envelope's `reason` (its `code` is the
+        # status).
+        code = body.get("code") if isinstance(body.get("code"), str) else body.get("reason")
         return Rejected(
             str(detail),
             reason=code if isinstance(code, str) else None,

@@ -129,6 +129,7 @@ def _refused(desk: Desk, response: TestResponse, code: str) -> None:
     assert response.mimetype == "application/json"
     assert response.json["code"] == 409
     assert response.json["message"] == REJECTION_MESSAGES[code]
+    assert response.json["reason"] == code  # issue 20: the reason is in the envelope too
     status = desk.client.get(response.headers["Location"], headers=desk.caller.headers).json
     assert (status["status"], status["error"]["code"]) == ("rejected", code)
     assert status["score"] is None
@@ -492,6 +493,7 @@ def test_reverse_writes_the_opposite_entry_once(
         refused = desk.reverse(earned["id"], again)
         assert refused.status_code == 409, refused.json
         assert refused.json["code"] == 409 and "reversed already" in refused.json["message"]
+        assert refused.json["reason"] == "already_reversed"
         assert "Location" not in refused.headers
     with sessions() as session:
         assert count_rows(session, desk.caller.tenant_id) == (2, 2)

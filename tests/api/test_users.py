@@ -45,6 +45,8 @@ def test_duplicates_are_409_and_bad_bodies_400(client: FlaskClient, factory: Fac
         ({}, "username"),
         ({"username": "x", "role": "king"}, "role"),
         ({"username": "u" * 151}, "username"),
+        # Digits only would shadow a user's integer id on /admin/points/{user_id} (issue 20).
+        ({"username": "digits", "external_id": "42"}, "external_id"),
     ]:
         response = client.post("/api/v2/users/", json=body, headers=admin.headers)
         assert response.status_code == 400, body

@@ -124,8 +124,9 @@ def test_holds_captures_releases_and_reversals(stack: Stack, stack_factory: Fact
             -100,
             transaction,
         )
-        with pytest.raises(Rejected):
+        with pytest.raises(Rejected) as again:
             tally.reverse(transaction, reason="again")
+        assert again.value.reason == "already_reversed"  # issue 20: it was None
 
         scored = tally.adjust(user.username, 4, comment="typo", wait=30)
         undone = tally.reverse_score(scored.body["id"], comment="undo")
