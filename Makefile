@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test tools lint typecheck bench clean
+.PHONY: install lock run test soak tools lint typecheck bench clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -28,6 +28,11 @@ run: $(STAMP)
 ## test: the whole suite (TALLY_TEST_DATABASE_URL / TALLY_TEST_REDIS_URL, else embedded servers)
 test: $(STAMP) tools
 	$(BIN)/pytest $(ARGS)
+
+## soak: the points model test at length (tests/shared/test_points_model.py), shrinking what it finds
+soak: $(STAMP)
+	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
+		$(BIN)/pytest tests/shared/test_points_model.py $(ARGS)
 
 ## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
 bench: $(STAMP) tools
