@@ -110,11 +110,16 @@ class CompletionListener:
                 if pubsub.subscribed:
                     self._subscribed.set()
                 if message is not None:
-                    self._deliver(json.loads(message["data"]))
+                    self._deliver(message["data"])
         finally:
             pubsub.close()
 
-    def _deliver(self, payload: object) -> None:
+    def _deliver(self, data: bytes) -> None:
+        """Wake the waiters of the ids in a message; anything else on the channel is ignored."""
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return
         if not isinstance(payload, list):
             return
         ids = [item for item in payload if isinstance(item, int)]

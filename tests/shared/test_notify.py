@@ -67,11 +67,13 @@ def test_another_deployments_announcements_are_not_heard(redis: Redis, channel: 
 def test_what_is_not_a_list_of_request_ids_wakes_no_one(redis: Redis, channel: str) -> None:
     listener = CompletionListener(lambda: redis, lambda: channel)
     listener.wait(7, timeout=0.1)
-    for junk in ('{"request_id": 8}', '"8"', "[[8]]", '[{"request_id": 8}]'):
+    for junk in ('{"request_id": 8}', '"8"', "[[8]]", '[{"request_id": 8}]', "not json"):
         redis.publish(channel, junk)
     assert listener.wait(8, timeout=0.5) is False
-    announce(redis, channel, [8])  # and the listener still works
+    announce(redis, channel, [8])  # and the listener still works, without a reconnect
+    started = time.monotonic()
     assert listener.wait(8, timeout=5) is True
+    assert time.monotonic() - started < 0.4
 
 
 def _other_database(redis: Redis) -> Redis:
