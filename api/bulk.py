@@ -29,13 +29,12 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
 from shared.bulk import (
-    FIND_BATCH,
     BatchInvalid,
     ItemError,
     Stored,
     Validated,
     csv_rows,
-    plan_batch,
+    preview_batch,
     store_batch,
     validate_batch,
     validate_bulk_item,
@@ -306,18 +305,12 @@ def bulk() -> Response:
 def _dry_run(key: str, batch: Validated) -> dict[str, Any]:
     """What storing the batch would create and replay; a 400 for items it would refuse."""
     settings = resources().settings
-    session = db_session()
-    tenant = current_principal().tenant_id
-    items = len(batch.awards)
-    existing = session.execute(FIND_BATCH, {"tenant": tenant, "key": key}).one_or_none()
-    if existing is not None:  # the whole batch is a replay
-        return {"dry_run": True, "items": items, "new": 0, "replayed": items}
+    points_type = settings.points_types[settings.default_points_type]
     try:
-        plan = plan_batch(
-            session, tenant, key, batch, settings.points_types[settings.default_points_type]
-        )
+        plan = preview_batch(db_session(), current_principal().tenant_id, key, batch, points_type)
     except BatchInvalid as bad:
         raise _invalid(bad.errors, "index") from None
+    items = len(batch.awards)
     return {"dry_run": True, "items": items, "new": len(plan.items), "replayed": plan.replayed}
 
 

@@ -337,6 +337,16 @@ def plan_batch(
     return Plan(items, len(awards) - len(items))
 
 
+def preview_batch(
+    session: Session, tenant_id: str, key: str, batch: Validated, points_type: PointsType
+) -> Plan:
+    """What `store_batch` would create and replay, writing nothing (a dry run): a batch
+    sent before is replayed whole. Raises BatchInvalid as storing would."""
+    if session.execute(FIND_BATCH, {"tenant": tenant_id, "key": key}).one_or_none():
+        return Plan([], len(batch.awards))
+    return plan_batch(session, tenant_id, key, batch, points_type)
+
+
 def _adjustment(award: Award, user_id: int, points_type: PointsType) -> Adjustment:
     return Adjustment(
         user_id=user_id,
