@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 ROLES = ("api", "workers", "bulk workers", "postgres", "redis")
@@ -53,3 +55,14 @@ def aligned(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(lines)
+
+
+def calibration_ms() -> float:
+    """A fixed CPU loop's time in milliseconds (the best of three): printed beside the
+    figures, so that runs on machines or days of different speed can be compared."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(2_000_000))
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
