@@ -32,7 +32,7 @@ test: $(STAMP) tools
 ## soak: the points model test at length (tests/shared/test_points_model.py), shrinking what it finds
 soak: $(STAMP)
 	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
-		$(BIN)/pytest tests/shared/test_points_model.py $(ARGS)
+		$(BIN)/pytest --timeout=0 tests/shared/test_points_model.py $(ARGS)
 
 ## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
 bench: $(STAMP) tools
