@@ -13,6 +13,9 @@ from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS, BacklogCollector, render
 
 bp = Blueprint("metrics", __name__)
 
+# Label values come from closed sets: a client choosing them could grow /metrics without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 @bp.get("/metrics")
 def metrics() -> Response:
@@ -28,7 +31,11 @@ def metrics() -> Response:
 
 
 def count_requests(app: Flask) -> None:
-    """Count every answer by route, method and status, and time it by route and method."""
+    """Count every answer by route, method and status, and time it by route and method.
+
+    The route is the URL rule (`unmatched` for 404s and 405s), never the path; a method
+    outside the standard ones is `other`.
+    """
 
     @app.before_request
     def _start() -> None:
@@ -37,7 +44,8 @@ def count_requests(app: Flask) -> None:
     @app.after_request
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"
+        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         if "started" in g:
-            HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - g.started)
+            HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - g.started)
         return response
