@@ -42,6 +42,12 @@ def has_valid_token() -> bool:
     return bool(token) and token_cache().principal(token) is not None
 
 
+def had_valid_token() -> bool:
+    """Whether the request's token was valid when this process last checked it."""
+    token = bearer_token()
+    return bool(token) and token_cache().was_valid(token)
+
+
 def _authenticate() -> Principal:
     token = bearer_token()
     if not token:

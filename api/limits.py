@@ -1,12 +1,15 @@
 """Rate limits (the `limits` library, in Redis): requests per token, failed logins per address.
 
 Every request with a valid bearer token counts against that token's limit
-(`TALLY_RATE_LIMIT`); every 401 counts against the client address's limit
+(`TALLY_RATE_LIMIT`); every request with a bad token (whatever the route answers,
+404 and 405 included) and every 401 counts against the client address's limit
 (`TALLY_AUTH_FAILURE_LIMIT`), and an address past it may try no further token
-until the window ends, so guessing tokens is slow. Past either limit the answer
-is a 429 problem with Retry-After. A request with a valid token is not checked
-against the address's failures: users behind one address are not locked out by a
-guesser. A token's requests are counted in Redis in batches (see `TokenCounts`), so an
+until the window ends, so guessing tokens is slow. The address's limit is tested
+before the token is looked up, so a guesser past it costs no database query. Past
+either limit the answer is a 429 problem with Retry-After. A token this process
+has seen valid is not held to the address's failures: users behind one address
+are not locked out by a guesser (a token new to the process is, until the window
+ends). A token's requests are counted in Redis in batches (see `TokenCounts`), so an
 accepted request costs an eighth of a Redis round trip here.
 
 `limits` (the library Flask-Limiter is built on) is called directly: Flask-Limiter's
@@ -24,12 +27,12 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from api.auth import bearer_token, has_valid_token
+from api.auth import bearer_token, had_valid_token, has_valid_token
 from api.problems import Problem
 from shared.auth import hash_token
 from shared.config import Settings
@@ -184,21 +187,30 @@ def init_limits(app: Flask, settings: Settings, key_prefix: Callable[[], str]) -
     def _limit() -> None:
         if request.blueprint in UNLIMITED_BLUEPRINTS:
             return
+        if not had_valid_token():
+            # Before any lookup: an address past its failures costs no database query.
+            address = _client_address()
+            broken = limits.test(limits.auth_failures, "auth-failures", address)
+            if broken is not None:
+                raise limits.too_many(broken, "auth-failures", address)
         if has_valid_token():
             # The token's hash, never the token: the key is stored in Redis.
             token = hash_token(bearer_token())
             broken = limits.hit_token(token)
             if broken is not None:
                 raise limits.too_many(broken, "token", token)
-            return
-        address = _client_address()
-        broken = limits.test(limits.auth_failures, "auth-failures", address)
-        if broken is not None:
-            raise limits.too_many(broken, "auth-failures", address)
+        elif bearer_token():
+            # A bad token is a failure whatever the route answers (404, 405, OPTIONS...).
+            g.auth_failure_counted = True
+            limits.hit(limits.auth_failures, "auth-failures", _client_address())
 
     @app.after_request
     def _count_failures(response: Response) -> Response:
-        if response.status_code == 401 and request.blueprint not in UNLIMITED_BLUEPRINTS:
+        if (
+            response.status_code == 401
+            and request.blueprint not in UNLIMITED_BLUEPRINTS
+            and "auth_failure_counted" not in g
+        ):
             limits.hit(limits.auth_failures, "auth-failures", _client_address())
         return response
 

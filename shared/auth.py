@@ -110,7 +110,13 @@ def record_use(session: Session, token_id: int) -> None:
 
 
 class TokenCache:
-    """Principals of valid tokens, each kept for `ttl` seconds (so a revocation lands in `ttl`)."""
+    """Answers about tokens, each kept for `ttl` seconds (so a revocation lands in `ttl`).
+
+    Unknown tokens are remembered for `ttl` too, so a client repeating a bad token costs
+    no database lookup per request; and the hashes of tokens that were valid stay known
+    (`was_valid`) after their answer expires, so the API can serve its users before it
+    applies a failed-login limit (see api.limits).
+    """
 
     MAX_ENTRIES = 10_000
 
@@ -123,7 +129,8 @@ class TokenCache:
         self.engine = engine
         self.ttl = ttl
         self.clock = clock
-        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._valid: set[str] = set()
         self._lock = threading.Lock()
 
     def principal(self, plain: str) -> Principal | None:
@@ -135,13 +142,20 @@ class TokenCache:
             return entry[1]
         principal = self._load(token_hash)
         with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[token_hash] = (now, principal)
             if principal is None:
-                self._entries.pop(token_hash, None)
+                self._valid.discard(token_hash)
             else:
-                if len(self._entries) >= self.MAX_ENTRIES:
-                    self._entries.clear()
-                self._entries[token_hash] = (now, principal)
+                if len(self._valid) >= self.MAX_ENTRIES:
+                    self._valid.clear()
+                self._valid.add(token_hash)
         return principal
+
+    def was_valid(self, plain: str) -> bool:
+        """Whether the token was valid when last looked up (without looking it up now)."""
+        return hash_token(plain) in self._valid
 
     def _load(self, token_hash: str) -> Principal | None:
         with Session(self.engine()) as session, session.begin():

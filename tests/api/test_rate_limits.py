@@ -8,6 +8,8 @@ import pytest
 from flask import Flask
 
 from api.limits import LIMITS_EXTENSION
+from api.resources import TOKEN_CACHE
+from shared.auth import TokenCache
 from tests.factories import Caller
 
 
@@ -43,6 +45,7 @@ def test_failed_authentications_are_limited_per_address(
     app_with: Callable[..., Flask], moderator: Caller
 ) -> None:
     client = app_with(auth_failure_limit="3/minute").test_client()
+    assert client.get("/api/v2/score/", headers=moderator.headers).status_code == 200
     bad = {"Authorization": "Bearer tly_not-a-token"}
     codes = [client.get("/api/v2/score/", headers=bad).status_code for _ in range(4)]
     assert codes == [401, 401, 401, 429]
@@ -50,12 +53,66 @@ def test_failed_authentications_are_limited_per_address(
     another_guess = {"Authorization": "Bearer tly_another-guess"}
     blocked = client.get("/api/v2/score/", headers=another_guess)
     assert blocked.status_code == 429 and "Retry-After" in blocked.headers
-    # ...while a valid token is served: its requests are not counted as possible failures
-    # (no Redis round trip for them), and users behind the same address are not locked out.
+    # ...while a token this process has seen valid is served: users behind the same
+    # address are not locked out.
     assert client.get("/api/v2/score/", headers=moderator.headers).status_code == 200
     # Another address is not.
     other = client.get("/api/v2/score/", headers=bad, environ_base={"REMOTE_ADDR": "192.0.2.7"})
     assert other.status_code == 401
+
+
+def token_cache_of(app: Flask) -> TokenCache:
+    cache: TokenCache = app.extensions[TOKEN_CACHE]
+    return cache
+
+
+def _count_lookups(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The token hashes the app looks up in the database, in order."""
+    cache = token_cache_of(app)
+    lookups: list[str] = []
+    load = cache._load
+
+    def counted(token_hash: str) -> object:
+        lookups.append(token_hash)
+        return load(token_hash)
+
+    monkeypatch.setattr(cache, "_load", counted)
+    return lookups
+
+
+def test_bad_tokens_count_on_every_route_and_past_the_limit_cost_no_lookup(
+    app_with: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_with(auth_failure_limit="10/minute")
+    lookups = _count_lookups(app, monkeypatch)
+    client = app.test_client()
+    codes = []
+    for number in range(60):
+        guess = {"Authorization": f"Bearer tly_guess-{number}"}
+        method = ("GET", "DELETE", "OPTIONS")[number % 3]
+        codes.append(client.open("/nothing-here", method=method, headers=guess).status_code)
+    assert set(codes[:10]) <= {404, 405, 200} and codes[10:] == [429] * 50, codes
+    assert len(lookups) == 10
+
+
+def test_a_new_token_from_an_address_past_its_failures_waits_for_the_window(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    client = app_with(auth_failure_limit="2/minute").test_client()
+    for number in range(2):
+        client.get("/api/v2/score/", headers={"Authorization": f"Bearer tly_guess-{number}"})
+    assert client.get("/api/v2/score/", headers=moderator.headers).status_code == 429
+
+
+def test_an_unknown_token_is_looked_up_once_per_cache_period(
+    app_with: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_with(auth_failure_limit="100/minute", token_cache_seconds=60)
+    lookups = _count_lookups(app, monkeypatch)
+    client = app.test_client()
+    bad = {"Authorization": "Bearer tly_revoked-long-ago"}
+    assert [client.get("/api/v2/score/", headers=bad).status_code for _ in range(5)] == [401] * 5
+    assert len(lookups) == 1
 
 
 def test_points_routes_answer_429_in_their_envelope(
