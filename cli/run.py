@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -18,10 +19,18 @@ from shared.models import DEFAULT_TENANT, Role
 from shared.validation import UserInput
 
 DEMO_TOKEN_FILE = "demo-token"
+# Long enough for a trial, short enough that a forgotten copy stops working; an expired
+# one is replaced at the next start.
+DEMO_TOKEN_LIFETIME = timedelta(days=30)
 DEMO_USERS = (
     # (username, real name, role)
     ("admin", "Demo Admin", Role.ADMIN),
     ("mario.rossi", "Mario Rossi", Role.USER),
+)
+DEMO_BODY = (
+    '{"username": "mario.rossi", "score": 10, '
+    '"reputation_context": "contest|first_place|apis", '
+    '"comment": "Winner of the APIS contest"}'
 )
 
 
@@ -45,12 +54,44 @@ def demo_token(database_url: str, saved: Path) -> str:
                 user = ensure_user(session, DEFAULT_TENANT, data)
                 admin = admin or user
             assert admin is not None
-            _, token = create_token(session, admin, "demo")
+            expires_at = datetime.now(UTC) + DEMO_TOKEN_LIFETIME
+            _, token = create_token(session, admin, "demo", expires_at)
     finally:
         engine.dispose()
-    saved.touch(mode=0o600)
-    saved.write_text(token + "\n")
+    _write_private(saved, token + "\n")
     return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, even if it was readable by others before.
+
+    `touch(mode=...)` leaves an existing file's mode alone; here the mode is narrowed
+    before anything is written, so the token is never in a file whose mode lets others
+    read it.
+    """
+    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(descriptor, 0o600)
+        file.write(text)
+
+
+def _show_demo(base: str, token: str) -> None:
+    click.echo(f"\ntally is starting on {base}\ndemo admin token: {token}\n")
+    click.echo(
+        "try:\n  curl -X POST " + base + "/api/v2/score/ \\\n"
+        "    -H 'Content-Type: application/json' \\\n"
+        f"    -H 'Authorization: Bearer {token}' \\\n"
+        f"    --data-raw {shlex.quote(DEMO_BODY)}\n"
+    )
+
+
+def _show_how_to_get_a_token(base: str) -> None:
+    """On servers tally run did not start, it makes no users or tokens: it says how to."""
+    click.echo(
+        f"\ntally is starting on {base}\n"
+        "to call it, make a token for a user (`tally users create` makes one if needed):\n"
+        "  tally tokens create --username <username> --expires-in 30d\n"
+    )
 
 
 def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
@@ -117,25 +158,18 @@ def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
     with ExitStack() as services:
         database_url = os.environ.get("TALLY_DATABASE_URL")
         redis_url = os.environ.get("TALLY_REDIS_URL")
+        embedded = False  # the demo users and token are only for servers started here
         if not (database_url and redis_url):
+            embedded = True
             click.echo(f"starting embedded PostgreSQL and Redis in {data_dir}")
             database_url = services.enter_context(embedded_postgres(data_dir / "postgres"))
             redis_url = services.enter_context(embedded_redis(data_dir / "redis"))
         upgrade(database_url)
-        token = demo_token(database_url, data_dir / DEMO_TOKEN_FILE)
         base = f"http://127.0.0.1:{port}"
-        body = (
-            '{"username": "mario.rossi", "score": 10, '
-            '"reputation_context": "contest|first_place|apis", '
-            '"comment": "Winner of the APIS contest"}'
-        )
-        click.echo(f"\ntally is starting on {base}\ndemo admin token: {token}\n")
-        click.echo(
-            "try:\n  curl -X POST " + base + "/api/v2/score/ \\\n"
-            "    -H 'Content-Type: application/json' \\\n"
-            f"    -H 'Authorization: Bearer {token}' \\\n"
-            f"    --data-raw {shlex.quote(body)}\n"
-        )
+        if embedded:
+            _show_demo(base, demo_token(database_url, data_dir / DEMO_TOKEN_FILE))
+        else:
+            _show_how_to_get_a_token(base)
         click.echo(
             f"metrics: {base}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (worker), "
             f"http://127.0.0.1:{metrics_port + 1}/metrics (bulk worker)"

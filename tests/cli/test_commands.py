@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from cli.main import cli
 from cli.run import demo_token
-from shared.auth import authenticate, record_use
+from shared.auth import authenticate, hash_token, record_use
 from shared.db import make_engine, make_session_factory
 from shared.models import Token
 from tests.conftest import Services
@@ -103,17 +103,56 @@ def test_a_malformed_expiry_is_refused(services: Services, bad: str) -> None:
     assert result.exit_code == 2 and "--expires-in" in result.output
 
 
+def _demo_tokens(database_url: str) -> dict[str, Token]:
+    """The tokens named `demo`, by hash."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            demo = session.scalars(select(Token).where(Token.name == "demo")).all()
+            return {token.token_hash: token for token in demo}
+    finally:
+        engine.dispose()
+
+
 def test_tally_run_keeps_itsdemo_token_across_starts(services: Services, tmp_path) -> None:  # type: ignore[no-untyped-def]
     saved = tmp_path / "demo-token"
     first = demo_token(services.database_url, saved)
     assert saved.stat().st_mode & 0o777 == 0o600
+    made = _demo_tokens(services.database_url)
     assert demo_token(services.database_url, saved) == first
-    engine = make_engine(services.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            demo = session.scalars(select(Token).where(Token.name == "demo")).all()
-            assert len(demo) == 1
-    finally:
-        engine.dispose()
+    assert _demo_tokens(services.database_url).keys() == made.keys()
     saved.unlink()  # a fresh data folder gets a token of its own
     assert demo_token(services.database_url, saved) != first
+
+
+def test_the_demo_token_expires_in_30_days_and_an_expired_one_is_replaced(
+    services: Services, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    saved = tmp_path / "demo-token"
+    first = demo_token(services.database_url, saved)
+    expires_at = _demo_tokens(services.database_url)[hash_token(first)].expires_at
+    assert expires_at is not None
+    assert timedelta(days=29, hours=23) < expires_at - datetime.now(UTC) <= timedelta(days=30)
+    engine = make_engine(services.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            session.execute(
+                update(Token)
+                .where(Token.token_hash == hash_token(first))
+                .values(expires_at=func.now())
+            )
+    finally:
+        engine.dispose()
+    second = demo_token(services.database_url, saved)
+    assert second != first and saved.read_text().strip() == second
+
+
+def test_the_demo_token_file_is_made_private_even_if_it_was_not(
+    services: Services, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    saved = tmp_path / "demo-token"
+    saved.write_text("tly_an-old-token-the-database-never-saw\n")
+    saved.chmod(0o644)
+    token = demo_token(services.database_url, saved)
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert saved.read_text() == token + "\n"

@@ -235,10 +235,13 @@ def test_procfile_under_honcho(
 
 
 @pytest.mark.parametrize("servers", ["given", "embedded"])
-def test_tally_run(launch_env: dict[str, str], tmp_path: Path, servers: str) -> None:
+def test_tally_run(
+    launch_env: dict[str, str], stack_factory: Factory, tmp_path: Path, servers: str
+) -> None:
     """`tally run` (`make run`) on the test servers, and on a machine with no services: with
     no TALLY_DATABASE_URL and TALLY_REDIS_URL it starts embedded PostgreSQL and Redis in its
-    data folder, and an adjustment goes through them."""
+    data folder, and an adjustment goes through them. Only there does it make demo users and
+    a demo admin token; on given servers it says how to make a token instead."""
     given = ("TALLY_DATABASE_URL", "TALLY_REDIS_URL")
     env = launch_env
     if servers == "embedded":
@@ -253,10 +256,16 @@ def test_tally_run(launch_env: dict[str, str], tmp_path: Path, servers: str) -> 
         workers = [f"http://127.0.0.1:{metrics_port + step}/metrics" for step in (0, 1)]
         for url in [api + "/readyz", *workers]:
             _wait_for(url, run, log)
-        token = (data / "demo-token").read_text().strip()
-        _one_adjustment_is_counted(api, workers, token, "mario.rossi")
+        if servers == "embedded":
+            token, username = (data / "demo-token").read_text().strip(), "mario.rossi"
+        else:
+            assert not (data / "demo-token").exists()
+            assert "tally tokens create --username" in log.read_text()
+            token, username = stack_factory.caller().token, stack_factory.user().username
+        _one_adjustment_is_counted(api, workers, token, username)
     started_embedded = "starting embedded PostgreSQL and Redis" in log.read_text()
     assert started_embedded == (servers == "embedded"), log.read_text()[-2000:]
+    assert ("demo admin token" in log.read_text()) == (servers == "embedded")
 
 
 def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:
