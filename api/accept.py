@@ -10,10 +10,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flask import Response, current_app, url_for
+from flask import Response, current_app
 from sqlalchemy import text
 
 from api.body import Preferences, read_preferences
+from api.links import link_to
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
 from api.serializers import StoredEntry
@@ -174,7 +175,7 @@ def final_state(request_id: int) -> Completion | None:
 
 
 def status_url(request_id: int) -> str:
-    return url_for("score.request_status", request_id=request_id, _external=True)
+    return link_to("score.request_status", request_id=request_id)
 
 
 def rejection(accepted: Accepted, completion: Completion) -> Problem:

@@ -6,7 +6,7 @@ import hashlib
 import io
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from api.body import (
     read_object,
     read_query,
 )
+from api.links import link_to
 from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
@@ -111,7 +112,7 @@ def _accepted(stored: Stored, extra: dict[str, Any] | None = None) -> Response:
 
 
 def _status_url(batch_id: str) -> str:
-    return url_for("bulk.batch", batch_id=batch_id, _external=True)
+    return link_to("bulk.batch", batch_id=batch_id)
 
 
 # An error report lists this many errors and counts the rest.

@@ -1,4 +1,4 @@
-"""DRF-style limit/offset pages: `{count, next, previous, results}` with absolute links."""
+"""DRF-style limit/offset pages: `{count, next, previous, results}` (links: see api.links)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from flask import request
 
+from api.links import this_url
 from shared.query_params import PageQuery
 
 
@@ -18,7 +19,7 @@ def _link(limit: int, offset: int) -> str:
     # As DRF does, the link to the first page carries no offset.
     if offset > 0:
         params.append(("offset", str(offset)))
-    return f"{request.base_url}?{urlencode(params)}"
+    return this_url(urlencode(params))
 
 
 def page(results: Sequence[Any], count: int, query: PageQuery) -> dict[str, Any]:

@@ -73,6 +73,9 @@ class Settings:
     # Off by default: a front proxy usually logs requests, and this log cost a tenth of the
     # API's CPU per adjustment; every accepted adjustment is logged by tally either way.
     access_log: bool = False
+    # The URL clients reach the API at (e.g. "https://tally.example.com"), for the absolute
+    # links in answers; empty: links are relative. Never taken from the Host header.
+    public_url: str = ""
     # Where a worker serves its own /metrics (its pool's samples); empty: not served.
     metrics_bind: str = "127.0.0.1:9808"
     # Requests of one API process that may wait for the worker at once; beyond it a POST

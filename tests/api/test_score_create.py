@@ -60,7 +60,7 @@ def test_seed_000_example_answers_201_with_the_score_object(
         "avatar": "https://example.com/avatar.jpg",
     }
     assert body["reputed_at"].endswith("Z")
-    assert second.headers["Location"].startswith("http://localhost/api/v2/score/requests/")
+    assert second.headers["Location"].startswith("/api/v2/score/requests/")
     with sessions() as session:
         entries = ledger_of(session, mario.id)
         assert [e.amount for e in entries] == [10, 10]
