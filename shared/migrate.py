@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+VERSION_TABLE_EXISTS = text("SELECT to_regclass('alembic_version') IS NOT NULL")
+CURRENT_VERSION = text("SELECT version_num FROM alembic_version")
 
 
 def alembic_config(database_url: str) -> Config:
@@ -26,10 +28,21 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+@cache
 def head_revision() -> str | None:
+    """The newest revision of the code; read from the scripts once, since they do not change
+    while the process runs (and /readyz asks on every probe)."""
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's revision, None before the first migration.
+
+    Plain SQL rather than Alembic's MigrationContext, which logs two lines each time:
+    /readyz asks on every probe.
+    """
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not connection.scalar(VERSION_TABLE_EXISTS):
+            return None
+        revision: str | None = connection.execute(CURRENT_VERSION).scalar_one_or_none()
+        return revision

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.engine import make_url
@@ -19,6 +22,18 @@ def test_healthz_and_readyz_when_all_is_well(client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json["checks"] == {"database": "ok", "schema": "ok", "redis": "ok"}
+
+
+def test_readyz_is_cheap_and_quiet(client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    """An unauthenticated probe hit often: the migration scripts are read at most once per
+    process, and Alembic logs nothing per call."""
+    caplog.set_level(logging.INFO, logger="alembic")
+    loads = mock.patch.object(ScriptDirectory, "from_config", wraps=ScriptDirectory.from_config)
+    with loads as from_config:
+        for _ in range(50):
+            assert client.get("/readyz").status_code == 200
+    assert from_config.call_count <= 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
 
 
 def test_readyz_is_503_when_redis_is_unreachable(app_with: Callable[..., Flask]) -> None:
