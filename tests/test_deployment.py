@@ -106,12 +106,24 @@ def test_compose_takes_its_secrets_from_the_environment() -> None:
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gr4fana"
 
 
+def _host_address(port: str | dict) -> str:
+    """The host address a published port binds to ("" for every interface)."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", ""))
+    host, _, _ = port.rpartition(":")  # "127.0.0.1:5555:5555/tcp", "8000:8000"
+    address, _, _ = host.rpartition(":")
+    return address
+
+
 def test_flower_and_the_api_listen_on_loopback_unless_told_otherwise() -> None:
+    """Every published port, the API's (and so its /metrics) included, binds the host's
+    loopback; the public way in is a TLS proxy, and Prometheus scrapes on compose's network."""
     services = _compose_config()["services"]
-    for name in ("flower", "prometheus", "grafana"):
-        (port,) = services[name]["ports"]
-        published = port if isinstance(port, str) else port.get("host_ip")
-        assert str(published).startswith("127.0.0.1"), (name, port)
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert set(published) >= {"api", "flower", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for port in ports:
+            assert _host_address(port) == "127.0.0.1", (name, port)
     procfile = (ROOT / "Procfile").read_text()
     assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in procfile
     assert "${TALLY_BIND:-127.0.0.1:" in procfile
