@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from api import resources
+from api.body import refuse_unread_bodies
 from api.limits import init_limits
 from api.problems import register_error_handlers
 from shared import logs
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     # First, so that every answer is counted and timed, a rate limit's 429 too.
     metrics.count_requests(app)
+    # Before the limits: a body the front could not read costs no token lookup.
+    refuse_unread_bodies(app, settings)
     init_limits(app, settings, lambda: celery.resources.keys.limits)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

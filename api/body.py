@@ -2,21 +2,26 @@
 
 Every body goes through `read_body`, which enforces the route's byte limit however
 the body is framed: werkzeug cuts a chunked body at `max_content_length` without a
-word, so tally never lets werkzeug read a body itself.
+word, so tally never lets werkzeug read a body itself. Served by granian, the body
+was read already, on the event loop, by api.front: `read_body` takes it from the
+ASGI scope, and a body the front could not read is refused here, before anything
+else is done for the request, in the route's own error format.
 """
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from flask import g, request
+from flask import Flask, g, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.formparser import FormDataParser
 
 from api.problems import Problem, validation_problem
+from shared.config import Settings
 from shared.validation import FieldError, InvalidInput, Model, parse_input
 
 JSON = "application/json"
@@ -24,8 +29,43 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 READ_SIZE = 64 * 1024
 
 
-def too_large(limit: int) -> Problem:
-    return Problem(413, "content-too-large", f"the body is larger than {limit} bytes")
+# The routes that take large bodies (TALLY_BULK_MAX_BODY_BYTES); every other route's
+# limit is TALLY_MAX_BODY_BYTES.
+LARGE_BODY_ROUTES = frozenset({"bulk.import_csv", "bulk.bulk"})
+# Where api.front leaves the body it read, or why it could not read it.
+BODY = "tally.body"
+BODY_ERROR = "tally.body_error"
+
+
+class BodyError(enum.Enum):
+    TOO_LARGE = "too_large"
+    TOO_SLOW = "too_slow"
+
+
+def body_limit(settings: Settings, endpoint: str | None) -> int:
+    """The largest body the route takes, in bytes."""
+    if endpoint in LARGE_BODY_ROUTES:
+        return settings.bulk_max_body_bytes
+    return settings.max_body_bytes
+
+
+def too_large(limit: int, headers: dict[str, str] | None = None) -> Problem:
+    return Problem(
+        413, "content-too-large", f"the body is larger than {limit} bytes", headers=headers
+    )
+
+
+def refuse_unread_bodies(app: Flask, settings: Settings) -> None:
+    """Answer a request whose body the front could not read, and close its connection."""
+
+    @app.before_request
+    def _refuse() -> None:
+        error = request.environ.get("asgi.scope", {}).get(BODY_ERROR)
+        close = {"Connection": "close"}  # the rest of the body was never read
+        if error is BodyError.TOO_LARGE:
+            raise too_large(body_limit(settings, request.endpoint), close)
+        if error is BodyError.TOO_SLOW:
+            raise Problem(408, "request-timeout", "the body arrived too slowly", headers=close)
 
 
 def read_body(limit: int) -> bytes:
@@ -33,6 +73,12 @@ def read_body(limit: int) -> bytes:
     if "body" in g:
         body: bytes = g.body
         return body
+    read: bytes | None = request.environ.get("asgi.scope", {}).get(BODY)
+    if read is not None:
+        if len(read) > limit:
+            raise too_large(limit)
+        g.body = read
+        return read
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit)

@@ -43,7 +43,8 @@ class Problem(Exception):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
-    def response(self) -> Response:
+    def document(self) -> dict[str, Any]:
+        """The problem+json document."""
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE_BASE + self.slug,
             "title": HTTPStatus(self.status).phrase,
@@ -55,7 +56,10 @@ class Problem(Exception):
             body["errors"] = [
                 {"field": e.field, "code": e.code, "message": e.message} for e in self.errors
             ]
-        response = jsonify(body)
+        return body
+
+    def response(self) -> Response:
+        response = jsonify(self.document())
         response.status_code = self.status
         response.mimetype = "application/problem+json"
         response.headers.update(self.headers)

@@ -81,6 +81,10 @@ class Settings:
     # Requests of one API process that may wait for the worker at once; beyond it a POST
     # answers 202 at once, so waiting never takes the threads that serve everything else.
     max_waiters: int = 12
+    # Requests one client address may have in flight per API process (reading its body or
+    # being served); beyond it a 429 at once. Behind a proxy every request has the
+    # proxy's address: raise it there and cap clients at the proxy.
+    max_requests_per_address: int = 256
     # Database connections per process (0: one per API thread plus four, for token checks
     # and the metrics scrape); a thread that waits longer than the timeout for one gets a
     # 503 with Retry-After. An accepting thread holds one connection at a time.

@@ -1,0 +1,167 @@
+"""The API's front: bodies are read on the event loop, and a thread only gets whole requests.
+
+granian reads a request's head with a deadline, but a WSGI thread reading the body
+waits as long as the client trickles it: 40 connections sending one byte a second
+held 40 of the threads that serve everyone. So the API is served as ASGI: this front
+reads each body on granian's event loop, where a waiting connection costs a few
+kilobytes and no thread, and hands the complete request to Flask in a thread pool
+(a2wsgi). While reading it holds each body to
+
+- its route's byte limit (api.body.body_limit): past it, reading stops and Flask
+  answers 413 (the rest is never read, so the connection is closed);
+- a deadline: BODY_GRACE_SECONDS, plus a second for every BODY_MIN_RATE bytes that
+  arrived. A client slower than that gets a 408 and its connection is closed;
+- the process's buffer budget (MAX_BUFFERED_BODIES bytes of bodies being read at
+  once): past it, a 503 with Retry-After, so a crowd of large uploads cannot
+  exhaust the process's memory.
+
+And it lets one client address have at most `TALLY_MAX_REQUESTS_PER_ADDRESS`
+requests in flight (reading or being served); past it, a 429 at once.
+
+The outcome of reading reaches Flask in the ASGI scope (`BODY`, `BODY_ERROR`), where
+api.body turns an error into the route's own problem answer; the per-address 429
+and the budget's 503 are answered here, without a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from api.body import BODY, BODY_ERROR, BodyError, body_limit
+from api.problems import Problem
+from shared.config import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# A body may take this long, plus a second per BODY_MIN_RATE bytes received.
+BODY_GRACE_SECONDS = 10.0
+BODY_MIN_RATE = 16 * 1024
+
+
+class Front:
+    """The ASGI app granian serves: body reading, then Flask in TALLY_API_THREADS threads."""
+
+    def __init__(self, app: Flask) -> None:
+        settings: Settings = app.extensions["tally"].resources.settings
+        self.settings = settings
+        self.wsgi = WSGIMiddleware(app, workers=settings.api_threads)  # type: ignore[arg-type]
+        self.per_address = settings.max_requests_per_address
+        self.budget = 2 * settings.bulk_max_body_bytes
+        self.buffered = 0
+        self.in_flight: Counter[str] = Counter()
+        self.routes = app.url_map.bind("tally")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+            return
+        address = (scope.get("client") or ("unknown", 0))[0]
+        if self.in_flight[address] >= self.per_address:
+            detail = f"more than {self.per_address} requests in flight from one address"
+            await _answer(send, Problem(429, "too-many-requests", detail, headers=_RETRY))
+            return
+        self.in_flight[address] += 1
+        try:
+            await self._read_then_serve(scope, receive, send)
+        finally:
+            self.in_flight[address] -= 1
+            if not self.in_flight[address]:
+                del self.in_flight[address]
+
+    async def _read_then_serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self._limit(scope)
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            scope[BODY_ERROR] = BodyError.TOO_LARGE
+        elif self.buffered + min(declared or limit, limit) > self.budget:
+            detail = "the server is reading too many large bodies; try again shortly"
+            await _answer(send, Problem(503, "unavailable", detail, headers=_CLOSE | _RETRY))
+            return
+        else:
+            reserved = min(declared or limit, limit)
+            self.buffered += reserved
+            try:
+                await self._read(scope, receive, limit)
+            except _Gone:
+                return  # nobody to answer
+            finally:
+                self.buffered -= reserved
+        await self.wsgi(scope, _nothing_more, send)  # type: ignore[arg-type]
+
+    def _limit(self, scope: Scope) -> int:
+        """The byte limit of the route the request is for (the smallest one if none)."""
+        try:
+            endpoint, _ = self.routes.match(scope["path"], scope["method"])
+        except HTTPException:
+            endpoint = None
+        return body_limit(self.settings, endpoint)
+
+    async def _read(self, scope: Scope, receive: Receive, limit: int) -> None:
+        """Put the body in the scope, or the reason it could not be read."""
+        chunks: list[bytes] = []
+        received = 0
+        started = time.monotonic()
+        more = True
+        while more:
+            deadline = started + BODY_GRACE_SECONDS + received / BODY_MIN_RATE
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    message = await receive()
+            except TimeoutError:
+                scope[BODY_ERROR] = BodyError.TOO_SLOW
+                return
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                scope[BODY_ERROR] = BodyError.TOO_LARGE
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        scope[BODY] = b"".join(chunks)
+
+
+class _Gone(Exception):
+    """The client went away before its body was whole."""
+
+
+_CLOSE = {"Connection": "close"}
+_RETRY = {"Retry-After": "1"}
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _nothing_more() -> Message:
+    """What Flask's thread reads from the connection: the body is in the scope already."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _answer(send: Send, problem: Problem) -> None:
+    """A problem answered here, without Flask (so without a thread)."""
+    body = json.dumps(problem.document()).encode()
+    headers = [(b"content-type", b"application/problem+json")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
