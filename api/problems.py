@@ -98,7 +98,14 @@ def as_problem(error: Exception) -> Problem:
         )
     if isinstance(error, sqlalchemy.exc.DataError):
         # Input the database cannot hold (say, a NUL byte) that a validator let through.
-        logging.getLogger(__name__).warning("refused by the database: %s", error)
+        # PostgreSQL's message and the statement's parameters quote the value (an email,
+        # a comment): the log says what was refused, by its SQLSTATE and column, only.
+        diag = getattr(error.orig, "diag", None)
+        logging.getLogger(__name__).warning(
+            "refused by the database: SQLSTATE %s, column %s",
+            getattr(diag, "sqlstate", None) or type(error.orig).__name__,
+            getattr(diag, "column_name", None) or "unknown",
+        )
         return Problem(400, "validation", "a value cannot be stored or searched")
     if isinstance(error, DATABASE_DOWN):
         logging.getLogger(__name__).warning("database unavailable: %s", error)
