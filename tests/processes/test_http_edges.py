@@ -108,6 +108,24 @@ def test_a_sixteen_megabyte_request_line_is_refused_at_once(stack_without_worker
     assert httpx.get(stack_without_workers.base_url + "/healthz").status_code == 200
 
 
+def _head_answer(stack: Stack, size: int) -> bytes:
+    """The status line for a request whose head is `size` bytes."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: tally\r\nX-Pad: "
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    with socket.create_connection(_address(stack), timeout=5) as sock:
+        with contextlib.suppress(OSError):  # the server may close before it is all sent
+            sock.sendall(head)
+        return sock.recv(12)
+
+
+def test_heads_up_to_48_kib_are_served_and_larger_ones_refused(
+    stack_without_workers: Stack,
+) -> None:
+    assert _head_answer(stack_without_workers, 47 * 1024) == b"HTTP/1.1 200"
+    for size in (49 * 1024, 64 * 1024, 100 * 1024):
+        assert _head_answer(stack_without_workers, size) == b"HTTP/1.1 431", size
+
+
 def test_a_body_far_over_the_limit_gets_a_readable_413(
     stack_without_workers: Stack, moderator: Caller
 ) -> None:
