@@ -21,6 +21,10 @@ CONTEXT_MAX = 255
 COMMENT_MAX = 2000
 USERNAME_MAX = 150
 SHORT_TEXT_MAX = 255
+# RFC 5321's longest address, and so the length of the users.email column: a longer one
+# must be refused here, naming the field, not by the database.
+EMAIL_MAX = 254
+AVATAR_MAX = 2000
 KEY_MAX = 255
 CONTEXT_SEPARATOR = "|"
 # Ids and amounts are BIGINT columns: a larger number names nothing and must not reach
@@ -204,7 +208,8 @@ Context = Annotated[
 Comment = Annotated[str | None, text_parser(COMMENT_MAX), _text_schema(COMMENT_MAX)]
 Username = Annotated[str | None, text_parser(USERNAME_MAX), _text_schema(USERNAME_MAX)]
 ShortText = Annotated[str | None, text_parser(SHORT_TEXT_MAX), _text_schema(SHORT_TEXT_MAX)]
-Avatar = Annotated[str | None, text_parser(2000), _text_schema(2000)]
+Email = Annotated[str | None, text_parser(EMAIL_MAX), _text_schema(EMAIL_MAX)]
+Avatar = Annotated[str | None, text_parser(AVATAR_MAX), _text_schema(AVATAR_MAX)]
 # A search longer than the longest field it looks in could never match.
 Search = Annotated[str | None, text_parser(COMMENT_MAX), _text_schema(COMMENT_MAX)]
 Flag = Annotated[bool, BeforeValidator(parse_flag), WithJsonSchema(FLAG_SCHEMA)]

@@ -19,6 +19,7 @@ from shared.fields import (
     Avatar,
     Comment,
     Context,
+    Email,
     Flag,
     IdempotencyKey,
     Integer,
@@ -287,7 +288,7 @@ class UserInput(BaseModel):
     username: Username = None
     external_id: ShortText = None
     real_name: ShortText = None
-    email: ShortText = None
+    email: Email = None
     avatar: Avatar = None
     description: Comment = None
     role: Annotated[

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Role
+from shared.models import Role, User
 from tests.factories import Caller, Factory
 
 
@@ -68,3 +71,42 @@ def test_only_admins_and_only_their_tenant(
     assert (
         client.get("/api/v2/users/99999999999999999999", headers=admin.headers).status_code == 404
     )
+
+
+# Each text field of a user, at its column's length and one character past it (issue 21
+# item 10: an email of 255 characters reached the database and came back as a 400 that
+# named no field).
+USER_TEXT_COLUMNS = ("username", "external_id", "real_name", "email", "avatar", "role")
+
+
+def _column_length(name: str) -> int:
+    length: int = User.__table__.c[name].type.length
+    return length
+
+
+@pytest.mark.parametrize("field", USER_TEXT_COLUMNS)
+def test_a_text_field_past_its_column_is_a_400_naming_it(
+    client: FlaskClient, factory: Factory, sessions: sessionmaker[Session], field: str
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    length = _column_length(field)
+    body = {"username": "u_" + factory.tenant_id, field: "x" * (length + 1)}
+    response = client.post("/api/v2/users/", json=body, headers=admin.headers)
+    assert response.status_code == 400, response.json
+    assert response.mimetype == "application/problem+json"
+    assert [(e["field"], e["code"]) for e in response.json["errors"]] == [(field, "too_long")]
+    assert str(length) in response.json["errors"][0]["message"]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).where(User.tenant_id == factory.tenant_id)) == 1
+
+
+@pytest.mark.parametrize("field", [f for f in USER_TEXT_COLUMNS if f != "role"])
+def test_a_text_field_as_long_as_its_column_is_stored(
+    client: FlaskClient, factory: Factory, field: str
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    value = "a" * _column_length(field)
+    body = {"username": "u_" + factory.tenant_id, field: value}
+    response = client.post("/api/v2/users/", json=body, headers=admin.headers)
+    assert response.status_code == 201, response.json
+    assert response.json[field] == value
