@@ -294,7 +294,7 @@ def _metrics_folder(group: str) -> Iterator[None]:
 @click.option("--processes", type=int, help="processes (default TALLY_API_PROCESSES, 2)")
 @click.option("--threads", type=int, help="threads per process (default TALLY_API_THREADS, 16)")
 def api(bind: str | None, processes: int | None, threads: int | None) -> None:
-    """Serve the HTTP API (granian, WSGI) in the foreground; its /metrics too."""
+    """Serve the HTTP API (granian, ASGI) in the foreground; its /metrics too."""
     given = {"bind": bind, "api_processes": processes, "api_threads": threads}
     with _metrics_folder("api"):
         from api.server import serve
