@@ -14,6 +14,7 @@ from api.openapi import documented
 from api.points import (
     answer,
     as_envelope,
+    check_expiry,
     envelope,
     idempotency_key,
     operation_contract,
@@ -33,7 +34,6 @@ from shared.validation import (
     InvalidInput,
     ReleaseInput,
     UserRef,
-    check_future,
     validate_capture,
     validate_hold,
 )
@@ -62,13 +62,7 @@ def place(user_ref: str) -> Response:
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     key = idempotency_key(data.idempotency_key)
-    try:
-        check_future("expires_at", data.expires_at)
-    except InvalidInput as error:
-        # A past timeout is refused for a new hold only: a retry of one accepted before
-        # its timeout is a replay. The key is looked up only then, not for every hold.
-        if not _recorded(key):
-            raise validation_problem(error.errors) from None
+    check_expiry(data.expires_at, key)
     points_type = points_type_named(data.points_type)
     user = user_named(user_ref)
     adjustment = Adjustment(
@@ -121,19 +115,6 @@ def release(user_ref: str, hold_id: int) -> Response:
     """Accept the release of an open hold."""
     data = read_input(ReleaseInput, resources().settings.max_body_bytes)
     return _close(user_ref, hold_id, Operation.RELEASE, 0, data.reason, data.idempotency_key)
-
-
-def _recorded(key: str | None) -> bool:
-    """Whether a request of the caller's tenant has this idempotency key already."""
-    if key is None:
-        return False
-    found = db_session().scalar(
-        select(AdjustmentRequest.id).where(
-            AdjustmentRequest.tenant_id == current_principal().tenant_id,
-            AdjustmentRequest.idempotency_key == key,
-        )
-    )
-    return found is not None
 
 
 def _close(

@@ -36,6 +36,7 @@ from shared.validation import (
     InvalidInput,
     ReverseInput,
     UserRef,
+    check_future,
     validate_idempotency_key,
     validate_points,
 )
@@ -138,6 +139,30 @@ def idempotency_key(body_key: str | None) -> str | None:
         raise validation_problem(error.errors) from None
 
 
+def recorded(key: str | None) -> bool:
+    """Whether a request of the caller's tenant has this idempotency key already."""
+    if key is None:
+        return False
+    found = db_session().scalar(
+        select(AdjustmentRequest.id).where(
+            AdjustmentRequest.tenant_id == current_principal().tenant_id,
+            AdjustmentRequest.idempotency_key == key,
+        )
+    )
+    return found is not None
+
+
+def check_expiry(expires_at: datetime | None, key: str | None) -> None:
+    """A 400 naming `expires_at` unless it is still to come, for a new request only: one
+    accepted before that time and retried after it (its answer lost) is a replay. The
+    key is looked up only then, not for every request."""
+    try:
+        check_future("expires_at", expires_at)
+    except InvalidInput as error:
+        if not recorded(key):
+            raise validation_problem(error.errors) from None
+
+
 @bp.post("/<user_ref>/adjust")
 @documented(
     **operation_contract(
@@ -157,6 +182,7 @@ def adjust(user_ref: str) -> Response:
         key = idempotency_key(data.idempotency_key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
+    check_expiry(data.expires_at, key)
     points_type = points_type_named(data.points_type)
     if data.allow_negative_balance and not principal.is_admin:
         raise Problem(403, "forbidden", "only admins may set allow_negative_balance")

@@ -180,9 +180,16 @@ class AdjustPointsInput(BaseModel):
 
 
 def validate_points(raw: Mapping[str, Any], max_amount: int) -> AdjustPointsInput:
-    """Validate a seed 002 adjustment body; raise InvalidInput naming every bad field."""
+    """Validate a seed 002 adjustment body; raise InvalidInput naming every bad field.
+
+    Only an earn expires (it becomes a lot): a spend's `expires_at` would be silently
+    dropped, so it is refused. Whether the time is still to come is `check_future`'s
+    question, asked when the adjustment is new (a retry after that time is a replay).
+    """
     data = parse_input(AdjustPointsInput, raw)
     errors = check_amount("amount", data.amount, max_amount)
+    if data.expires_at is not None and data.amount is not None and data.amount < 0:
+        errors.append(FieldError("expires_at", "only_positive", "only positive adjustments expire"))
     if errors:
         raise InvalidInput(errors)
     return data

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask.testing import FlaskClient
 
 from shared.models import Role
@@ -220,3 +223,69 @@ def test_transactions_page_newest_first(
     assert [t["amount"] for t in rest["items"]] == [1]
     bad = client.get(url + "&offset=-1", headers=moderator.headers)
     assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "offset"
+
+
+# Issue 21 item 11: a time at which points expire must be one still to come, on an earn.
+EXPIRING_ROUTES = ("adjust", "holds")
+
+
+def _moment(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+@pytest.mark.parametrize("route", EXPIRING_ROUTES)
+@pytest.mark.parametrize("seconds", [-3600, -1, 0], ids=["hour_ago", "second_ago", "now"])
+def test_an_expires_at_not_in_the_future_is_a_400_naming_it(
+    client: FlaskClient, factory: Factory, moderator: Caller, sessions, route: str, seconds: float
+) -> None:
+    user = factory.user()
+    response = client.post(
+        f"/admin/points/{user.id}/{route}",
+        json={"amount": 5, "expires_at": _moment(seconds)},
+        headers=moderator.headers,
+    )
+    assert response.status_code == 400, response.json
+    assert response.mimetype == "application/json" and response.json["code"] == 400
+    assert [(e["field"], e["code"]) for e in response.json["errors"]] == [("expires_at", "past")]
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id) == (0, 0)
+
+
+def test_a_negative_adjustment_with_expires_at_is_a_400_naming_it(
+    client: FlaskClient, factory: Factory, sessions
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    user = factory.user()
+    for body in (
+        {"amount": -5, "expires_at": _moment(3600)},
+        {"amount": -5, "expires_at": _moment(3600), "allow_negative_balance": True},
+        {"amount": -5, "expires_at": _moment(-3600)},
+    ):
+        response = _adjust(client, admin, str(user.id), body)
+        assert response.status_code == 400, (body, response.json)
+        assert response.json["code"] == 400
+        (error,) = response.json["errors"]
+        assert (error["field"], error["code"]) == ("expires_at", "only_positive"), body
+        assert error["message"] == "only positive adjustments expire"
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id) == (0, 0)
+
+
+def test_an_earn_retried_after_its_expiry_is_a_replay(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None, sessions
+) -> None:
+    user = factory.user()
+    body = {"amount": 4, "expires_at": _moment(0.6), "idempotency_key": "earn-soon"}
+    first = _adjust(client, moderator, str(user.id), body)
+    assert first.status_code == 201, first.json
+    time.sleep(0.8)
+    # Its first answer lost, say: the retry finds the earn, it is no new one in the past.
+    again = _adjust(client, moderator, str(user.id), body)
+    assert again.status_code == 201, again.json
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json["data"]["transaction"]["id"] == first.json["data"]["transaction"]["id"]
+    late = _adjust(client, moderator, str(user.id), body | {"idempotency_key": "earn-late"})
+    assert late.status_code == 400
+    assert [e["field"] for e in late.json["errors"]] == ["expires_at"]
+    with sessions() as session:
+        assert count_rows(session, factory.tenant_id)[0] == 1

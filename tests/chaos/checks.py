@@ -210,7 +210,7 @@ def check_requests_are_the_answered_ones(
     ]
     assert wrong == [], f"answers that named another request than the key's: {wrong[:5]}"
     batch_keys = {b.batch_id: b.key for b in load.batches}
-    explained = set(named) | set(load.holds_refused_on_retry) | set(probes)
+    explained = set(named) | set(load.refused_past_expiry) | set(probes)
     unexplained = [
         row.id
         for row in rows.values()
@@ -242,7 +242,7 @@ def check_retried_keys(rows: dict[int, Row], load: Load) -> None:
     for key in load.retried_keys:
         if key in batch_items:
             assert per_batch_key[key] == batch_items[key], key
-        elif key in load.holds_refused_on_retry:
+        elif key in load.refused_past_expiry:
             assert by_key[key] <= 1, key
         else:
             assert by_key[key] == 1, f"retried key {key}: {by_key[key]} request rows"
@@ -371,11 +371,11 @@ def check_points(session: Session, rig: Rig, load: Load) -> None:
     answered = {201: {"completed"}, 202: {"completed", "rejected"}, 409: {"rejected"}}
     for operation in load.points:
         assert final[operation.request_id] in answered[operation.status], operation
-    # A hold whose retry was refused past its timeout may still have been recorded.
+    # A hold or an earn whose retry was refused past its expiry may still have been recorded.
     refused = session.scalars(
         select(AdjustmentRequest.status).where(
             AdjustmentRequest.tenant_id == rig.caller.tenant_id,
-            AdjustmentRequest.idempotency_key.in_(load.holds_refused_on_retry),
+            AdjustmentRequest.idempotency_key.in_(load.refused_past_expiry),
         )
     ).all()
     assert set(refused) <= {"completed", "rejected"}
@@ -433,5 +433,5 @@ def check_points(session: Session, rig: Rig, load: Load) -> None:
     print(
         f"points: {len(load.points)} operations accepted, answers {dict(load.points_statuses)},"
         f" rejected {dict(rejected)}, {expired} lots expired, holds {dict(holds)},"
-        f" {len(load.holds_refused_on_retry)} hold retries refused past their timeout"
+        f" {len(load.refused_past_expiry)} retries refused past their expiry"
     )

@@ -111,9 +111,9 @@ class Load:
     points_statuses: Counter[int] = field(default_factory=Counter)
     # Answers a points client did not expect (any 4xx but 409 and the one below).
     points_problems: list[str] = field(default_factory=list)
-    # Keys of holds whose retry came after their timeout: 400 "expires_at must be in the
+    # Keys of holds and earns whose retry came after their expires_at: 400 "must be in the
     # future" although the first try may have been recorded (see _points_until_accepted).
-    holds_refused_on_retry: list[str] = field(default_factory=list)
+    refused_past_expiry: list[str] = field(default_factory=list)
     # Every 503 and every try without an answer, and the keys they happened to.
     troubles: list[Trouble] = field(default_factory=list)
     retried_keys: set[str] = field(default_factory=set)
@@ -390,11 +390,11 @@ class Load:
                         time.monotonic(),
                         body.get("amount"),
                     )
-                if status == 400 and kind == "hold" and _past(body["expires_at"]):
-                    # A retry past the hold's timeout is refused, even when the first try
-                    # was recorded: the verification looks the key up.
+                if status == 400 and "expires_at" in body and _past(body["expires_at"]):
+                    # A retry of a hold or an earn past its expires_at is refused, even when
+                    # the first try was recorded: the verification looks the key up.
                     with self._lock:
-                        self.holds_refused_on_retry.append(key)
+                        self.refused_past_expiry.append(key)
                     return None
                 if 400 <= status < 500 and status != 429:
                     with self._lock:

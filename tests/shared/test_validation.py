@@ -217,6 +217,7 @@ def test_a_points_body_with_every_field() -> None:
         ({"amount": 1, "allow_negative_balance": "yes"}, [("allow_negative_balance", "boolean")]),
         ({"amount": 1, "allow_negative_balance": 2}, [("allow_negative_balance", "boolean")]),
         ({"amount": 1, "expires_at": "tomorrow"}, [("expires_at", "datetime")]),
+        ({"amount": -1, "expires_at": "2030-01-01"}, [("expires_at", "only_positive")]),
         ({"amount": 1, "idempotency_key": "é"}, [("idempotency_key", "invalid")]),
         ({"amount": 1, "reason": "r\x00"}, [("reason", "invalid_character")]),
     ],
