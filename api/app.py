@@ -26,9 +26,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     celery = make_celery(settings)
     resources.init_app(app, celery)
-    register_error_handlers(app)
 
     from api import bulk, health, holds, metrics, openapi, points, score, score_reads, users
+
+    # Seed 002's routes answer in their envelope, a URL under them that matches no route too.
+    register_error_handlers(app, {f"{points.bp.url_prefix}/": points.as_envelope})
 
     # First, so that every answer is counted and timed, a rate limit's 429 too.
     metrics.count_requests(app)

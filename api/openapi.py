@@ -149,8 +149,9 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
         operation["security"] = [{"bearerAuth": []}]
     if contract.body is not None:
         schema = ref(contract.body)
+        # A body whose fields are all optional may be left out (read as `{}`).
         operation["requestBody"] = {
-            "required": True,
+            "required": bool(contract.body.model_json_schema().get("required")),
             "content": {media: {"schema": schema} for media in contract.body_types},
         }
     return operation

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import sqlalchemy.exc
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from shared.validation import FieldError
@@ -116,7 +116,23 @@ def as_problem(error: Exception) -> Problem:
 HANDLED = (Problem, HTTPException, sqlalchemy.exc.DataError, *DATABASE_DOWN)
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Answer every handled error as problem+json."""
+def register_error_handlers(
+    app: Flask, formats: Mapping[str, Callable[[Exception], Response]] | None = None
+) -> None:
+    """Answer every handled error as problem+json, or in the format of the routes it was for.
+
+    A blueprint's own error handler answers the errors of its routes; a request that
+    matched no route (a 404 or 405 from routing) is answered in the format of the
+    path prefix in `formats` that it falls under, if any.
+    """
+    prefixes = dict(formats or {})
+
+    def handle(error: Exception) -> Response:
+        if request.url_rule is None:
+            for prefix, render in prefixes.items():
+                if request.path.startswith(prefix):
+                    return render(error)
+        return as_problem(error).response()
+
     for kind in HANDLED:
-        app.register_error_handler(kind, lambda error: as_problem(error).response())
+        app.register_error_handler(kind, handle)

@@ -59,3 +59,11 @@ def test_docs_page_serves_its_own_assets(client: FlaskClient) -> None:
         response = client.get(asset)
         assert response.status_code == 200, asset
         response.close()
+
+
+def test_a_body_is_required_exactly_where_the_route_needs_one(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").json["paths"]
+    freeze = paths["/admin/points/{user_ref}/freeze"]["post"]["requestBody"]
+    assert freeze["required"] is False  # every field optional: no body freezes all
+    bulk = paths["/api/v2/score/bulk"]["post"]["requestBody"]
+    assert bulk["required"] is True
