@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -13,16 +14,7 @@ from sqlalchemy import func, select
 
 from api import schemas
 from api.auth import current_principal, require_writer
-from api.body import (
-    FORM_TYPES,
-    JSON,
-    is_json,
-    parse_json,
-    read_body,
-    read_form,
-    read_object,
-    read_query,
-)
+from api.body import FORM_TYPES, JSON, is_json, read_body, read_form, read_query
 from api.links import link_to
 from api.openapi import documented
 from api.pagination import page
@@ -34,7 +26,11 @@ from shared.bulk import (
     ItemError,
     Stored,
     Validated,
+    at_most,
     csv_rows,
+    json_batch,
+    json_fields,
+    ndjson_items,
     preview_batch,
     store_batch,
     validate_batch,
@@ -157,23 +153,25 @@ class ImportInput(BaseModel):
 @require_writer
 def import_csv() -> Response:
     """Validate the whole file; with dry_run=false store every row in one batch."""
-    text, raw_dry_run = _import_source()
+    field, text, raw_dry_run = _import_source()
     try:
         dry_run = True if raw_dry_run is None else parse_flag(raw_dry_run)
     except PydanticCustomError:
         raise validation_problem(
             [FieldError("dry_run", "boolean", "must be true or false")]
         ) from None
-    max_amount = resources().settings.max_amount
+    settings = resources().settings
     try:
-        rows = list(csv_rows(io.StringIO(text)))
+        rows = list(at_most(csv_rows(io.StringIO(text)), settings.bulk_max_items, field))
     except BatchInvalid as bad:
         raise _invalid_rows(bad.errors) from None
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
     batch, errors = validate_batch(
         db_session(),
         current_principal().tenant_id,
         rows,
-        lambda n, row: validate_csv_row(n, row, max_amount),
+        lambda n, row: validate_csv_row(n, row, settings.max_amount),
     )
     awards = batch.awards
     bad_rows = {e.position for e in errors}
@@ -216,10 +214,14 @@ def _row_error(error: ItemError) -> dict[str, Any]:
     return {"row_number": error.position, "field": error.field, "message": error.message}
 
 
-def _import_source() -> tuple[str, Any]:
-    """The CSV text (exactly one of csv_file or csv_string) and the raw dry_run value."""
+def _import_source() -> tuple[str, str, Any]:
+    """The field that holds the CSV (exactly one of csv_file or csv_string), its text, and
+    the raw dry_run value."""
     if is_json(request.mimetype):
-        body = read_object(_body_limit())
+        try:
+            body = json_fields(read_body(_body_limit()), ImportInput.model_fields)
+        except InvalidInput as error:
+            raise validation_problem(error.errors) from None
         csv_string, upload, dry_run = body.get("csv_string"), None, body.get("dry_run")
     elif request.mimetype in FORM_TYPES:
         form, files = read_form(_body_limit())
@@ -234,14 +236,14 @@ def _import_source() -> tuple[str, Any]:
         )
     if upload is not None:
         try:
-            return upload.decode("utf-8-sig"), dry_run
+            return "csv_file", upload.decode("utf-8-sig"), dry_run
         except UnicodeDecodeError:
             raise validation_problem(
                 [FieldError("csv_file", "encoding", "must be UTF-8 text")]
             ) from None
     if not isinstance(csv_string, str):
         raise validation_problem([FieldError("csv_string", "string", "must be a string")])
-    return csv_string, dry_run
+    return "csv_string", csv_string, dry_run
 
 
 class BulkInput(BaseModel):
@@ -281,23 +283,21 @@ def bulk() -> Response:
     """Validate every item, then store them all as one batch (or say what that would do)."""
     dry_run = read_query(BulkQuery).dry_run
     key = _batch_key()
-    items, defaults = _bulk_items()
-    limit = resources().settings.bulk_max_items
-    if len(items) > limit:
-        raise validation_problem(
-            [FieldError("items", "too_many", f"at most {limit} items per batch")]
+    settings = resources().settings
+    try:
+        defaults, items = _bulk_items(settings.bulk_max_items)
+        batch, errors = validate_batch(
+            db_session(),
+            current_principal().tenant_id,
+            items,
+            lambda i, item: validate_bulk_item(i, item, defaults, settings.max_amount),
         )
-    if not items:
-        raise validation_problem([FieldError("items", "required", "give at least one item")])
-    max_amount = resources().settings.max_amount
-    batch, errors = validate_batch(
-        db_session(),
-        current_principal().tenant_id,
-        enumerate(items),
-        lambda i, item: validate_bulk_item(i, item, defaults, max_amount),
-    )
+    except InvalidInput as error:
+        raise validation_problem(error.errors) from None
     if errors:
         raise _invalid(errors, "index")
+    if not batch.awards:
+        raise validation_problem([FieldError("items", "required", "give at least one item")])
     if dry_run:
         return jsonify(_dry_run(key, batch))
     return _accepted(_store(key, batch))
@@ -315,23 +315,14 @@ def _dry_run(key: str, batch: Validated) -> dict[str, Any]:
     return {"dry_run": True, "items": items, "new": len(plan.items), "replayed": plan.replayed}
 
 
-def _bulk_items() -> tuple[list[Any], dict[str, Any]]:
+def _bulk_items(limit: int) -> tuple[dict[str, Any], Iterator[tuple[int, Any]]]:
+    """The body's defaults, and its (index, item)s, read one at a time as they are validated."""
     if request.mimetype not in (JSON, NDJSON):
         raise Problem(415, "unsupported-media-type", f"send {JSON} or {NDJSON}")
     data = read_body(_body_limit())
     if request.mimetype == NDJSON:
-        return [
-            parse_json(line, f"line {number}")
-            for number, line in enumerate(data.splitlines(), start=1)
-            if line.strip()
-        ], {}
-    body = parse_json(data)
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        raise validation_problem(
-            [FieldError("items", "required", 'the body must be {"items": [...]}')]
-        )
-    defaults = {k: body.get(k) for k in ("reputation_context", "comment")}
-    return body["items"], defaults
+        return {}, ndjson_items(data, limit)
+    return json_batch(data, limit)
 
 
 def batch_status(batch_id: str) -> dict[str, Any]:
