@@ -22,20 +22,22 @@ from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
 from shared.bulk import (
-    BatchInvalid,
-    ItemError,
     Stored,
     Validated,
-    at_most,
-    csv_rows,
-    json_batch,
-    json_fields,
-    ndjson_items,
     preview_batch,
     store_batch,
     validate_batch,
     validate_bulk_item,
     validate_csv_row,
+)
+from shared.bulk_bodies import (
+    BatchInvalid,
+    ItemError,
+    at_most,
+    csv_rows,
+    json_batch,
+    json_fields,
+    ndjson_items,
 )
 from shared.dispatch import Lane
 from shared.fields import Flag, format_timestamp, parse_flag

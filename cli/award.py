@@ -24,7 +24,7 @@ import click
 from tally_client import BatchStatus, Client, TallyError, Unreachable
 
 from cli import remote
-from shared.bulk import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
+from shared.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
 from shared.config import load_settings
 
 POLL_SECONDS = 0.2

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.bulk import at_most, json_batch, json_fields, ndjson_items
+from shared.bulk_bodies import at_most, json_batch, json_fields, ndjson_items
 from shared.validation import FieldError, InvalidInput
 
 # The JSON parser reads 64 KiB at a time: garbage further on is past what it has read.

@@ -13,19 +13,15 @@ from typing import Any
 import pytest
 
 from shared.bulk import (
-    CSV_COLUMNS,
     Award,
-    BatchInvalid,
-    ItemError,
     batch_fingerprint,
     collect,
-    csv_records,
-    csv_rows,
     duplicate_keys,
     item_keys,
     validate_bulk_item,
     validate_csv_row,
 )
+from shared.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records, csv_rows
 
 MAX = 1000
 HEADER = "username,user_id,variation_points,context,comment\n"

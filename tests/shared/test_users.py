@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from shared.adjustments import Adjustment, Recorded, submit
 from shared.auth import Principal
-from shared.bulk import Award, BatchInvalid, resolve_users
+from shared.bulk import Award, resolve_users
+from shared.bulk_bodies import BatchInvalid
 from shared.config import DEFAULT_POINTS_TYPES
 from shared.fields import BIGINT_MAX
 from shared.models import Account, Role, Tenant, User
