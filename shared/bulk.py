@@ -1,10 +1,10 @@
 """Bulk awards: validate a whole batch first, then store every item in one COPY.
 
 Items arrive from the community CSV import or the JSON/NDJSON bulk route, are read
-from the body one at a time as they are validated (shared.bulk_bodies: a body is never
-parsed whole, and reading stops at the item past the batch limit), have their users looked up set-based,
-once, and are written as adjustment requests of one batch in one transaction. A
-resubmitted batch (same key, same content) creates nothing new.
+from the body one at a time as they are validated (shared.bulk_bodies: a body is
+never parsed whole, and reading stops at the item past the batch limit), have their
+users looked up set-based, once, and are written as adjustment requests of one batch
+in one transaction. A resubmitted batch (same key, same content) creates nothing new.
 """
 
 from __future__ import annotations
