@@ -46,6 +46,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from api.body import BODY, BODY_ERROR, BodyError, body_limit
+from api.metrics import count_answer
 from api.problems import Problem
 from shared.config import Settings
 
@@ -79,7 +80,7 @@ class Front:
         address = (scope.get("client") or ("unknown", 0))[0]
         if self.in_flight[address] >= self.per_address:
             detail = f"more than {self.per_address} requests in flight from one address"
-            await _answer(send, Problem(429, "too-many-requests", detail, headers=_RETRY))
+            await _answer(scope, send, Problem(429, "too-many-requests", detail, headers=_RETRY))
             return
         self.in_flight[address] += 1
         try:
@@ -100,12 +101,13 @@ class Front:
         limit = small if declared is not None and declared <= small else self._limit(scope)
         if declared is not None and declared > limit:
             scope[BODY_ERROR] = BodyError.TOO_LARGE
-        elif self.buffered + min(declared or limit, limit) > self.budget:
-            detail = "the server is reading too many large bodies; try again shortly"
-            await _answer(send, Problem(503, "unavailable", detail, headers=_CLOSE | _RETRY))
-            return
         else:
-            reserved = min(declared or limit, limit)
+            reserved = limit if declared is None else declared
+            if self.buffered + reserved > self.budget:
+                detail = "the server is reading too many large bodies; try again shortly"
+                problem = Problem(503, "unavailable", detail, headers=_CLOSE | _RETRY)
+                await _answer(scope, send, problem)
+                return
             self.buffered += reserved
             try:
                 await self._read(scope, receive, limit)
@@ -204,8 +206,9 @@ def _declared_length(scope: Scope) -> int | None:
     return length
 
 
-async def _answer(send: Send, problem: Problem) -> None:
-    """A problem answered here, without Flask (so without a thread)."""
+async def _answer(scope: Scope, send: Send, problem: Problem) -> None:
+    """A problem answered here, without Flask (so without a thread), counted as `front`."""
+    count_answer("front", scope["method"], problem.status)
     body = json.dumps(problem.document()).encode()
     headers = [(b"content-type", b"application/problem+json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]

@@ -44,8 +44,17 @@ def count_requests(app: Flask) -> None:
     @app.after_request
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        method = request.method if request.method in METHODS else "other"
-        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        count_answer(route, request.method, response.status_code)
         if "started" in g:
-            HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - g.started)
+            elapsed = time.perf_counter() - g.started
+            HTTP_LATENCY.labels(route, _method(request.method)).observe(elapsed)
         return response
+
+
+def count_answer(route: str, method: str, status: int) -> None:
+    """Count one answer; `route` is a URL rule, `unmatched` or `front` (api.front's own)."""
+    HTTP_REQUESTS.labels(route, _method(method), str(status)).inc()
+
+
+def _method(method: str) -> str:
+    return method if method in METHODS else "other"

@@ -295,6 +295,8 @@ def test_one_address_may_have_only_so_many_requests_in_flight(
     answers = bodies.answers()
     assert sum(answer.startswith(b"HTTP/1.1 429") for answer in answers) >= 5, answers
     assert 429 in refused, refused
+    metrics = httpx.get(stack_without_workers.base_url + "/metrics").text
+    assert 'route="front",status="429"' in metrics
 
 
 def test_idle_connections_past_the_soft_descriptor_limit_leave_the_server_answering(
