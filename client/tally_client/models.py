@@ -47,7 +47,8 @@ class Submission:
             status=COMPLETED if response.status_code == 201 else QUEUED,
             request_id=request_id,
             idempotency_key=idempotency_key,
-            status_url=location,
+            # Absolute: the API may answer a relative Location (RFC 9110, section 10.2.2).
+            status_url=str(response.url.join(location)),
             replayed=response.headers.get("Idempotent-Replayed") == "true",
             body=response.json(),
         )

@@ -44,7 +44,7 @@ def test_adjust_answers_completed_or_queued_and_status_finds_it_by_key(
         )  # fmt: skip
         assert applied.status == "completed" and applied.completed and not applied.replayed
         assert applied.body["score"] == 10 and applied.body["user"]["reputation"] == 10
-        assert applied.status_url.endswith(f"/api/v2/score/requests/{applied.request_id}")
+        assert applied.status_url == f"{stack.base_url}/api/v2/score/requests/{applied.request_id}"
 
         again = tally.adjust(
             user.username, 10, reputation_context="contest|first_place|apis", comment="winner",

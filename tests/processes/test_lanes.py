@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -37,7 +38,7 @@ def test_single_adjustments_are_applied_while_a_batch_waits_for_the_bulk_workers
         timeout=30,
     )  # fmt: skip
     assert batch.status_code == 202, batch.text
-    batch_url = batch.headers["Location"]
+    batch_url = urljoin(batch.url, batch.headers["Location"])  # relative, as RFC 9110 allows
     answer = requests.post(
         f"{stack.base_url}/api/v2/score/",
         json={"user_id": single.id, "score": 1, "comment": "not behind the batch"},
