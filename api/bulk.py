@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from api import schemas
 from api.auth import current_principal, require_writer
-from api.body import FORM_TYPES, JSON, is_json, read_body, read_form, read_query
+from api.body import FORM_TYPES, JSON, body_limit, is_json, read_body, read_form, read_query
 from api.links import link_to
 from api.openapi import documented
 from api.pagination import page
@@ -53,7 +53,8 @@ NDJSON = "application/x-ndjson"
 
 
 def _body_limit() -> int:
-    return resources().settings.bulk_max_body_bytes
+    """TALLY_BULK_MAX_BODY_BYTES: these routes are api.body's LARGE_BODY_ROUTES."""
+    return body_limit(resources().settings, request.endpoint)
 
 
 def _batch_key(derived: str | None = None) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+from api.body import LARGE_BODY_ROUTES
 from shared.models import Batch, Role, User
 from tests.factories import Caller, Factory, count_rows
 
@@ -133,3 +134,14 @@ def test_a_chunked_body_within_the_limit_is_accepted_whole(
     response = _post_chunked(small_app.test_client(), "/api/v2/score/", body, moderator)
     assert response.status_code in (201, 202), response.json
     assert response.json.get("comment", "c" * 500) == "c" * 500
+
+
+def test_the_large_body_routes_are_the_bulk_routes(flask_app: Flask) -> None:
+    """api.front sizes its reading by LARGE_BODY_ROUTES: a renamed view must stay in it."""
+    bulk_routes = {
+        rule.endpoint
+        for rule in flask_app.url_map.iter_rules()
+        if "POST" in (rule.methods or ())
+        and rule.rule in ("/api/v2/score/bulk", "/api/v2/score/import/")
+    }
+    assert bulk_routes == LARGE_BODY_ROUTES
