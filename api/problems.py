@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -15,6 +16,8 @@ from shared.validation import FieldError
 
 PROBLEM_TYPE_BASE = "https://tally.dev/problems/"
 RETRY_AFTER_SECONDS = 5
+# A value the database cannot hold: a 400.
+REFUSED_VALUES = (sqlalchemy.exc.DataError, psycopg.DataError)
 # Unreachable, or every pooled connection busy past the pool timeout: both are a 503.
 DATABASE_DOWN = (
     sqlalchemy.exc.OperationalError,
@@ -96,14 +99,16 @@ def as_problem(error: Exception) -> Problem:
         return Problem(
             status, slug, error.description or HTTPStatus(status).phrase, headers=headers
         )
-    if isinstance(error, sqlalchemy.exc.DataError):
-        # Input the database cannot hold (say, a NUL byte) that a validator let through.
-        # PostgreSQL's message and the statement's parameters quote the value (an email,
-        # a comment): the log says what was refused, by its SQLSTATE and column, only.
-        diag = getattr(error.orig, "diag", None)
+    if isinstance(error, REFUSED_VALUES):
+        # Input the database cannot hold (say, a NUL byte) that a validator let through,
+        # through SQLAlchemy or psycopg's own COPY (bulk batches). PostgreSQL's message
+        # and the statement's parameters quote the value (an email, a comment): the log
+        # says what was refused, by its SQLSTATE and column, only.
+        refused = getattr(error, "orig", error)
+        diag = getattr(refused, "diag", None)
         logging.getLogger(__name__).warning(
             "refused by the database: SQLSTATE %s, column %s",
-            getattr(diag, "sqlstate", None) or type(error.orig).__name__,
+            getattr(diag, "sqlstate", None) or type(refused).__name__,
             getattr(diag, "column_name", None) or "unknown",
         )
         return Problem(400, "validation", "a value cannot be stored or searched")
@@ -113,7 +118,7 @@ def as_problem(error: Exception) -> Problem:
     raise error
 
 
-HANDLED = (Problem, HTTPException, sqlalchemy.exc.DataError, *DATABASE_DOWN)
+HANDLED = (Problem, HTTPException, *REFUSED_VALUES, *DATABASE_DOWN)
 
 
 def register_error_handlers(
