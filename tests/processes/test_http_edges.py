@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
-from shared.models import Role
+from shared.models import Role, User
 from tests.conftest import Services
 from tests.factories import Caller, Factory, count_rows
 from tests.stack import Stack, wait_until_up
@@ -41,6 +41,24 @@ def _timed(call) -> tuple[float, httpx.Response]:  # type: ignore[no-untyped-def
     started = time.monotonic()
     response = call()
     return time.monotonic() - started, response
+
+
+def _health_and_a_write_answer_at_once(
+    stack: Stack, moderator: Caller, user: User, comment: str
+) -> None:
+    """Three /healthz probes and an accepted POST, each answered within ANSWER_WITHIN."""
+    with httpx.Client(base_url=stack.base_url, timeout=10) as http:
+        for _ in range(3):
+            elapsed, health = _timed(lambda: http.get("/healthz"))
+            assert health.status_code == 200 and elapsed < ANSWER_WITHIN, elapsed
+        elapsed, posted = _timed(
+            lambda: http.post(
+                "/api/v2/score/",
+                json={"user_id": user.id, "score": 1, "comment": comment},
+                headers=moderator.headers | {"Prefer": "respond-async"},
+            )
+        )
+    assert posted.status_code == 202 and elapsed < ANSWER_WITHIN, (posted.status_code, elapsed)
 
 
 @pytest.fixture
@@ -83,19 +101,9 @@ def test_two_hundred_slow_heads_leave_health_and_writes_answering(
     stack_without_workers: Stack, slow_heads: SlowHeads, moderator: Caller, stack_factory: Factory
 ) -> None:
     time.sleep(3)  # every slow connection has sent more than one header line by now
-    user = stack_factory.user()
-    with httpx.Client(base_url=stack_without_workers.base_url, timeout=10) as http:
-        for _ in range(3):
-            elapsed, health = _timed(lambda: http.get("/healthz"))
-            assert health.status_code == 200 and elapsed < ANSWER_WITHIN, elapsed
-        elapsed, posted = _timed(
-            lambda: http.post(
-                "/api/v2/score/",
-                json={"user_id": user.id, "score": 1, "comment": "through the crowd"},
-                headers=moderator.headers | {"Prefer": "respond-async"},
-            )
-        )
-    assert posted.status_code == 202 and elapsed < ANSWER_WITHIN, (posted.status_code, elapsed)
+    _health_and_a_write_answer_at_once(
+        stack_without_workers, moderator, stack_factory.user(), "through the crowd"
+    )
 
 
 def test_a_sixteen_megabyte_request_line_is_refused_at_once(stack_without_workers: Stack) -> None:
@@ -250,19 +258,9 @@ def test_two_hundred_slow_bodies_leave_health_and_writes_answering_then_get_408(
     started = time.monotonic()
     bodies = SlowBodies(_address(stack_without_workers), 200, moderator.headers)
     time.sleep(3)  # every slow body has sent a few bytes by now
-    user = stack_factory.user()
-    with httpx.Client(base_url=stack_without_workers.base_url, timeout=10) as http:
-        for _ in range(3):
-            elapsed, health = _timed(lambda: http.get("/healthz"))
-            assert health.status_code == 200 and elapsed < ANSWER_WITHIN, elapsed
-        elapsed, posted = _timed(
-            lambda: http.post(
-                "/api/v2/score/",
-                json={"user_id": user.id, "score": 1, "comment": "past the slow bodies"},
-                headers=moderator.headers | {"Prefer": "respond-async"},
-            )
-        )
-    assert posted.status_code == 202 and elapsed < ANSWER_WITHIN, (posted.status_code, elapsed)
+    _health_and_a_write_answer_at_once(
+        stack_without_workers, moderator, stack_factory.user(), "past the slow bodies"
+    )
     # A body that has not arrived 10 s (plus a second per 16 KiB received) after its
     # head is answered 408, and its connection closed.
     time.sleep(max(0.0, started + 13 - time.monotonic()))
