@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
@@ -155,14 +155,20 @@ def _item(event: str, value: Any, events: Iterator[Event]) -> Any:
     read as `_value` reads it; anything else as `_value` reads it."""
     if event != "start_map":
         return _value(event, value, events)
-    item: dict[str, Any] = {}
+    return _members_named(events, ITEM_FIELDS)
+
+
+def _members_named(events: Iterator[Event], names: Collection[str]) -> dict[str, Any]:
+    """The members in `names` of the object being read (its start read already), each read
+    as `_value` reads it; the others are read past."""
+    found: dict[str, Any] = {}
     for event, key in events:
         if event == "end_map":
             break
-        found = _value(*next(events), events)
-        if key in ITEM_FIELDS:
-            item[key] = found
-    return item
+        member = _value(*next(events), events)
+        if key in names:
+            found[key] = member
+    return found
 
 
 def _elements(events: Iterator[Event], read: Reader) -> Iterator[Any]:
@@ -245,14 +251,7 @@ def json_fields(data: bytes, names: Iterable[str]) -> dict[str, Any]:
         _value(event, value, events)
         _end(events)
         raise InvalidInput([FieldError("body", "invalid_type", "the body must be a JSON object")])
-    wanted = set(names)
-    fields: dict[str, Any] = {}
-    for event, key in events:
-        if event == "end_map":
-            break
-        found = _value(*next(events), events)
-        if key in wanted:
-            fields[key] = found
+    fields = _members_named(events, set(names))
     _end(events)
     return fields
 
