@@ -36,18 +36,6 @@ def bearer_token() -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def has_valid_token() -> bool:
-    """Whether the request carries a valid token (answered from the token cache)."""
-    token = bearer_token()
-    return bool(token) and token_cache().principal(token) is not None
-
-
-def had_valid_token() -> bool:
-    """Whether the request's token was valid when this process last checked it."""
-    token = bearer_token()
-    return bool(token) and token_cache().was_valid(token)
-
-
 def _authenticate() -> Principal:
     token = bearer_token()
     if not token:

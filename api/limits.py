@@ -32,8 +32,9 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from api.auth import bearer_token, had_valid_token, has_valid_token
+from api.auth import bearer_token
 from api.problems import Problem
+from api.resources import token_cache
 from shared.auth import hash_token
 from shared.config import Settings
 
@@ -187,19 +188,20 @@ def init_limits(app: Flask, settings: Settings, key_prefix: Callable[[], str]) -
     def _limit() -> None:
         if request.blueprint in UNLIMITED_BLUEPRINTS:
             return
-        if not had_valid_token():
+        token, tokens = bearer_token(), token_cache()
+        if not (token and tokens.was_valid(token)):
             # Before any lookup: an address past its failures costs no database query.
             address = _client_address()
             broken = limits.test(limits.auth_failures, "auth-failures", address)
             if broken is not None:
                 raise limits.too_many(broken, "auth-failures", address)
-        if has_valid_token():
+        if token and tokens.principal(token) is not None:
             # The token's hash, never the token: the key is stored in Redis.
-            token = hash_token(bearer_token())
-            broken = limits.hit_token(token)
+            token_hash = hash_token(token)
+            broken = limits.hit_token(token_hash)
             if broken is not None:
-                raise limits.too_many(broken, "token", token)
-        elif bearer_token():
+                raise limits.too_many(broken, "token", token_hash)
+        elif token:
             # A bad token is a failure whatever the route answers (404, 405, OPTIONS...).
             g.auth_failure_counted = True
             limits.hit(limits.auth_failures, "auth-failures", _client_address())
