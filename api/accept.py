@@ -18,15 +18,15 @@ from api.links import link_to
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
 from api.serializers import StoredEntry
-from shared.adjustments import Adjustment, Recorded, SubjectTaken
-from shared.adjustments import submit as record
-from shared.auth import Principal
-from shared.config import PointsType
-from shared.dispatch import Lane
-from shared.idempotency import IdempotencyConflict
-from shared.metrics import ADJUSTMENTS_ACCEPTED
+from shared.flow.dispatch import Lane
+from shared.intake.adjustments import Adjustment, Recorded, SubjectTaken
+from shared.intake.adjustments import submit as record
+from shared.intake.auth import Principal
+from shared.intake.idempotency import IdempotencyConflict
+from shared.intake.validation import FieldError, UserRef
 from shared.models import FINAL_STATUSES
-from shared.validation import FieldError, UserRef
+from shared.platform.config import PointsType
+from shared.platform.metrics import ADJUSTMENTS_ACCEPTED
 
 log = logging.getLogger(__name__)
 

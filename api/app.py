@@ -11,8 +11,8 @@ from api import resources
 from api.body import refuse_unread_bodies
 from api.limits import init_limits
 from api.problems import register_error_handlers
-from shared import logs
-from shared.config import Settings, load_settings
+from shared.platform import logs
+from shared.platform.config import Settings, load_settings
 from worker.app import make_celery
 
 

@@ -10,7 +10,7 @@ from flask import g, request
 
 from api.problems import Problem
 from api.resources import token_cache
-from shared.auth import Principal
+from shared.intake.auth import Principal
 from shared.models import Role
 
 P = ParamSpec("P")

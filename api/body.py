@@ -21,8 +21,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.formparser import FormDataParser
 
 from api.problems import Problem, validation_problem
-from shared.config import Settings
-from shared.validation import FieldError, InvalidInput, Model, parse_input
+from shared.intake.validation import FieldError, InvalidInput, Model, parse_input
+from shared.platform.config import Settings
 
 JSON = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

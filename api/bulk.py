@@ -21,7 +21,9 @@ from api.pagination import page
 from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
-from shared.bulk import (
+from shared.fields import Flag, format_timestamp, parse_flag
+from shared.flow.dispatch import Lane
+from shared.intake.bulk import (
     Stored,
     Validated,
     preview_batch,
@@ -30,7 +32,7 @@ from shared.bulk import (
     validate_bulk_item,
     validate_csv_row,
 )
-from shared.bulk_bodies import (
+from shared.intake.bulk_bodies import (
     BatchInvalid,
     ItemError,
     at_most,
@@ -39,13 +41,11 @@ from shared.bulk_bodies import (
     json_fields,
     ndjson_items,
 )
-from shared.dispatch import Lane
-from shared.fields import Flag, format_timestamp, parse_flag
-from shared.idempotency import IdempotencyConflict
-from shared.metrics import ADJUSTMENTS_ACCEPTED
+from shared.intake.idempotency import IdempotencyConflict
+from shared.intake.validation import FieldError, InvalidInput, validate_idempotency_key
 from shared.models import AdjustmentRequest, Batch
-from shared.query_params import PageQuery
-from shared.validation import FieldError, InvalidInput, validate_idempotency_key
+from shared.platform.metrics import ADJUSTMENTS_ACCEPTED
+from shared.reads.query_params import PageQuery
 
 bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
 

@@ -48,7 +48,7 @@ from werkzeug.exceptions import HTTPException
 from api.body import BODY, BODY_ERROR, BodyError, body_limit
 from api.metrics import count_answer
 from api.problems import Problem
-from shared.config import Settings
+from shared.platform.config import Settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

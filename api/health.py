@@ -9,7 +9,7 @@ from api.problems import Problem
 from api.resources import resources
 from api.schemas import Health
 from api.schemas import Problem as ProblemModel
-from shared.health import readiness_problems
+from shared.platform.health import readiness_problems
 
 bp = Blueprint("health", __name__)
 

@@ -24,11 +24,9 @@ from api.points import (
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import hold_object
-from shared.adjustments import Adjustment
-from shared.config import PointsType
 from shared.fields import BIGINT_MAX
-from shared.models import Account, AdjustmentRequest, Operation, User
-from shared.validation import (
+from shared.intake.adjustments import Adjustment
+from shared.intake.validation import (
     CaptureInput,
     HoldInput,
     InvalidInput,
@@ -37,6 +35,8 @@ from shared.validation import (
     validate_capture,
     validate_hold,
 )
+from shared.models import Account, AdjustmentRequest, Operation, User
+from shared.platform.config import PointsType
 
 bp = Blueprint("holds", __name__, url_prefix="/admin/points")
 bp.register_error_handler(Exception, as_envelope)

@@ -35,8 +35,8 @@ from limits.strategies import FixedWindowRateLimiter
 from api.auth import bearer_token
 from api.problems import Problem
 from api.resources import token_cache
-from shared.auth import hash_token
-from shared.config import Settings
+from shared.intake.auth import hash_token
+from shared.platform.config import Settings
 
 LIMITS_EXTENSION = "tally.limits"
 # Routes that answer without a token and must stay cheap and always reachable.

@@ -8,8 +8,8 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.resources import resources
-from shared.backlog import Outbox, outbox, queue_depths
-from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS, BacklogCollector, render
+from shared.flow.backlog import Outbox, outbox, queue_depths
+from shared.platform.metrics import HTTP_LATENCY, HTTP_REQUESTS, BacklogCollector, render
 
 bp = Blueprint("metrics", __name__)
 

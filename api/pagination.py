@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from flask import request
 
 from api.links import this_url
-from shared.query_params import PageQuery
+from shared.reads.query_params import PageQuery
 
 
 def _link(limit: int, offset: int) -> str:

@@ -16,20 +16,10 @@ from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import account_object, transaction_object
-from shared.accounts import set_status
-from shared.adjustments import Adjustment, NotReversible, reversal_of
-from shared.config import PointsType
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
-from shared.models import (
-    Account,
-    AccountStatus,
-    AdjustmentRequest,
-    AdjustmentStatus,
-    LedgerEntry,
-    User,
-)
-from shared.query_params import PageQuery
-from shared.validation import (
+from shared.intake.accounts import set_status
+from shared.intake.adjustments import Adjustment, NotReversible, reversal_of
+from shared.intake.validation import (
     AccountStatusInput,
     AdjustPointsInput,
     FieldError,
@@ -40,6 +30,16 @@ from shared.validation import (
     validate_idempotency_key,
     validate_points,
 )
+from shared.models import (
+    Account,
+    AccountStatus,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    LedgerEntry,
+    User,
+)
+from shared.platform.config import PointsType
+from shared.reads.query_params import PageQuery
 
 bp = Blueprint("points", __name__, url_prefix="/admin/points")
 

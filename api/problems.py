@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from shared.validation import FieldError
+from shared.intake.validation import FieldError
 
 PROBLEM_TYPE_BASE = "https://tally.dev/problems/"
 RETRY_AFTER_SECONDS = 5

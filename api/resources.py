@@ -8,9 +8,9 @@ import sqlalchemy.exc
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
-from shared.auth import TokenCache
-from shared.notify import CompletionListener
-from shared.resources import Resources
+from shared.flow.notify import CompletionListener
+from shared.intake.auth import TokenCache
+from shared.platform.resources import Resources
 from worker.app import TallyCelery
 
 EXTENSION = "tally"

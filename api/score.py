@@ -15,16 +15,9 @@ from api.points import known_type, reversal_of_or_409
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import queued_status, score_object, status_object
-from shared.adjustments import Adjustment
 from shared.fields import BIGINT_MAX
-from shared.models import (
-    Account,
-    AdjustmentRequest,
-    AdjustmentStatus,
-    LedgerEntry,
-    User,
-)
-from shared.validation import (
+from shared.intake.adjustments import Adjustment
+from shared.intake.validation import (
     FieldError,
     InvalidInput,
     ScoreInput,
@@ -32,6 +25,13 @@ from shared.validation import (
     UserRef,
     validate_idempotency_key,
     validate_score,
+)
+from shared.models import (
+    Account,
+    AdjustmentRequest,
+    AdjustmentStatus,
+    LedgerEntry,
+    User,
 )
 
 

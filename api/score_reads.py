@@ -11,9 +11,9 @@ from api.openapi import documented
 from api.pagination import page
 from api.resources import db_session, resources
 from api.serializers import entry_score, leaderboard_object
-from shared.ledger_reads import leaderboard, list_scores
 from shared.models import ReputationType
-from shared.query_params import LeaderboardQuery, ScoreListQuery
+from shared.reads.ledger_reads import leaderboard, list_scores
+from shared.reads.query_params import LeaderboardQuery, ScoreListQuery
 
 # Same prefix as the `score` blueprint: GET / here, POST / there.
 bp = Blueprint("score_reads", __name__, url_prefix="/api/v2/score")

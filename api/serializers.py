@@ -10,9 +10,8 @@ from sqlalchemy.orm import Session, aliased
 
 from api import schemas
 from api.schemas import dump
-from shared.adjustments import Recorded
 from shared.fields import format_timestamp
-from shared.ledger_reads import LeaderboardRow
+from shared.intake.adjustments import Recorded
 from shared.models import (
     Account,
     AdjustmentRequest,
@@ -22,6 +21,7 @@ from shared.models import (
     ReputationType,
     User,
 )
+from shared.reads.ledger_reads import LeaderboardRow
 
 
 class ScoreUserFields(Protocol):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import resource
 from typing import Any
 
-from shared.config import Settings, host_port
-from shared.logs import JSON_FORMAT, JSON_RENAMED
+from shared.platform.config import Settings, host_port
+from shared.platform.logs import JSON_FORMAT, JSON_RENAMED
 
 ASGI_TARGET = "api.asgi:app"
 # A client has this long to send its request line and headers.
@@ -53,7 +53,7 @@ def _logging_config() -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": "shared.logs.ContextFilter", "service": "api"}},
+        "filters": {"context": {"()": "shared.platform.logs.ContextFilter", "service": "api"}},
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
@@ -86,7 +86,7 @@ def connection_cap() -> int:
 def serve(settings: Settings) -> None:
     """Run the API on `settings.bind` in the foreground until SIGINT or SIGTERM.
 
-    The caller gives the API's processes their metrics folder (see shared.metrics).
+    The caller gives the API's processes their metrics folder (see shared.platform.metrics).
     """
     host, port = host_port(settings.bind)
     connections = connection_cap()

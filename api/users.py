@@ -12,9 +12,9 @@ from api.openapi import documented
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from shared.fields import BIGINT_MAX
+from shared.intake.users import balance_of, create_user
+from shared.intake.validation import InvalidInput, UserInput, validate_user
 from shared.models import User
-from shared.users import balance_of, create_user
-from shared.validation import InvalidInput, UserInput, validate_user
 
 bp = Blueprint("users", __name__, url_prefix="/api/v2/users")
 

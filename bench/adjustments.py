@@ -36,11 +36,11 @@ from typing import Any
 from common import aligned, calibration_ms, cpu_seconds  # bench/common.py, beside this script
 from sqlalchemy import select, text
 
-from shared.auth import create_token
-from shared.config import load_settings
+from shared.intake.auth import create_token
+from shared.intake.users import ensure_tenant
 from shared.models import Role, User
-from shared.resources import Resources
-from shared.users import ensure_tenant
+from shared.platform.config import load_settings
+from shared.platform.resources import Resources
 
 TENANT = "bench"
 USERS = 1000

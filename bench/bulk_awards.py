@@ -33,9 +33,9 @@ import requests
 from common import aligned, cpu_seconds, groups  # bench/common.py, beside this script
 from sqlalchemy import text
 
-from shared.auth import authenticate
-from shared.config import load_settings
-from shared.resources import Resources
+from shared.intake.auth import authenticate
+from shared.platform.config import load_settings
+from shared.platform.resources import Resources
 
 FINAL = ("completed", "completed_with_rejections")
 POLL_SECONDS = 0.1

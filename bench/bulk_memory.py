@@ -45,10 +45,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from shared import models
-from shared.auth import create_token
-from shared.config import Settings, load_settings
-from shared.migrate import upgrade
-from shared.resources import Resources
+from shared.intake.auth import create_token
+from shared.platform.config import Settings, load_settings
+from shared.platform.migrate import upgrade
+from shared.platform.resources import Resources
 
 CASES = ("flood", "json", "ndjson", "small", "import")
 MODES = ("tracemalloc", "rss")

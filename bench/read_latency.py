@@ -17,10 +17,10 @@ import time
 from sqlalchemy import text
 
 from api import create_app
-from shared.auth import create_token
-from shared.config import load_settings
+from shared.intake.auth import create_token
 from shared.models import Role, User
-from shared.resources import Resources
+from shared.platform.config import load_settings
+from shared.platform.resources import Resources
 
 TENANT = "bench"
 CONTEXTS = [

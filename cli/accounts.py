@@ -8,10 +8,10 @@ from collections.abc import Callable
 import click
 from sqlalchemy import select
 
-from shared.accounts import accounts_of, change_status
-from shared.config import load_settings
-from shared.db import make_engine, make_session_factory, transaction
+from shared.intake.accounts import accounts_of, change_status
 from shared.models import DEFAULT_TENANT, AccountStatus, User
+from shared.platform.config import load_settings
+from shared.platform.db import make_engine, make_session_factory, transaction
 
 
 @click.group()

@@ -24,8 +24,8 @@ import click
 from tally_client import BatchStatus, Client, TallyError, Unreachable
 
 from cli import remote
-from shared.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
-from shared.config import load_settings
+from shared.intake.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
+from shared.platform.config import load_settings
 
 POLL_SECONDS = 0.2
 # Seconds each try of a batch upload may take: the route validates and stores it whole.

@@ -19,14 +19,14 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.auth import create_token
-from shared.config import METRICS_FOLDER_ENV, load_settings
-from shared.db import make_engine, make_session_factory, transaction
-from shared.dispatch import Lane, queue_of
-from shared.migrate import upgrade
+from shared.flow.dispatch import Lane, queue_of
+from shared.intake.auth import create_token
+from shared.intake.users import create_user, ensure_tenant
+from shared.intake.validation import InvalidInput, UserInput, validate_user
 from shared.models import DEFAULT_TENANT, Role, Token, User
-from shared.users import create_user, ensure_tenant
-from shared.validation import InvalidInput, UserInput, validate_user
+from shared.platform.config import METRICS_FOLDER_ENV, load_settings
+from shared.platform.db import make_engine, make_session_factory, transaction
+from shared.platform.migrate import upgrade
 
 
 def _emit(as_json: bool, data: Any, text: str) -> None:
@@ -279,7 +279,7 @@ def _metrics_folder(group: str) -> Iterator[None]:
 
     prometheus_client reads it when first imported, so this comes before any import of
     it; a folder inherited from a parent (`tally run`, a shell) is replaced, so that two
-    groups never add up each other's samples (see shared.metrics).
+    groups never add up each other's samples (see shared.platform.metrics).
     """
     folder = tempfile.mkdtemp(prefix=f"tally-metrics-{group}-")
     os.environ[METRICS_FOLDER_ENV] = folder

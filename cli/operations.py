@@ -11,11 +11,11 @@ import kombu.exceptions
 import sqlalchemy.exc
 from redis.exceptions import RedisError
 
-from shared.backlog import outbox, queue_depths
-from shared.config import load_settings
-from shared.dispatch import Lane, queue_of
-from shared.reconcile import reconcile as check_ledger
-from shared.resources import Resources
+from shared.flow.backlog import outbox, queue_depths
+from shared.flow.dispatch import Lane, queue_of
+from shared.ledger.reconcile import reconcile as check_ledger
+from shared.platform.config import load_settings
+from shared.platform.resources import Resources
 
 
 @click.command()

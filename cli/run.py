@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
-from shared.auth import authenticate, create_token
-from shared.config import load_settings
-from shared.db import make_engine, make_session_factory, transaction
-from shared.migrate import upgrade
+from shared.intake.auth import authenticate, create_token
+from shared.intake.validation import UserInput
 from shared.models import DEFAULT_TENANT, Role
-from shared.validation import UserInput
+from shared.platform.config import load_settings
+from shared.platform.db import make_engine, make_session_factory, transaction
+from shared.platform.migrate import upgrade
 
 DEMO_TOKEN_FILE = "demo-token"
 # Long enough for a trial, short enough that a forgotten copy stops working; an expired

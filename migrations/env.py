@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from shared.config import load_settings
 from shared.models import Base
+from shared.platform.config import load_settings
 
 url = context.config.get_main_option("sqlalchemy.url") or load_settings().database_url
 

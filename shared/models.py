@@ -146,7 +146,7 @@ class Token(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Refused from then on, like a revoked token; None never expires.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Recorded at most once a minute (see shared.auth).
+    # Recorded at most once a minute (see shared.intake.auth).
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -28,10 +28,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
-from shared.db import make_engine
-from shared.migrate import upgrade
 from shared.models import Role
+from shared.platform.config import Settings
+from shared.platform.db import make_engine
+from shared.platform.migrate import upgrade
 from tests.factories import Caller, Factory, apply_now
 from worker.app import TallyCelery
 

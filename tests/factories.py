@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment, submit
-from shared.auth import Principal, create_token
-from shared.config import DEFAULT_POINTS_TYPES, PointsType
-from shared.db import transaction
+from shared.intake.adjustments import Adjustment, submit
+from shared.intake.auth import Principal, create_token
+from shared.intake.validation import UserRef
 from shared.models import (
     Account,
     AdjustmentRequest,
@@ -21,7 +20,8 @@ from shared.models import (
     Tenant,
     User,
 )
-from shared.validation import UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES, PointsType
+from shared.platform.db import transaction
 from worker.app import TallyCelery
 
 

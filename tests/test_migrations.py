@@ -4,8 +4,8 @@ For every revision R before head, a fresh database is migrated to R, given rows 
 with raw SQL valid at R (a tenant, users, a token, accounts, requests completed,
 rejected and queued, the ledger entries of the completed ones and, once the table
 exists, a batch), then migrated to head. Its rows must be unchanged, the ledger must
-reconcile, the token must still authenticate, the worker (shared.ledger.apply_pending)
-must apply the requests left queued, and the accept function (shared.adjustments.submit)
+reconcile, the token must still authenticate, the worker (shared.ledger.apply.apply_pending)
+must apply the requests left queued, and the accept function (shared.intake.adjustments.submit)
 must record new ones, replays of old keys included.
 
 Migrations are append-only from now on. Issue 14 found that 0001 was edited after 0002
@@ -31,15 +31,15 @@ from click.testing import CliRunner
 from sqlalchemy import CheckConstraint, Connection, Engine, select, text
 
 from cli.main import cli
-from shared.adjustments import Adjustment, reversal_of, submit
-from shared.auth import authenticate, hash_token
-from shared.config import DEFAULT_POINTS_TYPES
-from shared.db import make_engine, make_session_factory, transaction
-from shared.ledger import apply_pending
-from shared.migrate import alembic_config, current_revision, head_revision, upgrade
+from shared.intake.adjustments import Adjustment, reversal_of, submit
+from shared.intake.auth import authenticate, hash_token
+from shared.intake.validation import UserRef
+from shared.ledger.apply import apply_pending
+from shared.ledger.reconcile import reconcile
 from shared.models import Base, LedgerEntry, Operation, new_ulid
-from shared.reconcile import reconcile
-from shared.validation import UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES
+from shared.platform.db import make_engine, make_session_factory, transaction
+from shared.platform.migrate import alembic_config, current_revision, head_revision, upgrade
 from tests.conftest import Services, _create_database, _drop_database
 
 # Oldest first: 0001, 0002, ..., head.

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-import shared.metrics
-from shared.backlog import Outbox
-from shared.metrics import BacklogCollector
+import shared.platform.metrics
+from shared.flow.backlog import Outbox
+from shared.platform.metrics import BacklogCollector
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "tally.json"
@@ -66,7 +66,7 @@ def _exported_names() -> set[str]:
     """Every sample name tally's /metrics can expose, plus Prometheus's own `up`."""
     families = [
         family
-        for metric in vars(shared.metrics).values()
+        for metric in vars(shared.platform.metrics).values()
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     ]

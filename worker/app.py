@@ -9,11 +9,11 @@ from functools import cached_property
 from celery import Celery
 from kombu.entity import Queue
 
-from shared.config import Settings
-from shared.dispatch import Dispatcher, Lane, queue_of
-from shared.ledger import Applied
-from shared.processing import drain_accounts
-from shared.resources import Resources
+from shared.flow.dispatch import Dispatcher, Lane, queue_of
+from shared.flow.processing import drain_accounts
+from shared.ledger.apply import Applied
+from shared.platform.config import Settings
+from shared.platform.resources import Resources
 
 DRAIN_TASK = "tally.drain"
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
@@ -30,7 +30,7 @@ class TallyCelery(Celery):
 
     @cached_property
     def dispatchers(self) -> dict[Lane, Dispatcher]:
-        """The one way work reaches the workers, per lane (see shared.dispatch)."""
+        """The one way work reaches the workers, per lane (see shared.flow.dispatch)."""
         settings = self.resources.settings
         partitions = {Lane.INTERACTIVE: 1, Lane.BULK: settings.bulk_partitions}
         return {

@@ -2,8 +2,8 @@
 
 from celery.signals import setup_logging
 
-from shared.config import load_settings
-from shared.logs import configure_logging
+from shared.platform.config import load_settings
+from shared.platform.logs import configure_logging
 from worker import metrics  # noqa: F401  (a worker serves its own /metrics)
 from worker.app import make_celery
 

@@ -1,4 +1,4 @@
-"""A worker serves its own /metrics: the samples its pool processes wrote (shared.metrics).
+"""A worker serves its own /metrics: the samples its pool processes wrote (shared.platform.metrics).
 
 The server is a thread of the worker's main process, started once the worker is
 ready (connected to the broker, its pool started) and stopped when it shuts down.
@@ -12,8 +12,8 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 from prometheus_client import start_http_server
 
-from shared.config import host_port
-from shared.metrics import group_registry
+from shared.platform.config import host_port
+from shared.platform.metrics import group_registry
 
 log = logging.getLogger(__name__)
 _servers: list[Any] = []

@@ -14,10 +14,14 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
-from shared.db import transaction
-from shared.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
-from shared.ledger import Outcome
-from shared.metrics import (
+from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
+from shared.flow.outbox import stale_accounts
+from shared.flow.processing import AccountBusy, note_transient_error
+from shared.ledger.apply import Outcome
+from shared.ledger.timers import request_expiries, request_hold_timeouts
+from shared.models import AdjustmentStatus
+from shared.platform.db import transaction
+from shared.platform.metrics import (
     ADJUSTMENTS_APPLIED,
     ADJUSTMENTS_REJECTED,
     APPLY_LATENCY,
@@ -25,10 +29,6 @@ from shared.metrics import (
     RELAY_RUNS,
     TASK_RETRIES,
 )
-from shared.models import AdjustmentStatus
-from shared.outbox import stale_accounts
-from shared.processing import AccountBusy, note_transient_error
-from shared.timers import request_expiries, request_hold_timeouts
 from worker.app import (
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,

@@ -13,8 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment
-from shared.config import Settings
+from shared.intake.adjustments import Adjustment
+from shared.platform.config import Settings
 from tests.factories import Caller, queue_adjustments
 from worker.app import TallyCelery
 

@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.dispatch import Lane, queue_of
+from shared.flow.dispatch import Lane, queue_of
 from shared.models import AdjustmentRequest
 from tests.factories import Caller, Factory, assert_ledger_consistent
 from worker.app import DRAIN_TASK, TallyCelery

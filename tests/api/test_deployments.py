@@ -22,9 +22,9 @@ from celery.contrib.testing.worker import start_worker
 from flask import Flask
 from sqlalchemy import text
 
-from shared.config import Settings
-from shared.migrate import upgrade
 from shared.models import Role
+from shared.platform.config import Settings
+from shared.platform.migrate import upgrade
 from tests.conftest import Services, _create_database, _drop_database
 from tests.factories import Caller, Factory, apply_now
 from worker.app import TallyCelery

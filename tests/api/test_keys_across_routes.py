@@ -1,7 +1,7 @@
 """One idempotency key on the community route and on the points route.
 
 Keys are per tenant, whatever the route: both routes record through one accept function
-(shared.adjustments.submit) into one table with one unique (tenant, key). The two routes'
+(shared.intake.adjustments.submit) into one table with one unique (tenant, key). The two routes'
 adjustments can never be equal (the points route has no context and no comment, the
 community route needs one of them, and their points types differ by default), so a key
 used on one route is a 422 key reuse on the other, in that route's own error format,

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from shared.ledger import REJECTION_MESSAGES, Rejection
+from shared.ledger.apply import REJECTION_MESSAGES, Rejection
 from shared.models import AdjustmentRequest, Role, User
 from tests.api.test_points import ACCOUNT_FIELDS, TIMESTAMP, ULID
 from tests.factories import Caller, Factory, count_rows

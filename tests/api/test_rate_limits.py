@@ -9,7 +9,7 @@ from flask import Flask
 
 from api.limits import LIMITS_EXTENSION
 from api.resources import TOKEN_CACHE
-from shared.auth import TokenCache
+from shared.intake.auth import TokenCache
 from tests.factories import Caller
 
 

@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from shared.adjustments import Adjustment
-from shared.config import Settings
+from shared.intake.adjustments import Adjustment
 from shared.models import Account, AdjustmentRequest, Batch, LedgerEntry, Operation, Role, User
+from shared.platform.config import Settings
 from tests.factories import Caller, Factory, count_rows, reputation
 from worker.app import TallyCelery
 

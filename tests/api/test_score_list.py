@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment
+from shared.intake.adjustments import Adjustment
 from shared.models import Role
 from tests.factories import Caller, Factory, reputation
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from flask import Flask
 
 from cli.main import cli
-from shared.config import Settings
 from shared.models import Role
+from shared.platform.config import Settings
 from tests.factories import Factory
 
 URL = "/api/v2/score/reputation_types/"

@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.auth import create_token
+from shared.intake.auth import create_token
 from shared.models import Role, Token, User
 from tests.factories import Factory
 

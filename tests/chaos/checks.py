@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from shared.ledger.reconcile import reconcile
 from shared.models import Account, AdjustmentRequest, LedgerEntry
-from shared.reconcile import reconcile
 from tests.chaos.conftest import Rig
 from tests.chaos.load import Load
 from tests.factories import assert_ledger_consistent

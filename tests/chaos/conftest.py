@@ -13,9 +13,9 @@ from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
-from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade
 from shared.models import Role
+from shared.platform.db import make_engine, make_session_factory
+from shared.platform.migrate import upgrade
 from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
 from tests.factories import Caller, Factory
 from tests.stack import Stack, wait_until_up

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from cli.main import cli
-from shared.adjustments import Adjustment
+from shared.intake.adjustments import Adjustment
 from shared.models import Account, AdjustmentRequest, AdjustmentStatus
 from tests.conftest import Services
 from tests.factories import Factory, apply_now, queue_adjustments

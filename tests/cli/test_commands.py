@@ -11,9 +11,9 @@ from sqlalchemy import func, select, update
 
 from cli.main import cli
 from cli.run import demo_token
-from shared.auth import authenticate, hash_token, record_use
-from shared.db import make_engine, make_session_factory
+from shared.intake.auth import authenticate, hash_token, record_use
 from shared.models import Token
+from shared.platform.db import make_engine, make_session_factory
 from tests.conftest import Services
 
 

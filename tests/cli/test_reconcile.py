@@ -12,10 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
-from shared.db import make_engine, make_session_factory, transaction
+from shared.flow.processing import drain_accounts
 from shared.models import Batch, Role, new_ulid
-from shared.processing import drain_accounts
-from shared.resources import Resources
+from shared.platform.db import make_engine, make_session_factory, transaction
+from shared.platform.resources import Resources
 from tests.conftest import Services
 from tests.factories import Factory, queue_requests
 from tests.shared.test_ledger_rules import (

@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from cli.embedded import free_port
 from cli.main import cli
-from shared.db import make_engine, make_session_factory, transaction
-from shared.dispatch import Lane
+from shared.flow.dispatch import Lane
+from shared.platform.db import make_engine, make_session_factory, transaction
 from tests.conftest import Services
 from tests.factories import Factory, queue_requests
 from tests.stack import Stack

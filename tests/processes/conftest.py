@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
-from shared.db import make_engine, make_session_factory
+from shared.platform.db import make_engine, make_session_factory
 from tests.conftest import Services
 from tests.factories import Factory
 from tests.stack import Stack, wait_until_up

@@ -2,7 +2,7 @@
 
 The API's processes add up on the API's /metrics, a worker's pool processes on that
 worker's own /metrics (TALLY_METRICS_BIND); no two groups share a folder, so nothing
-is counted twice or lost (see shared.metrics). Docker Compose is checked in
+is counted twice or lost (see shared.platform.metrics). Docker Compose is checked in
 tests/test_deployment.py: it gives each container its own folder the same way.
 """
 
@@ -23,8 +23,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.embedded import free_port
-from shared.migrate import upgrade
 from shared.models import Role
+from shared.platform.migrate import upgrade
 from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
 from tests.conftest import Services
 from tests.factories import Factory

@@ -12,8 +12,8 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.ledger.reconcile import reconcile
 from shared.models import Account, AdjustmentRequest, LedgerEntry, Role
-from shared.reconcile import reconcile
 from tests.factories import Factory
 from tests.stack import Stack
 

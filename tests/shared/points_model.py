@@ -1,6 +1,6 @@
 """An executable reference model of the points rules in docs/points.md, for one account.
 
-Written apart from shared.points on purpose (plain dictionaries, its own names, its own
+Written apart from shared.ledger.points on purpose (plain dictionaries, its own names, its own
 order of reasoning), so that a test comparing the two catches a rule that either gets
 wrong. Times are integers on the model's clock; requests are keyed by their request id.
 """

@@ -1,4 +1,4 @@
-"""shared.bulk's body readers: JSON and NDJSON items read one at a time, within the limit.
+"""shared.intake.bulk's body readers: JSON and NDJSON items read one at a time, within the limit.
 
 No database and no Flask: the readers take the body's bytes and the item limit.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from shared.bulk_bodies import at_most, json_batch, json_fields, ndjson_items
-from shared.validation import FieldError, InvalidInput
+from shared.intake.bulk_bodies import at_most, json_batch, json_fields, ndjson_items
+from shared.intake.validation import FieldError, InvalidInput
 
 # The JSON parser reads 64 KiB at a time: garbage further on is past what it has read.
 PAST_A_READ = b" " * 100_000

@@ -1,4 +1,4 @@
-"""shared.bulk's parsing: CSV records and rows, item validation, item keys, batch digests.
+"""shared.intake.bulk's parsing: CSV records and rows, item validation, item keys, batch digests.
 
 No database: user resolution is in test_users.py. Rows are numbered as the file's
 records (a quoted field may span lines), starting at 1 with the header.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.bulk import (
+from shared.intake.bulk import (
     Award,
     batch_fingerprint,
     collect,
@@ -21,7 +21,7 @@ from shared.bulk import (
     validate_bulk_item,
     validate_csv_row,
 )
-from shared.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records, csv_rows
+from shared.intake.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records, csv_rows
 
 MAX = 1000
 HEADER = "username,user_id,variation_points,context,comment\n"

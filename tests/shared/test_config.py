@@ -1,10 +1,16 @@
-"""shared.config: bind addresses and settings read from TALLY_* variables."""
+"""shared.platform.config: bind addresses and settings read from TALLY_* variables."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.config import DEFAULT_POINTS_TYPES, PointsType, Settings, host_port, load_settings
+from shared.platform.config import (
+    DEFAULT_POINTS_TYPES,
+    PointsType,
+    Settings,
+    host_port,
+    load_settings,
+)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.ledger.reconcile import reconcile
 from shared.models import new_ulid
-from shared.reconcile import reconcile
 
 
 def insert(session: Session, table: str, values: dict[str, Any]) -> Any:

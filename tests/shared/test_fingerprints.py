@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from shared.adjustments import FIELD_NAMES, Adjustment
-from shared.idempotency import fingerprint
+from shared.intake.adjustments import FIELD_NAMES, Adjustment
+from shared.intake.idempotency import fingerprint
+from shared.intake.validation import validate_points, validate_score
 from shared.models import Operation
-from shared.validation import validate_points, validate_score
 
 SEED_000 = Adjustment(
     user_id=1,

@@ -1,9 +1,9 @@
-"""The points rules of shared.ledger, applied by `apply_pending` itself, and the timers.
+"""The points rules of shared.ledger.apply, applied by `apply_pending` itself, and the timers.
 
 Each test has a database of its own (the `own_database` fixture), so that the timers,
 which ask for every due lot and hold, and `reconcile`, which checks every account,
 see only what the test made. Requests are recorded through the real accept function
-(shared.adjustments.submit) and applied by one `apply_pending` call per `Book.apply`
+(shared.intake.adjustments.submit) and applied by one `apply_pending` call per `Book.apply`
 (one chunk); each test ends with the whole ledger reconciled.
 """
 
@@ -20,11 +20,12 @@ import pytest
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment, submit
-from shared.auth import Principal
-from shared.config import DEFAULT_POINTS_TYPES
-from shared.db import make_engine, make_session_factory, transaction
-from shared.ledger import Rejection, apply_pending
+from shared.intake.adjustments import Adjustment, submit
+from shared.intake.auth import Principal
+from shared.intake.validation import UserRef
+from shared.ledger.apply import Rejection, apply_pending
+from shared.ledger.reconcile import Violation, reconcile
+from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import (
     Account,
     AdjustmentRequest,
@@ -37,9 +38,8 @@ from shared.models import (
     ReputationType,
     Role,
 )
-from shared.reconcile import Violation, reconcile
-from shared.timers import request_expiries, request_hold_timeouts
-from shared.validation import UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES
+from shared.platform.db import make_engine, make_session_factory, transaction
 from tests.factories import Factory
 
 COMPLETED = "completed"

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from redis import ConnectionPool, Redis
 
-from shared.config import Settings
-from shared.keys import RedisKeys
-from shared.notify import CompletionListener, announce
+from shared.flow.notify import CompletionListener, announce
+from shared.platform.config import Settings
+from shared.platform.keys import RedisKeys
 
 
 @pytest.fixture

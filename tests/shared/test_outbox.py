@@ -1,4 +1,4 @@
-"""shared.outbox.stale_accounts: which accounts the relay hands over again, and in which lane.
+"""shared.flow.outbox.stale_accounts: which accounts the relay hands over again, and in which lane.
 
 One transaction per test, rolled back (`scratch_session`); other tests' pending rows may
 be in the suite's database, so only this test's accounts are looked at.
@@ -11,15 +11,15 @@ import secrets
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.adjustments import Adjustment, submit
-from shared.auth import Principal
-from shared.bulk import Award, Validated, store_batch
-from shared.config import DEFAULT_POINTS_TYPES
-from shared.dispatch import Lane
+from shared.flow.dispatch import Lane
+from shared.flow.outbox import stale_accounts
+from shared.intake.adjustments import Adjustment, submit
+from shared.intake.auth import Principal
+from shared.intake.bulk import Award, Validated, store_batch
+from shared.intake.users import create_user, ensure_tenant
+from shared.intake.validation import UserInput, UserRef
 from shared.models import Role
-from shared.outbox import stale_accounts
-from shared.users import create_user, ensure_tenant
-from shared.validation import UserInput, UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES
 
 REPUTATION = DEFAULT_POINTS_TYPES["reputation"]
 

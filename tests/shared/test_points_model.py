@@ -4,7 +4,7 @@ A Hypothesis state machine accepts random requests on one account (earns with an
 without an expiry, spends, forced spends, holds with and without a timeout, captures
 of all or part, releases, reversals of earns, spends and captures, freezing), lets time
 pass (the real expiry and timeout timers ask for what is due), and applies what is
-pending through the worker's own function (shared.processing.drain_accounts) in chunks
+pending through the worker's own function (shared.flow.processing.drain_accounts) in chunks
 of several requests. After every apply each request's outcome, the account's balance,
 frozen balance, totals and expired points, and every lot are compared with the model's;
 after every example the whole ledger is reconciled.
@@ -38,16 +38,16 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment, SubjectTaken, reversal_of, submit
-from shared.auth import Principal
-from shared.config import DEFAULT_POINTS_TYPES
-from shared.db import make_engine, make_session_factory, transaction
-from shared.keys import RedisKeys
+from shared.flow.processing import drain_accounts
+from shared.intake.adjustments import Adjustment, SubjectTaken, reversal_of, submit
+from shared.intake.auth import Principal
+from shared.intake.validation import UserRef
+from shared.ledger.reconcile import reconcile
+from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import LedgerEntry, Operation, Role
-from shared.processing import drain_accounts
-from shared.reconcile import reconcile
-from shared.timers import request_expiries, request_hold_timeouts
-from shared.validation import UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES
+from shared.platform.db import make_engine, make_session_factory, transaction
+from shared.platform.keys import RedisKeys
 from tests.conftest import Services
 from tests.factories import Factory
 from tests.shared.points_model import COMPLETED, PointsModel, Request

@@ -1,4 +1,4 @@
-"""Who an adjustment is for: shared.users, the accept function's target, a batch's users.
+"""Who an adjustment is for: shared.intake.users, the accept function's target, a batch's users.
 
 Everything runs in one transaction per test that is rolled back (`scratch_session`).
 """
@@ -11,15 +11,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.adjustments import Adjustment, Recorded, submit
-from shared.auth import Principal
-from shared.bulk import Award, resolve_users
-from shared.bulk_bodies import BatchInvalid
-from shared.config import DEFAULT_POINTS_TYPES
 from shared.fields import BIGINT_MAX
+from shared.intake.adjustments import Adjustment, Recorded, submit
+from shared.intake.auth import Principal
+from shared.intake.bulk import Award, resolve_users
+from shared.intake.bulk_bodies import BatchInvalid
+from shared.intake.users import balance_of, create_user, ensure_tenant
+from shared.intake.validation import InvalidInput, UserInput, UserRef
 from shared.models import Account, Role, Tenant, User
-from shared.users import balance_of, create_user, ensure_tenant
-from shared.validation import InvalidInput, UserInput, UserRef
+from shared.platform.config import DEFAULT_POINTS_TYPES
 
 REPUTATION = DEFAULT_POINTS_TYPES["reputation"]
 
@@ -38,7 +38,7 @@ def principal_of(user: User) -> Principal:
     return Principal(user.id, user.tenant_id, user.username, "", Role(user.role))
 
 
-# shared.users
+# shared.intake.users
 
 
 def test_ensure_tenant_creates_it_once(scratch_session: Session) -> None:
@@ -73,7 +73,7 @@ def test_balance_of_is_zero_before_the_first_adjustment(scratch_session: Session
     assert balance_of(scratch_session, user.id, "reputation") == 0
 
 
-# The accept function's target (shared.adjustments.submit)
+# The accept function's target (shared.intake.adjustments.submit)
 
 
 def record(session: Session, caller: User, target: UserRef) -> Recorded:
@@ -130,7 +130,7 @@ def test_a_user_of_another_tenant_is_unknown(scratch_session: Session) -> None:
         assert raised.value.errors[0].field == target.field
 
 
-# A batch's users (shared.bulk.resolve_users): all at once, every error by item
+# A batch's users (shared.intake.bulk.resolve_users): all at once, every error by item
 
 
 def award(position: int, user_id: int | None = None, username: str | None = None) -> Award:

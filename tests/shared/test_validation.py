@@ -1,4 +1,4 @@
-"""shared.validation: the bodies tally accepts and the rules across their fields.
+"""shared.intake.validation: the bodies tally accepts and the rules across their fields.
 
 Each refusal is an InvalidInput naming the field and a code; these tests call the
 validators directly (no app, no database).
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.validation import (
+from shared.intake.validation import (
     FieldError,
     InvalidInput,
     ScoreCommand,

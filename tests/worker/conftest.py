@@ -12,7 +12,7 @@ import pytest
 from celery import Task
 from redis import Redis
 
-from shared.config import Settings
+from shared.platform.config import Settings
 from worker.app import RELAY_OUTBOX_TASK, TallyCelery, make_celery
 
 

@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.dispatch import Lane
+from shared.flow.dispatch import Lane
 from shared.models import Account, AdjustmentRequest, LedgerEntry
 from tests.factories import (
     Caller,
@@ -166,7 +166,7 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
 ) -> None:
     from sqlalchemy import text
 
-    import shared.ledger
+    import shared.ledger.apply
 
     users = [factory.user() for _ in range(3)]
     accounts, ids = [], []
@@ -177,7 +177,7 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
 
     # The worker dies after writing the chunk's ledger rows, before the commit.
     crash = text("SELECT pg_terminate_backend(pg_backend_pid())")
-    monkeypatch.setattr(shared.ledger, "UPDATE_ACCOUNTS", crash)
+    monkeypatch.setattr(shared.ledger.apply, "UPDATE_ACCOUNTS", crash)
     with pytest.raises(sqlalchemy.exc.DBAPIError):
         apply_now(celery_app, accounts)
     with sessions() as session:

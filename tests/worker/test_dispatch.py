@@ -7,8 +7,8 @@ import secrets
 import pytest
 from redis import Redis
 
-from shared.dispatch import Dispatcher
-from shared.keys import RedisKeys
+from shared.flow.dispatch import Dispatcher
+from shared.platform.keys import RedisKeys
 
 
 class Sends:

@@ -12,10 +12,10 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
-from shared.config import Settings
-from shared.dispatch import Lane
-from shared.keys import RedisKeys
+from shared.flow.dispatch import Lane
 from shared.models import Account, AdjustmentRequest
+from shared.platform.config import Settings
+from shared.platform.keys import RedisKeys
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 from worker.app import TallyCelery, make_celery
 

@@ -8,10 +8,10 @@ import time
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.keys import RedisKeys
-from shared.ledger import apply_pending
-from shared.locks import AccountLocks
-from shared.processing import drain_accounts
+from shared.flow.locks import AccountLocks
+from shared.flow.processing import drain_accounts
+from shared.ledger.apply import apply_pending
+from shared.platform.keys import RedisKeys
 from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
 
 KEYS = RedisKeys("tests")

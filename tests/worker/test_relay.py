@@ -12,10 +12,10 @@ from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.dispatch import Lane
-from shared.ledger import PENDING_STATUSES
+from shared.flow.dispatch import Lane
+from shared.flow.outbox import stale_accounts
+from shared.ledger.apply import PENDING_STATUSES
 from shared.models import Account, AdjustmentRequest, LedgerEntry
-from shared.outbox import stale_accounts
 from tests.factories import (
     Caller,
     Factory,

@@ -13,10 +13,10 @@ from celery import Task
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.adjustments import Adjustment
-from shared.db import transaction
-from shared.dispatch import ACCOUNTS_PER_TASK, NOTIFY_ACCOUNTS_PER_CALL, Lane
+from shared.flow.dispatch import ACCOUNTS_PER_TASK, NOTIFY_ACCOUNTS_PER_CALL, Lane
+from shared.intake.adjustments import Adjustment
 from shared.models import AdjustmentRequest
+from shared.platform.db import transaction
 from tests.factories import Caller, Factory, queue_adjustments
 from worker.app import TallyCelery
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis import Redis
 from sqlalchemy import Engine
 
-from shared.migrate import current_revision, head_revision
+from shared.platform.migrate import current_revision, head_revision
 
 
 def readiness_problems(engine: Engine, redis: Redis) -> dict[str, str]:

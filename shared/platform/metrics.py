@@ -24,8 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from shared.backlog import Outbox
-from shared.config import METRICS_FOLDER_ENV
+from shared.flow.backlog import Outbox
+from shared.platform.config import METRICS_FOLDER_ENV
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.dispatch import Lane
-from shared.ledger import PENDING_STATUSES
+from shared.flow.dispatch import Lane
+from shared.ledger.apply import PENDING_STATUSES
 from shared.models import AdjustmentRequest
 
 

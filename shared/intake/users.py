@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.intake.validation import FieldError, InvalidInput, UserInput
 from shared.models import Account, Role, Tenant, User
-from shared.validation import FieldError, InvalidInput, UserInput
 
 
 def ensure_tenant(session: Session, tenant_id: str) -> None:

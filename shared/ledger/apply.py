@@ -5,7 +5,7 @@ through `apply_pending`. It works set-based so that one transaction applies
 thousands of requests: the accounts are locked in id order; the chunk's requests
 are read narrow (id, account, operation, amount, flags), with the lots, holds and
 reversed entries they touch when there are any, and Python walks them once, with
-the points rules of `shared.points` (docs/points.md), to decide each one and chain
+the points rules of `shared.ledger.points` (docs/points.md), to decide each one and chain
 the balances; then one statement writes every ledger row (copying the wide columns
 from the request rows inside PostgreSQL) and marks those requests completed, and one
 statement each marks the rejected, updates the accounts, writes the lots, their
@@ -22,16 +22,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.models import (
-    AccountStatus,
-    AdjustmentStatus,
-    EntryType,
-    HoldStatus,
-    Operation,
-    ReputationType,
-    new_ulid,
-)
-from shared.points import (
+from shared.ledger.points import (
     FREE,
     REJECTION_MESSAGES,
     Account,
@@ -45,6 +36,15 @@ from shared.points import (
     give_back,
     split,
     take,
+)
+from shared.models import (
+    AccountStatus,
+    AdjustmentStatus,
+    EntryType,
+    HoldStatus,
+    Operation,
+    ReputationType,
+    new_ulid,
 )
 
 __all__ = ["REJECTION_MESSAGES", "Applied", "Outcome", "Rejection", "apply_pending"]

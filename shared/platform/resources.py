@@ -9,9 +9,9 @@ from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.keys import RedisKeys
+from shared.platform.config import Settings
+from shared.platform.db import make_engine, make_session_factory
+from shared.platform.keys import RedisKeys
 
 # Made by migration 0008; read once per process, on first use.
 DEPLOYMENT_ID = text("SELECT id FROM deployment")

@@ -9,12 +9,12 @@ from typing import Any
 import sqlalchemy.exc
 from sqlalchemy import Connection, text
 
-from shared.auth import Principal
-from shared.config import PointsType
 from shared.fields import BIGINT_MAX
-from shared.idempotency import IdempotencyConflict, fingerprint
+from shared.intake.auth import Principal
+from shared.intake.idempotency import IdempotencyConflict, fingerprint
+from shared.intake.validation import FieldError, InvalidInput, UserRef
 from shared.models import EntryType, LedgerEntry, Operation, new_ulid
-from shared.validation import FieldError, InvalidInput, UserRef
+from shared.platform.config import PointsType
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.dispatch import Lane, queue_of
+from shared.flow.dispatch import Lane, queue_of
 
 # kombu's Redis transport keeps one list per priority step: "name", "name\x06\x163", ...
 PRIORITY_SEPARATOR = "\x06\x16"

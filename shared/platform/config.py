@@ -61,7 +61,7 @@ class Settings:
     points_default_type: str = "points"
     points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
     # The Celery queue of single adjustments; bulk and the relay use `<queue_name>.bulk` and
-    # `<queue_name>.relay` (see shared.dispatch.Lane).
+    # `<queue_name>.relay` (see shared.flow.dispatch.Lane).
     queue_name: str = "tally"
     # Bulk drain tasks that may run at once (on distinct accounts): give the bulk workers
     # at least this much concurrency in all.

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from shared.models import Account, EntryType, LedgerEntry, ReputationType, User
-from shared.query_params import (
+from shared.reads.query_params import (
     EntryFilters,
     LeaderboardQuery,
     Ordering,

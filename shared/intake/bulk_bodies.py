@@ -2,7 +2,7 @@
 
 A body is never parsed whole: items come out one at a time, and reading stops at the
 item past the batch limit (`at_most`), so a body of millions of items costs what its
-first limit + 1 cost. The batch's validation and storage are shared.bulk's.
+first limit + 1 cost. The batch's validation and storage are shared.intake.bulk's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypeVar
 
 import ijson
 
-from shared.validation import BulkItemInput, FieldError, InvalidInput
+from shared.intake.validation import BulkItemInput, FieldError, InvalidInput
 
 CSV_COLUMNS = ("username", "user_id", "variation_points", "context", "comment")
 

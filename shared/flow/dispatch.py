@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 
 from redis import Redis
 
-from shared.keys import RedisKeys
+from shared.platform.keys import RedisKeys
 
 
 class Lane(enum.StrEnum):

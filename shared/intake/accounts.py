@@ -2,7 +2,7 @@
 
 A frozen account keeps every request it is sent: the worker rejects them
 (`account_frozen`) in their turn, and unfreezing replays none of them. Only tally's
-own expiry and hold-timeout requests still apply (see shared.ledger).
+own expiry and hold-timeout requests still apply (see shared.ledger.apply).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from shared.adjustments import create_account
-from shared.config import PointsType
+from shared.intake.adjustments import create_account
 from shared.models import Account, AccountStatus
+from shared.platform.config import PointsType
 
 log = logging.getLogger(__name__)
 

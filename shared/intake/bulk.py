@@ -1,7 +1,7 @@
 """Bulk awards: validate a whole batch first, then store every item in one COPY.
 
 Items arrive from the community CSV import or the JSON/NDJSON bulk route, are read
-from the body one at a time as they are validated (shared.bulk_bodies: a body is
+from the body one at a time as they are validated (shared.intake.bulk_bodies: a body is
 never parsed whole, and reading stops at the item past the batch limit), have their
 users looked up set-based, once, and are written as adjustment requests of one batch
 in one transaction. A resubmitted batch (same key, same content) creates nothing new.
@@ -19,14 +19,12 @@ from sqlalchemy import func, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.adjustments import Adjustment
-from shared.auth import Principal
-from shared.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError
-from shared.config import PointsType
 from shared.fields import BIGINT_MAX
-from shared.idempotency import IdempotencyConflict
-from shared.models import Batch, new_ulid
-from shared.validation import (
+from shared.intake.adjustments import Adjustment
+from shared.intake.auth import Principal
+from shared.intake.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError
+from shared.intake.idempotency import IdempotencyConflict
+from shared.intake.validation import (
     BulkItemInput,
     FieldError,
     InvalidInput,
@@ -35,6 +33,8 @@ from shared.validation import (
     parse_input,
     score_command,
 )
+from shared.models import Batch, new_ulid
+from shared.platform.config import PointsType
 
 # Array parameters (one bind each), so that 10,000 users are one short statement.
 USERS_BY_ID_OR_NAME = text("""

@@ -10,13 +10,13 @@ from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import transaction
-from shared.keys import RedisKeys
-from shared.ledger import PENDING_STATUSES, Applied, apply_pending
-from shared.locks import AccountLocks
-from shared.metrics import LOCK_WAIT
+from shared.flow.locks import AccountLocks
+from shared.flow.notify import announce
+from shared.ledger.apply import PENDING_STATUSES, Applied, apply_pending
 from shared.models import AdjustmentRequest
-from shared.notify import announce
+from shared.platform.db import transaction
+from shared.platform.keys import RedisKeys
+from shared.platform.metrics import LOCK_WAIT
 
 log = logging.getLogger(__name__)
 

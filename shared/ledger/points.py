@@ -9,7 +9,7 @@ lots they were taken from, and those of a lot that has expired expire at once. E
 change of a lot is recorded as a move of the entry that made it (`Moves`), so that
 the points an entry took can be given back exactly.
 
-Nothing here reads or writes the database: `shared.ledger` loads the state, asks these
+Nothing here reads or writes the database: `shared.ledger.apply` loads the state, asks these
 functions for each request's entry in order, and writes the result.
 """
 

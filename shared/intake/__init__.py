@@ -1,0 +1,3 @@
+"""Taking work in: adjustments, batches, accounts, users and tokens, validated and recorded
+once.
+"""

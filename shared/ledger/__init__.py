@@ -1,0 +1,3 @@
+"""The money rules: applying requests to balances, the points rules, the timers that make
+requests, and reconciliation.
+"""

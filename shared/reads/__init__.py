@@ -1,0 +1,1 @@
+"""Reading the ledger: filtered lists and leaderboards."""
