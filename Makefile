@@ -41,7 +41,7 @@ bench: $(STAMP) tools
 # Debian packages, as command:package: docker-compose validates the compose file, wrk
 # drives `make bench`, promtool (package prometheus) checks monitoring/. Without their
 # recommendations: neither a Docker engine nor a node exporter is needed for that.
-TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus
+TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server
 tools:
 	@missing="$$(for tool in $(TOOLS); do command -v $${tool%%:*} >/dev/null || echo $${tool#*:}; done)"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,8 +20,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
     true,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ulid import ULID
 
@@ -404,6 +407,8 @@ class Lot(Base):
     # it afterwards, which expire at once: the sum of its moves' `expired`.
     expired_amount: Mapped[int | None] = mapped_column(BigInteger)
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the "points will expire" event was written for it (once per lot).
+    warned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class LotMove(Base):
@@ -497,4 +502,116 @@ class Deployment(Base):
 
     singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=true())
     id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = _now()
+
+
+class Event(Base):
+    """One change of state, written by the triggers of migration 0009 in the transaction
+    that made it (docs/events.md); numbered by the sequencer once committed."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint(
+            "(id IS NULL) = (account_seq IS NULL) OR (account_id IS NULL AND account_seq IS NULL)",
+            name="numbered_together",
+        ),
+        Index("ix_events_unnumbered", "seq", postgresql_where="id IS NULL"),
+        Index("ix_events_tenant", "tenant_id", "id", postgresql_where="id IS NOT NULL"),
+        Index(
+            "ix_events_account",
+            "account_id",
+            "account_seq",
+            unique=True,
+            postgresql_where="account_seq IS NOT NULL",
+        ),
+        Index("ix_events_time", "occurred_at"),
+    )
+
+    # The write order, for the sequencer only.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    # The global position: grows in the order events become visible to readers.
+    id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    # The account's own sequence (1, 2, ...), none for tenant-wide events.
+    account_seq: Mapped[int | None] = mapped_column(BigInteger)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str | None] = mapped_column(String(26))
+    type: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = _now()
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class EventCursor(Base):
+    """How far a consumer inside tally (the webhook fan-out, the NATS stream) has read."""
+
+    __tablename__ = "event_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    updated_at: Mapped[datetime] = _now()
+
+
+class EndpointStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook receiver: the events it wants and the secret that signs them."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'disabled')", name="endpoint_status"),
+        Index("ix_webhook_endpoints_tenant", "tenant_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_ulid)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(Text)
+    # The event types it wants; empty: all of them.
+    types: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}", default=list)
+    secret: Mapped[str] = mapped_column(Text)
+    # After a rotation the old secret signs too, until `previous_secret_until`.
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), server_default="active", default="active")
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, server_default="", default="")
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: pending until the receiver answers 2xx, retried with
+    backoff, failed after the retry window (and redeliverable). Also the delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="delivery_status"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "endpoint_id",
+            text("(COALESCE(account_id, ''))"),
+            "event_id",
+            postgresql_where="status = 'pending'",
+        ),
+    )
+
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(26))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending", default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    next_attempt_at: Mapped[datetime] = _now()
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_latency_ms: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()

@@ -19,8 +19,16 @@ DRAIN_TASK = "tally.drain"
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
 EXPIRE_LOTS_TASK = "tally.expire_lots"
 TIME_OUT_HOLDS_TASK = "tally.time_out_holds"
+PUMP_EVENTS_TASK = "tally.pump_events"
+WARN_EXPIRING_TASK = "tally.warn_expiring"
+PRUNE_EVENTS_TASK = "tally.prune_events"
+STREAM_EVENTS_TASK = "tally.stream_events"
+DELIVER_WEBHOOKS_TASK = "tally.deliver_webhooks"
 # The tasks beat starts; they run on the relay lane, never behind single adjustments.
 SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK)
+# The event log's tasks (docs/events.md): numbering and handing on on the events lane,
+# webhook deliveries on a lane of their own.
+EVENTS_TASKS = (PUMP_EVENTS_TASK, WARN_EXPIRING_TASK, PRUNE_EVENTS_TASK, STREAM_EVENTS_TASK)
 
 
 class TallyCelery(Celery):
@@ -81,7 +89,14 @@ def make_celery(settings: Settings) -> TallyCelery:
         task_queues=[Queue(queue_of(settings.queue_name, lane)) for lane in Lane],  # type: ignore[no-untyped-call]
         task_default_queue=settings.queue_name,
         task_routes={
-            name: {"queue": queue_of(settings.queue_name, Lane.RELAY)} for name in SCHEDULED_TASKS
+            **{
+                name: {"queue": queue_of(settings.queue_name, Lane.RELAY)}
+                for name in SCHEDULED_TASKS
+            },
+            **{
+                name: {"queue": queue_of(settings.queue_name, Lane.EVENTS)} for name in EVENTS_TASKS
+            },
+            DELIVER_WEBHOOKS_TASK: {"queue": queue_of(settings.queue_name, Lane.WEBHOOKS)},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -109,6 +124,17 @@ def make_celery(settings: Settings) -> TallyCelery:
                 "task": TIME_OUT_HOLDS_TASK,
                 "schedule": timedelta(seconds=settings.expiry_interval),
             },
+            # A pump not started within a few intervals is dropped: the next one does its work.
+            "pump-events": {
+                "task": PUMP_EVENTS_TASK,
+                "schedule": timedelta(seconds=settings.events_interval),
+                "options": {"expires": max(1.0, 4 * settings.events_interval)},
+            },
+            "warn-expiring": {
+                "task": WARN_EXPIRING_TASK,
+                "schedule": timedelta(seconds=settings.expiry_interval),
+            },
+            "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
         },
         include=["worker.tasks"],
     )

@@ -3,6 +3,7 @@ the expiry of due lots and the release of timed-out holds."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
+from shared.events.log import number_events, prune_events
+from shared.events.notices import note_crossings, warn_expiring_lots
 from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
 from shared.flow.outbox import stale_accounts
 from shared.flow.processing import AccountBusy, note_transient_error
@@ -32,8 +35,11 @@ from shared.platform.metrics import (
 from worker.app import (
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
+    PRUNE_EVENTS_TASK,
+    PUMP_EVENTS_TASK,
     RELAY_OUTBOX_TASK,
     TIME_OUT_HOLDS_TASK,
+    WARN_EXPIRING_TASK,
     TallyCelery,
 )
 
@@ -186,6 +192,39 @@ def _ask_workers(task: Task, ask: Callable[[Session, int], list[str]], what: str
         app.dispatchers[Lane.INTERACTIVE].notify(accounts)
         log.info("requested %s", what, extra={"account_ids": accounts})
     return len(accounts)
+
+
+@shared_task(name=PUMP_EVENTS_TASK, bind=True, acks_late=True)
+def pump_events(self: Task) -> int:
+    """Number the events committed since the last pump, then hand them on: wake the feed's
+    long-polls, note balance crossings, and queue the webhook deliveries."""
+    app = _app(self)
+    settings = app.resources.settings
+    with transaction(app.resources.sessions) as session:
+        numbered = number_events(session)
+        # Written unnumbered: the next pump numbers them (after the entries they follow).
+        note_crossings(session, settings.points_types, numbered.entries)
+    if numbered.count:
+        app.resources.redis.publish(
+            app.resources.keys.events_channel, json.dumps(sorted(numbered.tenants))
+        )
+    return numbered.count
+
+
+@shared_task(name=WARN_EXPIRING_TASK, bind=True, acks_late=True)
+def warn_expiring(self: Task) -> int:
+    """Write `lot.expiring` for each lot within its points type's warning days of expiry."""
+    app = _app(self)
+    with transaction(app.resources.sessions) as session:
+        return warn_expiring_lots(session, app.resources.settings.points_types, DUE_PER_RUN)
+
+
+@shared_task(name=PRUNE_EVENTS_TASK, bind=True, acks_late=True)
+def prune_old_events(self: Task) -> int:
+    """The event log's retention: delete events older than TALLY_EVENTS_RETENTION_DAYS."""
+    app = _app(self)
+    with transaction(app.resources.sessions) as session:
+        return prune_events(session, app.resources.settings.events_retention_days)
 
 
 @worker_process_init.connect

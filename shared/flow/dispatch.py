@@ -45,6 +45,8 @@ class Lane(enum.StrEnum):
     INTERACTIVE = "interactive"  # single adjustments: a client may be waiting for the 201
     BULK = "bulk"  # the items of bulk batches
     RELAY = "relay"  # the outbox relay, run by beat
+    EVENTS = "events"  # numbering new events and handing them on, run by beat
+    WEBHOOKS = "webhooks"  # webhook deliveries: slow receivers never delay anything else
 
 
 def queue_of(base: str, lane: Lane) -> str:

@@ -21,6 +21,11 @@ class PointsType:
     name: str
     allow_negative: bool
     exchange_rate: int
+    # Days before a lot expires that a `lot.expiring` event is written (once per lot);
+    # 0: none.
+    expiry_warning_days: int = 0
+    # Balances whose crossing (up or down) writes a `balance.crossed` event.
+    balance_thresholds: tuple[int, ...] = ()
 
 
 DEFAULT_POINTS_TYPES: Mapping[str, PointsType] = {
@@ -96,6 +101,24 @@ class Settings:
     # How long the API trusts a token it has checked: a revocation takes effect within it.
     token_cache_seconds: float = 1.0
     auth_failure_limit: str = "30/minute"
+    # The event log (docs/events.md): how often beat numbers new events and hands them
+    # to the webhook and stream consumers (the commit-to-delivery lag is about this
+    # plus the delivery), and how long events are kept.
+    events_interval: float = 0.25
+    events_retention_days: int = 30
+    # Webhooks: the receiver's time to answer, how long a delivery is retried before it
+    # is kept as failed, and how long an endpoint may fail (no 2xx at all) before it is
+    # disabled. Receivers on private, loopback or link-local addresses are refused
+    # unless allowed (tests and single-machine setups).
+    webhook_timeout: float = 5.0
+    webhook_retry_hours: float = 72.0
+    webhook_disable_after_hours: float = 120.0
+    webhook_allow_private: bool = False
+    # NATS JetStream (e.g. "nats://127.0.0.1:4222"): events are also published there, one
+    # subject per tenant and type under `<nats_subject_prefix>.`; empty: not streamed.
+    nats_url: str = ""
+    nats_stream: str = "TALLY_EVENTS"
+    nats_subject_prefix: str = "tally.events"
 
     @property
     def pool_size(self) -> int:
@@ -115,13 +138,16 @@ def host_port(bind: str) -> tuple[str, int]:
 
 
 def _parse_points_types(raw: str) -> dict[str, PointsType]:
-    """Parse `{"name": {"allow_negative": bool, "exchange_rate": int}, ...}`."""
+    """Parse `{"name": {"allow_negative": bool, "exchange_rate": int,
+    "expiry_warning_days": int, "balance_thresholds": [int, ...]}, ...}`."""
     parsed = json.loads(raw)
     return {
         name: PointsType(
             name,
             allow_negative=bool(spec.get("allow_negative", False)),
             exchange_rate=int(spec.get("exchange_rate", 1)),
+            expiry_warning_days=int(spec.get("expiry_warning_days", 0)),
+            balance_thresholds=tuple(sorted(int(t) for t in spec.get("balance_thresholds", ()))),
         )
         for name, spec in parsed.items()
     }

@@ -41,5 +41,10 @@ class RedisKeys:
         return f"{self.prefix}:done:{queue}"
 
     @property
+    def events_channel(self) -> str:
+        """Where the events pump says which tenants have new events (a wake-up only)."""
+        return f"{self.prefix}:events"
+
+    @property
     def limits(self) -> str:
         return f"{self.prefix}:limits"

@@ -1,0 +1,199 @@
+"""The event log: what each event type means, the sequencer that numbers committed
+events, and reading them back by position.
+
+Events are written by the database itself (the triggers of migration 0009), in the
+transaction of the change they describe, with no number. `number_events` numbers
+them afterwards, one pass at a time under a transaction-level advisory lock: a pass
+sees every event committed before it took the lock, gives them the next ids in write
+order (and each account's next `account_seq`), and commits before the next pass can
+start. So an id is visible only once every smaller id is: a reader that has seen id N
+never later finds an event below N, whatever order the writers committed in. A plain
+sequence filled at insert would not give that (docs/events.md, "Order").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# The types, in the order docs/events.md documents them. Written by the triggers of
+# migration 0009 unless marked; "tally" ones are written by tally's own jobs.
+EVENT_TYPES = (
+    "request.accepted",
+    "request.applied",
+    "request.rejected",
+    "entry.created",
+    "hold.opened",
+    "hold.captured",
+    "hold.released",
+    "hold.timed_out",
+    "lot.expired",
+    "lot.expiring",  # shared.events.notices
+    "balance.crossed",  # shared.events.notices
+    "account.frozen",
+    "account.unfrozen",
+    "batch.accepted",
+    "batch.completed",
+    "webhook.endpoint_disabled",  # shared.events.webhooks
+)
+
+# Transaction-level advisory lock keys (any constant unique to tally will do).
+SEQUENCER_LOCK = 0x7A11E7E1
+# Events numbered per statement; a pass repeats until none is left.
+NUMBER_PER_STATEMENT = 10_000
+
+NUMBER = text("""
+    WITH unnumbered AS (
+        SELECT seq, account_id FROM events WHERE id IS NULL ORDER BY seq LIMIT :limit
+    ), bases AS (
+        SELECT u.account_id,
+               COALESCE((SELECT max(x.account_seq) FROM events x
+                         WHERE x.account_id = u.account_id), 0) AS base
+        FROM (SELECT DISTINCT account_id FROM unnumbered WHERE account_id IS NOT NULL) u
+    ), numbered AS (
+        SELECT u.seq,
+               (SELECT COALESCE(max(id), 0) FROM events) + row_number() OVER (ORDER BY u.seq)
+                   AS id,
+               b.base + row_number() OVER (PARTITION BY u.account_id ORDER BY u.seq)
+                   AS account_seq
+        FROM unnumbered u LEFT JOIN bases b ON b.account_id = u.account_id
+    )
+    UPDATE events e SET id = n.id, account_seq = n.account_seq
+    FROM numbered n WHERE e.seq = n.seq
+    RETURNING e.id, e.tenant_id, e.account_id, e.type, e.payload
+""")
+
+
+@dataclass(frozen=True)
+class Numbered:
+    """What a sequencer pass numbered: the new ids by tenant, and the entries among them
+    (for the notices that follow balances)."""
+
+    count: int
+    last_id: int
+    tenants: frozenset[str]
+    entries: list[tuple[int, str, str, dict[str, Any]]]  # (id, tenant, account, payload)
+
+
+def number_events(session: Session) -> Numbered:
+    """Number every committed event that has no id yet. The caller commits."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK})
+    last_id, count = 0, 0
+    tenants: set[str] = set()
+    entries: list[tuple[int, str, str, dict[str, Any]]] = []
+    while True:
+        rows = session.execute(NUMBER, {"limit": NUMBER_PER_STATEMENT}).all()
+        for row in rows:
+            last_id = max(last_id, row.id)
+            tenants.add(row.tenant_id)
+            if row.type == "entry.created":
+                entries.append((row.id, row.tenant_id, row.account_id, row.payload))
+        count += len(rows)
+        if len(rows) < NUMBER_PER_STATEMENT:
+            break
+    return Numbered(count, last_id, frozenset(tenants), sorted(entries))
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    account_seq: int | None
+    tenant_id: str
+    account_id: str | None
+    type: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+READ = """
+    SELECT id, account_seq, tenant_id, account_id, type, occurred_at, payload
+    FROM events
+    WHERE tenant_id = :tenant AND id > :after AND id IS NOT NULL {filters}
+    ORDER BY id
+    LIMIT :limit
+"""
+
+
+def read_events(
+    session: Session,
+    tenant_id: str,
+    after: int,
+    limit: int,
+    types: Sequence[str] = (),
+    account_id: str | None = None,
+) -> list[Event]:
+    """A tenant's numbered events past `after`, in id order, optionally of some types or
+    of one account."""
+    filters = ""
+    values: dict[str, Any] = {"tenant": tenant_id, "after": after, "limit": limit}
+    if types:
+        filters += " AND type = ANY(:types)"
+        values["types"] = list(types)
+    if account_id is not None:
+        filters += " AND account_id = :account"
+        values["account"] = account_id
+    rows = session.execute(text(READ.format(filters=filters)), values)
+    return [Event(*row) for row in rows]
+
+
+def cursor_position(session: Session, name: str) -> int:
+    """How far the consumer `name` has read (0 before its first read)."""
+    position = session.execute(
+        text("SELECT position FROM event_cursors WHERE name = :name"), {"name": name}
+    ).scalar()
+    return int(position or 0)
+
+
+def advance_cursor(session: Session, name: str, position: int) -> None:
+    """Record that `name` has read up to `position` (in the caller's transaction)."""
+    session.execute(
+        text("""
+            INSERT INTO event_cursors (name, position) VALUES (:name, :position)
+            ON CONFLICT (name) DO UPDATE
+            SET position = GREATEST(event_cursors.position, EXCLUDED.position),
+                updated_at = now()
+        """),
+        {"name": name, "position": position},
+    )
+
+
+def prune_events(session: Session, older_than_days: int) -> int:
+    """The retention job: delete numbered events older than this many days. The only
+    deletion the append-only trigger lets through."""
+    session.execute(text("SET LOCAL tally.events_retention = 'on'"))
+    deleted = session.execute(
+        text("""
+            DELETE FROM events
+            WHERE occurred_at < now() - make_interval(days => :days) AND id IS NOT NULL
+        """),
+        {"days": older_than_days},
+    )
+    return int(deleted.rowcount)  # type: ignore[attr-defined]
+
+
+def write_events(
+    session: Session, events: Sequence[tuple[str, str | None, str, dict[str, Any]]]
+) -> None:
+    """Write events that tally's own jobs make (tenant, account, type, payload), unnumbered
+    like the triggers' (the next sequencer pass numbers them), in the caller's transaction."""
+    if not events:
+        return
+    session.execute(
+        text("""
+            INSERT INTO events (tenant_id, account_id, type, payload)
+            SELECT * FROM unnest(CAST(:tenants AS text[]), CAST(:accounts AS text[]),
+                                 CAST(:types AS text[]), CAST(:payloads AS jsonb[]))
+        """),
+        {
+            "tenants": [event[0] for event in events],
+            "accounts": [event[1] for event in events],
+            "types": [event[2] for event in events],
+            "payloads": [json.dumps(event[3], separators=(",", ":")) for event in events],
+        },
+    )
