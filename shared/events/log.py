@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.fields import format_timestamp
+
 # The types, in the order docs/events.md documents them. Written by the triggers of
 # migration 0009 unless marked; "tally" ones are written by tally's own jobs.
 EVENT_TYPES = (
@@ -109,6 +111,20 @@ class Event:
     type: str
     occurred_at: datetime
     payload: dict[str, Any]
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    """An event as every consumer gets it: the feed's items, a webhook's body, a NATS
+    message (docs/events.md, "The envelope")."""
+    return {
+        "id": event.id,
+        "type": event.type,
+        "tenant_id": event.tenant_id,
+        "account_id": event.account_id,
+        "account_seq": event.account_seq,
+        "occurred_at": format_timestamp(event.occurred_at),
+        "data": event.payload,
+    }
 
 
 READ = """
