@@ -199,11 +199,19 @@ CREATE TRIGGER events_entries
 CREATE FUNCTION events_of_holds() RETURNS trigger AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- A hold placed and closed in one chunk is inserted closed: opened, then closed.
         INSERT INTO events (tenant_id, account_id, type, payload)
-        SELECT h.tenant_id, h.account_id, 'hold.opened', jsonb_build_object(
-            'hold_id', h.request_id, 'amount', h.amount,
-            'expires_at', h.expires_at)
-        FROM new_rows h ORDER BY h.request_id;
+        SELECT tenant_id, account_id, type, payload FROM (
+            SELECT h.tenant_id, h.account_id, h.request_id, 0 AS step, 'hold.opened' AS type,
+                   jsonb_build_object('hold_id', h.request_id, 'amount', h.amount,
+                                      'expires_at', h.expires_at) AS payload
+            FROM new_rows h
+            UNION ALL
+            SELECT h.tenant_id, h.account_id, h.request_id, 1, 'hold.' || h.status,
+                   jsonb_build_object('hold_id', h.request_id, 'amount', h.amount,
+                                      'captured', h.captured, 'closed_by', h.closed_by)
+            FROM new_rows h WHERE h.status <> 'open'
+        ) opened ORDER BY request_id, step;
     ELSE
         INSERT INTO events (tenant_id, account_id, type, payload)
         SELECT h.tenant_id, h.account_id, 'hold.' || h.status, jsonb_build_object(

@@ -9,6 +9,13 @@ of several requests. After every apply each request's outcome, the account's bal
 frozen balance, totals and expired points, and every lot are compared with the model's;
 after every example the whole ledger is reconciled.
 
+The event log is checked against the same model: after every apply and every freeze the
+account's new events are numbered and read back, and must be exactly the events the
+model's outcomes call for (each request's acceptance and outcome, each entry, each hold
+opened and closed, each lot expired, each status change), with `account_seq` without a
+gap and the entries' balances chained in event order up to the account's balance. A
+reversal refused at acceptance rolls back and must leave no event.
+
 Time is the model's clock in hours; every deadline stored in PostgreSQL is that far from
 the real clock, and letting time pass moves the stored deadlines (of lots, holds and
 queued requests) back by as much. Examples: TALLY_MODEL_EXAMPLES (120 here; `make soak`
@@ -18,6 +25,7 @@ runs many more).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +46,7 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.events.log import number_events
 from shared.flow.processing import drain_accounts
 from shared.intake.adjustments import Adjustment, SubjectTaken, reversal_of, submit
 from shared.intake.auth import Principal
@@ -88,6 +97,12 @@ class PointsMachine(RuleBasedStateMachine):
         self.entries: dict[int, str] = {}  # completed request -> its entry's ULID
         self.lots: dict[str, int] = {}  # lot ULID -> its earn's request id
         self.seen = 0  # the newest request of the account
+        # The account's events the model calls for, and what was read of them so far.
+        self.expected_events: Counter[tuple[str, object]] = Counter()
+        self.read_events: Counter[tuple[str, object]] = Counter()
+        self.event_cursor = 0
+        self.account_seq = 0
+        self.entry_balance = 0
 
     @initialize(points_type=st.sampled_from(["points", "reputation"]))
     def open_account(self, points_type: str) -> None:
@@ -122,6 +137,7 @@ class PointsMachine(RuleBasedStateMachine):
             )  # fmt: skip
         self.account_id = recorded.account_id
         self.seen = request.id = recorded.request_id
+        self.expected_events["request.accepted", request.id] += 1
         request.accepted_at = self.now
         self.pending.append(request)
         if apply_now:
@@ -204,7 +220,10 @@ class PointsMachine(RuleBasedStateMachine):
                 text("UPDATE accounts SET status = :status WHERE id = :id"),
                 {"status": "frozen" if frozen else "active", "id": self.account_id},
             )
+        if frozen != self.model.frozen_status:
+            self.expected_events["account.frozen" if frozen else "account.unfrozen", None] += 1
         self.model.frozen_status = frozen
+        self._compare_events()
 
     # Time
 
@@ -281,8 +300,13 @@ class PointsMachine(RuleBasedStateMachine):
             ).all()  # fmt: skip
         actual = {row.id: row.error_code or row.status for row in rows}
         for request in self.pending:
+            lot = self.model.lots.get(request.subject or 0) if request.op == "expire" else None
+            expired_before = lot is not None and lot.expired is not None
             outcome = self.model.apply(request)
             assert actual[request.id] == outcome, (request, actual[request.id], outcome)
+            # A lot is closed by its first expiry, even with nothing left in it.
+            closes_lot = lot is not None and not expired_before and lot.expired is not None
+            self._expect_events(request, outcome, closes_lot)
             if outcome != COMPLETED:
                 if request.op == "reversal":
                     del self.live_reversals[request.subject or 0]
@@ -296,7 +320,55 @@ class PointsMachine(RuleBasedStateMachine):
         self.pending = []
         self._compare()
 
+    def _expect_events(self, request: Request, outcome: str, closes_lot: bool) -> None:
+        """The events applying `request` with `outcome` must have written."""
+        made_by_caller = request.op not in ("expire", "timeout")
+        if made_by_caller:
+            kind = "request.applied" if outcome == COMPLETED else f"request.rejected:{outcome}"
+            self.expected_events[kind, request.id] += 1
+        if closes_lot:
+            self.expected_events["lot.expired", self.entries[request.subject or 0]] += 1
+        if outcome != COMPLETED:
+            return
+        self.expected_events["entry.created", request.id] += 1
+        closed = {"capture": "hold.captured", "release": "hold.released",
+                  "timeout": "hold.timed_out"}  # fmt: skip
+        if request.op == "hold":
+            self.expected_events["hold.opened", request.id] += 1
+        elif request.op in closed:
+            self.expected_events[closed[request.op], request.subject] += 1
+
+    def _compare_events(self) -> None:
+        """Number what was committed, read the account's new events, compare with the model."""
+        with transaction(self.env.sessions) as session:
+            number_events(session)
+        with self.env.sessions() as session:
+            rows = session.execute(
+                text("SELECT id, account_seq, type, payload FROM events"
+                     " WHERE account_id = :account AND id > :after ORDER BY id"),
+                {"account": self.account_id, "after": self.event_cursor},
+            ).all()  # fmt: skip
+        keys = {"request": "request_id", "entry": "request_id", "hold": "hold_id",
+                "lot": "lot_id", "account": None}  # fmt: skip
+        for row in rows:
+            self.account_seq += 1
+            assert row.account_seq == self.account_seq, (row, self.account_seq)
+            if row.type == "entry.created":
+                assert row.payload["balance_before"] == self.entry_balance, row
+                self.entry_balance = row.payload["balance_after"]
+            kind = row.type
+            if kind == "request.rejected":
+                kind += ":" + row.payload["error"]["code"]
+            key = keys[row.type.split(".")[0]]
+            self.read_events[kind, None if key is None else row.payload[key]] += 1
+            self.event_cursor = row.id
+        assert self.read_events == self.expected_events, (
+            self.read_events - self.expected_events, self.expected_events - self.read_events
+        )
+        assert self.entry_balance == self.model.balance
+
     def _compare(self) -> None:
+        self._compare_events()
         with self.env.sessions() as session:
             account = session.execute(
                 text("SELECT balance, frozen_balance, total_earned, total_spent, expired_points"
