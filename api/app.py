@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     celery = make_celery(settings)
     resources.init_app(app, celery)
 
-    from api import bulk, health, holds, metrics, openapi, points, score, score_reads, users
+    from api import bulk, events, health, holds, metrics, openapi, points, score, score_reads, users
 
     # Seed 002's routes answer in their envelope, a URL under them that matches no route too.
     register_error_handlers(app, {f"{points.bp.url_prefix}/": points.as_envelope})
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(holds.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(bulk.bp)
+    app.register_blueprint(events.bp)
     track_request_ids(app)
     return app
 

@@ -8,7 +8,7 @@ import sqlalchemy.exc
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
-from shared.flow.notify import CompletionListener
+from shared.flow.notify import AnnouncementListener, CompletionListener
 from shared.intake.auth import TokenCache
 from shared.platform.resources import Resources
 from worker.app import TallyCelery
@@ -17,6 +17,7 @@ EXTENSION = "tally"
 WAIT_SLOTS = "tally.wait_slots"
 TOKEN_CACHE = "tally.token_cache"
 COMPLETIONS = "tally.completions"
+EVENT_ANNOUNCEMENTS = "tally.event_announcements"
 
 
 def resources() -> Resources:
@@ -61,6 +62,12 @@ def completions() -> CompletionListener:
     return listener
 
 
+def event_announcements() -> AnnouncementListener[str]:
+    """This process's one subscription to the events pump's wake-ups, by tenant."""
+    listener: AnnouncementListener[str] = current_app.extensions[EVENT_ANNOUNCEMENTS]
+    return listener
+
+
 def init_app(app: Flask, celery: TallyCelery) -> None:
     app.extensions[EXTENSION] = celery
     settings = celery.resources.settings
@@ -72,6 +79,14 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
     app.extensions[COMPLETIONS] = CompletionListener(
         lambda: celery.resources.redis,
         lambda: celery.resources.keys.done_channel(settings.queue_name),
+    )
+    # A feed's long-poll registers before it reads, so it needs no memory of past wake-ups.
+    app.extensions[EVENT_ANNOUNCEMENTS] = AnnouncementListener(
+        lambda: celery.resources.redis,
+        lambda: celery.resources.keys.events_channel,
+        str,
+        remember=0,
+        name="events-listener",
     )
 
     @app.teardown_appcontext

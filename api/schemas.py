@@ -323,3 +323,23 @@ class RequestStatusPage(BaseModel):
     next: str | None
     previous: str | None
     results: list[RequestStatus]
+
+
+class Event(BaseModel):
+    """One event, as the feed, a webhook and the stream carry it (docs/events.md)."""
+
+    id: int = Field(description="Global position: only grows in the order events become visible")
+    type: str = Field(description="One of the types of docs/events.md, e.g. entry.created")
+    tenant_id: str
+    account_id: str | None = Field(description="None for tenant-wide events (batches)")
+    account_seq: int | None = Field(description="1, 2, 3... per account, without gaps")
+    occurred_at: str = Field(description="The time of the change's transaction, UTC, ISO 8601")
+    data: dict[str, Any] = Field(description="The type's payload")
+
+
+class EventPage(BaseModel):
+    """A page of the feed: pass `next_cursor` as `after` to read on."""
+
+    events: list[Event]
+    next_cursor: int = Field(description="The id of the last event here, or `after` if none")
+    next: str = Field(description="This request's URL with `after=next_cursor`")

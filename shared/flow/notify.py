@@ -1,6 +1,7 @@
-"""Completion announcements: the workers publish the ids of each applied chunk's requests
-on the deployment's channel, and one listener thread per API process wakes the requests
-waiting there.
+"""Announcements: the workers publish the ids of each applied chunk's requests on the
+deployment's done channel (and the events pump the tenants with new events on its events
+channel), and one listener thread per API process and channel wakes the requests waiting
+there.
 
 An announcement is only a wake-up: the woken request reads its outcome from the
 database, so nothing that arrives through Redis (a lost, late, repeated or forged
@@ -15,12 +16,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 import redis.exceptions
 from redis import Redis
 
 RECONNECT_SECONDS = 0.5
+K = TypeVar("K", int, str)
 
 log = logging.getLogger(__name__)
 
@@ -32,57 +36,69 @@ def announce(redis: Redis, channel: str, request_ids: Iterable[int]) -> None:
         redis.publish(channel, json.dumps(payload, separators=(",", ":")))
 
 
-class _Slot:
-    __slots__ = ("event",)
+class AnnouncementListener(Generic[K]):
+    """One subscription to a channel of JSON lists of keys (of type `kind`) for the whole
+    process; threads wait on it for a key.
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-
-class CompletionListener:
-    """One subscription to the done channel for the whole process; threads wait on it.
-
-    A thread registers its request id after the request is committed, and the worker
-    may announce before that: the listener keeps the last `remember` ids it heard, and
-    `wait` looks there first. Started on first use (after any fork; the channel, named
-    after the deployment, is asked for then); when Redis goes away it reconnects, and
-    waiters in the meantime simply time out.
+    A thread may register after the key was announced (a request id announced before
+    its thread got round to waiting): the listener keeps the last `remember` keys it
+    heard, and `wait` looks there first. A thread that reads the database and then
+    waits registers first with `expecting`, so that nothing announced in between is
+    missed. Started on first use (after any fork; the channel, named after the
+    deployment, is asked for then); when Redis goes away it reconnects, and waiters in
+    the meantime simply time out.
     """
 
     def __init__(
-        self, redis: Callable[[], Redis], channel: Callable[[], str], remember: int = 4096
+        self,
+        redis: Callable[[], Redis],
+        channel: Callable[[], str],
+        kind: type[K],
+        remember: int = 4096,
+        name: str = "announcement-listener",
     ) -> None:
         self._redis = redis
         self._channel = channel
+        self._kind: type[K] = kind
         self._remember = remember
+        self._name = name
         self._lock = threading.Lock()
-        self._waiting: dict[int, _Slot] = {}
-        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._waiting: dict[K, set[threading.Event]] = {}
+        self._recent: OrderedDict[K, None] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._subscribed = threading.Event()
 
-    def wait(self, request_id: int, timeout: float, *, heard_before: bool = True) -> bool:
-        """Whether the request was announced (heard earlier, unless `heard_before` is False,
+    def wait(self, key: K, timeout: float, *, heard_before: bool = True) -> bool:
+        """Whether the key was announced (heard earlier, unless `heard_before` is False,
         or within `timeout` seconds). Only a hint: the database has the outcome."""
+        with self.expecting(key) as announced:
+            with self._lock:
+                if heard_before and key in self._recent:
+                    return True
+            return announced.wait(timeout)
+
+    @contextmanager
+    def expecting(self, key: K) -> Iterator[threading.Event]:
+        """An event set by the next announcement of `key` from now on (wait on it later)."""
         self._start()
+        announced = threading.Event()
         with self._lock:
-            if heard_before and request_id in self._recent:
-                return True
-            slot = self._waiting.setdefault(request_id, _Slot())
+            self._waiting.setdefault(key, set()).add(announced)
         try:
-            return slot.event.wait(timeout)
+            yield announced
         finally:
             with self._lock:
-                self._waiting.pop(request_id, None)
+                waiters = self._waiting.get(key, set())
+                waiters.discard(announced)
+                if not waiters:
+                    self._waiting.pop(key, None)
 
     def _start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="completion-listener", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
         # The first waiter gives the subscription a moment, so it does not miss its own.
         self._subscribed.wait(1.0)
@@ -93,12 +109,12 @@ class CompletionListener:
                 self._listen()
             except (redis.exceptions.RedisError, OSError) as error:
                 self._subscribed.clear()
-                log.warning("completion listener lost Redis (%s); reconnecting", error)
+                log.warning("%s lost Redis (%s); reconnecting", self._name, error)
                 time.sleep(RECONNECT_SECONDS)
             except Exception:
                 # The listener must outlive anything; waiters fall back to the database.
                 self._subscribed.clear()
-                log.exception("completion listener failed; restarting it")
+                log.exception("%s failed; restarting it", self._name)
                 time.sleep(RECONNECT_SECONDS)
 
     def _listen(self) -> None:
@@ -115,19 +131,27 @@ class CompletionListener:
             pubsub.close()
 
     def _deliver(self, data: bytes) -> None:
-        """Wake the waiters of the ids in a message; anything else on the channel is ignored."""
+        """Wake the waiters of the keys in a message; anything else on the channel is ignored."""
         try:
             payload = json.loads(data)
         except ValueError:
             return
         if not isinstance(payload, list):
             return
-        ids = [item for item in payload if isinstance(item, int)]
+        keys = [item for item in payload if type(item) is self._kind]
         with self._lock:
-            for request_id in ids:
-                slot = self._waiting.get(request_id)
-                if slot is not None:
-                    slot.event.set()
-                self._recent[request_id] = None
+            for key in keys:
+                for announced in self._waiting.get(key, ()):
+                    announced.set()
+                self._recent[key] = None
             while len(self._recent) > self._remember:
                 self._recent.popitem(last=False)
+
+
+class CompletionListener(AnnouncementListener[int]):
+    """The done channel's listener: request ids, announced once each is final."""
+
+    def __init__(
+        self, redis: Callable[[], Redis], channel: Callable[[], str], remember: int = 4096
+    ) -> None:
+        super().__init__(redis, channel, int, remember, name="completion-listener")
