@@ -98,12 +98,14 @@ def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> di
     python = sys.executable
     tally = [python, "-m", "cli"]
     bulk_processes = str(load_settings().bulk_partitions)
-    worker = [*tally, "worker", "--lanes", "interactive,relay", "--concurrency", "2"]
+    worker = [*tally, "worker", "--lanes", "interactive,relay,events", "--concurrency", "2"]
     bulk_worker = [*tally, "worker", "--lanes", "bulk", "--concurrency", bulk_processes]
+    webhook_worker = [*tally, "worker", "--lanes", "webhooks", "--concurrency", "2"]
     processes = {
         "api": [*tally, "api", "--bind", f"127.0.0.1:{port}"],
         "worker": [*worker, "--metrics-bind", f"127.0.0.1:{metrics_port}"],
         "bulk-worker": [*bulk_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 1}"],
+        "webhook-worker": [*webhook_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 2}"],
         "beat": [*tally, "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:
@@ -134,7 +136,7 @@ def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> di
     type=int,
     default=9808,
     show_default=True,
-    help="The worker's /metrics; the bulk worker's is on the next port.",
+    help="The worker's /metrics; the bulk worker's and the webhook worker's on the next ports.",
 )
 @click.option("--flower", is_flag=True, help="Also start Flower on port 5555.")
 def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
@@ -172,7 +174,8 @@ def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
             _show_how_to_get_a_token(base)
         click.echo(
             f"metrics: {base}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (worker), "
-            f"http://127.0.0.1:{metrics_port + 1}/metrics (bulk worker)"
+            f"http://127.0.0.1:{metrics_port + 1}/metrics (bulk worker), "
+            f"http://127.0.0.1:{metrics_port + 2}/metrics (webhook worker)"
         )
         if flower:
             click.echo("Flower: http://127.0.0.1:5555")

@@ -67,8 +67,8 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
     env: dict[str, str], tmp_path: Path
 ) -> None:
     stack = Stack("", os.environ | env, {}, tmp_path)
-    stack.start_worker("front", "interactive,relay")
-    stack.start_worker("back", "bulk")
+    stack.start_worker("front", "interactive,relay,events")
+    stack.start_worker("back", "bulk,webhooks")
     try:
         deadline = time.monotonic() + 60
         while (answer := status(env))[0] != 0 and time.monotonic() < deadline:
@@ -77,11 +77,16 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
         assert code == 0, (report, stack.logs())
         assert report["problems"] == []
         front, back = (f"{name}@{os.uname().nodename}" for name in ("front", "back"))
-        assert report["lanes"] == {"interactive": [front], "bulk": [back], "relay": [front]}
+        assert report["lanes"] == {
+            "interactive": [front], "bulk": [back], "relay": [front], "events": [front],
+            "webhooks": [back],
+        }  # fmt: skip
         stack.stop("back")
         code, report = status(env)
         assert code == 1
-        assert report["problems"] == ["no worker consumes the bulk lane"]
+        assert report["problems"] == [
+            "no worker consumes the bulk lane", "no worker consumes the webhooks lane"
+        ]
     finally:
         for name in list(stack.processes):
             stack.stop(name)
