@@ -85,7 +85,8 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
         code, report = status(env)
         assert code == 1
         assert report["problems"] == [
-            "no worker consumes the bulk lane", "no worker consumes the webhooks lane"
+            "no worker consumes the bulk lane",
+            "no worker consumes the webhooks lane",
         ]
     finally:
         for name in list(stack.processes):
