@@ -27,7 +27,19 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     celery = make_celery(settings)
     resources.init_app(app, celery)
 
-    from api import bulk, events, health, holds, metrics, openapi, points, score, score_reads, users
+    from api import (
+        bulk,
+        events,
+        health,
+        holds,
+        metrics,
+        openapi,
+        points,
+        score,
+        score_reads,
+        users,
+        webhooks,
+    )
 
     # Seed 002's routes answer in their envelope, a URL under them that matches no route too.
     register_error_handlers(app, {f"{points.bp.url_prefix}/": points.as_envelope})
@@ -47,6 +59,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(users.bp)
     app.register_blueprint(bulk.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(webhooks.bp)
     track_request_ids(app)
     return app
 

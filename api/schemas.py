@@ -343,3 +343,64 @@ class EventPage(BaseModel):
     events: list[Event]
     next_cursor: int = Field(description="The id of the last event here, or `after` if none")
     next: str = Field(description="This request's URL with `after=next_cursor`")
+
+
+class WebhookEndpointOut(BaseModel):
+    """A webhook endpoint (its secrets are never shown again after they are made)."""
+
+    id: str
+    url: str
+    types: list[str] = Field(description="The event types it gets; empty: all")
+    description: str
+    status: str = Field(description="active or disabled")
+    disabled_reason: str | None
+    failing_since: str | None = Field(description="Since when no attempt got a 2xx")
+    previous_secret_until: str | None = Field(
+        description="Until when the secret before the last rotation still signs"
+    )
+    created_at: str
+    updated_at: str
+
+
+class WebhookEndpointCreated(WebhookEndpointOut):
+    secret: str = Field(description="whsec_<base64>: shown once; verify signatures with it")
+
+
+class WebhookEndpointList(BaseModel):
+    results: list[WebhookEndpointOut]
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="The new secret, shown once")
+    previous_secret_until: str | None = Field(
+        description="Deliveries are signed with both secrets until then"
+    )
+
+
+class WebhookRedelivery(BaseModel):
+    redelivered: int = Field(description="Deliveries put back to pending (or created)")
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One line of an endpoint's delivery log."""
+
+    event_id: int = Field(description="Also the webhook-id header of every attempt")
+    account_id: str | None
+    status: str = Field(description="pending, delivered or failed")
+    attempts: int
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    first_attempt_at: str | None
+    last_attempt_at: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+    created_at: str | None
+
+
+class WebhookDeliveryPage(BaseModel):
+    """A page of the delivery log in event order: pass `next_cursor` as `after`."""
+
+    results: list[WebhookDeliveryOut]
+    next_cursor: int
+    next: str | None = Field(description="The next page's URL, or null at the end")

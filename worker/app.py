@@ -9,6 +9,7 @@ from functools import cached_property
 from celery import Celery
 from kombu.entity import Queue
 
+from shared.events.webhook_sender import WebhookSender
 from shared.flow.dispatch import Dispatcher, Lane, queue_of
 from shared.flow.processing import drain_accounts
 from shared.ledger.apply import Applied
@@ -52,6 +53,12 @@ class TallyCelery(Celery):
             for lane, count in partitions.items()
         }
 
+    @cached_property
+    def webhooks(self) -> WebhookSender:
+        """This process's webhook sender (its HTTP client and threads, built on first use)."""
+        resources = self.resources
+        return WebhookSender(resources.settings, resources.engine, resources.sessions)
+
     def _sender(self, lane: Lane) -> Callable[[int], None]:
         queue = queue_of(self.resources.settings.queue_name, lane)
 
@@ -74,6 +81,20 @@ class TallyCelery(Celery):
             lock_wait=settings.lock_wait,
             chunk=settings.apply_chunk,
         )
+
+
+def _stream_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """Beat's run of the NATS stream, when TALLY_NATS_URL is set; dropped like the pump's
+    if not started within a few intervals (the next run streams from the cursor)."""
+    if not settings.nats_url:
+        return {}
+    return {
+        "stream-events": {
+            "task": STREAM_EVENTS_TASK,
+            "schedule": timedelta(seconds=settings.events_interval),
+            "options": {"expires": max(1.0, 4 * settings.events_interval)},
+        }
+    }
 
 
 def make_celery(settings: Settings) -> TallyCelery:
@@ -135,6 +156,7 @@ def make_celery(settings: Settings) -> TallyCelery:
                 "schedule": timedelta(seconds=settings.expiry_interval),
             },
             "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
+            **_stream_schedule(settings),
         },
         include=["worker.tasks"],
     )

@@ -15,8 +15,16 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
+from shared.events import stream
 from shared.events.log import number_events, prune_events
 from shared.events.notices import note_crossings, warn_expiring_lots
+from shared.events.webhooks import (
+    delivery_finished,
+    endpoints_due,
+    fan_out,
+    queue_deliveries,
+    requeue_delivery,
+)
 from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
 from shared.flow.outbox import stale_accounts
 from shared.flow.processing import AccountBusy, note_transient_error
@@ -30,14 +38,18 @@ from shared.platform.metrics import (
     APPLY_LATENCY,
     RELAY_ACCOUNTS,
     RELAY_RUNS,
+    STREAM_EVENTS,
+    STREAM_FAILURES,
     TASK_RETRIES,
 )
 from worker.app import (
+    DELIVER_WEBHOOKS_TASK,
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
     PRUNE_EVENTS_TASK,
     PUMP_EVENTS_TASK,
     RELAY_OUTBOX_TASK,
+    STREAM_EVENTS_TASK,
     TIME_OUT_HOLDS_TASK,
     WARN_EXPIRING_TASK,
     TallyCelery,
@@ -208,7 +220,39 @@ def pump_events(self: Task) -> int:
         app.resources.redis.publish(
             app.resources.keys.events_channel, json.dumps(sorted(numbered.tenants))
         )
+    hand_to_webhooks(app)
     return numbered.count
+
+
+def hand_to_webhooks(app: TallyCelery) -> None:
+    """Write the deliveries of the new events, then send a delivery task for each endpoint
+    with a delivery due and no task queued (so a lost task is sent again)."""
+    with transaction(app.resources.sessions) as session:
+        fan_out(session)
+        due = endpoints_due(session)
+    queue_deliveries(app.resources.redis, app.resources.keys, due, _deliver_later(app))
+
+
+def _deliver_later(app: TallyCelery) -> Callable[[str], None]:
+    return lambda endpoint_id: app.send_task(DELIVER_WEBHOOKS_TASK, args=[endpoint_id])
+
+
+# How long one delivery task works before it hands over to its successor.
+DELIVER_SECONDS = 1.0
+
+
+@shared_task(name=DELIVER_WEBHOOKS_TASK, bind=True, acks_late=True)
+def deliver_webhooks(self: Task, endpoint_id: str) -> int:
+    """Send an endpoint's due deliveries for about DELIVER_SECONDS (shared.events.
+    webhook_sender); queue a successor if more are due. How many were sent."""
+    app = _app(self)
+    run = app.webhooks.run(endpoint_id, DELIVER_SECONDS)
+    redis, keys = app.resources.redis, app.resources.keys
+    if run.more:
+        requeue_delivery(redis, keys, endpoint_id, _deliver_later(app))
+    elif not run.busy:
+        delivery_finished(redis, keys, endpoint_id)
+    return run.sent
 
 
 @shared_task(name=WARN_EXPIRING_TASK, bind=True, acks_late=True)
@@ -225,6 +269,27 @@ def prune_old_events(self: Task) -> int:
     app = _app(self)
     with transaction(app.resources.sessions) as session:
         return prune_events(session, app.resources.settings.events_retention_days)
+
+
+@shared_task(name=STREAM_EVENTS_TASK, bind=True, acks_late=True)
+def stream_events(self: Task) -> int:
+    """Publish the numbered events past the cursor "nats" to NATS JetStream, if
+    TALLY_NATS_URL is set; a run that stops short is logged and counted, the next retries."""
+    app = _app(self)
+    settings = app.resources.settings
+    if not settings.nats_url:
+        return 0
+    streamed = stream.stream_events(app.resources.sessions, settings)
+    STREAM_EVENTS.inc(streamed.published)
+    if streamed.error:
+        STREAM_FAILURES.inc()
+        log.warning(
+            "events past id %d not streamed to NATS: %s",
+            streamed.position,
+            streamed.error,
+            extra={"nats_url": settings.nats_url, "stream": settings.nats_stream},
+        )
+    return streamed.published
 
 
 @worker_process_init.connect

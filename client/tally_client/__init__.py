@@ -26,18 +26,23 @@ from tally_client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
+from tally_client.feed import AsyncEventFeed, EventFeed
+from tally_client.models import BatchStatus, BulkPlan, Event, RequestStatus, Submission
 from tally_client.retries import Retries
+from tally_client.webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncEventFeed",
     "BatchStatus",
     "BulkPlan",
     "Client",
     "Conflict",
     "ContentTooLarge",
+    "Event",
+    "EventFeed",
     "FieldError",
     "Forbidden",
     "KeyReused",
@@ -55,4 +60,6 @@ __all__ = [
     "UnsupportedMediaType",
     "ValidationError",
     "WaitTimeout",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]

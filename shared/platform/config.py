@@ -114,6 +114,10 @@ class Settings:
     webhook_retry_hours: float = 72.0
     webhook_disable_after_hours: float = 120.0
     webhook_allow_private: bool = False
+    # A failed delivery is retried after a random delay between the base and
+    # base * 2^attempts, at most the cap (seconds).
+    webhook_backoff_base: float = 5.0
+    webhook_backoff_cap: float = 3600.0
     # NATS JetStream (e.g. "nats://127.0.0.1:4222"): events are also published there, one
     # subject per tenant and type under `<nats_subject_prefix>.`; empty: not streamed.
     nats_url: str = ""

@@ -45,6 +45,10 @@ class RedisKeys:
         """Where the events pump says which tenants have new events (a wake-up only)."""
         return f"{self.prefix}:events"
 
+    def webhook_mark(self, endpoint_id: str) -> str:
+        """Set while a delivery task for the endpoint is queued or running."""
+        return f"{self.prefix}:webhooks:{endpoint_id}"
+
     @property
     def limits(self) -> str:
         return f"{self.prefix}:limits"
