@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from tally_client import calls
+from tally_client.feed import DEFAULT_FEED_WAIT, AsyncEventFeed
 from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
 from tally_client.retries import Retries
 
@@ -294,3 +295,24 @@ class AsyncClient:
     ) -> list[RequestStatus]:
         """A batch's items with their status and reasons (`status="rejected"`: the rejected)."""
         return await self._run(calls.batch_items(self.endpoint, calls.batch_id_of(batch), status))
+
+    def events(
+        self,
+        after: int = 0,
+        *,
+        types: Iterable[str] | None = None,
+        account: str | None = None,
+        limit: int = calls.FEED_PAGE_SIZE,
+        wait: float = DEFAULT_FEED_WAIT,
+        follow: bool = True,
+    ) -> AsyncEventFeed:
+        """Client.events for `async for`: the tenant's events past `after`, long-polled."""
+        return AsyncEventFeed(
+            lambda position: self._run(
+                calls.events_page(
+                    self.endpoint, position, types, account, limit, wait if follow else 0
+                )
+            ),
+            after,
+            follow,
+        )

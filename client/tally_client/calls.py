@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from tally_client.errors import Rejected, Unreachable, WaitTimeout, error_for
-from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
+from tally_client.models import BatchStatus, BulkPlan, EventPage, RequestStatus, Submission
 from tally_client.retries import Retries, retry_delay
 
 T = TypeVar("T")
@@ -30,6 +30,9 @@ CONNECT_TIMEOUT = 5.0
 # Status polls start fast (a worker applies most requests in milliseconds) and slow down.
 FIRST_POLL = 0.05
 PAGE_SIZE = 1000
+FEED_PAGE_SIZE = 100
+# A long-poll the server could not hold (its waiting places were taken) is retried after this.
+BUSY_FEED_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -404,3 +407,32 @@ def request_id_of(request: Submission | RequestStatus | int) -> int:
 
 def batch_id_of(batch: BatchStatus | str) -> str:
     return batch.id if isinstance(batch, BatchStatus) else batch
+
+
+def events_page(
+    endpoint: Endpoint,
+    after: int,
+    types: Iterable[str] | None,
+    account: str | None,
+    limit: int,
+    wait: float,
+) -> Call[EventPage]:
+    """GET /api/v2/events: the events past `after`; with none, the first within `wait` s."""
+    params: dict[str, str | int] = {"after": int(after), "limit": int(limit)}
+    if types:
+        params["types"] = ",".join(types)
+    if account is not None:
+        params["account"] = account
+    request = endpoint.request(
+        "GET",
+        "/api/v2/events",
+        params=params,
+        headers={"Prefer": f"wait={wait:g}"} if wait > 0 else {},
+        timeout=endpoint.timeout + max(wait, 0),
+    )
+    response = yield from send(endpoint, request, 200)
+    page = EventPage.from_json(response.json())
+    if not page.events and wait > 0 and "Preference-Applied" not in response.headers:
+        # Answered at once rather than held: do not ask again straight away.
+        yield Sleep(min(wait, BUSY_FEED_PAUSE))
+    return page

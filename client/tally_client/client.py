@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from tally_client import calls
+from tally_client.feed import DEFAULT_FEED_WAIT, EventFeed
 from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
 from tally_client.retries import Retries
 
@@ -290,3 +291,30 @@ class Client:
     ) -> list[RequestStatus]:
         """A batch's items with their status and reasons (`status="rejected"`: the rejected)."""
         return self._run(calls.batch_items(self.endpoint, calls.batch_id_of(batch), status))
+
+    def events(
+        self,
+        after: int = 0,
+        *,
+        types: Iterable[str] | None = None,
+        account: str | None = None,
+        limit: int = calls.FEED_PAGE_SIZE,
+        wait: float = DEFAULT_FEED_WAIT,
+        follow: bool = True,
+    ) -> EventFeed:
+        """The tenant's events past `after` (a saved `cursor`), in id order: GET /api/v2/events.
+
+        Followed (the default), the iteration never ends: when caught up each request
+        waits up to `wait` seconds for new events (`Prefer: wait`); call `stop()` on the
+        feed to end it. With `follow=False` it ends once caught up. Save `feed.cursor`
+        after handling an event; `types` and `account` narrow the feed.
+        """
+        return EventFeed(
+            lambda position: self._run(
+                calls.events_page(
+                    self.endpoint, position, types, account, limit, wait if follow else 0
+                )
+            ),
+            after,
+            follow,
+        )

@@ -144,3 +144,42 @@ class BulkPlan:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> BulkPlan:
         return cls(int(body["items"]), int(body["new"]), int(body["replayed"]))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of the feed, as tally sends it (docs/events.md, "The envelope"): `id` its
+    position (the cursor), `data` its type's payload. Deduplicate by `id`."""
+
+    id: int
+    type: str
+    tenant_id: str
+    account_id: str | None
+    account_seq: int | None
+    occurred_at: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Event:
+        return cls(
+            id=int(body["id"]),
+            type=str(body["type"]),
+            tenant_id=str(body["tenant_id"]),
+            account_id=body.get("account_id"),
+            account_seq=body.get("account_seq"),
+            occurred_at=str(body["occurred_at"]),
+            data=dict(body.get("data") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of the feed: its events, and where the next page starts."""
+
+    events: list[Event]
+    next_cursor: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> EventPage:
+        events = [Event.from_json(event) for event in body["events"]]
+        return cls(events, int(body["next_cursor"]))
