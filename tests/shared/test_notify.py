@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from redis import ConnectionPool, Redis
 
-from shared.flow.notify import CompletionListener, announce
+from shared.flow.notify import AnnouncementListener, CompletionListener, announce
 from shared.platform.config import Settings
 from shared.platform.keys import RedisKeys
 
@@ -74,6 +74,28 @@ def test_what_is_not_a_list_of_request_ids_wakes_no_one(redis: Redis, channel: s
     started = time.monotonic()
     assert listener.wait(8, timeout=5) is True
     assert time.monotonic() - started < 0.4
+
+
+def test_a_listener_keyed_by_tenant_wakes_every_waiter_of_the_tenant(
+    redis: Redis, channel: str
+) -> None:
+    listener = AnnouncementListener(lambda: redis, lambda: channel, str, remember=0)
+    with (
+        listener.expecting("acme") as first,
+        listener.expecting("acme") as second,
+        listener.expecting("other") as other,
+    ):
+        # Announced after registering, before waiting (between a read and its wait).
+        redis.publish(channel, '["acme", 7]')
+        assert first.wait(5) and second.wait(5)
+        assert not other.wait(0.3)
+    with listener.expecting("acme") as early:
+        with listener.expecting("acme"):
+            pass  # another request of the tenant, answered already: `early` still waits
+        redis.publish(channel, '["acme"]')
+        assert early.wait(5)
+    # Nothing is remembered: a wait after the announcement waits for the next one.
+    assert listener.wait("acme", timeout=0.3) is False
 
 
 def _other_database(redis: Redis) -> Redis:
