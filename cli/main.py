@@ -357,6 +357,7 @@ from cli.batches import batches  # noqa: E402
 from cli.operations import reconcile, status  # noqa: E402
 from cli.points import points  # noqa: E402
 from cli.run import run  # noqa: E402
+from cli.webhooks import webhooks  # noqa: E402
 
 cli.add_command(run)
 cli.add_command(accounts)
@@ -365,3 +366,4 @@ cli.add_command(award)
 cli.add_command(batches)
 cli.add_command(reconcile)
 cli.add_command(status)
+cli.add_command(webhooks)

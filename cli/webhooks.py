@@ -1,0 +1,184 @@
+"""`tally webhooks add|list|disable|enable|redeliver`: webhook endpoints, from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.events.webhooks import (
+    EndpointChange,
+    EndpointInput,
+    RedeliverInput,
+    change_endpoint,
+    create_endpoint,
+    endpoint_document,
+    list_endpoints,
+    redeliver,
+    tenant_endpoint,
+)
+from shared.intake.validation import InvalidInput
+from shared.models import DEFAULT_TENANT, Role, User, WebhookEndpoint
+from shared.platform.config import load_settings
+from shared.platform.db import make_engine, make_session_factory, transaction
+
+tenant_option = click.option("--tenant", default=DEFAULT_TENANT, show_default=True)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group()
+def webhooks() -> None:
+    """Webhook endpoints: signed deliveries of the tenant's events (docs/events.md)."""
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    engine = make_engine(load_settings().database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _refused(error: InvalidInput | ValidationError) -> click.ClickException:
+    if isinstance(error, ValidationError):
+        fields = [(".".join(map(str, e["loc"])), e["msg"]) for e in error.errors()]
+    else:
+        fields = [(e.field, e.message) for e in error.errors]
+    return click.ClickException("; ".join(f"{field}: {message}" for field, message in fields))
+
+
+def _owner(session: Session, tenant: str, username: str | None) -> User:
+    query = select(User).where(User.tenant_id == tenant)
+    if username is not None:
+        user = session.scalars(query.where(User.username == username)).one_or_none()
+        if user is None:
+            raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
+        return user
+    admin = session.scalars(query.where(User.role == Role.ADMIN).order_by(User.id)).first()
+    if admin is None:
+        raise click.ClickException(f"tenant {tenant!r} has no admin; name one with --by")
+    return admin
+
+
+def _endpoint(session: Session, tenant: str, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = tenant_endpoint(session, tenant, endpoint_id)
+    if endpoint is None:
+        raise click.ClickException(f"no webhook endpoint {endpoint_id} in tenant {tenant!r}")
+    return endpoint
+
+
+def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
+    click.echo(json.dumps(data) if as_json else text())
+
+
+@webhooks.command()
+@click.option("--url", required=True, help="where to POST the events (http or https)")
+@click.option("--type", "types", multiple=True, help="an event type to send (repeat; none: all)")
+@click.option("--description", default="")
+@click.option("--by", "username", help="the owning user (default: the tenant's first admin)")
+@tenant_option
+@json_option
+def add(
+    url: str,
+    types: tuple[str, ...],
+    description: str,
+    username: str | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
+    """Add an endpoint; its signing secret is shown this once."""
+    settings = load_settings()
+    try:
+        data = EndpointInput(url=url, types=list(types), description=description)
+        with _session() as session:
+            owner = _owner(session, tenant, username)
+            endpoint = create_endpoint(
+                session, tenant, owner.id, data, settings.webhook_allow_private
+            )
+            shown = endpoint_document(endpoint) | {"secret": endpoint.secret}
+    except (InvalidInput, ValidationError) as error:
+        raise _refused(error) from None
+    _emit(
+        as_json,
+        shown,
+        lambda: f"endpoint {shown['id']} -> {url}\nsecret (shown once): {shown['secret']}",
+    )
+
+
+@webhooks.command("list")
+@tenant_option
+@json_option
+def list_command(tenant: str, as_json: bool) -> None:
+    """The tenant's endpoints."""
+    with _session() as session:
+        shown = [endpoint_document(endpoint) for endpoint in list_endpoints(session, tenant)]
+
+    def lines() -> str:
+        return "\n".join(
+            f"{e['id']} {e['status']:8} {e['url']} {','.join(e['types']) or '*'}" for e in shown
+        )
+
+    _emit(as_json, {"endpoints": shown}, lines)
+
+
+def _set_status(endpoint_id: str, tenant: str, status: str, as_json: bool) -> None:
+    settings = load_settings()
+    with _session() as session:
+        endpoint = _endpoint(session, tenant, endpoint_id)
+        change = EndpointChange(status=status)  # type: ignore[arg-type]
+        change_endpoint(session, endpoint, change, settings.webhook_allow_private)
+        shown = endpoint_document(endpoint)
+    _emit(as_json, shown, lambda: f"endpoint {endpoint_id} is {status}")
+
+
+@webhooks.command()
+@click.argument("endpoint_id")
+@tenant_option
+@json_option
+def disable(endpoint_id: str, tenant: str, as_json: bool) -> None:
+    """Disable an endpoint: nothing is sent to it, and new events are not queued for it."""
+    _set_status(endpoint_id, tenant, "disabled", as_json)
+
+
+@webhooks.command()
+@click.argument("endpoint_id")
+@tenant_option
+@json_option
+def enable(endpoint_id: str, tenant: str, as_json: bool) -> None:
+    """Enable an endpoint again: its pending deliveries go on."""
+    _set_status(endpoint_id, tenant, "active", as_json)
+
+
+@webhooks.command("redeliver")
+@click.argument("endpoint_id")
+@click.option("--event-id", type=int, help="one event")
+@click.option("--from-id", type=int, help="the first of a range of event ids")
+@click.option("--to-id", type=int, help="the last of a range of event ids")
+@click.option("--after", type=int, help="every event after this id")
+@tenant_option
+@json_option
+def redeliver_command(
+    endpoint_id: str,
+    event_id: int | None,
+    from_id: int | None,
+    to_id: int | None,
+    after: int | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
+    """Send events again: their deliveries go back to pending, attempts reset."""
+    try:
+        span = RedeliverInput(event_id=event_id, from_id=from_id, to_id=to_id, after=after).span()
+    except (InvalidInput, ValidationError) as error:
+        raise click.UsageError(str(_refused(error).message)) from None
+    with _session() as session:
+        count = redeliver(session, _endpoint(session, tenant, endpoint_id), *span)
+    _emit(as_json, {"redelivered": count}, lambda: f"{count} deliveries pending again")

@@ -1,0 +1,128 @@
+"""A real webhook receiver for tests: a threaded HTTP server on 127.0.0.1 that records every
+request and answers as the test says (a status, a hang past the sender's timeout), and can
+be taken down and brought back on its port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cli.embedded import free_port
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as it arrived."""
+
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic()
+    status: int  # what the receiver answered (or meant to, if it hung)
+
+    @property
+    def event(self) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(self.body)
+        return event
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+# Given the request (headers, body), the status to answer and seconds to wait first.
+Behaviour = Callable[[dict[str, str], bytes], tuple[int, float]]
+
+
+def always(status: int) -> Behaviour:
+    return lambda headers, body: (status, 0.0)
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a sender that hangs up (a timeout, keep-alive closed) is no news
+
+
+class Receiver:
+    """Records requests to http://127.0.0.1:<port>/hook; `behaviour` says how to answer."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.behaviour: Behaviour = always(200)
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        # Open connections, closed by `stop` too (keep-alive would outlive the listener).
+        self._connections: set[socket.socket] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                status, delay = receiver.behaviour(headers, body)
+                with receiver._lock:
+                    receiver.received.append(Received(headers, body, time.monotonic(), status))
+                if delay:
+                    time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender gave up waiting
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = QuietServer(("127.0.0.1", self.port), Handler)
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Down: the port refuses connections until `start`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
+
+    def delivered(self) -> list[Received]:
+        """The requests answered 2xx, in arrival order."""
+        return [r for r in self.requests() if 200 <= r.status < 300]

@@ -1,0 +1,605 @@
+"""Webhooks: signed deliveries a real receiver verifies, rotation, order per account through
+retries, the retry window and redelivery, auto-disable, refused addresses, the admin routes
+and the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError as LibraryRefused
+from tally_client import WebhookVerificationError, verify_webhook
+
+from cli.main import cli
+from shared.events.log import number_events, write_events
+from shared.events.webhook_sender import DISABLED_EVENT, WebhookSender, backoff_delay
+from shared.events.webhooks import (
+    delivery_finished,
+    endpoints_due,
+    fan_out,
+    queue_deliveries,
+    url_refusal,
+)
+from shared.models import Role, WebhookDelivery, WebhookEndpoint, new_ulid
+from shared.platform.config import Settings
+from shared.platform.db import transaction
+from tests.conftest import Services
+from tests.events.receiver import Receiver, always
+from tests.factories import Caller, Factory, reputation
+from worker import tasks as worker_tasks
+from worker.app import DELIVER_WEBHOOKS_TASK, TallyCelery
+
+# Fast retries: the backoff runs in tenths of a second.
+FAST = {
+    "webhook_allow_private": True,
+    "webhook_backoff_base": 0.1,
+    "webhook_backoff_cap": 0.4,
+    "webhook_timeout": 1.0,
+}
+HOOKS = "/api/v2/webhooks/"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def admin(factory: Factory) -> Caller:
+    return factory.caller(Role.ADMIN)
+
+
+@pytest.fixture
+def hooks_app(app_with: Callable[..., Flask]) -> Flask:
+    """The API with loopback receivers allowed (the suite's receivers are on 127.0.0.1)."""
+    return app_with(webhook_allow_private=True)
+
+
+@pytest.fixture
+def hooks(hooks_app: Flask) -> FlaskClient:
+    return hooks_app.test_client()
+
+
+@pytest.fixture
+def sender_with(
+    celery_app: TallyCelery, base_settings: Settings
+) -> Iterator[Callable[..., WebhookSender]]:
+    """Webhook senders on the suite's database, with FAST settings plus any overrides."""
+    made: list[WebhookSender] = []
+
+    def build(**overrides: Any) -> WebhookSender:
+        settings = base_settings.with_overrides(FAST | overrides)
+        resources = celery_app.resources
+        sender = WebhookSender(settings, resources.engine, resources.sessions)
+        made.append(sender)
+        return sender
+
+    yield build
+    for sender in made:
+        sender.close()
+
+
+def add_endpoint(
+    client: FlaskClient, admin: Caller, url: str, **fields: Any
+) -> dict[str, Any]:
+    answer = client.post(HOOKS, json={"url": url, **fields}, headers=admin.headers)
+    assert answer.status_code == 201, answer.json
+    document: dict[str, Any] = answer.json  # type: ignore[assignment]
+    return document
+
+
+def pump(sessions: sessionmaker[Session]) -> None:
+    """What beat's pump does for webhooks: number new events, write their deliveries."""
+    with transaction(sessions) as session:
+        number_events(session)
+    with transaction(sessions) as session:
+        fan_out(session)
+
+
+def emit(sessions: sessionmaker[Session], tenant: str, events: list[tuple[str | None, int]]) -> None:
+    """Write test events (account, n) of the tenant, in this order, and pump them."""
+    with transaction(sessions) as session:
+        write_events(
+            session, [(tenant, account, "entry.created", {"n": n}) for account, n in events]
+        )
+    pump(sessions)
+
+
+def deliveries(sessions: sessionmaker[Session], endpoint_id: str) -> list[WebhookDelivery]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.endpoint_id == endpoint_id)
+                .order_by(WebhookDelivery.event_id)
+            )
+        )
+
+
+def run_until(
+    sender: WebhookSender, endpoint_id: str, done: Callable[[], bool], timeout: float = 20.0
+) -> None:
+    """Run deliveries for the endpoint until `done` (each run about 0.2 s, as the task)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the deliveries did not finish in time"
+        sender.run(endpoint_id, 0.2)
+        time.sleep(0.02)
+
+
+def all_final(sessions: sessionmaker[Session], endpoint_id: str) -> Callable[[], bool]:
+    return lambda: all(d.status != "pending" for d in deliveries(sessions, endpoint_id))
+
+
+def test_deliveries_are_signed_and_verify_with_the_library_and_the_client(
+    hooks: FlaskClient,
+    admin: Caller,
+    moderator: Caller,
+    factory: Factory,
+    award: Callable[..., None],
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url, description="crm")
+    secret = endpoint["secret"]
+    assert secret.startswith("whsec_") and endpoint["status"] == "active"
+    # Shown once: never again.
+    assert "secret" not in hooks.get(HOOKS + endpoint["id"], headers=admin.headers).json
+    user = factory.user()
+    award(moderator, reputation(user.id, 5, comment="first"))
+    pump(sessions)
+    run_until(sender_with(), endpoint["id"], all_final(sessions, endpoint["id"]))
+
+    received = receiver.delivered()
+    types = [r.event["type"] for r in received]
+    assert types == ["request.accepted", "entry.created", "request.applied"]
+    with sessions() as session:
+        ids = session.scalars(
+            text("SELECT id FROM events WHERE tenant_id = :t ORDER BY id"), {"t": factory.tenant_id}
+        ).all()
+    assert [int(r.webhook_id) for r in received] == ids
+    for request in received:
+        assert request.headers["content-type"] == "application/json"
+        assert request.event["id"] == int(request.webhook_id)
+        assert request.event["data"]["user_id"] == str(user.id)
+        assert Webhook(secret).verify(request.body, request.headers) == request.event
+        assert verify_webhook(request.body, request.headers, secret) == request.event
+    tampered = received[1].body.replace(b'"amount":5', b'"amount":500')
+    assert tampered != received[1].body
+    with pytest.raises(LibraryRefused):
+        Webhook(secret).verify(tampered, received[1].headers)
+    with pytest.raises(WebhookVerificationError, match="no signature"):
+        verify_webhook(tampered, received[1].headers, secret)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        verify_webhook(received[0].body, received[0].headers, secret, now=time.time() + 301)
+    other = add_endpoint(hooks, admin, receiver.url)["secret"]
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(received[0].body, received[0].headers, other)
+
+    log = hooks.get(HOOKS + endpoint["id"] + "/deliveries", headers=admin.headers).json
+    assert [d["event_id"] for d in log["results"]] == ids
+    first = log["results"][0]
+    assert first["status"] == "delivered" and first["attempts"] == 1
+    assert first["last_status_code"] == 200 and first["last_latency_ms"] is not None
+    assert first["delivered_at"] and first["last_error"] is None
+
+
+def test_after_a_rotation_both_secrets_verify_during_the_overlap(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    old = endpoint["secret"]
+    path = HOOKS + endpoint["id"] + "/rotate-secret"
+    rotated = hooks.post(path, json={"overlap_hours": 1}, headers=admin.headers)
+    assert rotated.status_code == 200
+    new = rotated.json["secret"]
+    assert new != old and rotated.json["previous_secret_until"]
+    sender = sender_with()
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    run_until(sender, endpoint["id"], lambda: len(receiver.delivered()) == 1)
+    (request,) = receiver.delivered()
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(request.body, request.headers)
+        verify_webhook(request.body, request.headers, secret)
+
+    # Without an overlap, only the new secret signs.
+    newest = hooks.post(path, json={"overlap_hours": 0}, headers=admin.headers).json["secret"]
+    emit(sessions, factory.tenant_id, [(new_ulid(), 2)])
+    run_until(sender, endpoint["id"], lambda: len(receiver.delivered()) == 2)
+    last = receiver.delivered()[-1]
+    assert len(last.headers["webhook-signature"].split(" ")) == 1
+    verify_webhook(last.body, last.headers, newest)
+    with pytest.raises(WebhookVerificationError):
+        verify_webhook(last.body, last.headers, new)
+
+
+def test_an_accounts_events_wait_for_its_failing_event_and_other_accounts_go_on(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    slow, quick = new_ulid(), new_ulid()
+    failures_left = {"n": 4}
+
+    def fail_slow_first(headers: dict[str, str], body: bytes) -> tuple[int, float]:
+        event = json.loads(body)
+        if event["account_id"] == slow and event["data"]["n"] == 1 and failures_left["n"]:
+            failures_left["n"] -= 1
+            return 500, 0.0
+        return 200, 0.0
+
+    receiver.behaviour = fail_slow_first
+    emit(sessions, factory.tenant_id, [(slow, 1), (quick, 1), (slow, 2), (quick, 2), (slow, 3)])
+    emit(sessions, factory.tenant_id, [(None, 1), (quick, 3)])
+    run_until(sender_with(), endpoint["id"], all_final(sessions, endpoint["id"]))
+
+    requests = receiver.requests()
+    of_slow = [r for r in requests if r.event["account_id"] == slow]
+    # The first event failed four times and was retried; the later ones waited for it.
+    assert [(r.event["data"]["n"], r.status) for r in of_slow] == [
+        (1, 500), (1, 500), (1, 500), (1, 500), (1, 200), (2, 200), (3, 200),
+    ]  # fmt: skip
+    assert [r.event["account_seq"] for r in of_slow if r.status == 200] == [1, 2, 3]
+    # The other account and the tenant-wide event did not wait.
+    slow_done = of_slow[4].at
+    others = [r for r in requests if r.event["account_id"] != slow]
+    assert len(others) == 4 and all(r.at < slow_done for r in others)
+    assert [r.event["data"]["n"] for r in others if r.event["account_id"] == quick] == [1, 2, 3]
+    # Backed off between the attempts: at least the base each time.
+    gaps = [b.at - a.at for a, b in zip(of_slow[:4], of_slow[1:5], strict=True)]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+    first = deliveries(sessions, endpoint["id"])[0]
+    assert first.status == "delivered" and first.attempts == 5
+    assert first.last_status_code == 200 and first.last_error is None
+
+
+def test_a_delivery_past_the_retry_window_fails_and_redelivery_brings_it(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    account = new_ulid()
+    broken = {"on": True}
+
+    def refuse_first(headers: dict[str, str], body: bytes) -> tuple[int, float]:
+        first = json.loads(body)["data"]["n"] == 1
+        return (503, 0.0) if first and broken["on"] else (200, 0.0)
+
+    receiver.behaviour = refuse_first
+    emit(sessions, factory.tenant_id, [(account, 1), (account, 2)])
+    # A window of about a second: then the first is kept as failed and the second goes.
+    sender = sender_with(webhook_retry_hours=1 / 3600)
+    run_until(sender, endpoint["id"], all_final(sessions, endpoint["id"]))
+    first, second = deliveries(sessions, endpoint["id"])
+    assert first.status == "failed" and first.attempts >= 2
+    assert first.last_status_code == 503 and "answered 503" in (first.last_error or "")
+    assert second.status == "delivered"
+    assert [r.event["data"]["n"] for r in receiver.delivered()] == [2]
+
+    broken["on"] = False
+    path = HOOKS + endpoint["id"] + "/redeliver"
+    again = hooks.post(path, json={"event_id": first.event_id}, headers=admin.headers)
+    assert again.status_code == 200 and again.json == {"redelivered": 1}
+    (pending,) = [d for d in deliveries(sessions, endpoint["id"]) if d.status == "pending"]
+    assert pending.event_id == first.event_id and pending.attempts == 0
+    run_until(sender, endpoint["id"], all_final(sessions, endpoint["id"]))
+    assert [r.event["data"]["n"] for r in receiver.delivered()] == [2, 1]
+    assert receiver.delivered()[-1].webhook_id == str(first.event_id)  # the same id
+
+    # A range, and everything after an id, come again in order (the same ids).
+    ids = [d.event_id for d in deliveries(sessions, endpoint["id"])]
+    answer = hooks.post(
+        path, json={"from_id": ids[0], "to_id": ids[1]}, headers=admin.headers
+    ).json
+    assert answer == {"redelivered": 2}
+    run_until(sender, endpoint["id"], all_final(sessions, endpoint["id"]))
+    assert [r.event["data"]["n"] for r in receiver.delivered()][-2:] == [1, 2]
+    assert hooks.post(path, json={"after": ids[0]}, headers=admin.headers).json == {
+        "redelivered": 1
+    }
+
+
+def test_an_endpoint_failing_past_the_limit_is_disabled_with_an_event(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    receiver.behaviour = always(500)
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    sender = sender_with(webhook_disable_after_hours=0.5 / 3600)
+
+    def disabled() -> bool:
+        with sessions() as session:
+            return session.get_one(WebhookEndpoint, endpoint["id"]).status == "disabled"
+
+    run_until(sender, endpoint["id"], disabled)
+    shown = hooks.get(HOOKS + endpoint["id"], headers=admin.headers).json
+    assert shown["status"] == "disabled" and shown["disabled_reason"].startswith("no 2xx since")
+    with sessions() as session:
+        (payload,) = session.scalars(
+            text("SELECT payload FROM events WHERE tenant_id = :t AND type = :type"),
+            {"t": factory.tenant_id, "type": DISABLED_EVENT},
+        ).all()
+    assert payload["endpoint_id"] == endpoint["id"] and payload["url"] == receiver.url
+    assert payload["last_status_code"] == 500 and payload["failing_since"]
+    assert payload["disabled_at"]
+    # Nothing more is sent to it; the delivery waits (pending) for it to be enabled.
+    sent = len(receiver.requests())
+    sender.run(endpoint["id"], 0.2)
+    assert len(receiver.requests()) == sent
+    receiver.behaviour = always(200)
+    enabled = hooks.patch(
+        HOOKS + endpoint["id"], json={"status": "active"}, headers=admin.headers
+    )
+    assert enabled.json["status"] == "active" and enabled.json["disabled_reason"] is None
+    run_until(sender, endpoint["id"], all_final(sessions, endpoint["id"]))
+    assert deliveries(sessions, endpoint["id"])[0].status == "delivered"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/hook",
+        "http://127.0.0.1:9/hook",
+        "http://localhost:8080/hook",  # a name that resolves to loopback
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+        "http://224.0.0.1/hook",
+        "ftp://example.com/hook",
+        "http://user:pw@example.com/hook",
+        "not a url",
+        "http://no-such-host.invalid/hook",
+    ],
+)
+def test_private_and_bad_urls_are_refused_naming_url(
+    client: FlaskClient, admin: Caller, url: str
+) -> None:
+    answer = client.post(HOOKS, json={"url": url}, headers=admin.headers)
+    assert answer.status_code == 400, answer.json
+    assert answer.mimetype == "application/problem+json"
+    assert [e["field"] for e in answer.json["errors"]] == ["url"]
+
+
+def test_a_receiver_whose_name_turns_private_is_not_sent_to(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    # Saved while allowed; delivery checks again with the sender's settings (DNS can change).
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    sender_with(webhook_allow_private=False).run(endpoint["id"], 0.2)
+    assert receiver.requests() == []
+    (delivery,) = deliveries(sessions, endpoint["id"])
+    assert delivery.status == "pending" and delivery.attempts == 1
+    assert "not sent" in (delivery.last_error or "")
+    public = url_refusal("https://example.com/x", False, lambda host, port: ["93.184.215.14"])
+    assert public is None
+
+
+def test_admin_routes_answer_4xx_problems_naming_the_field(
+    hooks: FlaskClient,
+    client: FlaskClient,
+    admin: Caller,
+    moderator: Caller,
+    factory: Factory,
+    receiver: Receiver,
+    sessions: sessionmaker[Session],
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url, types=["entry.created"])
+    one = HOOKS + endpoint["id"]
+
+    def problem(answer: Any, status: int, field: str | None = None) -> None:
+        assert answer.status_code == status, answer.json
+        assert answer.mimetype == "application/problem+json"
+        if field is not None:
+            assert field in [e["field"] for e in answer.json["errors"]], answer.json
+
+    problem(hooks.get(HOOKS), 401)
+    problem(hooks.get(HOOKS, headers=moderator.headers), 403)
+    problem(hooks.post(HOOKS, json={"url": receiver.url}, headers=moderator.headers), 403)
+    problem(hooks.post(HOOKS, json={}, headers=admin.headers), 400, "url")
+    problem(hooks.post(HOOKS, json={"url": receiver.url, "types": ["nope"]},
+                       headers=admin.headers), 400, "types")  # fmt: skip
+    problem(hooks.post(HOOKS, json={"url": receiver.url, "types": "entry.created"},
+                       headers=admin.headers), 400, "types")  # fmt: skip
+    problem(hooks.post(HOOKS, json={"url": receiver.url, "secret": "mine"},
+                       headers=admin.headers), 400, "secret")  # fmt: skip
+    problem(hooks.post(HOOKS, json={"url": "x" * 3000}, headers=admin.headers), 400, "url")
+    problem(hooks.post(HOOKS, json=[1], headers=admin.headers), 400, "body")
+    problem(hooks.post(HOOKS, data=b"{", headers=admin.headers | {"Content-Type":
+            "application/json"}), 400, "body")  # fmt: skip
+    problem(hooks.get(HOOKS + "01NOSUCHENDPOINT0000000000", headers=admin.headers), 404)
+    problem(hooks.get(HOOKS + "x" * 300, headers=admin.headers), 404)
+    problem(hooks.patch(one, json={"status": "paused"}, headers=admin.headers), 400, "status")
+    problem(client.patch(one, json={"url": "http://127.0.0.1/x"}, headers=admin.headers),
+            400, "url")  # fmt: skip
+    problem(hooks.post(one + "/rotate-secret", json={"overlap_hours": -1},
+                       headers=admin.headers), 400, "overlap_hours")  # fmt: skip
+    redeliver = one + "/redeliver"
+    problem(hooks.post(redeliver, json={}, headers=admin.headers), 400, "event_id")
+    problem(hooks.post(redeliver, json={"event_id": 1, "after": 0}, headers=admin.headers),
+            400, "event_id")  # fmt: skip
+    problem(hooks.post(redeliver, json={"from_id": 5}, headers=admin.headers), 400, "to_id")
+    problem(hooks.post(redeliver, json={"from_id": 5, "to_id": 4}, headers=admin.headers),
+            400, "to_id")  # fmt: skip
+    problem(hooks.post(redeliver, json={"event_id": "x"}, headers=admin.headers), 400, "event_id")
+    problem(hooks.post(redeliver, json={"event_id": 2**70}, headers=admin.headers),
+            400, "event_id")  # fmt: skip
+    problem(hooks.post(redeliver, json={"event_id": 10**15}, headers=admin.headers), 404)
+    # An event of another tenant is not found; one of a type the endpoint skips is a 409.
+    stranger = Factory(sessions)
+    emit(sessions, stranger.tenant_id, [(new_ulid(), 1)])
+    with transaction(sessions) as session:
+        write_events(session, [(factory.tenant_id, None, "batch.accepted", {})])
+    pump(sessions)
+    with sessions() as session:
+        foreign = session.scalar(text("SELECT max(id) FROM events WHERE tenant_id = :t"),
+                                 {"t": stranger.tenant_id})  # fmt: skip
+        skipped = session.scalar(text("SELECT max(id) FROM events WHERE tenant_id = :t"),
+                                 {"t": factory.tenant_id})  # fmt: skip
+    problem(hooks.post(redeliver, json={"event_id": foreign}, headers=admin.headers), 404)
+    problem(hooks.post(redeliver, json={"event_id": skipped}, headers=admin.headers), 409)
+    deliveries_url = one + "/deliveries"
+    problem(hooks.get(deliveries_url + "?limit=0", headers=admin.headers), 400, "limit")
+    problem(hooks.get(deliveries_url + "?after=-1", headers=admin.headers), 400, "after")
+    problem(hooks.get(deliveries_url + "?status=lost", headers=admin.headers), 400, "status")
+    problem(hooks.get(HOOKS + "01NOSUCHENDPOINT0000000000/deliveries", headers=admin.headers),
+            404)  # fmt: skip
+    # Another tenant's admin sees none of it.
+    outsider = stranger.caller(Role.ADMIN)
+    problem(hooks.get(one, headers=outsider.headers), 404)
+    assert hooks.get(HOOKS, headers=outsider.headers).json == {"results": []}
+    listed = hooks.get(HOOKS, headers=admin.headers).json["results"]
+    assert [e["id"] for e in listed] == [endpoint["id"]]
+    assert listed[0]["types"] == ["entry.created"]
+
+
+def test_the_delivery_log_pages_by_cursor(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    emit(sessions, factory.tenant_id, [(new_ulid(), n) for n in range(5)])
+    url = HOOKS + endpoint["id"] + "/deliveries?limit=2&status=pending"
+    seen: list[int] = []
+    while url:
+        page = hooks.get(url, headers=admin.headers).json
+        seen += [d["event_id"] for d in page["results"]]
+        url = page["next"]
+    assert len(seen) == 5 and seen == sorted(seen)
+
+
+def test_the_pump_sends_one_task_per_endpoint_and_again_once_a_task_is_lost(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    celery_app: TallyCelery,
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    redis, keys = celery_app.resources.redis, celery_app.resources.keys
+    with sessions() as session:
+        assert endpoint["id"] in endpoints_due(session)
+    sent: list[str] = []
+    queue_deliveries(redis, keys, [endpoint["id"]], sent.append)
+    queue_deliveries(redis, keys, [endpoint["id"]], sent.append)
+    assert sent == [endpoint["id"]]  # one queued task, not one per pump
+    # The task was lost: once its mark lapses the next pump sends another.
+    redis.expire(keys.webhook_mark(endpoint["id"]), 1)
+    time.sleep(1.2)
+    queue_deliveries(redis, keys, [endpoint["id"]], sent.append)
+    assert sent == [endpoint["id"]] * 2
+    delivery_finished(redis, keys, endpoint["id"])
+
+
+def test_the_deliver_task_sends_and_clears_its_mark(
+    app_with: Callable[..., Flask],
+    admin: Caller,
+    factory: Factory,
+    receiver: Receiver,
+) -> None:
+    app = app_with(**FAST)
+    celery: TallyCelery = app.extensions["tally"]
+    endpoint = add_endpoint(app.test_client(), admin, receiver.url)
+    sessions = celery.resources.sessions
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1), (new_ulid(), 2)])
+    redis, keys = celery.resources.redis, celery.resources.keys
+    queue_deliveries(redis, keys, [endpoint["id"]], lambda _: None)
+    assert worker_tasks.deliver_webhooks.name == DELIVER_WEBHOOKS_TASK
+    sent = celery.tasks[DELIVER_WEBHOOKS_TASK].apply(args=[endpoint["id"]]).get()
+    assert sent == 2 and len(receiver.delivered()) == 2
+    assert not redis.exists(keys.webhook_mark(endpoint["id"]))
+    celery.webhooks.close()
+
+
+def test_backoff_grows_with_jitter_within_its_bounds() -> None:
+    for attempts in range(1, 12):
+        for _ in range(50):
+            delay = backoff_delay(attempts, 5.0, 3600.0)
+            assert 5.0 <= delay <= min(3600.0, 5.0 * 2**attempts)
+    assert backoff_delay(1, 5.0, 3600.0, rng=lambda low, high: high) == 10.0
+    assert backoff_delay(40, 5.0, 3600.0, rng=lambda low, high: high) == 3600.0
+
+
+def test_the_cli_adds_lists_disables_and_redelivers(
+    services: Services,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+) -> None:
+    runner = CliRunner(
+        env={"TALLY_DATABASE_URL": services.database_url, "TALLY_WEBHOOK_ALLOW_PRIVATE": "1"}
+    )
+
+    def tally(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli, ["webhooks", *args, "--tenant", factory.tenant_id, "--json"])
+        assert result.exit_code == code, result.output
+        return json.loads(result.output) if code == 0 else result.output
+
+    added = tally("add", "--url", receiver.url, "--type", "entry.created")
+    assert added["secret"].startswith("whsec_") and added["types"] == ["entry.created"]
+    listed = tally("list")["endpoints"]
+    assert [e["id"] for e in listed] == [added["id"]] and "secret" not in listed[0]
+    assert "types" in tally("add", "--url", receiver.url, "--type", "nope", code=1)
+    private = CliRunner(env={"TALLY_DATABASE_URL": services.database_url}).invoke(
+        cli, ["webhooks", "add", "--url", receiver.url, "--tenant", factory.tenant_id]
+    )
+    assert private.exit_code == 1 and "url:" in private.output
+
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1), (new_ulid(), 2)])
+    with sessions() as session:
+        first, last = session.execute(
+            text("SELECT min(id), max(id) FROM events WHERE tenant_id = :t"),
+            {"t": factory.tenant_id},
+        ).one()
+    assert tally("redeliver", added["id"], "--from-id", str(first), "--to-id", str(last)) == {
+        "redelivered": 2
+    }
+    assert tally("redeliver", added["id"], "--after", str(first)) == {"redelivered": 1}
+    assert "event-id" in tally("redeliver", added["id"], code=2).replace("_", "-")
+    assert tally("disable", added["id"])["status"] == "disabled"
+    assert "no webhook endpoint" in tally("disable", "01NOSUCHENDPOINT0000000000", code=1)
+    assert tally("list")["endpoints"][0]["status"] == "disabled"
