@@ -4,6 +4,7 @@ be taken down and brought back on its port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -114,10 +115,8 @@ class Receiver:
         with self._lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def requests(self) -> list[Received]:
         with self._lock:
