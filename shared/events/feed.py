@@ -41,9 +41,19 @@ After = Annotated[
     BeforeValidator(_parse_after),
     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": BIGINT_MAX}),
 ]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """The default is the parsed value (no types), not a value to send."""
+    schema.pop("default", None)
+
+
 Types = Annotated[
     tuple[str, ...],
-    Field(description="comma-separated event types (default: every type)"),
+    Field(
+        description="comma-separated event types (default: every type)",
+        json_schema_extra=_no_default,
+    ),
     BeforeValidator(_parse_types),
     WithJsonSchema({"type": "string", "examples": ["entry.created,balance.crossed"]}),
 ]

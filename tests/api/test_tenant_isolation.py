@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+from shared.events.log import number_events
 from shared.models import Account, AdjustmentRequest, Batch, Hold, LedgerEntry, Role, User
 from tests.factories import Caller, Factory, apply_now, count_rows
 
@@ -337,6 +338,26 @@ def users_create(world: World) -> None:
     assert created[0].json["reputation"] == created[1].json["reputation"] == 0
 
 
+def events_feed(world: World) -> None:
+    """B's account shows nothing in A's feed, exactly as an account nobody has; A's whole
+    feed holds none of B's events (which B's own feed has)."""
+    with world.sessions.begin() as session:
+        number_events(session)
+    with world.sessions() as session:
+        their_account = session.scalars(
+            select(Account.id).where(Account.tenant_id == world.theirs.tenant_id)
+        ).first()
+    theirs = _get(world, "/api/v2/events", account=their_account)
+    missing = _get(world, "/api/v2/events", account=MISSING_ULID)
+    for answer in (theirs, missing):
+        assert answer.status_code == 200
+        assert answer.json["events"] == [] and answer.json["next_cursor"] == 0
+    mine = _get(world, "/api/v2/events", limit=1000).json["events"]
+    assert {event["tenant_id"] for event in mine} <= {world.mine.tenant_id}
+    own = world.client.get("/api/v2/events", headers=world.theirs.headers).json["events"]
+    assert own and {event["tenant_id"] for event in own} == {world.theirs.tenant_id}
+
+
 CASES: dict[str, Callable[[World], None]] = {
     "score.create_score": score_create,
     "score_reads.list_score": score_list,
@@ -361,6 +382,7 @@ CASES: dict[str, Callable[[World], None]] = {
     "score.reverse": score_reverse,
     "users.read": users_read,
     "users.create": users_create,
+    "events.feed": events_feed,
 }
 
 
