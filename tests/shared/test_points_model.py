@@ -363,7 +363,8 @@ class PointsMachine(RuleBasedStateMachine):
             self.read_events[kind, None if key is None else row.payload[key]] += 1
             self.event_cursor = row.id
         assert self.read_events == self.expected_events, (
-            self.read_events - self.expected_events, self.expected_events - self.read_events
+            self.read_events - self.expected_events,
+            self.expected_events - self.read_events,
         )
         assert self.entry_balance == self.model.balance
 
