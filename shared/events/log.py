@@ -158,6 +158,18 @@ def read_events(
     return [Event(*row) for row in rows]
 
 
+READ_ALL = text("""
+    SELECT id, account_seq, tenant_id, account_id, type, occurred_at, payload
+    FROM events WHERE id > :after ORDER BY id LIMIT :limit
+""")
+
+
+def read_all_events(session: Session, after: int, limit: int) -> list[Event]:
+    """Every tenant's numbered events past `after`, in id order (the NATS stream's read)."""
+    rows = session.execute(READ_ALL, {"after": after, "limit": limit})
+    return [Event(*row) for row in rows]
+
+
 def cursor_position(session: Session, name: str) -> int:
     """How far the consumer `name` has read (0 before its first read)."""
     position = session.execute(

@@ -65,6 +65,14 @@ RELAY_ACCOUNTS = Counter(
     "Accounts the relay handed to the workers again (their requests waited past the delay)",
     ["lane"],
 )
+STREAM_EVENTS = Counter(
+    "tally_stream_events_total",
+    "Events NATS JetStream acknowledged (duplicates it dropped included)",
+)
+STREAM_FAILURES = Counter(
+    "tally_stream_failures_total",
+    "Runs of the NATS stream that stopped short: NATS unreachable or an event not acknowledged",
+)
 
 # A source of the backlog gauges that may be down while the scrape goes on.
 SOURCE_ERRORS: dict[str, tuple[type[Exception], ...]] = {
