@@ -276,13 +276,15 @@ def stream_events(self: Task) -> int:
     """Publish the numbered events past the cursor "nats" to NATS JetStream, if
     TALLY_NATS_URL is set; a run that stops short is logged and counted, the next retries."""
     app = _app(self)
-    settings = app.resources.settings
-    if not settings.nats_url:
+    settings, redis, keys = app.resources.settings, app.resources.redis, app.resources.keys
+    # A NATS that is down or refusing is not asked four times a second.
+    if not settings.nats_url or redis.exists(keys.stream_pause):
         return 0
     streamed = stream.stream_events(app.resources.sessions, settings)
     STREAM_EVENTS.inc(streamed.published)
     if streamed.error:
         STREAM_FAILURES.inc()
+        redis.set(keys.stream_pause, streamed.position, ex=stream.STREAM_PAUSE_SECONDS)
         log.warning(
             "events past id %d not streamed to NATS: %s",
             streamed.position,

@@ -45,10 +45,14 @@ STREAM_CURSOR = "nats"
 STREAM_LOCK = 0x7A11E7E2
 # Events read and published per transaction, all before their acks are awaited.
 PUBLISH_BATCH = 1000
-# A run keeps its connection for more batches until caught up or this many seconds pass.
-STREAM_SECONDS = 5.0
-ACK_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 2
+# The events lane shares its worker processes with single adjustments (Procfile), so a
+# run is short: it keeps its connection for more batches until caught up or this many
+# seconds pass, and a NATS that does not answer costs a run a few seconds at most.
+STREAM_SECONDS = 1.0
+ACK_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 1
+# After a run stopped short, the task lets this many seconds pass before the next one.
+STREAM_PAUSE_SECONDS = 5
 # JetStream drops a message whose Nats-Msg-Id it stored this recently. A republish
 # follows a lost ack by one run (TALLY_EVENTS_INTERVAL); a longer outage of PostgreSQL
 # between the publish and the cursor's commit can leave a duplicate, which consumers

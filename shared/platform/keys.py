@@ -50,5 +50,10 @@ class RedisKeys:
         return f"{self.prefix}:webhooks:{endpoint_id}"
 
     @property
+    def stream_pause(self) -> str:
+        """Set for a while after a run of the NATS stream stopped short: runs wait it out."""
+        return f"{self.prefix}:stream:pause"
+
+    @property
     def limits(self) -> str:
         return f"{self.prefix}:limits"

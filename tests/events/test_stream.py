@@ -37,7 +37,13 @@ from shared.events.log import (
     read_all_events,
     write_events,
 )
-from shared.events.stream import STREAM_CURSOR, Streamed, stream_config, stream_events
+from shared.events.stream import (
+    STREAM_CURSOR,
+    STREAM_PAUSE_SECONDS,
+    Streamed,
+    stream_config,
+    stream_events,
+)
 from shared.events.stream import subject_token as token
 from shared.platform.config import Settings
 from shared.platform.db import transaction
@@ -401,6 +407,11 @@ def test_nats_down_keeps_the_cursor_and_after_its_restart_consumers_miss_nothing
     assert any("not streamed to NATS" in r.getMessage() for r in caplog.records)
 
     nats_server.start()
+    # The task waits out its pause after the failed run; then it streams what was missed.
+    redis, pause = celery_app.resources.redis, celery_app.resources.keys.stream_pause
+    assert 0 < redis.ttl(pause) <= STREAM_PAUSE_SECONDS
+    assert run_task(celery_app) == 0 and position(sessions) == 20
+    redis.delete(pause)
     assert run_task(celery_app) == 20
     assert position(sessions) == 40
 
