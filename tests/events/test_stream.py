@@ -25,6 +25,7 @@ import pytest
 from flask import Flask
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -354,7 +355,7 @@ def test_a_run_stops_at_the_first_event_nats_refuses_and_the_next_goes_on_from_i
             try:
                 await js.stream_info(STREAM)
                 await js.update_stream(config, **limits)
-            except nats.js.errors.NotFoundError:
+            except NotFoundError:
                 await js.add_stream(config, **limits)
         finally:
             await client.close()
