@@ -53,6 +53,12 @@ DUE_HEADS = text(f"""
 """)
 
 
+NEXT_DUE = text(f"""
+    SELECT EXTRACT(EPOCH FROM min(h.next_attempt_at) - now())
+    FROM ({HEADS.format(where="AND endpoint_id = :endpoint")}) h
+""")
+
+
 @dataclass(frozen=True)
 class Head:
     """A head delivery due now, with its event (None if retention deleted it)."""
@@ -167,8 +173,13 @@ class WebhookSender:
                 now = session.scalar(select(func.now()))
                 assert now is not None
                 secrets, url = signing_secrets(endpoint, now), endpoint.url
+                wait = None if heads else session.scalar(NEXT_DUE, {"endpoint": endpoint_id})
             if not heads:
-                return Run(sent)
+                # A retry due before the run's end is waited for here, not by a new task.
+                if wait is None or time.monotonic() + float(wait) > deadline:
+                    return Run(sent)
+                time.sleep(max(0.0, float(wait)))
+                continue
             attempts = self.send_round(url, secrets, heads)
             with transaction(self.sessions) as session:
                 record_attempts(session, endpoint_id, attempts, self.settings)

@@ -404,7 +404,7 @@ def test_a_receiver_whose_name_turns_private_is_not_sent_to(
     sender_with(webhook_allow_private=False).run(endpoint["id"], 0.2)
     assert receiver.requests() == []
     (delivery,) = deliveries(sessions, endpoint["id"])
-    assert delivery.status == "pending" and delivery.attempts == 1
+    assert delivery.status == "pending" and delivery.attempts >= 1
     assert "not sent" in (delivery.last_error or "")
     public = url_refusal("https://example.com/x", False, lambda host, port: ["93.184.215.14"])
     assert public is None
