@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from redis import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -52,8 +52,18 @@ def _known_types(types: list[str]) -> list[str]:
     return sorted(set(types))
 
 
-Url = Annotated[str, Field(min_length=1, max_length=URL_MAX)]
-Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain unpaired surrogates") from None
+    return value
+
+
+Url = Annotated[str, Field(min_length=1, max_length=URL_MAX), AfterValidator(_storable)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_storable)]
 
 
 class EndpointInput(BaseModel):
@@ -172,7 +182,7 @@ def url_refusal(url: str, allow_private: bool, resolver: Resolver = resolve) -> 
         return "the URL must not carry credentials"
     try:
         addresses = resolver(parts.hostname, port)
-    except (OSError, UnicodeError):
+    except (OSError, ValueError):
         return f"the host {parts.hostname} does not resolve"
     if not addresses:
         return f"the host {parts.hostname} does not resolve"

@@ -439,6 +439,11 @@ def test_admin_routes_answer_4xx_problems_naming_the_field(
     problem(hooks.post(HOOKS, json={"url": receiver.url, "secret": "mine"},
                        headers=admin.headers), 400, "secret")  # fmt: skip
     problem(hooks.post(HOOKS, json={"url": "x" * 3000}, headers=admin.headers), 400, "url")
+    problem(hooks.post(HOOKS, json={"url": "http://a\x00b/"}, headers=admin.headers), 400, "url")
+    problem(hooks.post(HOOKS, json={"url": "http://a\ud800b/"}, headers=admin.headers),
+            400, "url")  # fmt: skip
+    problem(hooks.post(HOOKS, json={"url": receiver.url, "description": "a\x00"},
+                       headers=admin.headers), 400, "description")  # fmt: skip
     problem(hooks.post(HOOKS, json=[1], headers=admin.headers), 400, "body")
     problem(hooks.post(HOOKS, data=b"{", headers=admin.headers | {"Content-Type":
             "application/json"}), 400, "body")  # fmt: skip
