@@ -22,7 +22,13 @@ from tally_client import WebhookVerificationError, verify_webhook
 
 from cli.main import cli
 from shared.events.log import number_events, write_events
-from shared.events.webhook_sender import DISABLED_EVENT, WebhookSender, backoff_delay
+from shared.events.webhook_sender import (
+    DELIVERY_LOCK,
+    DISABLED_EVENT,
+    Run,
+    WebhookSender,
+    backoff_delay,
+)
 from shared.events.webhooks import (
     delivery_finished,
     endpoints_due,
@@ -605,3 +611,29 @@ def test_the_cli_adds_lists_disables_and_redelivers(
     assert tally("disable", added["id"])["status"] == "disabled"
     assert "no webhook endpoint" in tally("disable", "01NOSUCHENDPOINT0000000000", code=1)
     assert tally("list")["endpoints"][0]["status"] == "disabled"
+
+
+def test_one_run_per_endpoint_at_a_time(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+    celery_app: TallyCelery,
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    sender = sender_with()
+    with celery_app.resources.engine.connect() as other_run:
+        other_run.execute(
+            text("SELECT pg_advisory_lock(:key, hashtext(:endpoint))"),
+            {"key": DELIVERY_LOCK, "endpoint": endpoint["id"]},
+        )
+        assert sender.run(endpoint["id"], 0.2) == Run(busy=True)
+        assert receiver.requests() == []
+        other_run.rollback()
+        other_run.execute(text("SELECT pg_advisory_unlock_all()"))
+        other_run.commit()
+    assert sender.run(endpoint["id"], 0.2) == Run(sent=1)
+    assert len(receiver.delivered()) == 1
