@@ -14,6 +14,7 @@ delivery is then kept as `failed` (redeliverable) and the account's next event g
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ from shared.fields import format_timestamp
 from shared.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
 from shared.platform.config import Settings
 from shared.platform.db import transaction
+from shared.platform.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_DISABLED
+
+log = logging.getLogger(__name__)
 
 # pg_try_advisory_lock(DELIVERY_LOCK, hashtext(endpoint id)): one run per endpoint.
 DELIVERY_LOCK = 0x7A11E7E3
@@ -257,6 +261,8 @@ def record_attempts(
                 delivery.attempts, settings.webhook_backoff_base, settings.webhook_backoff_cap
             )
             delivery.next_attempt_at = now + timedelta(seconds=delay)
+        outcome = "retried" if delivery.status == DeliveryStatus.PENDING else delivery.status
+        WEBHOOK_ATTEMPTS.labels(outcome).inc()
     note_health(session, endpoint_id, attempts, now, settings)
 
 
@@ -295,3 +301,5 @@ def note_health(
         "last_error": last.error,
     }
     write_events(session, [(endpoint.tenant_id, None, DISABLED_EVENT, payload)])
+    WEBHOOK_ENDPOINTS_DISABLED.inc()
+    log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)

@@ -73,6 +73,16 @@ STREAM_FAILURES = Counter(
     "tally_stream_failures_total",
     "Runs of the NATS stream that stopped short: NATS unreachable or an event not acknowledged",
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "tally_webhook_attempts_total",
+    "Webhook deliveries attempted, by what became of them: delivered (a 2xx), retried "
+    "(to be tried again) or failed (past the retry window, or the event gone)",
+    ["outcome"],
+)
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "tally_webhook_endpoints_disabled_total",
+    "Webhook endpoints tally disabled after failing past TALLY_WEBHOOK_DISABLE_AFTER_HOURS",
+)
 
 # A source of the backlog gauges that may be down while the scrape goes on.
 SOURCE_ERRORS: dict[str, tuple[type[Exception], ...]] = {
