@@ -22,6 +22,7 @@ from shared.events.webhooks import (
     delivery_finished,
     endpoints_due,
     fan_out,
+    prune_deliveries,
     queue_deliveries,
     requeue_delivery,
 )
@@ -265,10 +266,13 @@ def warn_expiring(self: Task) -> int:
 
 @shared_task(name=PRUNE_EVENTS_TASK, bind=True, acks_late=True)
 def prune_old_events(self: Task) -> int:
-    """The event log's retention: delete events older than TALLY_EVENTS_RETENTION_DAYS."""
+    """The event log's retention: delete events older than TALLY_EVENTS_RETENTION_DAYS, and
+    the finished webhook deliveries of events gone."""
     app = _app(self)
     with transaction(app.resources.sessions) as session:
-        return prune_events(session, app.resources.settings.events_retention_days)
+        pruned = prune_events(session, app.resources.settings.events_retention_days)
+        prune_deliveries(session)
+        return pruned
 
 
 @shared_task(name=STREAM_EVENTS_TASK, bind=True, acks_late=True)

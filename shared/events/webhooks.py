@@ -391,6 +391,19 @@ def redeliver(session: Session, endpoint: WebhookEndpoint, first: int, last: int
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def prune_deliveries(session: Session) -> int:
+    """Delete the delivered and failed deliveries whose events retention has deleted (the
+    log keeps a delivery as long as its event); pending ones fail when next tried."""
+    deleted = session.execute(
+        text("""
+            DELETE FROM webhook_deliveries d
+            WHERE d.status <> 'pending'
+              AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)
+        """)
+    )
+    return int(deleted.rowcount)  # type: ignore[attr-defined]
+
+
 def event_exists(session: Session, tenant_id: str, event_id: int) -> bool:
     return bool(
         session.scalar(

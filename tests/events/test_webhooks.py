@@ -33,6 +33,7 @@ from shared.events.webhooks import (
     delivery_finished,
     endpoints_due,
     fan_out,
+    prune_deliveries,
     queue_deliveries,
     url_refusal,
 )
@@ -637,3 +638,24 @@ def test_one_run_per_endpoint_at_a_time(
         other_run.commit()
     assert sender.run(endpoint["id"], 0.2) == Run(sent=1)
     assert len(receiver.delivered()) == 1
+
+
+def test_retention_takes_the_finished_deliveries_of_events_gone(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    receiver: Receiver,
+) -> None:
+    endpoint = add_endpoint(hooks, admin, receiver.url)
+    emit(sessions, factory.tenant_id, [(new_ulid(), 1)])
+    gone = 10**15 + 1  # no such event: as if retention had deleted it
+    with transaction(sessions) as session:
+        for offset, status in enumerate(("delivered", "failed", "pending")):
+            session.add(WebhookDelivery(endpoint_id=endpoint["id"], event_id=gone + offset,
+                                        status=status))  # fmt: skip
+    with transaction(sessions) as session:
+        assert prune_deliveries(session) >= 2
+    left = [(d.event_id, d.status) for d in deliveries(sessions, endpoint["id"])]
+    assert [status for _, status in left] == ["pending", "pending"]  # its own, and the gone one
+    assert left[1][0] == gone + 2
