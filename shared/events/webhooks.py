@@ -113,20 +113,27 @@ class RedeliverInput(BaseModel):
     event_id: EventId | None = None
     from_id: EventId | None = None
     to_id: EventId | None = None
-    after: EventId | None = None
+    after: Annotated[int, Field(ge=0, le=BIGINT_MAX - 1)] | None = None
 
     def span(self) -> tuple[int, int]:
         """The ids to redeliver, first and last (inclusive); InvalidInput if the body is not
         exactly one of the three forms."""
-        forms = {
-            "event_id": self.event_id is not None,
-            "from_id": self.from_id is not None or self.to_id is not None,
-            "after": self.after is not None,
-        }
-        if sum(forms.values()) != 1:
+        given = [
+            form
+            for form, present in (
+                ("event_id", self.event_id is not None),
+                ("from_id", self.from_id is not None or self.to_id is not None),
+                ("after", self.after is not None),
+            )
+            if present
+        ]
+        if not given:
             raise InvalidInput(
                 [FieldError("event_id", "required", "give event_id, from_id and to_id, or after")]
             )
+        if len(given) > 1:
+            message = f"give only one of {', '.join(given)}"
+            raise InvalidInput([FieldError(form, "conflict", message) for form in given])
         if self.event_id is not None:
             return self.event_id, self.event_id
         if self.after is not None:

@@ -466,6 +466,7 @@ def test_admin_routes_answer_4xx_problems_naming_the_field(
     problem(hooks.post(redeliver, json={"event_id": 1, "after": 0}, headers=admin.headers),
             400, "event_id")  # fmt: skip
     problem(hooks.post(redeliver, json={"from_id": 5}, headers=admin.headers), 400, "to_id")
+    problem(hooks.post(redeliver, json={"after": 2**63 - 1}, headers=admin.headers), 400, "after")
     problem(hooks.post(redeliver, json={"from_id": 5, "to_id": 4}, headers=admin.headers),
             400, "to_id")  # fmt: skip
     problem(hooks.post(redeliver, json={"event_id": "x"}, headers=admin.headers), 400, "event_id")
