@@ -9,6 +9,10 @@ scenarios:
   b  default (wait for the 201), random user of 1,000
   c  respond-async, every request to one hot user
   d  respond-async at half of (a)'s rate, paced, for latency
+  e  respond-async at 500/s, paced, with one webhook endpoint (every event type) on a
+     receiver on loopback (bench/receiver.py): also the delivery lag, from the event's
+     transaction to its arrival, p50/p95/p99 (the stack needs
+     TALLY_WEBHOOK_ALLOW_PRIVATE=true)
 
 For each it prints accepted/s, applied/s (during the load), the backlog when the
 load stops and the time it takes to drain, latency p50/p95/p99, and the CPU
@@ -30,12 +34,15 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from common import aligned, calibration_ms, cpu_seconds  # bench/common.py, beside this script
+from receiver import Receiver  # bench/receiver.py
 from sqlalchemy import select, text
 
+from shared.events.webhooks import EndpointInput, create_endpoint
 from shared.intake.auth import create_token
 from shared.intake.users import ensure_tenant
 from shared.models import Role, User
@@ -46,6 +53,21 @@ TENANT = "bench"
 USERS = 1000
 LUA = Path(__file__).with_name("adjust.lua")
 DRAIN_LIMIT = 120.0
+WEBHOOK_RATE = 500
+RECEIVER_PORT = 18_998
+
+
+@dataclass
+class Lag:
+    """Scenario e's webhook deliveries: how many, and commit-to-receiver lag."""
+
+    events: int
+    delivered: int
+    duplicates: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
 
 
 @dataclass
@@ -61,10 +83,12 @@ class Result:
     p95_ms: float
     p99_ms: float
     cpu_ms_per_adjustment: dict[str, float]
+    webhooks: Lag | None = None
 
 
-def provision(resources: Resources) -> tuple[str, list[int]]:
-    """A fresh moderator token and the ids of 1,000 users of the bench tenant."""
+def provision(resources: Resources) -> tuple[int, str, list[int]]:
+    """The moderator's id, a fresh token of it and the ids of 1,000 users of the bench
+    tenant."""
     with resources.sessions.begin() as session:
         ensure_tenant(session, TENANT)
         moderator = session.scalars(
@@ -88,7 +112,7 @@ def provision(resources: Resources) -> tuple[str, list[int]]:
                  " AND role = 'user' ORDER BY id LIMIT :n"),
             {"t": TENANT, "n": USERS},
         ).all()  # fmt: skip
-    return token, list(ids)
+    return moderator.id, token, list(ids)
 
 
 def last_request_id(resources: Resources) -> int:
@@ -185,6 +209,58 @@ def run(
     )
 
 
+def with_webhook(resources: Resources, moderator_id: int, run_load: Any) -> Result:
+    """Run the load with one endpoint (every type) on a loopback receiver; add the lag."""
+    receiver = Receiver(RECEIVER_PORT).start()
+    with resources.sessions.begin() as session:
+        first_event = session.scalar(text("SELECT COALESCE(max(seq), 0) FROM events"))
+        endpoint = create_endpoint(
+            session, TENANT, moderator_id, EndpointInput(url=receiver.url), allow_private=True
+        )
+        endpoint_id = endpoint.id
+    try:
+        result: Result = run_load()
+        deadline = time.monotonic() + DRAIN_LIMIT
+        while time.monotonic() < deadline:
+            with resources.sessions() as session:
+                waiting = session.scalar(
+                    text("""
+                        SELECT (SELECT count(*) FROM events WHERE seq > :seq AND id IS NULL)
+                             + (SELECT count(*) FROM webhook_deliveries
+                                WHERE endpoint_id = :endpoint AND status = 'pending')
+                    """),
+                    {"seq": first_event, "endpoint": endpoint_id},
+                )
+            if not waiting:
+                break
+            time.sleep(0.5)
+        time.sleep(1)  # the fan-out of the last pump
+        with resources.sessions() as session:
+            events = session.scalar(
+                text("SELECT count(*) FROM events WHERE seq > :seq AND tenant_id = :tenant"),
+                {"seq": first_event, "tenant": TENANT},
+            )
+    finally:
+        records = receiver.stop()
+        with resources.sessions.begin() as session:
+            session.execute(
+                text("UPDATE webhook_endpoints SET status = 'disabled' WHERE id = :id"),
+                {"id": endpoint_id},
+            )
+    lags = sorted(max(0.0, arrived - occurred) * 1000 for _, occurred, arrived in records)
+    ids = [webhook_id for webhook_id, _, _ in records]
+
+    def percentile(q: float) -> float:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else 0.0
+
+    result.webhooks = Lag(
+        events=int(events or 0), delivered=len(set(ids)), duplicates=len(ids) - len(set(ids)),
+        p50_ms=percentile(0.50), p95_ms=percentile(0.95), p99_ms=percentile(0.99),
+        max_ms=round(lags[-1], 1) if lags else 0.0,
+    )  # fmt: skip
+    return result
+
+
 def table(results: list[Result]) -> str:
     header = ("scenario", "conns", "accepted/s", "applied/s", "backlog", "drain s", "p50 ms",
               "p95 ms", "p99 ms", "cpu ms: api", "workers", "postgres", "redis",
@@ -212,7 +288,7 @@ def main() -> None:
         sys.exit("wrk is not installed: `make tools` installs it (Debian package wrk)")
 
     resources = Resources(load_settings())
-    token, users = provision(resources)
+    moderator_id, token, users = provision(resources)
     with resources.engine.begin() as connection:
         connection.execute(text("ANALYZE users, accounts, adjustment_requests, tokens"))
     common = {"url": args.url, "token": token, "seconds": args.seconds}
@@ -227,6 +303,12 @@ def main() -> None:
         elif scenario == "c":
             result = run(resources, "c", users=users[:1], prefer="respond-async",
                          connections=args.connections, **common)  # fmt: skip
+        elif scenario == "e":
+            # Each connection waits so that all together send WEBHOOK_RATE a second.
+            delay = round(1000 * args.connections / WEBHOOK_RATE)
+            paced = partial(run, resources, "e", users=users, prefer="respond-async",
+                            connections=args.connections, delay_ms=delay, **common)  # fmt: skip
+            result = with_webhook(resources, moderator_id, paced)
         else:
             a_rate = next((r.accepted_per_s for r in results if r.scenario == "a"), 400.0)
             # Each connection waits so that all together send half of (a)'s rate.
@@ -238,6 +320,12 @@ def main() -> None:
     resources.close()
     calibration = calibration_ms()
     print(table(results))
+    for r in results:
+        if r.webhooks is not None:
+            w = r.webhooks
+            print(f"webhooks ({r.scenario}): {w.events} events, {w.delivered} delivered "
+                  f"({w.duplicates} twice); lag commit to receiver p50 {w.p50_ms} ms, "
+                  f"p95 {w.p95_ms} ms, p99 {w.p99_ms} ms, max {w.max_ms} ms")  # fmt: skip
     print(f"calibration: a fixed CPU loop took {calibration} ms (best of 3)")
     print(json.dumps({"calibration_ms": calibration, "results": [asdict(r) for r in results]},
                      indent=2))  # fmt: skip
