@@ -40,6 +40,7 @@ DEFAULT_OVERLAP_HOURS = 24.0
 MAX_OVERLAP_HOURS = 24.0 * 30
 URL_MAX = 2048
 DESCRIPTION_MAX = 1000
+ULID_LENGTH = 26
 # A queued delivery task marks its endpoint this long: the pump sends no twin meanwhile,
 # and a task lost on the way is sent again once the mark lapses.
 MARK_SECONDS = 30
@@ -241,6 +242,8 @@ def create_endpoint(
 
 def tenant_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint | None:
     """The tenant's endpoint `endpoint_id`, or None."""
+    if len(endpoint_id) != ULID_LENGTH or not (endpoint_id.isascii() and endpoint_id.isalnum()):
+        return None  # not an id tally makes (and a NUL would be a database error)
     endpoint = session.get(WebhookEndpoint, endpoint_id)
     return endpoint if endpoint is not None and endpoint.tenant_id == tenant_id else None
 

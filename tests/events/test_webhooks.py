@@ -456,6 +456,8 @@ def test_admin_routes_answer_4xx_problems_naming_the_field(
             "application/json"}), 400, "body")  # fmt: skip
     problem(hooks.get(HOOKS + "01NOSUCHENDPOINT0000000000", headers=admin.headers), 404)
     problem(hooks.get(HOOKS + "x" * 300, headers=admin.headers), 404)
+    problem(hooks.get(HOOKS + "%00" * 26, headers=admin.headers), 404)
+    problem(hooks.patch(HOOKS + "%00", json={}, headers=admin.headers), 404)
     problem(hooks.patch(one, json={"status": "paused"}, headers=admin.headers), 400, "status")
     problem(client.patch(one, json={"url": "http://127.0.0.1/x"}, headers=admin.headers),
             400, "url")  # fmt: skip
