@@ -15,7 +15,12 @@
   accepted concurrently (one commits first although it took the higher id);
 - the points load's spends that the account cannot afford were rejected during or
   after the fault too (and have no entry);
-- balances add up, `tally reconcile` is clean, beat's timers ran once each.
+- balances add up, `tally reconcile` is clean, beat's timers ran once each;
+- the event log went through the fault with the ledger (docs/events.md): once beat's
+  pump has numbered everything, each request a client made has exactly one
+  `request.accepted` (batch items: their batch's `batch.accepted`) and one outcome
+  event naming its status, each ledger row exactly one `entry.created`, and every
+  account's `account_seq` runs 1, 2, 3... without a gap or a repeat.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -91,6 +97,7 @@ def verify(rig: Rig, run: Run) -> Findings:
         findings.rejected_since_fault = check_rejections(rows, load, run.fault_started)
         check_balances(session, load)
         check_points(session, rig, load)
+        check_events(session, rig.caller.tenant_id, rows, entries)
         assert reconcile(session).violations == []
     result = subprocess.run(
         [sys.executable, "-m", "cli", "reconcile"],
@@ -355,6 +362,43 @@ def check_balances(session: Session, load: Load) -> None:
         ).one()
         assert account.balance == total, f"user {user_id}"
         assert_ledger_consistent(session, account.id)
+
+
+EVENTS_LIMIT = 30.0
+
+
+def check_events(
+    session: Session, tenant_id: str, rows: dict[int, Row], entries: list[tuple[int, int, str]]
+) -> None:
+    """The tenant's events match its requests and entries one for one (see the top)."""
+    deadline = time.monotonic() + EVENTS_LIMIT
+    while session.scalar(
+        text("SELECT count(*) FROM events WHERE tenant_id = :t AND id IS NULL"), {"t": tenant_id}
+    ):
+        assert time.monotonic() < deadline, "beat's pump left events unnumbered"
+        time.sleep(0.2)
+        session.rollback()  # a fresh snapshot
+    events = session.execute(
+        text("SELECT account_id, account_seq, type, payload FROM events"
+             " WHERE tenant_id = :t ORDER BY id"), {"t": tenant_id},
+    ).all()  # fmt: skip
+    by_type: dict[str, Counter[object]] = defaultdict(Counter)
+    sequences: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        key = event.payload.get("request_id", event.payload.get("batch_id"))
+        by_type[event.type][key] += 1
+        if event.account_id is not None:
+            sequences[event.account_id].append(event.account_seq)
+    made = {i: r for i, r in rows.items() if r.operation not in SYSTEM_OPERATIONS}
+    singles = {i for i, r in made.items() if r.batch_id is None}
+    assert by_type["request.accepted"] == Counter(singles)
+    batches = {r.batch_id for r in made.values()} - {None}
+    assert by_type["batch.accepted"] == by_type["batch.completed"] == Counter(batches)
+    for status, kind in (("completed", "request.applied"), ("rejected", "request.rejected")):
+        assert by_type[kind] == Counter(i for i, r in made.items() if r.status == status), kind
+    assert by_type["entry.created"] == count_entries(entries)
+    for account_id, numbers in sequences.items():
+        assert numbers == list(range(1, len(numbers) + 1)), account_id
 
 
 def check_points(session: Session, rig: Rig, load: Load) -> None:
