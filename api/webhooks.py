@@ -50,6 +50,7 @@ def _answer(model: BaseModel, status: int = 200) -> Response:
 
 
 def _endpoint(endpoint_id: str) -> WebhookEndpoint:
+    """The caller's endpoint, or a 404 (read a route's body first: its limit comes first)."""
     found = tenant_endpoint(db_session(), current_principal().tenant_id, endpoint_id)
     if found is None:
         raise Problem(404, "not-found", f"no webhook endpoint {endpoint_id}")
@@ -121,8 +122,8 @@ def read(endpoint_id: str) -> Response:
 )
 @require_admin
 def change(endpoint_id: str) -> Response:
-    endpoint = _endpoint(endpoint_id)
     data = read_input(EndpointChange, _limit())
+    endpoint = _endpoint(endpoint_id)
     try:
         change_endpoint(db_session(), endpoint, data, _allow_private())
     except InvalidInput as error:
@@ -140,8 +141,8 @@ def change(endpoint_id: str) -> Response:
 )
 @require_admin
 def rotate(endpoint_id: str) -> Response:
-    endpoint = _endpoint(endpoint_id)
     data = read_input(RotateInput, _limit())
+    endpoint = _endpoint(endpoint_id)
     secret = rotate_secret(db_session(), endpoint, data.overlap_hours)
     db_session().commit()
     until = format_timestamp(endpoint.previous_secret_until)
@@ -162,8 +163,8 @@ def rotate(endpoint_id: str) -> Response:
 )
 @require_admin
 def redeliver_events(endpoint_id: str) -> Response:
-    endpoint = _endpoint(endpoint_id)
     data = read_input(RedeliverInput, _limit())
+    endpoint = _endpoint(endpoint_id)
     try:
         first, last = data.span()
     except InvalidInput as error:

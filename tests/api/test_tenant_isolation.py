@@ -21,7 +21,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
 from shared.events.log import number_events
-from shared.models import Account, AdjustmentRequest, Batch, Hold, LedgerEntry, Role, User
+from shared.events.webhooks import EndpointInput, create_endpoint
+from shared.models import (
+    Account,
+    AdjustmentRequest,
+    Batch,
+    Hold,
+    LedgerEntry,
+    Role,
+    User,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from tests.factories import Caller, Factory, apply_now, count_rows
 
 # Routes that hold no tenant's data.
@@ -358,6 +369,74 @@ def events_feed(world: World) -> None:
     assert own and {event["tenant_id"] for event in own} == {world.theirs.tenant_id}
 
 
+def _their_endpoint(world: World) -> WebhookEndpoint:
+    """A webhook endpoint of tenant B's (made directly: the suite's API refuses loopback)."""
+    with world.sessions.begin() as session:
+        theirs = world.theirs
+        data = EndpointInput(url="http://127.0.0.1:9/theirs", types=["entry.created"])
+        return create_endpoint(session, theirs.tenant_id, theirs.user_id, data, True)
+
+
+def _endpoint_unchanged(world: World, before: WebhookEndpoint) -> None:
+    with world.sessions() as session:
+        after = session.get_one(WebhookEndpoint, before.id)
+        assert (after.url, after.types, after.secret, after.status, after.updated_at) == (
+            before.url, before.types, before.secret, before.status, before.updated_at,
+        )  # fmt: skip
+        assert not session.scalar(
+            select(func.count()).where(WebhookDelivery.endpoint_id == before.id)
+        )
+
+
+def webhooks_create_and_list(world: World) -> None:
+    """A's list holds none of B's endpoints (which B's has); B's URL is no more taken in
+    A than any other."""
+    theirs = _their_endpoint(world)
+    assert theirs.id not in {e["id"] for e in _get(world, "/api/v2/webhooks/").json["results"]}
+    own = world.client.get("/api/v2/webhooks/", headers=world.theirs.headers).json["results"]
+    assert theirs.id in {e["id"] for e in own}
+    _alike(
+        _post(world, "/api/v2/webhooks/", {"url": theirs.url}),
+        _post(world, "/api/v2/webhooks/", {"url": "http://127.0.0.1:9/nobody"}),
+    )
+
+
+def _webhook_probe(world: World, method: str, suffix: str, body: Any = None) -> None:
+    theirs = _their_endpoint(world)
+    answers = [
+        world.client.open(
+            f"/api/v2/webhooks/{endpoint_id}{suffix}",
+            method=method,
+            json=body,
+            headers=world.mine.headers,
+        )
+        for endpoint_id in (theirs.id, MISSING_ULID)
+    ]
+    _alike(*answers)
+    assert answers[0].status_code == 404
+    _endpoint_unchanged(world, theirs)
+
+
+def webhooks_read(world: World) -> None:
+    _webhook_probe(world, "GET", "")
+
+
+def webhooks_change(world: World) -> None:
+    _webhook_probe(world, "PATCH", "", {"url": "http://127.0.0.1:9/mine", "status": "disabled"})
+
+
+def webhooks_rotate(world: World) -> None:
+    _webhook_probe(world, "POST", "/rotate-secret", {})
+
+
+def webhooks_redeliver(world: World) -> None:
+    _webhook_probe(world, "POST", "/redeliver", {"after": 0})
+
+
+def webhooks_deliveries(world: World) -> None:
+    _webhook_probe(world, "GET", "/deliveries")
+
+
 CASES: dict[str, Callable[[World], None]] = {
     "score.create_score": score_create,
     "score_reads.list_score": score_list,
@@ -383,6 +462,13 @@ CASES: dict[str, Callable[[World], None]] = {
     "users.read": users_read,
     "users.create": users_create,
     "events.feed": events_feed,
+    "webhooks.create": webhooks_create_and_list,
+    "webhooks.list_all": webhooks_create_and_list,
+    "webhooks.read": webhooks_read,
+    "webhooks.change": webhooks_change,
+    "webhooks.rotate": webhooks_rotate,
+    "webhooks.redeliver_events": webhooks_redeliver,
+    "webhooks.deliveries": webhooks_deliveries,
 }
 
 
