@@ -583,7 +583,7 @@ class WebhookEndpoint(Base):
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text, server_default="", default="")
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    # Since when every attempt failed (no 2xx); cleared by a 2xx (migration 0010).
+    # Since when every attempt failed (no 2xx); cleared by a 2xx (migration 0009).
     failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
@@ -612,7 +612,7 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     next_attempt_at: Mapped[datetime] = _now()
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The retry window runs from here; a redelivery clears it (migration 0010).
+    # The retry window runs from here; a redelivery clears it (migration 0009).
     first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_latency_ms: Mapped[int | None] = mapped_column(Integer)

@@ -12,6 +12,10 @@ lock, so `id` only grows in the order events become visible: a reader that has s
 id N never later finds an event below N, however late its transaction committed.
 `seq` is only the write order, for the sequencer.
 
+A webhook delivery is retried until its first attempt (`first_attempt_at`, cleared by
+a redelivery) is older than the retry window, then kept as failed; an endpoint with no
+2xx since `failing_since` for long enough is disabled.
+
 Events are append-only like the ledger: the only update allowed is the sequencer's
 numbering of an unnumbered row, and rows are deleted only by the retention job,
 which says so with `SET LOCAL tally.events_retention = 'on'`.
@@ -64,6 +68,7 @@ CREATE TABLE webhook_endpoints (
     previous_secret text,
     previous_secret_until timestamptz,
     status varchar(16) NOT NULL DEFAULT 'active',
+    failing_since timestamptz,
     disabled_reason text,
     description text NOT NULL DEFAULT '',
     created_by bigint NOT NULL REFERENCES users (id),
@@ -81,6 +86,7 @@ CREATE TABLE webhook_deliveries (
     attempts integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_attempt_at timestamptz,
+    first_attempt_at timestamptz,
     last_status_code integer,
     last_latency_ms integer,
     last_error text,
