@@ -597,7 +597,13 @@ class WebhookDelivery(Base):
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="delivery_status"),
         Index(
-            "ix_webhook_deliveries_due",
+            "ix_webhook_deliveries_pending",
+            "endpoint_id",
+            "event_id",
+            postgresql_where="status = 'pending'",
+        ),
+        Index(
+            "ix_webhook_deliveries_queue",
             "endpoint_id",
             text("(COALESCE(account_id, ''))"),
             "event_id",

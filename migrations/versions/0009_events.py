@@ -95,7 +95,10 @@ CREATE TABLE webhook_deliveries (
     PRIMARY KEY (endpoint_id, event_id),
     CONSTRAINT delivery_status CHECK (status IN ('pending', 'delivered', 'failed'))
 );
-CREATE INDEX ix_webhook_deliveries_due ON webhook_deliveries
+-- An endpoint's pending deliveries in event order; and each account's queue of them.
+CREATE INDEX ix_webhook_deliveries_pending ON webhook_deliveries (endpoint_id, event_id)
+    WHERE status = 'pending';
+CREATE INDEX ix_webhook_deliveries_queue ON webhook_deliveries
     (endpoint_id, (COALESCE(account_id, '')), event_id) WHERE status = 'pending';
 
 ALTER TABLE lots ADD COLUMN warned_at timestamptz;

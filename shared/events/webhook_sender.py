@@ -1,14 +1,16 @@
 """Sending webhook deliveries: signed, at least once, in order per account.
 
 One run per endpoint at a time (a session-level advisory lock on the endpoint), so
-several workers never reorder an account's events. A run works in rounds: it takes
-the *head* of each of the endpoint's queues (an account's earliest pending delivery;
-tenant-wide events are one queue of their own) whose next attempt is due, sends them
-all at once, records the answers, and goes again. A later event of an account is
-never sent while an earlier one is pending, so it waits for the retries of that one;
-other accounts go on meanwhile. An answer other than 2xx is retried with exponential
-backoff and jitter until the retry window from the first attempt has passed; the
-delivery is then kept as `failed` (redeliverable) and the account's next event goes.
+several workers never reorder an account's events. A run works in rounds: it reads the
+endpoint's oldest due deliveries (at most WINDOW), which hold a prefix of each due
+queue (an account's pending deliveries in event order; tenant-wide events are one
+queue of their own: see shared.events.webhooks), sends each queue's in order on one of
+the pool's threads, queues side by side, and stops a queue at its first failure; then
+it records the round in three statements and goes again. A later event of an account
+is never sent while an earlier one is pending: the failed one's queue waits, as a
+whole, for its retry, with exponential backoff and jitter, until the retry window from
+its first attempt has passed; it is then kept as `failed` (redeliverable) and the
+queue goes on. Other accounts go on meanwhile.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from shared.events.log import Event, event_document, write_events
-from shared.events.webhooks import HEADS, signing_secrets, url_refusal
+from shared.events.webhooks import signing_secrets, url_refusal
 from shared.fields import format_timestamp
-from shared.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
+from shared.models import DeliveryStatus, EndpointStatus, WebhookEndpoint
 from shared.platform.config import Settings
 from shared.platform.db import transaction
 from shared.platform.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_DISABLED
@@ -40,32 +42,74 @@ log = logging.getLogger(__name__)
 
 # pg_try_advisory_lock(DELIVERY_LOCK, hashtext(endpoint id)): one run per endpoint.
 DELIVERY_LOCK = 0x7A11E7E3
-HEADS_PER_ROUND = 32
-SENDER_THREADS = 8
+# Deliveries read per round, and the threads that send the round's queues side by side.
+WINDOW = 1000
+SENDER_THREADS = 16
 # What of a receiver's answer, or of an error, the delivery log keeps.
 ERROR_MAX = 300
 DISABLED_EVENT = "webhook.endpoint_disabled"
 
-DUE_HEADS = text(f"""
-    SELECT h.event_id, h.attempts, e.id, e.account_seq, e.tenant_id, e.account_id, e.type,
-           e.occurred_at, e.payload
-    FROM ({HEADS.format(where="AND endpoint_id = :endpoint")}) h
-    LEFT JOIN events e ON e.id = h.event_id
-    WHERE h.next_attempt_at <= now()
-    ORDER BY h.event_id
+DUE = text("""
+    SELECT d.event_id, d.attempts, e.id, e.account_seq, e.tenant_id, e.account_id, e.type,
+           e.occurred_at, e.payload, d.account_id
+    FROM webhook_deliveries d
+    LEFT JOIN events e ON e.id = d.event_id
+    WHERE d.endpoint_id = :endpoint AND d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY d.event_id
     LIMIT :limit
 """)
 
+NEXT_DUE = text("""
+    SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now()) FROM webhook_deliveries
+    WHERE endpoint_id = :endpoint AND status = 'pending'
+""")
 
-NEXT_DUE = text(f"""
-    SELECT EXTRACT(EPOCH FROM min(h.next_attempt_at) - now())
-    FROM ({HEADS.format(where="AND endpoint_id = :endpoint")}) h
+DELIVERED = text("""
+    UPDATE webhook_deliveries d
+    SET status = 'delivered', attempts = d.attempts + 1,
+        first_attempt_at = COALESCE(d.first_attempt_at, now()), last_attempt_at = now(),
+        last_status_code = v.code, last_latency_ms = v.latency, last_error = NULL,
+        delivered_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS integer[]),
+                CAST(:latencies AS integer[])) AS v(event_id, code, latency)
+    WHERE d.endpoint_id = :endpoint AND d.event_id = v.event_id AND d.status = 'pending'
+""")
+
+# A failed attempt: retried after its backoff (and its whole queue waits as long), or
+# failed for good once the retry window from its first attempt has passed (its queue
+# goes on at once).
+NOT_DELIVERED = text("""
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS integer[]),
+                             CAST(:latencies AS integer[]), CAST(:errors AS text[]),
+                             CAST(:finals AS boolean[]), CAST(:delays AS float8[]))
+            AS v(event_id, code, latency, error, final, delay)
+    ), tried AS (
+        UPDATE webhook_deliveries d
+        SET attempts = d.attempts + 1,
+            first_attempt_at = COALESCE(d.first_attempt_at, now()), last_attempt_at = now(),
+            last_status_code = v.code, last_latency_ms = v.latency, last_error = v.error,
+            status = CASE WHEN v.final OR COALESCE(d.first_attempt_at, now())
+                                          <= now() - make_interval(secs => :window)
+                          THEN 'failed' ELSE 'pending' END,
+            next_attempt_at = now() + make_interval(secs => v.delay)
+        FROM v
+        WHERE d.endpoint_id = :endpoint AND d.event_id = v.event_id AND d.status = 'pending'
+        RETURNING d.event_id, d.account_id, d.status, d.next_attempt_at
+    ), waiting AS (
+        UPDATE webhook_deliveries q SET next_attempt_at = t.next_attempt_at
+        FROM tried t
+        WHERE t.status = 'pending' AND q.endpoint_id = :endpoint AND q.status = 'pending'
+          AND COALESCE(q.account_id, '') = COALESCE(t.account_id, '')
+          AND q.event_id > t.event_id
+    )
+    SELECT status FROM tried
 """)
 
 
 @dataclass(frozen=True)
 class Head:
-    """A head delivery due now, with its event (None if retention deleted it)."""
+    """A delivery due now, with its event (None if retention deleted it)."""
 
     event_id: int
     attempts: int
@@ -82,6 +126,8 @@ class Attempt:
     error: str | None
     # Never worth another try (the event is gone from the log).
     final: bool = False
+    # The delivery's failed attempts before this one (its backoff grows with them).
+    attempts_before: int = 0
 
     @property
     def ok(self) -> bool:
@@ -112,9 +158,13 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
 
 
-def due_heads(session: Session, endpoint_id: str, limit: int) -> list[Head]:
-    rows = session.execute(DUE_HEADS, {"endpoint": endpoint_id, "limit": limit}).all()
-    return [Head(row[0], row[1], Event(*row[2:]) if row[2] is not None else None) for row in rows]
+def due_queues(session: Session, endpoint_id: str, limit: int) -> list[list[Head]]:
+    """The endpoint's oldest due deliveries, as the due prefix of each queue, in order."""
+    queues: dict[str, list[Head]] = {}
+    for row in session.execute(DUE, {"endpoint": endpoint_id, "limit": limit}):
+        event = Event(*row[2:9]) if row[2] is not None else None
+        queues.setdefault(row[9] or "", []).append(Head(row[0], row[1], event))
+    return list(queues.values())
 
 
 class WebhookSender:
@@ -173,35 +223,50 @@ class WebhookSender:
                 endpoint = session.get(WebhookEndpoint, endpoint_id)
                 if endpoint is None or endpoint.status != EndpointStatus.ACTIVE:
                     return Run(sent)
-                heads = due_heads(session, endpoint_id, HEADS_PER_ROUND)
+                queues = due_queues(session, endpoint_id, WINDOW)
                 now = session.scalar(select(func.now()))
                 assert now is not None
                 secrets, url = signing_secrets(endpoint, now), endpoint.url
-                wait = None if heads else session.scalar(NEXT_DUE, {"endpoint": endpoint_id})
-            if not heads:
+                wait = None if queues else session.scalar(NEXT_DUE, {"endpoint": endpoint_id})
+            if not queues:
                 # A retry due before the run's end is waited for here, not by a new task.
                 if wait is None or time.monotonic() + float(wait) > deadline:
                     return Run(sent)
                 time.sleep(max(0.0, float(wait)))
                 continue
-            attempts = self.send_round(url, secrets, heads)
+            attempts = self.send_round(url, secrets, queues)
             with transaction(self.sessions) as session:
                 record_attempts(session, endpoint_id, attempts, self.settings)
             sent += len(attempts)
             if time.monotonic() > deadline:
                 return Run(sent, more=True)
 
-    def send_round(self, url: str, secrets: list[str], heads: list[Head]) -> list[Attempt]:
-        """Send these heads at once (they are of distinct queues); their outcomes."""
+    def send_round(self, url: str, secrets: list[str], queues: list[list[Head]]) -> list[Attempt]:
+        """Send each queue's deliveries in order, queues side by side, each up to its first
+        failure; what was tried."""
         refusal = url_refusal(url, self.settings.webhook_allow_private)
         if refusal is not None:
-            return [Attempt(head.event_id, None, 0, f"not sent: {refusal}") for head in heads]
-        return list(self.pool.map(lambda head: self.send(url, secrets, head), heads))
+            return [
+                Attempt(queue[0].event_id, None, 0, f"not sent: {refusal}",
+                        attempts_before=queue[0].attempts)
+                for queue in queues
+            ]  # fmt: skip
+
+        def send_queue(queue: list[Head]) -> list[Attempt]:
+            tried = []
+            for head in queue:
+                tried.append(self.send(url, secrets, head))
+                if not tried[-1].ok:
+                    break
+            return tried
+
+        return [attempt for tried in self.pool.map(send_queue, queues) for attempt in tried]
 
     def send(self, url: str, secrets: list[str], head: Head) -> Attempt:
         """POST one event, signed; what the receiver answered."""
         if head.event is None:
             return Attempt(head.event_id, None, 0, "the event is no longer in the log", True)
+        tried = head.attempts
         body = json.dumps(event_document(head.event), separators=(",", ":"))
         msg_id = str(head.event_id)
         timestamp = datetime.now(UTC)
@@ -219,12 +284,14 @@ class WebhookSender:
                 error = None
                 if not 200 <= answer.status_code < 300:
                     error = f"answered {answer.status_code}: {_first_bytes(answer)}"
-                return Attempt(head.event_id, answer.status_code, latency, error)
+                return Attempt(head.event_id, answer.status_code, latency, error,
+                               attempts_before=tried)  # fmt: skip
         except httpx.TimeoutException:
             error = f"no answer within {self.settings.webhook_timeout} s"
         except httpx.HTTPError as failure:
             error = f"{type(failure).__name__}: {failure}"[:ERROR_MAX]
-        return Attempt(head.event_id, None, int((time.monotonic() - started) * 1000), error)
+        latency = int((time.monotonic() - started) * 1000)
+        return Attempt(head.event_id, None, latency, error, attempts_before=tried)
 
 
 def _first_bytes(answer: httpx.Response) -> str:
@@ -236,33 +303,45 @@ def _first_bytes(answer: httpx.Response) -> str:
 def record_attempts(
     session: Session, endpoint_id: str, attempts: list[Attempt], settings: Settings
 ) -> None:
-    """Write a round's outcomes: delivered; or retried after a backoff; or failed once the
-    retry window from the first attempt has passed. Then the endpoint's health."""
+    """Write a round's outcomes (see NOT_DELIVERED), then the endpoint's health."""
+    delivered = [attempt for attempt in attempts if attempt.ok]
+    if delivered:
+        session.execute(
+            DELIVERED,
+            {
+                "endpoint": endpoint_id,
+                "ids": [a.event_id for a in delivered],
+                "codes": [a.status_code for a in delivered],
+                "latencies": [a.latency_ms for a in delivered],
+            },
+        )
+        WEBHOOK_ATTEMPTS.labels("delivered").inc(len(delivered))
+    failed = [attempt for attempt in attempts if not attempt.ok]
+    if failed:
+        statuses = session.scalars(
+            NOT_DELIVERED,
+            {
+                "endpoint": endpoint_id,
+                "window": settings.webhook_retry_hours * 3600,
+                "ids": [a.event_id for a in failed],
+                "codes": [a.status_code for a in failed],
+                "latencies": [a.latency_ms for a in failed],
+                "errors": [a.error for a in failed],
+                "finals": [a.final for a in failed],
+                "delays": [
+                    backoff_delay(
+                        a.attempts_before + 1,
+                        settings.webhook_backoff_base,
+                        settings.webhook_backoff_cap,
+                    )
+                    for a in failed
+                ],  # fmt: skip
+            },
+        ).all()
+        for status in statuses:
+            WEBHOOK_ATTEMPTS.labels("retried" if status == DeliveryStatus.PENDING else status).inc()
     now = session.scalar(select(func.now()))
     assert now is not None
-    window = timedelta(hours=settings.webhook_retry_hours)
-    for attempt in attempts:
-        delivery = session.get(WebhookDelivery, (endpoint_id, attempt.event_id))
-        if delivery is None or delivery.status != DeliveryStatus.PENDING:
-            continue  # redelivered or changed meanwhile
-        delivery.attempts += 1
-        delivery.first_attempt_at = delivery.first_attempt_at or now
-        delivery.last_attempt_at = now
-        delivery.last_status_code = attempt.status_code
-        delivery.last_latency_ms = attempt.latency_ms
-        delivery.last_error = attempt.error
-        if attempt.ok:
-            delivery.status = DeliveryStatus.DELIVERED
-            delivery.delivered_at = now
-        elif attempt.final or delivery.first_attempt_at <= now - window:
-            delivery.status = DeliveryStatus.FAILED
-        else:
-            delay = backoff_delay(
-                delivery.attempts, settings.webhook_backoff_base, settings.webhook_backoff_cap
-            )
-            delivery.next_attempt_at = now + timedelta(seconds=delay)
-        outcome = "retried" if delivery.status == DeliveryStatus.PENDING else delivery.status
-        WEBHOOK_ATTEMPTS.labels(outcome).inc()
     note_health(session, endpoint_id, attempts, now, settings)
 
 

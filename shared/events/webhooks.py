@@ -303,14 +303,28 @@ def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
 
 # The fan-out and the deliveries due
 
-FAN_OUT = text("""
-    INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id)
-    SELECT w.id, e.id, e.account_id
+# An account's queue is its pending deliveries in event order (tenant-wide events make
+# one queue of their own). Every pending delivery of a queue has the same next attempt
+# time: while its head waits for a retry, the whole queue waits with it. So "due"
+# (next_attempt_at <= now) is a plain condition on each row, and the due deliveries of a
+# queue are always a prefix of it. A delivery added to a waiting queue waits as long.
+QUEUE_WAITS_UNTIL = """
+    GREATEST(now(), COALESCE((
+        SELECT max(q.next_attempt_at) FROM webhook_deliveries q
+        WHERE q.endpoint_id = {endpoint} AND q.status = 'pending'
+          AND COALESCE(q.account_id, '') = COALESCE({account}, '')), now()))
+"""
+
+FAN_OUT = text(f"""
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id, next_attempt_at)
+    SELECT w.id, e.id, e.account_id,
+           {QUEUE_WAITS_UNTIL.format(endpoint="w.id", account="e.account_id")}
     FROM events e
     JOIN webhook_endpoints w ON w.tenant_id = e.tenant_id
     WHERE e.id > :after AND e.id <= :upto
       AND w.status = 'active'
       AND (cardinality(w.types) = 0 OR e.type = ANY(w.types))
+    ORDER BY e.id
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
 """)
 
@@ -330,26 +344,17 @@ def fan_out(session: Session) -> int:
     return int(written.rowcount)  # type: ignore[attr-defined]
 
 
-# An account's queue is its pending deliveries in event order; the first is its head.
-# Tenant-wide events (no account) make one queue of their own.
-HEADS = """
-    SELECT DISTINCT ON (endpoint_id, COALESCE(account_id, ''))
-           endpoint_id, event_id, account_id, attempts, first_attempt_at, next_attempt_at
-    FROM webhook_deliveries
-    WHERE status = 'pending' {where}
-    ORDER BY endpoint_id, COALESCE(account_id, ''), event_id
-"""
-
-ENDPOINTS_DUE = text(f"""
-    SELECT DISTINCT h.endpoint_id
-    FROM ({HEADS.format(where="")}) h
-    JOIN webhook_endpoints w ON w.id = h.endpoint_id AND w.status = 'active'
-    WHERE h.next_attempt_at <= now()
+ENDPOINTS_DUE = text("""
+    SELECT w.id FROM webhook_endpoints w
+    WHERE w.status = 'active' AND EXISTS (
+        SELECT 1 FROM webhook_deliveries d
+        WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now())
+    ORDER BY w.id
 """)
 
 
 def endpoints_due(session: Session) -> list[str]:
-    """The active endpoints with a head delivery due now."""
+    """The active endpoints with a delivery due now."""
     return sorted(session.scalars(ENDPOINTS_DUE))
 
 
@@ -381,16 +386,18 @@ def delivery_finished(redis: Redis, keys: RedisKeys, endpoint_id: str) -> None:
 
 # Redelivery and the log
 
-REDELIVER = text("""
-    INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id)
-    SELECT w.id, e.id, e.account_id
+REDELIVER = text(f"""
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id, next_attempt_at)
+    SELECT w.id, e.id, e.account_id,
+           {QUEUE_WAITS_UNTIL.format(endpoint="w.id", account="e.account_id")}
     FROM events e
     JOIN webhook_endpoints w ON w.id = :endpoint AND w.tenant_id = e.tenant_id
     WHERE e.id BETWEEN :first AND :last
       AND (cardinality(w.types) = 0 OR e.type = ANY(w.types))
+    ORDER BY e.id
     ON CONFLICT (endpoint_id, event_id) DO UPDATE
-    SET status = 'pending', attempts = 0, next_attempt_at = now(), first_attempt_at = NULL,
-        delivered_at = NULL
+    SET status = 'pending', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_at,
+        first_attempt_at = NULL, delivered_at = NULL
 """)
 
 
