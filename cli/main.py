@@ -322,8 +322,8 @@ LANE_NAMES = [lane.value for lane in Lane]
 def worker(lanes: str, metrics_bind: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`).
 
-    Run one worker for interactive,relay,events, one for bulk and one for webhooks, so
-    that single adjustments never wait behind a batch or a slow receiver; each is named
+    Run one worker for interactive,relay, one for bulk and one for events,webhooks,
+    so that single adjustments never wait behind a batch or a slow receiver; each is named
     after its lanes (`bulk@host`).
     """
     chosen = [name.strip() for name in lanes.split(",") if name.strip()]

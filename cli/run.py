@@ -98,14 +98,14 @@ def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> di
     python = sys.executable
     tally = [python, "-m", "cli"]
     bulk_processes = str(load_settings().bulk_partitions)
-    worker = [*tally, "worker", "--lanes", "interactive,relay,events", "--concurrency", "2"]
+    worker = [*tally, "worker", "--lanes", "interactive,relay", "--concurrency", "2"]
     bulk_worker = [*tally, "worker", "--lanes", "bulk", "--concurrency", bulk_processes]
-    webhook_worker = [*tally, "worker", "--lanes", "webhooks", "--concurrency", "2"]
+    events_worker = [*tally, "worker", "--lanes", "events,webhooks", "--concurrency", "2"]
     processes = {
         "api": [*tally, "api", "--bind", f"127.0.0.1:{port}"],
         "worker": [*worker, "--metrics-bind", f"127.0.0.1:{metrics_port}"],
         "bulk-worker": [*bulk_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 1}"],
-        "webhook-worker": [*webhook_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 2}"],
+        "events-worker": [*events_worker, "--metrics-bind", f"127.0.0.1:{metrics_port + 2}"],
         "beat": [*tally, "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:

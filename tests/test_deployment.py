@@ -11,10 +11,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROCESSES = ("api", "worker", "bulk-worker", "webhook-worker", "beat", "flower")
+PROCESSES = ("api", "worker", "bulk-worker", "events-worker", "beat", "flower")
 # The processes that run tally's own image (Flower has an image of its own).
-TALLY_PROCESSES = ("api", "worker", "bulk-worker", "webhook-worker", "beat")
-WORKERS = ("worker", "bulk-worker", "webhook-worker")
+TALLY_PROCESSES = ("api", "worker", "bulk-worker", "events-worker", "beat")
+WORKERS = ("worker", "bulk-worker", "events-worker")
 # Services that run once and exit; every other one is long-running.
 ONE_SHOT = ("migrate",)
 

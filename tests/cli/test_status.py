@@ -67,8 +67,8 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
     env: dict[str, str], tmp_path: Path
 ) -> None:
     stack = Stack("", os.environ | env, {}, tmp_path)
-    stack.start_worker("front", "interactive,relay,events")
-    stack.start_worker("back", "bulk,webhooks")
+    stack.start_worker("front", "interactive,relay")
+    stack.start_worker("back", "bulk,events,webhooks")
     try:
         deadline = time.monotonic() + 60
         while (answer := status(env))[0] != 0 and time.monotonic() < deadline:
@@ -78,7 +78,7 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
         assert report["problems"] == []
         front, back = (f"{name}@{os.uname().nodename}" for name in ("front", "back"))
         assert report["lanes"] == {
-            "interactive": [front], "bulk": [back], "relay": [front], "events": [front],
+            "interactive": [front], "bulk": [back], "relay": [front], "events": [back],
             "webhooks": [back],
         }  # fmt: skip
         stack.stop("back")
@@ -86,6 +86,7 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
         assert code == 1
         assert report["problems"] == [
             "no worker consumes the bulk lane",
+            "no worker consumes the events lane",
             "no worker consumes the webhooks lane",
         ]
     finally:
