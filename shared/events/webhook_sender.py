@@ -317,6 +317,7 @@ def record_attempts(
         )
         WEBHOOK_ATTEMPTS.labels("delivered").inc(len(delivered))
     failed = [attempt for attempt in attempts if not attempt.ok]
+    backoff = (settings.webhook_backoff_base, settings.webhook_backoff_cap)
     if failed:
         statuses = session.scalars(
             NOT_DELIVERED,
@@ -328,14 +329,7 @@ def record_attempts(
                 "latencies": [a.latency_ms for a in failed],
                 "errors": [a.error for a in failed],
                 "finals": [a.final for a in failed],
-                "delays": [
-                    backoff_delay(
-                        a.attempts_before + 1,
-                        settings.webhook_backoff_base,
-                        settings.webhook_backoff_cap,
-                    )
-                    for a in failed
-                ],  # fmt: skip
+                "delays": [backoff_delay(a.attempts_before + 1, *backoff) for a in failed],
             },
         ).all()
         for status in statuses:
