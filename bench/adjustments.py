@@ -9,7 +9,7 @@ scenarios:
   b  default (wait for the 201), random user of 1,000
   c  respond-async, every request to one hot user
   d  respond-async at half of (a)'s rate, paced, for latency
-  e  respond-async at 500/s, paced, with one webhook endpoint (every event type) on a
+  e  respond-async at 500/s (--webhook-rate), paced, with one webhook endpoint (every event type) on a
      receiver on loopback (bench/receiver.py): also the delivery lag, from the event's
      transaction to its arrival, p50/p95/p99 (the stack needs
      TALLY_WEBHOOK_ALLOW_PRIVATE=true)
@@ -283,6 +283,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--scenarios", default="abcd")
+    parser.add_argument("--webhook-rate", type=int, default=WEBHOOK_RATE,
+                        help="scenario e's adjustments per second")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `make tools` installs it (Debian package wrk)")
@@ -304,8 +306,8 @@ def main() -> None:
             result = run(resources, "c", users=users[:1], prefer="respond-async",
                          connections=args.connections, **common)  # fmt: skip
         elif scenario == "e":
-            # Each connection waits so that all together send WEBHOOK_RATE a second.
-            delay = round(1000 * args.connections / WEBHOOK_RATE)
+            # Each connection waits so that all together send --webhook-rate a second.
+            delay = round(1000 * args.connections / args.webhook_rate)
             paced = partial(run, resources, "e", users=users, prefer="respond-async",
                             connections=args.connections, delay_ms=delay, **common)  # fmt: skip
             result = with_webhook(resources, moderator_id, paced)
