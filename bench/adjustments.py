@@ -9,9 +9,9 @@ scenarios:
   b  default (wait for the 201), random user of 1,000
   c  respond-async, every request to one hot user
   d  respond-async at half of (a)'s rate, paced, for latency
-  e  respond-async at 500/s (--webhook-rate), paced, with one webhook endpoint (every event type) on a
-     receiver on loopback (bench/receiver.py): also the delivery lag, from the event's
-     transaction to its arrival, p50/p95/p99 (the stack needs
+  e  respond-async at 500/s (--webhook-rate), paced, with one webhook endpoint (every
+     event type) on a receiver on loopback (bench/receiver.py): also the delivery lag,
+     from the event's transaction to its arrival, p50/p95/p99 (the stack needs
      TALLY_WEBHOOK_ALLOW_PRIVATE=true)
 
 For each it prints accepted/s, applied/s (during the load), the backlog when the
