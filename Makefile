@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test soak tools lint typecheck bench clean
+.PHONY: install lock run test soak chaos-webhooks tools lint typecheck bench clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -33,6 +33,10 @@ test: $(STAMP) tools
 soak: $(STAMP)
 	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
 		$(BIN)/pytest --timeout=0 tests/shared/test_points_model.py $(ARGS)
+
+## chaos-webhooks: the webhook chaos test with the receiver down a full minute (CI: 20 s)
+chaos-webhooks: $(STAMP)
+	TALLY_CHAOS_WEBHOOK_DOWN=60 $(BIN)/pytest tests/chaos/test_webhooks_chaos.py -s $(ARGS)
 
 ## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
 bench: $(STAMP) tools
