@@ -68,14 +68,16 @@ NUMBER = text("""
     )
     UPDATE events e SET id = n.id, account_seq = n.account_seq
     FROM numbered n WHERE e.seq = n.seq
-    RETURNING e.id, e.tenant_id, e.account_id, e.type, e.payload
+    RETURNING e.id, e.tenant_id, e.account_id, e.type,
+              CASE WHEN e.type = 'entry.created' THEN e.payload END AS payload
 """)
 
 
 @dataclass(frozen=True)
 class Numbered:
-    """What a sequencer pass numbered: the new ids by tenant, and the entries among them
-    (for the notices that follow balances)."""
+    """What a sequencer pass numbered: how many, the last id, the tenants they are of, and
+    the entries among them with their payloads (for the notices that follow balances;
+    no other payload is read back)."""
 
     count: int
     last_id: int
