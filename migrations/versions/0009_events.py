@@ -1,10 +1,12 @@
 """the event log, its cursors, webhook endpoints and their deliveries
 
 Every change of state writes an event row in the transaction that makes it: the
-statement-level triggers below read each statement's changed rows (its transition
-tables) and insert one event per change, so no code path that changes a request,
-an entry, a hold, a lot, an account's status or a batch can forget its event, and a
-rolled-back change leaves none. docs/events.md documents each type and its payload.
+triggers below (row-level where a statement changes one row or a WHEN clause leaves
+nearly every row out, statement-level over the transition tables where a chunk
+changes many rows together) insert one event per change, so no code path that changes
+a request, an entry, a hold, a lot, an account's status or a batch can forget its
+event, and a rolled-back change leaves none. docs/events.md documents each type and
+its payload.
 
 An event is written with `id` and `account_seq` empty; the sequencer
 (shared/events/log.py) numbers committed events one pass at a time under an advisory
@@ -134,25 +136,26 @@ CREATE TRIGGER events_no_truncate
 USER_ID = "COALESCE(u.external_id, u.id::text)"
 
 WRITERS = f"""
-CREATE FUNCTION events_of_new_requests() RETURNS trigger AS $$
+-- Row-level where a statement usually changes one row (an accept), or where the WHEN
+-- clause leaves almost every row out (statuses): a statement-level trigger plans its
+-- query over the transition table on every call, 0.5 ms per single accept.
+CREATE FUNCTION events_of_new_request() RETURNS trigger AS $$
 BEGIN
     INSERT INTO events (tenant_id, account_id, type, payload)
-    SELECT r.tenant_id, r.account_id, 'request.accepted', jsonb_build_object(
-        'request_id', r.id, 'idempotency_key', r.idempotency_key,
-        'operation', r.entry_type, 'amount', r.amount, 'user_id', {USER_ID},
-        'points_type', a.points_type, 'related_id', NULLIF(r.related_id, ''))
-    FROM new_rows r
-    JOIN accounts a ON a.id = r.account_id
-    JOIN users u ON u.id = a.user_id
-    WHERE r.batch_id IS NULL AND r.entry_type NOT IN ('expire', 'timeout')
-    ORDER BY r.id;
+    SELECT NEW.tenant_id, NEW.account_id, 'request.accepted', jsonb_build_object(
+        'request_id', NEW.id, 'idempotency_key', NEW.idempotency_key,
+        'operation', NEW.entry_type, 'amount', NEW.amount, 'user_id', {USER_ID},
+        'points_type', a.points_type, 'related_id', NULLIF(NEW.related_id, ''))
+    FROM accounts a JOIN users u ON u.id = a.user_id
+    WHERE a.id = NEW.account_id;
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER events_requests_accepted
-    AFTER INSERT ON adjustment_requests REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION events_of_new_requests();
+    AFTER INSERT ON adjustment_requests
+    FOR EACH ROW WHEN (NEW.batch_id IS NULL AND NEW.entry_type NOT IN ('expire', 'timeout'))
+    EXECUTE FUNCTION events_of_new_request();
 
 CREATE FUNCTION events_of_final_requests() RETURNS trigger AS $$
 BEGIN
@@ -182,28 +185,26 @@ CREATE TRIGGER events_requests_final
     AFTER UPDATE ON adjustment_requests REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION events_of_final_requests();
 
-CREATE FUNCTION events_of_entries() RETURNS trigger AS $$
+CREATE FUNCTION events_of_entry() RETURNS trigger AS $$
 BEGIN
     INSERT INTO events (tenant_id, account_id, type, payload)
-    SELECT e.tenant_id, e.account_id, 'entry.created', jsonb_build_object(
-        'entry_id', e.id, 'entry_ulid', e.ulid, 'request_id', e.request_id,
-        'type', e.type, 'amount', e.amount, 'frozen_amount', e.frozen_amount,
-        'expired', e.expired, 'balance_before', e.balance_before,
-        'balance_after', e.balance_after, 'user_id', {USER_ID},
-        'points_type', e.points_type, 'reputation_context', e.reputation_context,
-        'comment', e.comment, 'reason', e.reason, 'source', e.source,
-        'related_id', NULLIF(e.related_id, ''))
-    FROM new_rows e
-    JOIN accounts a ON a.id = e.account_id
-    JOIN users u ON u.id = a.user_id
-    ORDER BY e.id;
+    SELECT NEW.tenant_id, NEW.account_id, 'entry.created', jsonb_build_object(
+        'entry_id', NEW.id, 'entry_ulid', NEW.ulid, 'request_id', NEW.request_id,
+        'type', NEW.type, 'amount', NEW.amount, 'frozen_amount', NEW.frozen_amount,
+        'expired', NEW.expired, 'balance_before', NEW.balance_before,
+        'balance_after', NEW.balance_after, 'user_id', {USER_ID},
+        'points_type', NEW.points_type, 'reputation_context', NEW.reputation_context,
+        'comment', NEW.comment, 'reason', NEW.reason, 'source', NEW.source,
+        'related_id', NULLIF(NEW.related_id, ''))
+    FROM accounts a JOIN users u ON u.id = a.user_id
+    WHERE a.id = NEW.account_id;
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER events_entries
-    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION events_of_entries();
+    AFTER INSERT ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION events_of_entry();
 
 CREATE FUNCTION events_of_holds() RETURNS trigger AS $$
 BEGIN
@@ -259,24 +260,22 @@ CREATE TRIGGER events_lots
     AFTER UPDATE ON lots REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION events_of_lots();
 
-CREATE FUNCTION events_of_accounts() RETURNS trigger AS $$
+CREATE FUNCTION events_of_account() RETURNS trigger AS $$
 BEGIN
     INSERT INTO events (tenant_id, account_id, type, payload)
-    SELECT a.tenant_id, a.id,
-           CASE a.status WHEN 'frozen' THEN 'account.frozen' ELSE 'account.unfrozen' END,
-           jsonb_build_object('user_id', {USER_ID}, 'points_type', a.points_type,
-                              'balance', a.balance, 'frozen_balance', a.frozen_balance)
-    FROM new_rows a JOIN old_rows o ON o.id = a.id
-    JOIN users u ON u.id = a.user_id
-    WHERE a.status IS DISTINCT FROM o.status
-    ORDER BY a.id;
+    SELECT NEW.tenant_id, NEW.id,
+           CASE NEW.status WHEN 'frozen' THEN 'account.frozen' ELSE 'account.unfrozen' END,
+           jsonb_build_object('user_id', {USER_ID}, 'points_type', NEW.points_type,
+                              'balance', NEW.balance, 'frozen_balance', NEW.frozen_balance)
+    FROM users u WHERE u.id = NEW.user_id;
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER events_accounts
-    AFTER UPDATE ON accounts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION events_of_accounts();
+    AFTER UPDATE ON accounts
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION events_of_account();
 
 CREATE FUNCTION events_of_batches() RETURNS trigger AS $$
 BEGIN
@@ -319,12 +318,12 @@ TRIGGERS = [
     ("events_batches_completed", "batches"),
 ]
 FUNCTIONS = [
-    "events_of_new_requests",
+    "events_of_new_request",
     "events_of_final_requests",
-    "events_of_entries",
+    "events_of_entry",
     "events_of_holds",
     "events_of_lots",
-    "events_of_accounts",
+    "events_of_account",
     "events_of_batches",
 ]
 
