@@ -2,11 +2,11 @@
 
 Every change of state writes an event row in the transaction that makes it: the
 triggers below (row-level where a statement changes one row or a WHEN clause leaves
-nearly every row out, statement-level over the transition tables where a chunk
-changes many rows together) insert one event per change, so no code path that changes
-a request, an entry, a hold, a lot, an account's status or a batch can forget its
-event, and a rolled-back change leaves none. docs/events.md documents each type and
-its payload.
+nearly every row out; statement-level over the transition tables where a chunk
+changes many rows together: its entries and outcomes, holds, lots, batches) insert
+one event per change, so no code path that changes a request, an entry, a hold, a
+lot, an account's status or a batch can forget its event, and a rolled-back change
+leaves none. docs/events.md documents each type and its payload.
 
 An event is written with `id` and `account_seq` empty; the sequencer
 (shared/events/log.py) numbers committed events one pass at a time under an advisory
@@ -138,7 +138,8 @@ USER_ID = "COALESCE(u.external_id, u.id::text)"
 WRITERS = f"""
 -- Row-level where a statement usually changes one row (an accept), or where the WHEN
 -- clause leaves almost every row out (statuses): a statement-level trigger plans its
--- query over the transition table on every call, 0.5 ms per single accept.
+-- query over the transition table on every call, 0.5 ms per single accept. A chunk's
+-- entries and outcomes are statement-level: one plan for the chunk's many rows.
 CREATE FUNCTION events_of_new_request() RETURNS trigger AS $$
 BEGIN
     INSERT INTO events (tenant_id, account_id, type, payload)
@@ -185,26 +186,28 @@ CREATE TRIGGER events_requests_final
     AFTER UPDATE ON adjustment_requests REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION events_of_final_requests();
 
-CREATE FUNCTION events_of_entry() RETURNS trigger AS $$
+CREATE FUNCTION events_of_entries() RETURNS trigger AS $$
 BEGIN
     INSERT INTO events (tenant_id, account_id, type, payload)
-    SELECT NEW.tenant_id, NEW.account_id, 'entry.created', jsonb_build_object(
-        'entry_id', NEW.id, 'entry_ulid', NEW.ulid, 'request_id', NEW.request_id,
-        'type', NEW.type, 'amount', NEW.amount, 'frozen_amount', NEW.frozen_amount,
-        'expired', NEW.expired, 'balance_before', NEW.balance_before,
-        'balance_after', NEW.balance_after, 'user_id', {USER_ID},
-        'points_type', NEW.points_type, 'reputation_context', NEW.reputation_context,
-        'comment', NEW.comment, 'reason', NEW.reason, 'source', NEW.source,
-        'related_id', NULLIF(NEW.related_id, ''))
-    FROM accounts a JOIN users u ON u.id = a.user_id
-    WHERE a.id = NEW.account_id;
+    SELECT e.tenant_id, e.account_id, 'entry.created', jsonb_build_object(
+        'entry_id', e.id, 'entry_ulid', e.ulid, 'request_id', e.request_id,
+        'type', e.type, 'amount', e.amount, 'frozen_amount', e.frozen_amount,
+        'expired', e.expired, 'balance_before', e.balance_before,
+        'balance_after', e.balance_after, 'user_id', {USER_ID},
+        'points_type', e.points_type, 'reputation_context', e.reputation_context,
+        'comment', e.comment, 'reason', e.reason, 'source', e.source,
+        'related_id', NULLIF(e.related_id, ''))
+    FROM new_rows e
+    JOIN accounts a ON a.id = e.account_id
+    JOIN users u ON u.id = a.user_id
+    ORDER BY e.id;
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER events_entries
-    AFTER INSERT ON ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION events_of_entry();
+    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION events_of_entries();
 
 CREATE FUNCTION events_of_holds() RETURNS trigger AS $$
 BEGIN
@@ -320,7 +323,7 @@ TRIGGERS = [
 FUNCTIONS = [
     "events_of_new_request",
     "events_of_final_requests",
-    "events_of_entry",
+    "events_of_entries",
     "events_of_holds",
     "events_of_lots",
     "events_of_account",
