@@ -45,8 +45,12 @@ EVENT_TYPES = (
     "webhook.endpoint_disabled",  # shared.events.webhooks
 )
 
-# Transaction-level advisory lock keys (any constant unique to tally will do).
-SEQUENCER_LOCK = 0x7A11E7E1
+# The event log's advisory lock keys, all here so that no two jobs share one by mistake
+# (the fan-out and the stream once did: a stream run waiting on NATS held up the pump).
+SEQUENCER_LOCK = 0x7A11E7E1  # one numbering pass at a time (transaction-level)
+FAN_OUT_LOCK = 0x7A11E7E2  # one webhook fan-out at a time (transaction-level)
+DELIVERY_LOCK = 0x7A11E7E3  # with hashtext(endpoint id): one delivery run per endpoint
+STREAM_LOCK = 0x7A11E7E4  # one NATS stream run at a time (transaction-level, tried)
 # Events numbered per statement; a pass repeats until none is left.
 NUMBER_PER_STATEMENT = 10_000
 

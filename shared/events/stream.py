@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.events.log import (
+    STREAM_LOCK,
     Event,
     advance_cursor,
     cursor_position,
@@ -40,9 +41,6 @@ from shared.platform.db import transaction
 log = logging.getLogger(__name__)
 
 STREAM_CURSOR = "nats"
-# One run streams at a time (transaction-level, like the sequencer's lock); a run that
-# finds it taken leaves the work to the one streaming.
-STREAM_LOCK = 0x7A11E7E2
 # Events read and published per transaction, all before their acks are awaited.
 PUBLISH_BATCH = 1000
 # The events lane shares its worker processes with single adjustments (Procfile), so a

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
-from shared.events.log import Event, event_document, write_events
+from shared.events.log import DELIVERY_LOCK, Event, event_document, write_events
 from shared.events.webhooks import signing_secrets, url_refusal
 from shared.fields import format_timestamp
 from shared.models import DeliveryStatus, EndpointStatus, WebhookEndpoint
@@ -40,8 +40,6 @@ from shared.platform.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_DISABLED
 
 log = logging.getLogger(__name__)
 
-# pg_try_advisory_lock(DELIVERY_LOCK, hashtext(endpoint id)): one run per endpoint.
-DELIVERY_LOCK = 0x7A11E7E3
 # Deliveries read per round, and the threads that send the round's queues side by side.
 WINDOW = 1000
 SENDER_THREADS = 4

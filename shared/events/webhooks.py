@@ -23,7 +23,7 @@ from redis import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from shared.events.log import EVENT_TYPES, advance_cursor, cursor_position
+from shared.events.log import EVENT_TYPES, FAN_OUT_LOCK, advance_cursor, cursor_position
 from shared.fields import BIGINT_MAX, format_timestamp, is_blank, parse_integer
 from shared.intake.validation import FieldError, InvalidInput
 from shared.models import EndpointStatus, WebhookDelivery, WebhookEndpoint
@@ -32,8 +32,6 @@ from shared.reads.query_params import DEFAULT_LIMIT, Limit
 
 # The fan-out's cursor in event_cursors.
 WEBHOOKS_CURSOR = "webhooks"
-# Transaction-level advisory lock: one fan-out at a time (any constant unique to tally).
-FAN_OUT_LOCK = 0x7A11E7E2
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 DEFAULT_OVERLAP_HOURS = 24.0

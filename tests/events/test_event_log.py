@@ -22,7 +22,16 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.events.log import EVENT_TYPES, number_events, prune_events, read_events
+from shared.events.log import (
+    DELIVERY_LOCK,
+    EVENT_TYPES,
+    FAN_OUT_LOCK,
+    SEQUENCER_LOCK,
+    STREAM_LOCK,
+    number_events,
+    prune_events,
+    read_events,
+)
 from shared.events.notices import crossings, note_crossings, warn_expiring_lots
 from shared.models import Role
 from shared.platform.config import PointsType
@@ -311,6 +320,13 @@ def test_the_pump_numbers_and_wakes_the_feed(
         assert [e.type for e in read_events(session, factory.tenant_id, 0, 10)] == [
             "request.accepted"
         ]
+
+
+def test_each_job_of_the_event_log_has_its_own_advisory_lock() -> None:
+    # The fan-out and the NATS stream once shared a key: a stream run waiting on NATS
+    # held the pump's fan-out up, and a fan-out made the stream skip its run.
+    keys = [SEQUENCER_LOCK, FAN_OUT_LOCK, DELIVERY_LOCK, STREAM_LOCK]
+    assert len(set(keys)) == len(keys)
 
 
 def test_every_type_is_documented() -> None:

@@ -21,9 +21,8 @@ from standardwebhooks.webhooks import WebhookVerificationError as LibraryRefused
 from tally_client import WebhookVerificationError, verify_webhook
 
 from cli.main import cli
-from shared.events.log import number_events, write_events
+from shared.events.log import DELIVERY_LOCK, number_events, write_events
 from shared.events.webhook_sender import (
-    DELIVERY_LOCK,
     DISABLED_EVENT,
     Run,
     WebhookSender,
