@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +52,40 @@ class Rig:
         self.stack.start("beat", *self.beat_args)
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+@dataclass
+class Servers:
+    """A throwaway PostgreSQL, migrated, with sessions on it, and a throwaway Redis."""
+
+    postgres: ThrowawayPostgres
+    redis: ThrowawayRedis
+    sessions: sessionmaker[Session]
+
+
+@contextmanager
+def throwaway_servers(tmp_path: Path) -> Iterator[Servers]:
+    """Servers a scenario may stop, crash or wipe; gone afterwards."""
     postgres = ThrowawayPostgres(tmp_path / "pg")
     redis = ThrowawayRedis(tmp_path)
     postgres.start()
     redis.start()
     upgrade(postgres.url)
     engine = make_engine(postgres.url)
-    sessions = make_session_factory(engine)
+    try:
+        yield Servers(postgres, redis, make_session_factory(engine))
+    finally:
+        engine.dispose()
+        redis.kill()
+        postgres.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with throwaway_servers(tmp_path) as servers:
+        yield from _rig(tmp_path, servers)
+
+
+def _rig(tmp_path: Path, servers: Servers) -> Iterator[Rig]:
+    postgres, redis, sessions = servers.postgres, servers.redis, servers.sessions
     factory = Factory(sessions)
     caller = factory.caller(Role.MODERATOR)
     user_ids = [factory.user().id for _ in range(12)]
@@ -102,6 +128,3 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     finally:
         for name in list(stack.processes):
             stack.stop(name)
-        engine.dispose()
-        redis.kill()
-        postgres.stop()

@@ -27,9 +27,8 @@ from tally_client import verify_webhook
 from cli.embedded import free_port
 from shared.events.webhooks import EndpointInput, create_endpoint
 from shared.models import Role
-from shared.platform.db import make_engine, make_session_factory, transaction
-from shared.platform.migrate import upgrade
-from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
+from shared.platform.db import transaction
+from tests.chaos.conftest import Servers, throwaway_servers
 from tests.events.receiver import Behaviour, Receiver
 from tests.factories import Caller, Factory
 from tests.stack import Stack, wait_until_up
@@ -69,13 +68,12 @@ class HookRig:
 
 @pytest.fixture
 def hook_rig(tmp_path: Path) -> Iterator[HookRig]:
-    postgres = ThrowawayPostgres(tmp_path / "pg")
-    redis = ThrowawayRedis(tmp_path)
-    postgres.start()
-    redis.start()
-    upgrade(postgres.url)
-    engine = make_engine(postgres.url)
-    sessions = make_session_factory(engine)
+    with throwaway_servers(tmp_path) as servers:
+        yield from _hook_rig(tmp_path, servers)
+
+
+def _hook_rig(tmp_path: Path, servers: Servers) -> Iterator[HookRig]:
+    postgres, redis, sessions = servers.postgres, servers.redis, servers.sessions
     factory = Factory(sessions)
     caller = factory.caller(Role.MODERATOR)
     admin = factory.caller(Role.ADMIN)
@@ -110,9 +108,6 @@ def hook_rig(tmp_path: Path) -> Iterator[HookRig]:
         for name in list(stack.processes):
             stack.stop(name)
         receiver.stop()
-        engine.dispose()
-        redis.kill()
-        postgres.stop()
 
 
 def flaky(seed: int) -> Behaviour:
