@@ -209,29 +209,24 @@ def _ask_workers(task: Task, ask: Callable[[Session, int], list[str]], what: str
 
 @shared_task(name=PUMP_EVENTS_TASK, bind=True, acks_late=True)
 def pump_events(self: Task) -> int:
-    """Number the events committed since the last pump, then hand them on: wake the feed's
-    long-polls, note balance crossings, and queue the webhook deliveries."""
+    """Number the events committed since the last pump and hand them on, in one
+    transaction: note balance crossings, write the webhook deliveries; then wake the
+    feed's long-polls and send a delivery task for each endpoint with a delivery due and
+    no task queued (so a lost task is sent again)."""
     app = _app(self)
     settings = app.resources.settings
     with transaction(app.resources.sessions) as session:
         numbered = number_events(session)
         # Written unnumbered: the next pump numbers them (after the entries they follow).
         note_crossings(session, settings.points_types, numbered.entries)
+        fan_out(session)
+        due = endpoints_due(session)
     if numbered.count:
         app.resources.redis.publish(
             app.resources.keys.events_channel, json.dumps(sorted(numbered.tenants))
         )
-    hand_to_webhooks(app)
-    return numbered.count
-
-
-def hand_to_webhooks(app: TallyCelery) -> None:
-    """Write the deliveries of the new events, then send a delivery task for each endpoint
-    with a delivery due and no task queued (so a lost task is sent again)."""
-    with transaction(app.resources.sessions) as session:
-        fan_out(session)
-        due = endpoints_due(session)
     queue_deliveries(app.resources.redis, app.resources.keys, due, _deliver_later(app))
+    return numbered.count
 
 
 def _deliver_later(app: TallyCelery) -> Callable[[str], None]:
