@@ -136,7 +136,7 @@ def event_document(event: Event) -> dict[str, Any]:
 READ = """
     SELECT id, account_seq, tenant_id, account_id, type, occurred_at, payload
     FROM events
-    WHERE tenant_id = :tenant AND id > :after AND id IS NOT NULL {filters}
+    WHERE id > :after AND id IS NOT NULL {filters}
     ORDER BY id
     LIMIT :limit
 """
@@ -144,16 +144,19 @@ READ = """
 
 def read_events(
     session: Session,
-    tenant_id: str,
+    tenant_id: str | None,
     after: int,
     limit: int,
     types: Sequence[str] = (),
     account_id: str | None = None,
 ) -> list[Event]:
-    """A tenant's numbered events past `after`, in id order, optionally of some types or
-    of one account."""
+    """A tenant's numbered events past `after` (every tenant's for None: the NATS
+    stream), in id order, optionally of some types or of one account."""
     filters = ""
-    values: dict[str, Any] = {"tenant": tenant_id, "after": after, "limit": limit}
+    values: dict[str, Any] = {"after": after, "limit": limit}
+    if tenant_id is not None:
+        filters += " AND tenant_id = :tenant"
+        values["tenant"] = tenant_id
     if types:
         filters += " AND type = ANY(:types)"
         values["types"] = list(types)
@@ -161,18 +164,6 @@ def read_events(
         filters += " AND account_id = :account"
         values["account"] = account_id
     rows = session.execute(text(READ.format(filters=filters)), values)
-    return [Event(*row) for row in rows]
-
-
-READ_ALL = text("""
-    SELECT id, account_seq, tenant_id, account_id, type, occurred_at, payload
-    FROM events WHERE id > :after ORDER BY id LIMIT :limit
-""")
-
-
-def read_all_events(session: Session, after: int, limit: int) -> list[Event]:
-    """Every tenant's numbered events past `after`, in id order (the NATS stream's read)."""
-    rows = session.execute(READ_ALL, {"after": after, "limit": limit})
     return [Event(*row) for row in rows]
 
 

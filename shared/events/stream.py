@@ -33,7 +33,7 @@ from shared.events.log import (
     advance_cursor,
     cursor_position,
     event_document,
-    read_all_events,
+    read_events,
 )
 from shared.platform.config import Settings
 from shared.platform.db import transaction
@@ -198,7 +198,7 @@ def stream_events(
                     if not session.execute(text(lock), {"key": STREAM_LOCK}).scalar():
                         return Streamed(published, duplicates, cursor_position(session, cursor))
                     position = cursor_position(session, cursor)
-                    events = read_all_events(session, position, batch)
+                    events = read_events(session, None, position, batch)
                     if not events:
                         return Streamed(published, duplicates, position)
                     try:

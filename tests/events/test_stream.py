@@ -35,7 +35,7 @@ from shared.events.log import (
     cursor_position,
     event_document,
     number_events,
-    read_all_events,
+    read_events,
     write_events,
 )
 from shared.events.stream import (
@@ -254,7 +254,7 @@ def run_task(app: TallyCelery) -> int:
 
 def logged_events(sessions: sessionmaker[Session]) -> list[Event]:
     with sessions() as session:
-        return read_all_events(session, 0, 100_000)
+        return read_events(session, None, 0, 100_000)
 
 
 def documents(events: list[Event]) -> list[dict[str, Any]]:
