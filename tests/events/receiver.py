@@ -84,7 +84,13 @@ class Receiver:
                 super().finish()
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # Cut off by `stop` while it arrived: the sender saw no answer and
+                    # tries again; a request the receiver never got whole is not one.
+                    self.close_connection = True
+                    return
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 status, delay = receiver.behaviour(headers, body)
                 with receiver._lock:
