@@ -48,7 +48,12 @@ EVENT_TYPES = (
 # The event log's advisory lock keys, all here so that no two jobs share one by mistake
 # (the fan-out and the stream once did: a stream run waiting on NATS held up the pump).
 SEQUENCER_LOCK = 0x7A11E7E1  # one numbering pass at a time (transaction-level)
-FAN_OUT_LOCK = 0x7A11E7E2  # one webhook fan-out at a time (transaction-level)
+# Transaction-level. Held exclusively by the writers of new pending deliveries (the
+# fan-out, redelivery) and shared by a sender recording its round: a new delivery's wait
+# (QUEUE_WAITS_UNTIL) is read from its queue, so a failed head's record must never commit
+# between that read and the new row's commit, or the new row would be due while the
+# queue it joins waits (and sent before the queue's earlier events).
+FAN_OUT_LOCK = 0x7A11E7E2
 DELIVERY_LOCK = 0x7A11E7E3  # with hashtext(endpoint id): one delivery run per endpoint
 STREAM_LOCK = 0x7A11E7E4  # one NATS stream run at a time (transaction-level, tried)
 # Events numbered per statement; a pass repeats until none is left.

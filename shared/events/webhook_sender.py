@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
-from shared.events.log import DELIVERY_LOCK, Event, event_document, write_events
+from shared.events.log import DELIVERY_LOCK, FAN_OUT_LOCK, Event, event_document, write_events
 from shared.events.webhooks import signing_secrets, url_refusal
 from shared.fields import format_timestamp
 from shared.models import DeliveryStatus, EndpointStatus, WebhookEndpoint
@@ -321,6 +321,8 @@ def record_attempts(
     session: Session, endpoint_id: str, attempts: list[Attempt], settings: Settings
 ) -> None:
     """Write a round's outcomes (see NOT_DELIVERED), then the endpoint's health."""
+    # Taken before any row: a redelivery holds the lock while it waits for these rows.
+    session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": FAN_OUT_LOCK})
     delivered = [attempt for attempt in attempts if attempt.ok]
     if delivered:
         session.execute(

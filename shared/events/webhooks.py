@@ -402,6 +402,7 @@ REDELIVER = text(f"""
 def redeliver(session: Session, endpoint: WebhookEndpoint, first: int, last: int) -> int:
     """Put the endpoint's events with ids first..last (those of its types) back to pending
     with their attempts reset, creating the deliveries that are missing; how many."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FAN_OUT_LOCK})
     result = session.execute(REDELIVER, {"endpoint": endpoint.id, "first": first, "last": last})
     return int(result.rowcount)  # type: ignore[attr-defined]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,9 +25,12 @@ from cli.main import cli
 from shared.events.log import DELIVERY_LOCK, number_events, write_events
 from shared.events.webhook_sender import (
     DISABLED_EVENT,
+    Attempt,
     Run,
     WebhookSender,
     backoff_delay,
+    due_queues,
+    record_attempts,
 )
 from shared.events.webhooks import (
     delivery_finished,
@@ -281,6 +285,52 @@ def test_an_accounts_events_wait_for_its_failing_event_and_other_accounts_go_on(
     first = deliveries(sessions, endpoint["id"])[0]
     assert first.status == "delivered" and first.attempts == 5
     assert first.last_status_code == 200 and first.last_error is None
+
+
+def test_an_event_fanned_out_while_its_queues_head_fails_waits_with_the_queue(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+    base_settings: Settings,
+) -> None:
+    # CI once saw an account's event 37 sent between its event 2's retries: the pump wrote
+    # 37's delivery as due (its queue was due when read) while the sender recorded 2's
+    # failure, whose push of the queue's wait could not see the uncommitted 37.
+    endpoint = add_endpoint(hooks, admin, "http://127.0.0.1:9/")
+    account = new_ulid()
+    emit(sessions, factory.tenant_id, [(account, 1), (account, 2)])
+    head = deliveries(sessions, endpoint["id"])[0].event_id
+    with transaction(sessions) as session:
+        write_events(session, [(factory.tenant_id, account, "entry.created", {"n": 3})])
+        number_events(session)
+
+    pump_session = sessions()
+    fan_out(pump_session)  # event 3's delivery written as due, not yet committed
+    failure = Attempt(head, 500, 1, "answered 500: busy")
+    minute = base_settings.with_overrides(
+        {"webhook_backoff_base": 60.0, "webhook_backoff_cap": 60.0}
+    )
+    recorder = threading.Thread(target=_record, args=(sessions, endpoint["id"], [failure], minute))
+    recorder.start()
+    recorder.join(0.5)
+    pump_session.commit()
+    pump_session.close()
+    recorder.join(10)
+    assert not recorder.is_alive()
+
+    pending = [d for d in deliveries(sessions, endpoint["id"]) if d.status == "pending"]
+    assert [d.attempts for d in pending] == [1, 0, 0]
+    assert len({d.next_attempt_at for d in pending}) == 1, "the queue waits as a whole"
+    with sessions() as session:
+        assert due_queues(session, endpoint["id"], 10) == []
+
+
+def _record(
+    sessions: sessionmaker[Session], endpoint_id: str, attempts: list[Attempt], settings: Settings
+) -> None:
+    with transaction(sessions) as session:
+        record_attempts(session, endpoint_id, attempts, settings)
 
 
 def test_a_delivery_past_the_retry_window_fails_and_redelivery_brings_it(
