@@ -60,6 +60,8 @@ class Receiver:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        # Cleared by `stop` first: a request still being read then is never answered.
+        self._up = False
         # Open connections, closed by `stop` too (keep-alive would outlive the listener).
         self._connections: set[socket.socket] = set()
 
@@ -94,6 +96,10 @@ class Receiver:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 status, delay = receiver.behaviour(headers, body)
                 with receiver._lock:
+                    if not receiver._up:
+                        # Taken down while this one arrived: it was never answered.
+                        self.close_connection = True
+                        return
                     receiver.received.append(Received(headers, body, time.monotonic(), status))
                 if delay:
                     time.sleep(delay)
@@ -110,10 +116,14 @@ class Receiver:
 
         server = QuietServer(("127.0.0.1", self.port), Handler)
         self._server = server
+        with self._lock:
+            self._up = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         """Down: the port refuses connections until `start`."""
+        with self._lock:
+            self._up = False
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
