@@ -20,16 +20,14 @@ DRAIN_TASK = "tally.drain"
 RELAY_OUTBOX_TASK = "tally.relay_outbox"
 EXPIRE_LOTS_TASK = "tally.expire_lots"
 TIME_OUT_HOLDS_TASK = "tally.time_out_holds"
-PUMP_EVENTS_TASK = "tally.pump_events"
 WARN_EXPIRING_TASK = "tally.warn_expiring"
 PRUNE_EVENTS_TASK = "tally.prune_events"
-STREAM_EVENTS_TASK = "tally.stream_events"
 DELIVER_WEBHOOKS_TASK = "tally.deliver_webhooks"
 # The tasks beat starts; they run on the relay lane, never behind single adjustments.
 SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK)
-# The event log's tasks (docs/events.md): numbering and handing on on the events lane,
-# webhook deliveries on a lane of their own.
-EVENTS_TASKS = (PUMP_EVENTS_TASK, WARN_EXPIRING_TASK, PRUNE_EVENTS_TASK, STREAM_EVENTS_TASK)
+# The event log's tasks (docs/events.md) on the events lane, whose workers also run the
+# pump (worker.pump); webhook deliveries on a lane of their own.
+EVENTS_TASKS = (WARN_EXPIRING_TASK, PRUNE_EVENTS_TASK)
 
 
 class TallyCelery(Celery):
@@ -83,20 +81,6 @@ class TallyCelery(Celery):
         )
 
 
-def _stream_schedule(settings: Settings) -> dict[str, dict[str, object]]:
-    """Beat's run of the NATS stream, when TALLY_NATS_URL is set; dropped like the pump's
-    if not started within a few intervals (the next run streams from the cursor)."""
-    if not settings.nats_url:
-        return {}
-    return {
-        "stream-events": {
-            "task": STREAM_EVENTS_TASK,
-            "schedule": timedelta(seconds=settings.events_interval),
-            "options": {"expires": max(1.0, 4 * settings.events_interval)},
-        }
-    }
-
-
 def make_celery(settings: Settings) -> TallyCelery:
     app = TallyCelery("tally", set_as_current=False)
     app.resources = Resources(settings)
@@ -145,18 +129,11 @@ def make_celery(settings: Settings) -> TallyCelery:
                 "task": TIME_OUT_HOLDS_TASK,
                 "schedule": timedelta(seconds=settings.expiry_interval),
             },
-            # A pump not started within a few intervals is dropped: the next one does its work.
-            "pump-events": {
-                "task": PUMP_EVENTS_TASK,
-                "schedule": timedelta(seconds=settings.events_interval),
-                "options": {"expires": max(1.0, 4 * settings.events_interval)},
-            },
             "warn-expiring": {
                 "task": WARN_EXPIRING_TASK,
                 "schedule": timedelta(seconds=settings.expiry_interval),
             },
             "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
-            **_stream_schedule(settings),
         },
         include=["worker.tasks"],
     )

@@ -3,7 +3,6 @@ the expiry of due lots and the release of timed-out holds."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,17 +14,9 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
-from shared.events import stream
-from shared.events.log import number_events, prune_events
-from shared.events.notices import note_crossings, warn_expiring_lots
-from shared.events.webhooks import (
-    delivery_finished,
-    endpoints_due,
-    fan_out,
-    prune_deliveries,
-    queue_deliveries,
-    requeue_delivery,
-)
+from shared.events.log import prune_events
+from shared.events.notices import warn_expiring_lots
+from shared.events.webhooks import delivery_finished, prune_deliveries, requeue_delivery
 from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
 from shared.flow.outbox import stale_accounts
 from shared.flow.processing import AccountBusy, note_transient_error
@@ -39,8 +30,6 @@ from shared.platform.metrics import (
     APPLY_LATENCY,
     RELAY_ACCOUNTS,
     RELAY_RUNS,
-    STREAM_EVENTS,
-    STREAM_FAILURES,
     TASK_RETRIES,
 )
 from worker.app import (
@@ -48,13 +37,12 @@ from worker.app import (
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
     PRUNE_EVENTS_TASK,
-    PUMP_EVENTS_TASK,
     RELAY_OUTBOX_TASK,
-    STREAM_EVENTS_TASK,
     TIME_OUT_HOLDS_TASK,
     WARN_EXPIRING_TASK,
     TallyCelery,
 )
+from worker.pump import deliver_later
 
 log = logging.getLogger(__name__)
 
@@ -207,32 +195,6 @@ def _ask_workers(task: Task, ask: Callable[[Session, int], list[str]], what: str
     return len(accounts)
 
 
-@shared_task(name=PUMP_EVENTS_TASK, bind=True, acks_late=True)
-def pump_events(self: Task) -> int:
-    """Number the events committed since the last pump and hand them on, in one
-    transaction: note balance crossings, write the webhook deliveries; then wake the
-    feed's long-polls and send a delivery task for each endpoint with a delivery due and
-    no task queued (so a lost task is sent again)."""
-    app = _app(self)
-    settings = app.resources.settings
-    with transaction(app.resources.sessions) as session:
-        numbered = number_events(session)
-        # Written unnumbered: the next pump numbers them (after the entries they follow).
-        note_crossings(session, settings.points_types, numbered.entries)
-        fan_out(session)
-        due = endpoints_due(session)
-    if numbered.count:
-        app.resources.redis.publish(
-            app.resources.keys.events_channel, json.dumps(sorted(numbered.tenants))
-        )
-    queue_deliveries(app.resources.redis, app.resources.keys, due, _deliver_later(app))
-    return numbered.count
-
-
-def _deliver_later(app: TallyCelery) -> Callable[[str], None]:
-    return lambda endpoint_id: app.send_task(DELIVER_WEBHOOKS_TASK, args=[endpoint_id])
-
-
 # How long one delivery task works before it hands over to its successor.
 DELIVER_SECONDS = 1.0
 
@@ -245,7 +207,7 @@ def deliver_webhooks(self: Task, endpoint_id: str) -> int:
     run = app.webhooks.run(endpoint_id, DELIVER_SECONDS)
     redis, keys = app.resources.redis, app.resources.keys
     if run.more:
-        requeue_delivery(redis, keys, endpoint_id, _deliver_later(app))
+        requeue_delivery(redis, keys, endpoint_id, deliver_later(app))
     elif not run.busy:
         delivery_finished(redis, keys, endpoint_id)
     return run.sent
@@ -268,29 +230,6 @@ def prune_old_events(self: Task) -> int:
         pruned = prune_events(session, app.resources.settings.events_retention_days)
         prune_deliveries(session)
         return pruned
-
-
-@shared_task(name=STREAM_EVENTS_TASK, bind=True, acks_late=True)
-def stream_events(self: Task) -> int:
-    """Publish the numbered events past the cursor "nats" to NATS JetStream, if
-    TALLY_NATS_URL is set; a run that stops short is logged and counted, the next retries."""
-    app = _app(self)
-    settings, redis, keys = app.resources.settings, app.resources.redis, app.resources.keys
-    # A NATS that is down or refusing is not asked four times a second.
-    if not settings.nats_url or redis.exists(keys.stream_pause):
-        return 0
-    streamed = stream.stream_events(app.resources.sessions, settings)
-    STREAM_EVENTS.inc(streamed.published)
-    if streamed.error:
-        STREAM_FAILURES.inc()
-        redis.set(keys.stream_pause, streamed.position, ex=stream.STREAM_PAUSE_SECONDS)
-        log.warning(
-            "events past id %d not streamed to NATS: %s",
-            streamed.position,
-            streamed.error,
-            extra={"nats_url": settings.nats_url, "stream": settings.nats_stream},
-        )
-    return streamed.published
 
 
 @worker_process_init.connect

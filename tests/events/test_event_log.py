@@ -39,7 +39,7 @@ from shared.platform.db import transaction
 from tests.api.test_points_operations import Desk
 from tests.factories import Caller, Factory, queue_requests
 from worker.app import TallyCelery
-from worker.tasks import pump_events
+from worker.pump import pump_events
 
 
 @pytest.fixture
@@ -308,7 +308,7 @@ def test_the_pump_numbers_and_wakes_the_feed(
     pubsub.subscribe(celery_app.resources.keys.events_channel)
     try:
         queue_requests(sessions, moderator, factory.user().id, [3])
-        assert pump_events.apply().get() >= 1
+        assert pump_events(celery_app) >= 1
         deadline = time.monotonic() + 5
         message = None
         while message is None and time.monotonic() < deadline:

@@ -22,7 +22,8 @@ from shared.models import Role
 from shared.platform.db import make_engine, make_session_factory
 from tests.conftest import Services
 from tests.factories import Caller, Factory, reputation
-from worker.app import PUMP_EVENTS_TASK, TallyCelery
+from worker.app import TallyCelery
+from worker.pump import pump_events
 
 Award = Callable[..., None]
 
@@ -36,10 +37,9 @@ INSERT_EVENT = text("""
 
 
 def pump(celery_app: TallyCelery) -> int:
-    """Beat's pump, run here: number the committed events and announce their tenants."""
-    celery_app.loader.import_default_modules()  # registers worker.tasks
-    count: int = celery_app.tasks[PUMP_EVENTS_TASK].apply().get()
-    return count
+    """A pass of the events worker's pump: number the committed events and announce their
+    tenants."""
+    return pump_events(celery_app)
 
 
 def feed(client: FlaskClient, caller: Caller, **params: Any) -> TestResponse:

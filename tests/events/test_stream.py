@@ -49,8 +49,8 @@ from shared.events.stream import subject_token as token
 from shared.platform.config import Settings
 from shared.platform.db import transaction
 from tests.factories import Caller, Factory, queue_requests
-from worker.app import STREAM_EVENTS_TASK, TallyCelery, make_celery
-from worker.tasks import stream_events as stream_task
+from worker.app import TallyCelery, make_celery
+from worker.pump import stream_to_nats, tickers
 
 STARTUP_TIMEOUT = 20.0
 STREAM = "TALLY_TEST_EVENTS"
@@ -247,9 +247,8 @@ def write_raw(
 
 
 def run_task(app: TallyCelery) -> int:
-    """The beat-scheduled task, run here on `app` (not on the current app, as .apply() would)."""
-    result: int = app.tasks[stream_task.name].apply().get()
-    return result
+    """One pass of the events worker's stream thread (worker.pump), on `app`."""
+    return stream_to_nats(app)
 
 
 def logged_events(sessions: sessionmaker[Session]) -> list[Event]:
@@ -399,7 +398,7 @@ def test_nats_down_keeps_the_cursor_and_after_its_restart_consumers_miss_nothing
     write_raw(sessions, "default", account_a, 10, first=10)
     write_raw(sessions, "other", account_b, 10, first=10)
     failures = REGISTRY.get_sample_value("tally_stream_failures_total") or 0.0
-    with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+    with caplog.at_level(logging.WARNING, logger="worker.pump"):
         assert run_task(celery_app) == 0
         down = stream_events(sessions, settings, batch=8)
     assert (down.published, down.position) == (0, 20) and down.error is not None
@@ -408,7 +407,7 @@ def test_nats_down_keeps_the_cursor_and_after_its_restart_consumers_miss_nothing
     assert any("not streamed to NATS" in r.getMessage() for r in caplog.records)
 
     nats_server.start()
-    # The task waits out its pause after the failed run; then it streams what was missed.
+    # The stream waits out its pause after the failed pass; then it streams what was missed.
     redis, pause = celery_app.resources.redis, celery_app.resources.keys.stream_pause
     assert 0 < redis.ttl(pause) <= STREAM_PAUSE_SECONDS
     assert run_task(celery_app) == 0 and position(sessions) == 20
@@ -430,12 +429,12 @@ def test_nats_down_keeps_the_cursor_and_after_its_restart_consumers_miss_nothing
     assert [m.document["id"] for m in read_stream(nats_server.url, start=23)] == list(range(23, 41))
 
 
-def test_beat_streams_only_when_a_nats_url_is_set() -> None:
-    assert "stream-events" not in make_celery(Settings()).conf.beat_schedule
-    schedule = make_celery(Settings(nats_url="nats://127.0.0.1:4222", events_interval=0.5))
-    entry = schedule.conf.beat_schedule["stream-events"]
-    assert entry["task"] == STREAM_EVENTS_TASK
-    assert entry["schedule"].total_seconds() == 0.5 and entry["options"]["expires"] == 2.0
+def test_the_events_worker_streams_only_when_a_nats_url_is_set() -> None:
+    assert [t.name for t in tickers(make_celery(Settings()))] == ["event pump"]
+    app = make_celery(Settings(nats_url="nats://127.0.0.1:4222", events_interval=0.5))
+    assert [(t.name, t.interval) for t in tickers(app)] == [
+        ("event pump", 0.5), ("nats stream", 0.5),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
