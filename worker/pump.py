@@ -7,12 +7,19 @@ times a second, with the task's trip through Redis and its task events, cost abo
 80 ms of CPU a second on an idle stack (PERFORMANCE.md). Several events workers may each
 run them: the sequencer, the fan-out and the stream each take an advisory lock, so their
 passes take turns.
+
+A prefork worker forks its pool's processes from this process, at start and whenever
+one is replaced. A fork copies the locks a thread holds at that moment (the database
+pool's, Redis's, kombu's) into a child that will wait on them for ever: so the threads
+start after the pool, and a fork waits for the passes under way to end (each ticker's
+lock, held by its passes and, through os.register_at_fork, by every fork).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +36,22 @@ from shared.platform.metrics import STREAM_EVENTS, STREAM_FAILURES
 from worker.app import DELIVER_WEBHOOKS_TASK, TallyCelery
 
 log = logging.getLogger(__name__)
+
+# Each ticker's lock, held by its passes and by a fork (see the module's docstring).
+PASS_LOCKS: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for lock in PASS_LOCKS:
+        lock.acquire()
+
+
+def _after_fork() -> None:
+    for lock in reversed(PASS_LOCKS):
+        lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 # After a failed pass, the wait grows to this (a database that is down is not asked four
 # times a second, nor its failure logged as often).
@@ -89,20 +112,25 @@ class Ticker:
         self.job = job
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.passing = threading.Lock()
 
     def start(self) -> None:
+        PASS_LOCKS.append(self.passing)
         self.thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
+        if self.passing in PASS_LOCKS:
+            PASS_LOCKS.remove(self.passing)
 
     def _loop(self) -> None:
         wait = self.interval
         while not self.stopping.wait(wait):
             try:
-                self.job()
+                with self.passing:
+                    self.job()
             except Exception:
                 log.exception("%s: pass failed; next in %.1f s", self.name, wait)
                 wait = min(MAX_BACKOFF_SECONDS, max(wait, self.interval) * 2)
@@ -114,6 +142,8 @@ class EventPump(bootsteps.StartStopStep):
     """The pump (and the NATS stream) of a worker that consumes the events lane."""
 
     label = "event pump"
+    # Started once the pool has forked its processes.
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
