@@ -10,9 +10,9 @@ scenarios:
   c  respond-async, every request to one hot user
   d  respond-async at half of (a)'s rate, paced, for latency
   e  respond-async at 500/s (--webhook-rate), paced, with one webhook endpoint (every
-     event type) on a receiver on loopback (bench/receiver.py): also the delivery lag,
-     from the event's transaction to its arrival, p50/p95/p99 (the stack needs
-     TALLY_WEBHOOK_ALLOW_PRIVATE=true)
+     event type, or --webhook-types) on a receiver on loopback (bench/receiver.py): also
+     the delivery lag, from the event's transaction to its arrival, p50/p95/p99 (the
+     stack needs TALLY_WEBHOOK_ALLOW_PRIVATE=true)
 
 For each it prints accepted/s, applied/s (during the load), the backlog when the
 load stops and the time it takes to drain, latency p50/p95/p99, and the CPU
@@ -209,14 +209,16 @@ def run(
     )
 
 
-def with_webhook(resources: Resources, moderator_id: int, run_load: Any) -> Result:
-    """Run the load with one endpoint (every type) on a loopback receiver; add the lag."""
+def with_webhook(
+    resources: Resources, moderator_id: int, types: list[str], run_load: Any
+) -> Result:
+    """Run the load with one endpoint (of these types; none: every type) on a loopback
+    receiver; add the lag."""
     receiver = Receiver(RECEIVER_PORT).start()
     with resources.sessions.begin() as session:
         first_event = session.scalar(text("SELECT COALESCE(max(seq), 0) FROM events"))
-        endpoint = create_endpoint(
-            session, TENANT, moderator_id, EndpointInput(url=receiver.url), allow_private=True
-        )
+        wanted = EndpointInput(url=receiver.url, types=types)
+        endpoint = create_endpoint(session, TENANT, moderator_id, wanted, allow_private=True)
         endpoint_id = endpoint.id
     try:
         result: Result = run_load()
@@ -237,9 +239,10 @@ def with_webhook(resources: Resources, moderator_id: int, run_load: Any) -> Resu
         time.sleep(1)  # the fan-out of the last pump
         with resources.sessions() as session:
             events = session.scalar(
-                text("SELECT count(*) FROM events WHERE seq > :seq AND tenant_id = :tenant"),
-                {"seq": first_event, "tenant": TENANT},
-            )
+                text("SELECT count(*) FROM events WHERE seq > :seq AND tenant_id = :tenant"
+                     " AND (cardinality(CAST(:types AS text[])) = 0 OR type = ANY(:types))"),
+                {"seq": first_event, "tenant": TENANT, "types": types},
+            )  # fmt: skip
     finally:
         records = receiver.stop()
         with resources.sessions.begin() as session:
@@ -285,6 +288,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="abcd")
     parser.add_argument("--webhook-rate", type=int, default=WEBHOOK_RATE,
                         help="scenario e's adjustments per second")  # fmt: skip
+    parser.add_argument("--webhook-types", default="",
+                        help="scenario e's endpoint's event types, comma-separated (default:"
+                             " every type)")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `make tools` installs it (Debian package wrk)")
@@ -310,7 +316,8 @@ def main() -> None:
             delay = round(1000 * args.connections / args.webhook_rate)
             paced = partial(run, resources, "e", users=users, prefer="respond-async",
                             connections=args.connections, delay_ms=delay, **common)  # fmt: skip
-            result = with_webhook(resources, moderator_id, paced)
+            types = [name for name in args.webhook_types.split(",") if name]
+            result = with_webhook(resources, moderator_id, types, paced)
         else:
             a_rate = next((r.accepted_per_s for r in results if r.scenario == "a"), 400.0)
             # Each connection waits so that all together send half of (a)'s rate.
