@@ -29,10 +29,11 @@ def groups() -> dict[str, list[psutil.Process]]:
 
 
 def _worker(cmdline: str) -> bool:
-    """`tally worker` (Celery in-process) and its pool, or an exec'd `celery worker`."""
+    """`tally worker` (Celery in-process) and its pool, an exec'd `celery worker`, or beat
+    (counted with the workers: it sends their scheduled tasks)."""
     words = cmdline.split()
     launched = "celery" in cmdline or " cli worker" in cmdline or "tally worker" in cmdline
-    return launched and "worker" in words
+    return launched and ("worker" in words or "beat" in words)
 
 
 def cpu_seconds() -> dict[str, float]:
