@@ -1,0 +1,119 @@
+"""What the applier spends per chunk, and how much of it in the event log's triggers.
+
+The end-to-end benchmark (bench/adjustments.py) gives CPU per adjustment of the whole
+stack, whose noise on a saturated 2-core machine is of the size of the event log's
+cost. This one isolates the applier: in a tenant of its own it accepts queued requests
+(the accept path, one per account), then applies chunks of 1, 4, 16 and 64 of them with
+`apply_pending` again and again, each in a transaction that is rolled back (so every
+run applies the same requests). It prints the median time of a chunk, per adjustment,
+and the part spent in PL/pgSQL trigger functions (the event log's; read from
+`pg_stat_xact_user_functions` with `track_functions = 'pl'`, a superuser's setting as
+the suite's and the benchmarks' databases give). Run it on two commits to compare.
+
+Usage: TALLY_DATABASE_URL=... python bench/apply_chunks.py [--runs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from common import aligned, calibration_ms  # bench/common.py, beside this script
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.intake.adjustments import Adjustment, submit
+from shared.intake.auth import Principal
+from shared.intake.users import ensure_tenant
+from shared.intake.validation import UserRef
+from shared.ledger.apply import apply_pending
+from shared.models import Role
+from shared.platform.config import load_settings
+from shared.platform.migrate import upgrade
+from shared.platform.resources import Resources
+
+TENANT = "applybench"
+SIZES = (1, 4, 16, 64)
+
+
+def provision(resources: Resources, count: int) -> list[str]:
+    """The accounts of `count` users, each with one queued adjustment of 5 points."""
+    with resources.sessions.begin() as session:
+        ensure_tenant(session, TENANT)
+        session.execute(
+            text(
+                "INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
+                " role) SELECT :t, 'apply_' || g, '', '', '', '', :role"
+                " FROM generate_series(0, :n) g ON CONFLICT DO NOTHING"
+            ),
+            {"t": TENANT, "n": count, "role": Role.USER.value},
+        )
+        ids = session.scalars(
+            text("SELECT id FROM users WHERE tenant_id = :t ORDER BY id LIMIT :n"),
+            {"t": TENANT, "n": count + 1},
+        ).all()
+    principal = Principal(ids[0], TENANT, "apply_0", "", Role.MODERATOR)
+    points = resources.settings.points_type(resources.settings.default_points_type)
+    assert points is not None
+    with resources.engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for user_id in ids[1:]:
+            adjustment = Adjustment(None, points.name, 5, comment="apply bench")
+            target = UserRef("user_id", user_id=user_id)
+            submit(connection, principal, target, adjustment, points, f"apply-bench-{user_id}")
+    with resources.engine.connect() as connection:
+        accounts = connection.scalars(
+            text("SELECT account_id FROM adjustment_requests WHERE tenant_id = :t"
+                 " AND status = 'queued' ORDER BY account_id LIMIT :n"),
+            {"t": TENANT, "n": count},
+        ).all()  # fmt: skip
+    assert len(accounts) == count, "the tenant's requests were applied: drop its rows first"
+    return list(accounts)
+
+
+IN_TRIGGERS = text("SELECT COALESCE(sum(total_time), 0) FROM pg_stat_xact_user_functions")
+
+
+def time_chunk(resources: Resources, accounts: list[str]) -> tuple[float, float]:
+    """Milliseconds to apply one chunk of these accounts' requests (rolled back after),
+    and of them in PL/pgSQL functions."""
+    with resources.engine.connect() as connection:
+        connection.execute(text("SET LOCAL track_functions = 'pl'"))
+        # Counts not yet flushed to the cumulative view, earlier transactions' included.
+        in_triggers = -float(connection.scalar(IN_TRIGGERS))
+        with Session(bind=connection) as session:
+            started = time.perf_counter()
+            applied = apply_pending(session, accounts, len(accounts))
+            session.flush()
+            elapsed = time.perf_counter() - started
+        assert len(applied.outcomes) == len(accounts)
+        in_triggers += float(connection.scalar(IN_TRIGGERS))
+        connection.rollback()
+    return elapsed * 1000, in_triggers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    settings = load_settings()
+    upgrade(settings.database_url)
+    resources = Resources(settings)
+    accounts = provision(resources, max(SIZES))
+    print(f"calibration (fixed CPU loop): {calibration_ms():.1f} ms")
+    rows = [("chunk", "ms per chunk", "of it in triggers", "ms per adjustment")]
+    figures = []
+    for size in SIZES:
+        runs = [time_chunk(resources, accounts[:size]) for _ in range(args.runs)]
+        chunk_ms = statistics.median(run[0] for run in runs)
+        trigger_ms = statistics.median(run[1] for run in runs)
+        figures.append({"chunk": size, "chunk_ms": chunk_ms, "in_triggers_ms": trigger_ms})
+        rows.append((str(size), f"{chunk_ms:.3f}", f"{trigger_ms:.3f}", f"{chunk_ms / size:.3f}"))
+    print(aligned(rows))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
