@@ -311,7 +311,8 @@ LANE_NAMES = [lane.value for lane in Lane]
     default=",".join(LANE_NAMES),
     show_default=True,
     help="Comma-separated lanes whose queues this worker consumes: interactive (single "
-    "adjustments), bulk (batch items), relay (the outbox relay).",
+    "adjustments), bulk (batch items), relay (the outbox relay), events (the event "
+    "log's jobs; such a worker also runs the event pump), webhooks (deliveries).",
 )
 @click.option(
     "--metrics-bind",
