@@ -171,9 +171,14 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+# Transactions that have locked account rows (FOR NO KEY UPDATE takes RowShareLock on the
+# table): a chunk's, not the event pump's that the worker's main process runs beside.
 IN_TRANSACTION = text("""
-    SELECT COUNT(*) FROM pg_stat_activity
-    WHERE client_port = ANY(:ports) AND backend_xid IS NOT NULL
+    SELECT COUNT(*) FROM pg_stat_activity a
+    WHERE a.client_port = ANY(:ports) AND a.backend_xid IS NOT NULL
+      AND EXISTS (SELECT 1 FROM pg_locks l
+                  WHERE l.pid = a.pid AND l.relation = 'accounts'::regclass
+                    AND l.mode = 'RowShareLock')
 """)
 
 
