@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,14 @@ class Stack:
     def stop(self, name: str) -> None:
         stop_group(self.processes.pop(name), timeout=20)
 
+    def start_api(self) -> None:
+        """`tally api` as process "api", on the port of `base_url`."""
+        self.start("api", "api", "--bind", self.base_url.removeprefix("http://"))
+
+    def start_beat(self) -> None:
+        """`tally beat` as process "beat", its schedule file beside the logs."""
+        self.start("beat", "beat", "--schedule", str(self.log_dir / "beat-schedule"))
+
     def start_worker(
         self, name: str, lanes: str | None = None, wrapper: tuple[str, ...] = ()
     ) -> None:
@@ -67,6 +78,41 @@ class Stack:
             f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
             for path in sorted(self.log_dir.glob("*.log"))
         )
+
+
+@contextmanager
+def running_stack(
+    log_dir: Path,
+    database_url: str,
+    redis_url: str,
+    env: Mapping[str, str] = {},
+    workers: Sequence[str] = (),
+) -> Iterator[Stack]:
+    """The API, beat and these workers (of every lane) on these servers, with a queue name
+    of their own and these TALLY_* settings besides; up when yielded, all stopped after."""
+    port = free_port()
+    stack = Stack(
+        f"http://127.0.0.1:{port}",
+        os.environ
+        | {
+            "TALLY_DATABASE_URL": database_url,
+            "TALLY_REDIS_URL": redis_url,
+            "TALLY_QUEUE_NAME": "tally-stack-" + secrets.token_hex(4),
+        }
+        | dict(env),
+        {},
+        log_dir,
+    )
+    stack.start_api()
+    stack.start_beat()
+    for name in workers:
+        stack.start_worker(name)
+    try:
+        wait_until_up(stack)
+        yield stack
+    finally:
+        for name in list(stack.processes):
+            stack.stop(name)
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -350,8 +350,8 @@ def test_api_and_beat_killed(rig: Rig) -> None:
         finally:
             _signal_all(workers, signal.SIGCONT)
         time.sleep(1.5)
-        rig.start_beat()
-        rig.start_api()
+        rig.stack.start_beat()
+        rig.stack.start_api()
         wait_until_up(rig.stack)
 
     run, _ = _run(rig, kill_api_and_beat, clients_see_it=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import threading
 import time
 from collections import Counter, defaultdict
@@ -24,14 +23,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from tally_client import verify_webhook
 
-from cli.embedded import free_port
 from shared.events.webhooks import EndpointInput, create_endpoint
 from shared.models import Role
 from shared.platform.db import transaction
 from tests.chaos.conftest import Servers, throwaway_servers
 from tests.events.receiver import Behaviour, Receiver
 from tests.factories import Caller, Factory
-from tests.stack import Stack, wait_until_up
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.chaos
 
@@ -84,29 +82,19 @@ def _hook_rig(tmp_path: Path, servers: Servers) -> Iterator[HookRig]:
             session, factory.tenant_id, admin.user_id, EndpointInput(url=receiver.url), True
         )
         endpoint_id, secret = endpoint.id, endpoint.secret
-    port = free_port()
-    env = os.environ | {
-        "TALLY_DATABASE_URL": postgres.url,
-        "TALLY_REDIS_URL": redis.url,
-        "TALLY_QUEUE_NAME": "chaos-" + secrets.token_hex(3),
+    env = {
         "TALLY_WEBHOOK_ALLOW_PRIVATE": "1",
         "TALLY_WEBHOOK_TIMEOUT": str(TIMEOUT),
         "TALLY_WEBHOOK_BACKOFF_BASE": "0.05",
         "TALLY_WEBHOOK_BACKOFF_CAP": "0.5",
     }
-    stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
-    rig = HookRig(stack, sessions, caller, [factory.user().id for _ in range(USERS)],
-                  endpoint_id, secret, receiver)  # fmt: skip
-    stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
-    stack.start("beat", "beat", "--schedule", str(tmp_path / "beat-schedule"))
-    stack.start_worker("worker1")
-    stack.start_worker("worker2")
     try:
-        wait_until_up(stack)
-        yield rig
+        with running_stack(
+            tmp_path, postgres.url, redis.url, env, workers=("worker1", "worker2")
+        ) as stack:
+            yield HookRig(stack, sessions, caller, [factory.user().id for _ in range(USERS)],
+                          endpoint_id, secret, receiver)  # fmt: skip
     finally:
-        for name in list(stack.processes):
-            stack.stop(name)
         receiver.stop()
 
 

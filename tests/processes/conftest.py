@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.embedded import free_port
 from shared.platform.db import make_engine, make_session_factory
 from tests.conftest import Services
 from tests.factories import Factory
-from tests.stack import Stack, wait_until_up
+from tests.stack import Stack, running_stack
 
 
 @pytest.fixture
@@ -40,25 +37,11 @@ def stack_without_workers(
     services: Services, tmp_path: Path, stack_env: dict[str, str]
 ) -> Iterator[Stack]:
     """The API (two processes) and beat; the test starts workers when it wants them."""
-    port = free_port()
-    env = os.environ | {
-        "TALLY_DATABASE_URL": services.database_url,
-        "TALLY_REDIS_URL": services.redis_url,
-        "TALLY_QUEUE_NAME": "tally-stack-" + secrets.token_hex(4),
-        "TALLY_RELAY_DELAY": "2",
-        "TALLY_RELAY_INTERVAL": "0.5",
-        "TALLY_API_PROCESSES": "2",
-    }
-    env |= stack_env
-    stack = Stack(f"http://127.0.0.1:{port}", env, {}, tmp_path)
-    stack.start("api", "api", "--bind", f"127.0.0.1:{port}")
-    stack.start("beat", "beat", "--schedule", str(tmp_path / "beat-schedule"))
-    try:
-        wait_until_up(stack)
+    env = {"TALLY_RELAY_DELAY": "2", "TALLY_RELAY_INTERVAL": "0.5", "TALLY_API_PROCESSES": "2"}
+    with running_stack(
+        tmp_path, services.database_url, services.redis_url, env | stack_env
+    ) as stack:
         yield stack
-    finally:
-        for name in list(stack.processes):
-            stack.stop(name)
 
 
 @pytest.fixture
