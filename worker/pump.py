@@ -132,8 +132,8 @@ class Ticker:
                 with self.passing:
                     self.job()
             except Exception:
+                wait = min(MAX_BACKOFF_SECONDS, wait * 2)
                 log.exception("%s: pass failed; next in %.1f s", self.name, wait)
-                wait = min(MAX_BACKOFF_SECONDS, max(wait, self.interval) * 2)
             else:
                 wait = self.interval
 
