@@ -515,6 +515,7 @@ class Event(Base):
             "(id IS NULL) = (account_seq IS NULL) OR (account_id IS NULL AND account_seq IS NULL)",
             name="numbered_together",
         ),
+        Index("ix_events_id", "id", unique=True, postgresql_where="id IS NOT NULL"),
         Index("ix_events_unnumbered", "seq", postgresql_where="id IS NULL"),
         Index("ix_events_tenant", "tenant_id", "id", postgresql_where="id IS NOT NULL"),
         Index(
@@ -530,7 +531,7 @@ class Event(Base):
     # The write order, for the sequencer only.
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     # The global position: grows in the order events become visible to readers.
-    id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    id: Mapped[int | None] = mapped_column(BigInteger)
     # The account's own sequence (1, 2, ...), none for tenant-wide events.
     account_seq: Mapped[int | None] = mapped_column(BigInteger)
     tenant_id: Mapped[str] = mapped_column(String(64))

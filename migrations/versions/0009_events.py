@@ -39,7 +39,7 @@ depends_on: str | Sequence[str] | None = None
 TABLES = """
 CREATE TABLE events (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id bigint UNIQUE,
+    id bigint,
     account_seq bigint,
     tenant_id varchar(64) NOT NULL,
     account_id varchar(26),
@@ -49,6 +49,8 @@ CREATE TABLE events (
     CONSTRAINT numbered_together CHECK ((id IS NULL) = (account_seq IS NULL)
                                         OR (account_id IS NULL AND account_seq IS NULL))
 );
+-- Unique among the numbered; an unnumbered row is in no index on id but this one.
+CREATE UNIQUE INDEX ix_events_id ON events (id) WHERE id IS NOT NULL;
 CREATE INDEX ix_events_unnumbered ON events (seq) WHERE id IS NULL;
 CREATE INDEX ix_events_tenant ON events (tenant_id, id) WHERE id IS NOT NULL;
 CREATE UNIQUE INDEX ix_events_account ON events (account_id, account_seq)

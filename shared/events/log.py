@@ -56,12 +56,21 @@ SEQUENCER_LOCK = 0x7A11E7E1  # one numbering pass at a time (transaction-level)
 FAN_OUT_LOCK = 0x7A11E7E2
 DELIVERY_LOCK = 0x7A11E7E3  # with hashtext(endpoint id): one delivery run per endpoint
 STREAM_LOCK = 0x7A11E7E4  # one NATS stream run at a time (transaction-level, tried)
-# Events numbered per statement; a pass repeats until none is left.
+# A statement numbers the unnumbered events among this many write positions from the
+# first unnumbered one; a pass repeats until none is left.
 NUMBER_PER_STATEMENT = 10_000
 
+# The unnumbered events are taken by a range of `seq` from the first of them, not by
+# ORDER BY seq LIMIT: without fresh statistics (autovacuum behind, or off) PostgreSQL
+# answered that with a bitmap scan of every row version ever unnumbered and a sort, so
+# each statement read the whole table (132,000 rows for 10,000) and the pump fell
+# further behind the more events there were. A range reads only the rows in it.
 NUMBER = text("""
     WITH unnumbered AS (
-        SELECT seq, account_id FROM events WHERE id IS NULL ORDER BY seq LIMIT :limit
+        SELECT seq, account_id FROM events
+        WHERE id IS NULL
+          AND seq >= (SELECT min(seq) FROM events WHERE id IS NULL)
+          AND seq < (SELECT min(seq) FROM events WHERE id IS NULL) + :limit
     ), bases AS (
         SELECT u.account_id,
                COALESCE((SELECT max(x.account_seq) FROM events x
@@ -108,7 +117,7 @@ def number_events(session: Session) -> Numbered:
             if row.type == "entry.created":
                 entries.append((row.id, row.tenant_id, row.account_id, row.payload))
         count += len(rows)
-        if len(rows) < NUMBER_PER_STATEMENT:
+        if not rows:
             break
     return Numbered(count, last_id, frozenset(tenants), sorted(entries))
 

@@ -31,9 +31,10 @@ from shared.events.log import (
     number_events,
     prune_events,
     read_events,
+    write_events,
 )
 from shared.events.notices import crossings, note_crossings, warn_expiring_lots
-from shared.models import Role
+from shared.models import Role, new_ulid
 from shared.platform.config import PointsType
 from shared.platform.db import transaction
 from tests.api.test_points_operations import Desk
@@ -218,6 +219,34 @@ def test_ids_and_account_sequences_are_numbered_after_commit_without_gaps(
     for event in events:
         by_account.setdefault(event.account_id, []).append(event.account_seq)
     assert sorted(by_account.values()) == [[1, 2, 3, 4, 5, 6]] * 3
+
+
+def test_a_pass_numbers_a_backlog_with_gaps_in_write_order_a_few_positions_at_a_time(
+    factory: Factory, sessions: sessionmaker[Session]
+) -> None:
+    # Write positions (seq) that a rolled-back transaction took are gaps; a statement
+    # takes the unnumbered events of NUMBER_PER_STATEMENT positions from the first one.
+    account = new_ulid()
+    written = 0
+    for batch in range(6):
+        session = sessions()
+        write_events(session, [(factory.tenant_id, account, "lot.expiring", {"n": written + i})
+                               for i in range(3)])  # fmt: skip
+        if batch % 2:
+            session.rollback()  # three positions taken, no event
+        else:
+            session.commit()
+            written += 3
+        session.close()
+    with mock.patch("shared.events.log.NUMBER_PER_STATEMENT", 2):
+        with transaction(sessions) as session:
+            numbered = number_events(session)
+        assert numbered.count == written == 9
+    with sessions() as session:
+        events = read_events(session, factory.tenant_id, 0, 100)
+    assert [e.payload["n"] for e in events] == list(range(9))
+    assert [e.account_seq for e in events] == list(range(1, 10))
+    assert [e.id for e in events] == list(range(events[0].id, events[0].id + 9))
 
 
 @pytest.fixture
