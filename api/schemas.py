@@ -81,7 +81,7 @@ class Health(BaseModel):
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")
+    return model.model_dump(mode="json", by_alias=True)
 
 
 class ScorePage(BaseModel):
@@ -98,6 +98,17 @@ class LeaderboardEntry(BaseModel):
     user__username: str
     user__real_name: str
     total_score: int
+    rank: int = Field(description="The place on the board, as `ranking` counts it")
+
+
+class PeriodOut(BaseModel):
+    """The period a board sums, in the tenant's time zone."""
+
+    period: str = Field(description="day, week, month, quarter, year or all")
+    starts: str | None = Field(description="Its first day (local date); null for all")
+    from_: str | None = Field(alias="from", description="Its first moment, UTC")
+    model_config = {"populate_by_name": True}
+    to: str | None = Field(description="The first moment after it, UTC")
 
 
 class LeaderboardPage(BaseModel):
@@ -105,6 +116,19 @@ class LeaderboardPage(BaseModel):
     next: str | None
     previous: str | None
     results: list[LeaderboardEntry]
+    period: PeriodOut
+
+
+class OwnRank(BaseModel):
+    """One user's place on a board."""
+
+    user_id: int
+    user__username: str
+    user__real_name: str
+    total_score: int = Field(description="0 when the user has no entry on the board")
+    rank: int | None = Field(description="null when the user has no entry on the board")
+    count: int = Field(description="How many users are on the board")
+    period: PeriodOut
 
 
 class ReputationTypeOut(BaseModel):

@@ -21,7 +21,7 @@ from shared.models import (
     ReputationType,
     User,
 )
-from shared.reads.ledger_reads import LeaderboardRow
+from shared.reads.boards import LeaderboardRow, Window
 
 
 class ScoreUserFields(Protocol):
@@ -142,13 +142,28 @@ def _status(row: AdjustmentRequest, score: dict[str, Any] | None) -> dict[str, A
 
 
 def leaderboard_object(row: LeaderboardRow) -> dict[str, Any]:
-    """A leaderboard row as the community API names its fields."""
+    """A leaderboard row as the community API names its fields, with its rank."""
     return dump(
         schemas.LeaderboardEntry(
             user_id=row.user_id,
             user__username=row.username,
             user__real_name=row.real_name,
             total_score=row.total_score,
+            rank=row.rank,
+        )
+    )
+
+
+def period_object(span: Window) -> dict[str, Any]:
+    """The period a board sums."""
+    return dump(
+        schemas.PeriodOut.model_validate(
+            {
+                "period": str(span.period),
+                "starts": span.starts.isoformat() if span.begins is not None else None,
+                "from": format_timestamp(span.begins),
+                "to": format_timestamp(span.ends),
+            }
         )
     )
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -113,6 +114,8 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    # The IANA time zone that draws the tenant's days, weeks, months... (migration 0010).
+    time_zone: Mapped[str] = mapped_column(Text, server_default="UTC", default="UTC")
     created_at: Mapped[datetime] = _now()
 
 
@@ -225,6 +228,7 @@ class AdjustmentRequest(Base):
             postgresql_where="status IN ('queued', 'processing')",
         ),
         Index("ix_adjustment_requests_batch", "batch_id", "status"),
+        CheckConstraint("cut >= 0 AND (cut = 0 OR cut < amount)", name="cut_within_amount"),
         # One live request per subject: an entry is reversed, a lot expired and a hold
         # timed out at most once (a rejected request, say a reversal refused for want of
         # balance, may be asked again). A second reversal is refused when accepted; the
@@ -265,6 +269,8 @@ class AdjustmentRequest(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ledger_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    # What a cap took off `amount`: the entry moved `amount - cut` (docs/periods.md).
+    cut: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
 
 
 class LedgerEntry(Base):
@@ -364,6 +370,77 @@ Index(
     LedgerEntry.reputation_context,
     postgresql_ops={"reputation_context": "text_pattern_ops"},
 )
+
+
+class Period(enum.StrEnum):
+    """The periods an entry is counted in (in its tenant's time zone); `all` is all time."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    QUARTER = "quarter"
+    YEAR = "year"
+    ALL = "all"
+
+
+class PeriodTotal(Base):
+    """An account's entries in one period, summed: what period leaderboards and caps read.
+
+    The applier adds to it in the statement that writes the entries (migration 0010).
+    """
+
+    __tablename__ = "period_totals"
+    __table_args__ = (
+        CheckConstraint(
+            "period IN ('day', 'week', 'month', 'quarter', 'year', 'all')", name="period_known"
+        ),
+        CheckConstraint(
+            "reversal_entries >= 0 AND reversal_entries <= entries", name="counts_within"
+        ),
+        Index(
+            "ix_period_totals_board",
+            "tenant_id",
+            "points_type",
+            "period",
+            "starts",
+            text("total DESC"),
+            "user_id",
+        ),
+        Index(
+            "ix_period_totals_manual",
+            "tenant_id",
+            "points_type",
+            "period",
+            "starts",
+            text("(total - reversal_total) DESC"),
+            "user_id",
+            postgresql_where="entries > reversal_entries",
+        ),
+        Index(
+            "ix_period_totals_reversals",
+            "tenant_id",
+            "points_type",
+            "period",
+            "starts",
+            text("reversal_total DESC"),
+            "user_id",
+            postgresql_where="reversal_entries > 0",
+        ),
+    )
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # The first day of the period, in the tenant's time zone (1970-01-01 for `all`).
+    starts: Mapped[date] = mapped_column(Date, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    points_type: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(BigInteger)
+    reversal_total: Mapped[int] = mapped_column(BigInteger)
+    reversal_entries: Mapped[int] = mapped_column(BigInteger)
+    # What counted towards the points type's cap (positive adjustments not exempt).
+    capped: Mapped[int] = mapped_column(BigInteger)
 
 
 class Lot(Base):

@@ -202,6 +202,25 @@ class Seeder:
             text("UPDATE adjustment_requests SET ledger_entry_id = :entry WHERE id = :id"),
             {"entry": entry_id, "id": request_id},
         )
+        if reached(self.revision, "0010"):
+            # Counted in its periods (adjustments, in UTC), as the applier does.
+            self.connection.execute(
+                text(
+                    "INSERT INTO period_totals AS t (account_id, period, starts, tenant_id,"
+                    " points_type, user_id, total, entries, reversal_total, reversal_entries,"
+                    " capped)"
+                    " SELECT e.account_id, p.period, CASE p.period WHEN 'all'"
+                    " THEN DATE '1970-01-01' ELSE date_trunc(p.period,"
+                    " e.created_at AT TIME ZONE 'UTC')::date END, e.tenant_id, e.points_type,"
+                    " a.user_id, e.amount, 1, 0, 0, 0"
+                    " FROM ledger_entries e JOIN accounts a ON a.id = e.account_id"
+                    " CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year',"
+                    " 'all']) AS p(period) WHERE e.id = :entry"
+                    " ON CONFLICT (account_id, period, starts) DO UPDATE"
+                    " SET total = t.total + excluded.total, entries = t.entries + 1"
+                ),
+                {"entry": entry_id},
+            )
 
 
 def reputation(amount: int, context: str = "", comment: str = "") -> Adjustment:

@@ -78,6 +78,7 @@ class TallyCelery(Celery):
             lock_ttl=settings.lock_ttl,
             lock_wait=settings.lock_wait,
             chunk=settings.apply_chunk,
+            caps=settings.caps,
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis import Redis
 from sqlalchemy import update
@@ -14,6 +14,7 @@ from shared.flow.locks import AccountLocks
 from shared.flow.notify import announce
 from shared.ledger.apply import PENDING_STATUSES, Applied, apply_pending
 from shared.models import AdjustmentRequest
+from shared.platform.config import Cap
 from shared.platform.db import transaction
 from shared.platform.keys import RedisKeys
 from shared.platform.metrics import LOCK_WAIT
@@ -35,6 +36,7 @@ def drain_accounts(
     lock_ttl: float,
     lock_wait: float,
     chunk: int,
+    caps: Mapping[str, Cap] | None = None,
 ) -> Applied:
     """Apply up to `chunk` pending requests of these accounts in one transaction.
 
@@ -54,7 +56,7 @@ def drain_accounts(
         raise AccountBusy(ids[0] if len(ids) == 1 else f"{len(ids)} accounts")
     try:
         with transaction(sessions) as session:
-            applied = apply_pending(session, ids, chunk)
+            applied = apply_pending(session, ids, chunk, caps)
         # Only single adjustments have waiters; a batch is followed through its status.
         announce(redis, channel, (o.request_id for o in applied.outcomes if o.batch_id is None))
         return applied

@@ -14,7 +14,7 @@ moves and the holds, and adds to the batches' counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -43,12 +43,15 @@ from shared.models import (
     EntryType,
     HoldStatus,
     Operation,
+    Period,
     ReputationType,
     new_ulid,
 )
+from shared.platform.config import Cap
 
 __all__ = ["REJECTION_MESSAGES", "Applied", "Outcome", "Rejection", "apply_pending"]
 
+PERIODS = [str(period) for period in Period]
 PENDING_STATUSES = (AdjustmentStatus.QUEUED, AdjustmentStatus.PROCESSING)
 
 # What the expiry and timeout requests tally makes itself are applied even on a
@@ -92,6 +95,8 @@ class _Chain:
     amounts: list[int] = field(default_factory=list)
     frozen_amounts: list[int] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)
+    cut: list[int] = field(default_factory=list)
+    capped: list[int] = field(default_factory=list)
     reported: list[bool] = field(default_factory=list)
     moves: list[tuple[str, str, int, int]] = field(default_factory=list)
 
@@ -104,6 +109,8 @@ class _Chain:
         self.amounts.append(entry.amount)
         self.frozen_amounts.append(entry.frozen_amount)
         self.expired.append(entry.expired)
+        self.cut.append(entry.cut)
+        self.capped.append(entry.capped)
         self.reported.append(reported)
         self.moves += [(ulid, lot, delta, expired) for lot, delta, expired in moves.items()]
 
@@ -121,18 +128,32 @@ class _Reversed(NamedTuple):
 # Row locks in id order, so two appliers of overlapping account sets cannot deadlock.
 # NO KEY UPDATE lets the API keep inserting requests that reference these accounts.
 LOCK_ACCOUNTS = text("""
-    SELECT id, balance, frozen_balance, allow_negative, status FROM accounts
+    SELECT id, balance, frozen_balance, allow_negative, status, points_type FROM accounts
     WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE
 """)
 
 # Narrow on purpose: the wide columns go from request to ledger row inside PostgreSQL.
-# No row locks: the account locks above keep every other applier away.
+# No row locks: the account locks above keep every other applier away. `now` is the
+# chunk's time (its first row's): every entry the chunk writes is made at that moment,
+# and counted in the periods (and against the caps) it falls in. Read once the accounts
+# are locked, it is later than every entry of theirs already committed, so an account's
+# entries are in time order as well as in id order, which balances as of a moment rely on.
 PENDING = text("""
     SELECT id, account_id, entry_type, amount, allow_negative, related_id, expires_at,
-           created_at, batch_id
+           created_at, batch_id, reputation_context, source, clock_timestamp() AS now
     FROM adjustment_requests
     WHERE account_id = ANY(:ids) AND status IN ('queued', 'processing')
     ORDER BY id LIMIT :limit
+""")
+# What the capped accounts have counted towards their cap in the period the chunk is in.
+CAP_USED = text("""
+    SELECT v.account_id, COALESCE(t.capped, 0) AS used
+    FROM unnest(CAST(:ids AS text[]), CAST(:periods AS text[])) AS v(account_id, period)
+    JOIN accounts a ON a.id = v.account_id
+    JOIN tenants tn ON tn.id = a.tenant_id
+    LEFT JOIN period_totals t
+        ON t.account_id = v.account_id AND t.period = v.period
+       AND t.starts = date_trunc(v.period, CAST(:at AS timestamptz) AT TIME ZONE tn.time_zone)::date
 """)
 
 # The accounts' lots with points left or owed, and the lots the chunk's requests name
@@ -160,25 +181,28 @@ MOVES_OF = text("""
 """)
 
 # One statement writes the ledger rows of the chunk (balances chained and amounts
-# decided in Python) and marks their requests completed; it returns the entries of the
-# requests to report. Entry ids follow request ids, so each account's chain reads in
-# entry-id order. A hold's entry names its hold, whose id is the hold request's. An entry
-# that takes no points may end below zero (points coming into an account an admin took
-# below zero), as may one a negative-allowing rule applied.
+# decided in Python), marks their requests completed and adds the entries to their
+# accounts' period totals; it returns the entries of the requests to report. Entry ids
+# follow request ids, so each account's chain reads in entry-id order. A hold's entry
+# names its hold, whose id is the hold request's. An entry that takes no points may
+# end below zero (points coming into an account an admin took below zero), as may one a
+# negative-allowing rule applied.
 WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
                              CAST(:before AS bigint[]), CAST(:amounts AS bigint[]),
                              CAST(:frozen AS bigint[]), CAST(:expired AS bigint[]),
+                             CAST(:cut AS bigint[]), CAST(:capped AS bigint[]),
                              CAST(:reported AS boolean[]))
-            AS v(request_id, ulid, balance_before, amount, frozen_amount, expired, reported)
+            AS v(request_id, ulid, balance_before, amount, frozen_amount, expired, cut,
+                 capped, reported)
     ), entries AS (
         INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id,
                                     amount, frozen_amount, expired, balance_before,
                                     balance_after,
                                     negative_allowed, type, reputation_type,
                                     reputation_context, comment, reason, source, related_id,
-                                    idempotency_key, expires_at, created_by)
+                                    idempotency_key, expires_at, created_by, created_at)
         SELECT c.ulid, r.tenant_id, r.account_id, a.points_type, r.id, c.amount,
                c.frozen_amount, c.expired, c.balance_before, c.balance_before + c.amount,
                a.allow_negative OR r.allow_negative OR c.amount >= 0,
@@ -186,18 +210,41 @@ WRITE_ENTRIES = text("""
                CASE r.entry_type WHEN 'reversal' THEN :reversal ELSE :manual END,
                r.reputation_context, r.comment, r.reason, r.source,
                CASE WHEN r.entry_type = 'hold' THEN r.id::text ELSE r.related_id END,
-               r.idempotency_key, r.expires_at, r.created_by
+               r.idempotency_key, r.expires_at, r.created_by, :at
         FROM chain c
         JOIN adjustment_requests r ON r.id = c.request_id
         JOIN accounts a ON a.id = r.account_id
         ORDER BY c.request_id
-        RETURNING id, request_id, balance_after, created_at
+        RETURNING id, request_id, tenant_id, account_id, points_type, type, amount,
+                  balance_after, created_at
     ), completed AS (
         UPDATE adjustment_requests r
         SET status = 'completed', ledger_entry_id = e.id, attempts = r.attempts + 1,
-            started_at = COALESCE(r.started_at, now()), completed_at = now()
-        FROM entries e
+            started_at = COALESCE(r.started_at, now()), completed_at = now(), cut = c.cut
+        FROM entries e JOIN chain c ON c.request_id = e.request_id
         WHERE r.id = e.request_id
+    ), totals AS (
+        INSERT INTO period_totals AS t (account_id, period, starts, tenant_id, points_type,
+                                        user_id, total, entries, reversal_total,
+                                        reversal_entries, capped)
+        SELECT e.account_id, p.period,
+               CASE p.period WHEN 'all' THEN DATE '1970-01-01'
+                    ELSE date_trunc(p.period, CAST(:at AS timestamptz)
+                                              AT TIME ZONE tn.time_zone)::date END,
+               e.tenant_id, e.points_type, a.user_id, sum(e.amount), count(*),
+               COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0),
+               count(*) FILTER (WHERE e.type = 'reversal'), sum(c.capped)
+        FROM entries e
+        JOIN chain c ON c.request_id = e.request_id
+        JOIN accounts a ON a.id = e.account_id
+        JOIN tenants tn ON tn.id = e.tenant_id
+        CROSS JOIN unnest(CAST(:periods AS text[])) AS p(period)
+        GROUP BY 1, 2, 3, 4, 5, 6
+        ON CONFLICT (account_id, period, starts) DO UPDATE
+        SET total = t.total + excluded.total, entries = t.entries + excluded.entries,
+            reversal_total = t.reversal_total + excluded.reversal_total,
+            reversal_entries = t.reversal_entries + excluded.reversal_entries,
+            capped = t.capped + excluded.capped
     )
     SELECT e.request_id, e.id AS entry_id, e.balance_after, e.created_at
     FROM entries e JOIN chain c ON c.request_id = e.request_id
@@ -289,8 +336,14 @@ COUNT_BATCHES = text("""
 class _Walk:
     """One chunk decided in Python: each request's entry or rejection, in order."""
 
-    def __init__(self, accounts: dict[str, Account], related: _Related) -> None:
+    def __init__(
+        self, accounts: dict[str, Account], related: _Related, caps: dict[str, Cap],
+        used: dict[str, int],
+    ) -> None:  # fmt: skip
         self.accounts = accounts
+        # The cap of each capped account, and what it has counted towards it this period.
+        self.caps = caps
+        self.used = used
         self.holds = related.holds
         self.reversed = related.reversed
         self.parts = related.parts
@@ -330,7 +383,16 @@ class _Walk:
             if not account.may_take(-amount, forced=request.allow_negative):
                 return Rejection.INSUFFICIENT_BALANCE
             take(account, -amount, moves)
-        return Entry(EntryType.ADJUST, amount)
+            return Entry(EntryType.ADJUST, amount)
+        cap = self.caps.get(account.id)
+        if cap is None or cap.exempts(request.reputation_context, request.source):
+            return Entry(EntryType.ADJUST, amount)
+        room = cap.amount - self.used[account.id]
+        if room <= 0 or (amount > room and cap.over == "reject"):
+            return Rejection.CAP_REACHED
+        applied = min(amount, room)
+        self.used[account.id] += applied
+        return Entry(EntryType.ADJUST, applied, cut=amount - applied, capped=applied)
 
     def _decide(self, account: Account, request: Any, moves: Moves) -> Entry | str:
         """The entry of any other operation, or its rejection code."""
@@ -391,43 +453,63 @@ class _Walk:
         return Entry(EntryType.REVERSAL, given - expired, expired=expired)
 
 
-def apply_pending(session: Session, account_ids: Sequence[str], limit: int) -> Applied:
-    """Apply up to `limit` pending requests of these accounts, each account's in order.
+def apply_pending(
+    session: Session,
+    account_ids: Sequence[str],
+    limit: int,
+    caps: Mapping[str, Cap] | None = None,
+    at: datetime | None = None,
+) -> Applied:
+    """Apply up to `limit` pending requests of these accounts, each account's in order;
+    `caps` are the caps by points type (docs/periods.md). The entries are made at `at`,
+    by default the database's clock once the accounts are locked (tests name a moment).
 
     The account rows are locked first, so a second writer (say, one whose Redis
     lock expired) waits here and then sees the requests already applied. The
     caller owns the transaction.
     """
     ids = sorted(set(account_ids))
-    accounts = {
-        row.id: Account(
+    accounts: dict[str, Account] = {}
+    capped: dict[str, Cap] = {}
+    for row in session.execute(LOCK_ACCOUNTS, {"ids": ids}):
+        accounts[row.id] = Account(
             row.id,
             row.balance,
             row.frozen_balance,
             row.allow_negative,
             frozen=row.status == AccountStatus.FROZEN,
         )
-        for row in session.execute(LOCK_ACCOUNTS, {"ids": ids})
-    }
+        if caps and row.points_type in caps:
+            capped[row.id] = caps[row.points_type]
     # One row past the limit tells whether another run is needed.
     pending = session.execute(PENDING, {"ids": ids, "limit": limit + 1}).all()
     more = len(pending) > limit
     pending = pending[:limit]
     if not pending:
         return Applied([], more=False)
+    at = at or pending[0].now
 
-    walk = _Walk(accounts, _load(session, accounts, pending))
+    walk = _Walk(accounts, _load(session, accounts, pending), capped, _used(session, capped, at))
     for request in pending:
         walk.request(request)
 
     rejected = [(request.id, code) for request, code in walk.decided if code is not None]
     changed = [a for a in accounts.values() if a.changed]
-    entries = _write(session, walk.chain, rejected, changed)
+    entries = _write(session, walk.chain, rejected, changed, at)
     _write_lots(session, accounts, walk.new_lots, walk.chain.moves)
     _write_holds(session, [hold for hold in walk.holds.values() if hold.changed or hold.new])
     outcomes = [_outcome(request, code, entries.get(request.id)) for request, code in walk.decided]
     _count_batches(session, outcomes)
     return Applied(outcomes, more)
+
+
+def _used(session: Session, caps: dict[str, Cap], at: datetime) -> dict[str, int]:
+    """What each capped account has counted towards its cap in the period of `at`."""
+    if not caps:
+        return {}
+    ids = sorted(caps)
+    rows = session.execute(CAP_USED, {"ids": ids, "periods": [caps[i].per for i in ids], "at": at})
+    return {row.account_id: row.used for row in rows}
 
 
 @dataclass
@@ -596,9 +678,14 @@ def _outcome(request: Any, code: str | None, entry: Any) -> Outcome:
 
 
 def _write(
-    session: Session, chain: _Chain, rejected: list[tuple[int, str]], accounts: list[Account]
+    session: Session,
+    chain: _Chain,
+    rejected: list[tuple[int, str]],
+    accounts: list[Account],
+    at: datetime,
 ) -> dict[int, Any]:
-    """Write the chunk; return the ledger entry (id, balance, time) of each reported request."""
+    """Write the chunk, made at `at`; return the ledger entry (id, balance, time) of each
+    reported request."""
     entries: dict[int, Any] = {}
     if chain.request_ids:
         written = session.execute(
@@ -610,7 +697,11 @@ def _write(
                 "amounts": chain.amounts,
                 "frozen": chain.frozen_amounts,
                 "expired": chain.expired,
+                "cut": chain.cut,
+                "capped": chain.capped,
                 "reported": chain.reported,
+                "at": at,
+                "periods": PERIODS,
                 "reversal": int(ReputationType.REVERSAL),
                 "manual": int(ReputationType.MANUAL),
             },

@@ -38,6 +38,7 @@ class Rejection:
     CAPTURE_EXCEEDS_HOLD = "capture_exceeds_hold"
     NOTHING_TO_EXPIRE = "nothing_to_expire"
     ALREADY_EXPIRED = "already_expired"
+    CAP_REACHED = "cap_reached"
 
 
 REJECTION_MESSAGES = {
@@ -49,6 +50,7 @@ REJECTION_MESSAGES = {
     Rejection.CAPTURE_EXCEEDS_HOLD: "a capture may not exceed its hold",
     Rejection.NOTHING_TO_EXPIRE: "nothing was left of the lot when it expired",
     Rejection.ALREADY_EXPIRED: "every point this reversal would take back has expired already",
+    Rejection.CAP_REACHED: "the points type's cap for this period is reached (docs/periods.md)",
 }
 
 
@@ -93,6 +95,9 @@ class Entry(NamedTuple):
     frozen_amount: int = 0
     # How many of `amount`'s points expired (an expiry, or points given back to an expired lot).
     expired: int = 0
+    # What a cap took off the amount asked for, and what the entry counts towards the cap.
+    cut: int = 0
+    capped: int = 0
 
     @property
     def gross(self) -> int:

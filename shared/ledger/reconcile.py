@@ -2,7 +2,8 @@
 
 SPEC 1's invariants 1, 2 and 5, and those of the points operations (issue 13):
 7 held points (frozen_balance), 8 lots, 9 holds, 10 reversals; and those of where
-points come from and go back to (docs/points.md): 11 lot moves, 12 points given back.
+points come from and go back to (docs/points.md): 11 lot moves, 12 points given back;
+and 13, the period totals the boards read (docs/periods.md).
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ REQUEST_MISMATCHES = text("""
 """)
 
 # Invariant 2 too: each entry agrees with its request (the entry's only foreign key); an
-# adjustment's amount is the request's, as is a reversal's giving points back (some of
-# which may expire); a reversal taking points back takes no more than asked (the others'
-# the worker works out).
+# adjustment's amount is the request's less what a cap cut; a reversal's giving points
+# back is the request's (some of which may expire); a reversal taking points back takes
+# no more than asked (the others' the worker works out).
 ENTRY_REQUEST_MISMATCHES = text("""
     SELECT e.id, e.request_id
     FROM ledger_entries e JOIN adjustment_requests r ON r.id = e.request_id
     WHERE e.account_id <> r.account_id OR e.tenant_id <> r.tenant_id
        OR e.created_by <> r.created_by
-       OR (r.entry_type = 'adjust' AND (e.amount <> r.amount OR e.expired <> 0))
+       OR (r.entry_type = 'adjust' AND (e.amount <> r.amount - r.cut OR e.expired <> 0))
        OR (r.entry_type = 'reversal' AND r.amount > 0 AND e.amount + e.expired <> r.amount)
        OR (r.entry_type = 'reversal' AND r.amount < 0
            AND (e.expired <> 0 OR e.amount >= 0 OR e.amount < r.amount))
@@ -260,6 +261,33 @@ REVERSAL_MISMATCHES = text("""
     WHERE mismatched OR reversals > 1
 """)
 
+# Invariant 13: each account's period totals are the sums of its entries in the period
+# (its tenant's calendar), every period with an entry has its row, and no other row is kept.
+PERIOD_MISMATCHES = text("""
+    WITH summed AS (
+        SELECT e.account_id, p.period,
+               CASE p.period WHEN 'all' THEN DATE '1970-01-01'
+                    ELSE date_trunc(p.period, e.created_at AT TIME ZONE tn.time_zone)::date
+               END AS starts,
+               sum(e.amount) AS total, count(*) AS entries,
+               COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS reversal_total,
+               count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries
+        FROM ledger_entries e
+        JOIN tenants tn ON tn.id = e.tenant_id
+        CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year', 'all'])
+            AS p(period)
+        GROUP BY 1, 2, 3
+    )
+    SELECT COALESCE(s.account_id, t.account_id), COALESCE(s.period, t.period),
+           COALESCE(s.starts, t.starts), s.total, t.total
+    FROM summed s
+    FULL JOIN period_totals t
+        ON t.account_id = s.account_id AND t.period = s.period AND t.starts = s.starts
+    WHERE s.account_id IS NULL OR t.account_id IS NULL OR s.total <> t.total
+       OR s.entries <> t.entries OR s.reversal_total <> t.reversal_total
+       OR s.reversal_entries <> t.reversal_entries
+""")
+
 # Invariant 5: the triggers that refuse UPDATE, DELETE and TRUNCATE are in place and enabled.
 IMMUTABILITY_TRIGGERS = text("""
     SELECT tgname FROM pg_trigger
@@ -272,7 +300,7 @@ EXPECTED_TRIGGERS = {"ledger_entries_immutable", "ledger_entries_no_truncate"}
 class Violation:
     invariant: int
     # The check that found it: balance, chain, batch, request, entry, immutability,
-    # frozen_balance, lot, hold, reversal, lot_moves, given_back.
+    # frozen_balance, lot, hold, reversal, lot_moves, given_back, period_totals.
     check: str
     subject: str
     detail: str
@@ -287,7 +315,7 @@ class Report:
 
 
 def reconcile(session: Session) -> Report:
-    """Check invariants 1, 2, 5 and 7 to 12 of the whole ledger; list every violation."""
+    """Check invariants 1, 2, 5 and 7 to 13 of the whole ledger; list every violation."""
     violations: list[Violation] = []
     for row in session.execute(BALANCE_MISMATCHES):
         account, balance, total, earned, sum_earned, spent, sum_spent, expired, sum_expired = row
@@ -394,6 +422,15 @@ def reconcile(session: Session) -> Report:
                 f"entry {entry}",
                 f"reverses {original!r} ({reversals} reversals of it): no such entry of this"
                 " account and tenant, or not its opposite amount, or reversed more than once",
+            )
+        )
+    for account, period, starts, summed, kept in session.execute(PERIOD_MISMATCHES):
+        violations.append(
+            Violation(
+                13,
+                "period_totals",
+                f"account {account}",
+                f"{period} from {starts}: entries sum to {summed}, period_totals keeps {kept}",
             )
         )
     triggers = set(session.scalars(IMMUTABILITY_TRIGGERS))

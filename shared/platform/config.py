@@ -15,6 +15,32 @@ METRICS_FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
+class Cap:
+    """At most `amount` points a period (`day` or `week`, in the tenant's time zone) from
+    positive adjustments, except those whose context or source is exempt (docs/periods.md).
+
+    Beyond it an adjustment is cut to what is left (`over="cut"`) or rejected
+    (`over="reject"`); either way one with nothing left is rejected with `cap_reached`.
+    """
+
+    amount: int
+    per: str = "day"
+    over: str = "cut"
+    # Whole leading segments of a reputation_context (`answer|accepted`), and sources.
+    exempt_contexts: tuple[str, ...] = ()
+    exempt_sources: tuple[str, ...] = ()
+
+    def exempts(self, context: str, source: str) -> bool:
+        return source in self.exempt_sources or any(
+            context == prefix or context.startswith(prefix + "|") for prefix in self.exempt_contexts
+        )
+
+
+CAP_PERIODS = ("day", "week")
+CAP_OVERS = ("cut", "reject")
+
+
+@dataclass(frozen=True)
 class PointsType:
     """How one kind of points behaves: may it go negative, and what is it worth."""
 
@@ -26,6 +52,7 @@ class PointsType:
     expiry_warning_days: int = 0
     # Balances whose crossing (up or down) writes a `balance.crossed` event.
     balance_thresholds: tuple[int, ...] = ()
+    cap: Cap | None = None
 
 
 DEFAULT_POINTS_TYPES: Mapping[str, PointsType] = {
@@ -131,6 +158,11 @@ class Settings:
     def points_type(self, name: str) -> PointsType | None:
         return self.points_types.get(name)
 
+    @property
+    def caps(self) -> dict[str, Cap]:
+        """The caps of the points types that have one, by points type."""
+        return {name: kind.cap for name, kind in self.points_types.items() if kind.cap}
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         return replace(self, **overrides)
 
@@ -143,7 +175,9 @@ def host_port(bind: str) -> tuple[str, int]:
 
 def _parse_points_types(raw: str) -> dict[str, PointsType]:
     """Parse `{"name": {"allow_negative": bool, "exchange_rate": int,
-    "expiry_warning_days": int, "balance_thresholds": [int, ...]}, ...}`."""
+    "expiry_warning_days": int, "balance_thresholds": [int, ...], "cap": {"amount": int,
+    "per": "day"|"week", "over": "cut"|"reject", "exempt_contexts": [str, ...],
+    "exempt_sources": [str, ...]}}, ...}`."""
     parsed = json.loads(raw)
     return {
         name: PointsType(
@@ -152,9 +186,26 @@ def _parse_points_types(raw: str) -> dict[str, PointsType]:
             exchange_rate=int(spec.get("exchange_rate", 1)),
             expiry_warning_days=int(spec.get("expiry_warning_days", 0)),
             balance_thresholds=tuple(sorted(int(t) for t in spec.get("balance_thresholds", ()))),
+            cap=_parse_cap(name, spec["cap"]) if spec.get("cap") else None,
         )
         for name, spec in parsed.items()
     }
+
+
+def _parse_cap(points_type: str, spec: Mapping[str, Any]) -> Cap:
+    cap = Cap(
+        amount=int(spec["amount"]),
+        per=str(spec.get("per", "day")),
+        over=str(spec.get("over", "cut")),
+        exempt_contexts=tuple(str(c) for c in spec.get("exempt_contexts", ())),
+        exempt_sources=tuple(str(s) for s in spec.get("exempt_sources", ())),
+    )
+    if cap.amount <= 0 or cap.per not in CAP_PERIODS or cap.over not in CAP_OVERS:
+        raise ValueError(
+            f"the cap of {points_type!r}: amount > 0, per one of {CAP_PERIODS},"
+            f" over one of {CAP_OVERS}"
+        )
+    return cap
 
 
 def _parse_bool(raw: str) -> bool:

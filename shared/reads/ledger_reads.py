@@ -1,30 +1,23 @@
-"""Reading the ledger: the filtered list of entries and the leaderboard, both computed in SQL."""
+"""Reading the ledger: the filtered list of entries (boards: shared.reads.boards)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     ScalarSelect,
-    Subquery,
     UnaryExpression,
     and_,
-    cast,
     func,
     or_,
     select,
 )
 from sqlalchemy.orm import Session, aliased
 
-from shared.models import Account, EntryType, LedgerEntry, ReputationType, User
+from shared.models import Account, LedgerEntry, User
 from shared.reads.query_params import (
-    EntryFilters,
-    LeaderboardQuery,
     Ordering,
-    PageQuery,
     ScoreListQuery,
 )
 
@@ -42,16 +35,6 @@ ORDERINGS: dict[Ordering, tuple[UnaryExpression[Any], ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class LeaderboardRow:
-    """One user's total over the entries that passed the filters."""
-
-    user_id: int
-    username: str
-    real_name: str
-    total_score: int
-
-
 # The character right after CONTEXT_SEPARATOR ("|") in byte order.
 SEGMENT_END = "}"
 
@@ -63,7 +46,7 @@ def like_escape(text: str) -> str:
     return text
 
 
-def _context_matches(context: str) -> ColumnElement[bool]:
+def context_matches(context: str) -> ColumnElement[bool]:
     """The context itself or any context under it, whole segments only.
 
     Byte-wise ranges (the text_pattern_ops operators, which the context index
@@ -86,17 +69,17 @@ def _account_of(user: ColumnElement[bool], points_type: str) -> ScalarSelect[str
     return select(Account.id).where(user, Account.points_type == points_type).scalar_subquery()
 
 
-def _entry_conditions(
-    tenant_id: str, points_type: str, query: EntryFilters
+def entry_conditions(
+    tenant_id: str, points_type: str, search: str | None, user_id: int | None
 ) -> list[ColumnElement[bool]]:
-    """Conditions on an entry joined to its account, common to both reads."""
+    """Conditions on an entry, common to the list and the boards that sum entries."""
     conditions = [LedgerEntry.tenant_id == tenant_id, LedgerEntry.points_type == points_type]
-    if query.user_id is not None:
+    if user_id is not None:
         conditions.append(
-            LedgerEntry.account_id == _account_of(Account.user_id == query.user_id, points_type)
+            LedgerEntry.account_id == _account_of(Account.user_id == user_id, points_type)
         )
-    if query.search is not None:
-        pattern = f"%{like_escape(query.search)}%"
+    if search is not None:
+        pattern = f"%{like_escape(search)}%"
         conditions.append(
             or_(
                 LedgerEntry.comment.ilike(pattern, escape=LIKE_ESCAPE),
@@ -109,7 +92,7 @@ def _entry_conditions(
 def _list_conditions(
     tenant_id: str, points_type: str, query: ScoreListQuery
 ) -> list[ColumnElement[bool]]:
-    conditions = _entry_conditions(tenant_id, points_type, query)
+    conditions = entry_conditions(tenant_id, points_type, query.search, query.user_id)
     if query.username is not None:
         # A subquery rather than a join: counting millions of entries need not touch users.
         named = select(User.id).where(User.tenant_id == tenant_id, User.username == query.username)
@@ -118,7 +101,7 @@ def _list_conditions(
             == _account_of(Account.user_id == named.scalar_subquery(), points_type)
         )
     if query.reputation_context is not None:
-        conditions.append(_context_matches(query.reputation_context))
+        conditions.append(context_matches(query.reputation_context))
     if query.created_after is not None:
         conditions.append(LedgerEntry.created_at >= query.created_after)
     if query.created_before is not None:
@@ -150,105 +133,3 @@ def list_scores(
         .order_by(*ordering)
     )
     return count, [(entry, user, created_by) for entry, user, created_by in rows]
-
-
-def _filters_entries(query: LeaderboardQuery) -> bool:
-    """Whether a filter looks at single entries; if not, the balances are the totals."""
-    return (
-        query.search is not None
-        or query.reputation_type is not None
-        or query.reputed_at_from is not None
-        or query.reputed_at_to is not None
-        or query.exclude_manual
-        or query.exclude_reset
-    )
-
-
-def _totals_from_entries(tenant_id: str, points_type: str, query: LeaderboardQuery) -> Subquery:
-    conditions = _entry_conditions(tenant_id, points_type, query)
-    if query.reputation_type is not None:
-        conditions.append(LedgerEntry.reputation_type == query.reputation_type)
-    if query.reputed_at_from is not None:
-        conditions.append(LedgerEntry.created_at >= query.reputed_at_from)
-    if query.reputed_at_to is not None:
-        conditions.append(LedgerEntry.created_at <= query.reputed_at_to)
-    if query.exclude_manual:
-        conditions.append(LedgerEntry.reputation_type != ReputationType.MANUAL)
-    if query.exclude_reset:
-        conditions.append(LedgerEntry.type != EntryType.REVERSAL)
-        conditions.append(LedgerEntry.reputation_type != ReputationType.REVERSAL)
-    return (
-        select(
-            Account.user_id.label("user_id"),
-            # sum(bigint) is numeric in PostgreSQL; the API promises integers.
-            cast(func.sum(LedgerEntry.amount), BigInteger).label("total_score"),
-        )
-        .join(Account, Account.id == LedgerEntry.account_id)
-        .where(*conditions)
-        .group_by(Account.user_id)
-        .subquery()
-    )
-
-
-def _totals_from_balances(tenant_id: str, points_type: str, query: LeaderboardQuery) -> Subquery:
-    """Unfiltered totals: each balance is the sum of its entries (invariant 1), one row a user."""
-    conditions = [
-        Account.tenant_id == tenant_id,
-        Account.points_type == points_type,
-        # Only accounts with entries, as the aggregate would give: amounts are never 0,
-        # so an account has an entry exactly when it has earned or spent something.
-        or_(Account.total_earned > 0, Account.total_spent > 0),
-    ]
-    if query.user_id is not None:
-        conditions.append(Account.user_id == query.user_id)
-    return (
-        select(Account.user_id.label("user_id"), Account.balance.label("total_score"))
-        .where(*conditions)
-        .subquery()
-    )
-
-
-def _page_of_totals(
-    session: Session, totals: Subquery, page: PageQuery
-) -> tuple[int, list[LeaderboardRow]]:
-    # The window count rides along with the page, so the totals are computed once;
-    # users are joined only for the rows of the page.
-    ranked = (
-        select(totals.c.user_id, totals.c.total_score, func.count().over().label("full_count"))
-        .order_by(totals.c.total_score.desc(), totals.c.user_id.asc())
-        .limit(page.limit)
-        .offset(page.offset)
-        .subquery()
-    )
-    rows = session.execute(
-        select(
-            ranked.c.user_id,
-            User.username,
-            User.real_name,
-            ranked.c.total_score,
-            ranked.c.full_count,
-        )
-        .join(User, User.id == ranked.c.user_id)
-        .order_by(ranked.c.total_score.desc(), ranked.c.user_id.asc())
-    ).all()
-    if rows:
-        count = int(rows[0].full_count)
-    elif page.offset == 0:
-        count = 0
-    else:  # past the end: the window saw no row, so count on its own
-        count = session.scalar(select(func.count()).select_from(totals)) or 0
-    return count, [
-        LeaderboardRow(row.user_id, row.username, row.real_name, int(row.total_score))
-        for row in rows
-    ]
-
-
-def leaderboard(
-    session: Session, tenant_id: str, points_type: str, query: LeaderboardQuery
-) -> tuple[int, list[LeaderboardRow]]:
-    """How many users have a total under `query`, and its page by total descending, then id."""
-    if _filters_entries(query):
-        totals = _totals_from_entries(tenant_id, points_type, query)
-    else:
-        totals = _totals_from_balances(tenant_id, points_type, query)
-    return _page_of_totals(session, totals, query)

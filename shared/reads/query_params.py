@@ -23,6 +23,8 @@ MAX_LIMIT = 1000
 # Column ranges: a value outside would be a database error, not a 400.
 INTEGER_MAX = 2**31 - 1
 Ordering = Literal["-reputed_at", "reputed_at", "-score", "score"]
+PeriodName = Literal["day", "week", "month", "quarter", "year", "all"]
+Ranking = Literal["row_number", "rank", "dense_rank"]
 DEFAULT_ORDERING: Ordering = "-reputed_at"
 
 
@@ -64,32 +66,67 @@ class PageQuery(BaseModel):
     offset: Offset = 0
 
 
+SearchText = Annotated[
+    Search, Field(description="case-insensitive substring of the comment or the context")
+]
+ContextPrefix = Annotated[
+    Context, Field(description="whole leading segments: `a|b` matches `a|b|c`, not `a|bc`")
+]
+
+
 class EntryFilters(PageQuery):
     """Filters on ledger entries shared by the score list and the leaderboard."""
 
     user_id: BigIntegerId = None
-    search: Annotated[
-        Search, Field(description="case-insensitive substring of the comment or the context")
-    ] = None
+    search: SearchText = None
 
 
 class ScoreListQuery(EntryFilters):
     """GET /api/v2/score/: the community API's list of Score objects."""
 
     username: Username = None
-    reputation_context: Annotated[
-        Context, Field(description="whole leading segments: `a|b` matches `a|b|c`, not `a|bc`")
-    ] = None
+    reputation_context: ContextPrefix = None
     created_after: Timestamp = None
     created_before: Timestamp = None
     ordering: ScoreOrdering = DEFAULT_ORDERING
 
 
-class LeaderboardQuery(EntryFilters):
-    """GET /api/v2/score/leaderboard/: totals per user over the entries that pass."""
+class BoardQuery(BaseModel):
+    """What board: the entries that count (all but the page and the user)."""
 
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    search: SearchText = None
     reputation_type: IntegerId = None
+    reputation_context: ContextPrefix = None
     reputed_at_from: Timestamp = None
     reputed_at_to: Timestamp = None
     exclude_manual: Flag = False
     exclude_reset: Flag = False
+    period: Annotated[
+        PeriodName,
+        Field(
+            description="the day, ISO week (from Monday), month, quarter or year that `at`"
+            " falls in, in the tenant's time zone; `all`: all time"
+        ),
+    ] = "all"
+    at: Annotated[Timestamp, Field(description="a moment in the period wanted; default: now")] = (
+        None
+    )
+    ranking: Annotated[
+        Ranking,
+        Field(
+            description="`row_number` (1, 2, 3 by total, then user id), `rank` (ties share"
+            " a rank, then a gap: 1, 1, 3) or `dense_rank` (1, 1, 2)"
+        ),
+    ] = "row_number"
+
+
+class LeaderboardQuery(BoardQuery, EntryFilters):
+    """GET /api/v2/score/leaderboard/: totals per user over the entries that pass."""
+
+
+class OwnRankQuery(BoardQuery):
+    """GET /api/v2/score/leaderboard/me: one user's place on a board (the caller's)."""
+
+    user_id: BigIntegerId = None

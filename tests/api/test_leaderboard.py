@@ -63,8 +63,9 @@ def test_totals_per_user_by_total_descending_then_user_id(
             "user__username": user.username,
             "user__real_name": user.real_name,
             "total_score": total,
+            "rank": place,
         }
-        for user, total in rows
+        for place, (user, total) in enumerate(rows, start=1)
     ]
     assert mario.id < luigi.id  # the tie is broken by user_id ascending
 
@@ -105,7 +106,13 @@ def test_filters_user_id_search_and_reputation_type(
     assert _totals(client, moderator, search="winner", user_id=luigi.id) == []
     assert _totals(client, moderator, reputation_type=10) == [(mario.id, 11), (luigi.id, 6)]
     empty = _board(client, moderator, reputation_type=11)
-    assert empty == {"count": 0, "next": None, "previous": None, "results": []}
+    assert empty == {
+        "count": 0,
+        "next": None,
+        "previous": None,
+        "results": [],
+        "period": {"period": "all", "starts": None, "from": None, "to": None},
+    }
 
 
 def test_reputed_at_window_is_inclusive(

@@ -1,0 +1,278 @@
+"""Leaderboards: users ranked by their total over a period's entries, and one user's place.
+
+Most boards are read from `period_totals`, which the applier keeps in the transaction
+that writes the entries (docs/periods.md): the rows of one period are one range of an
+index ordered by total, so a page or a rank reads only what it shows or counts. A board
+that filters entries by their text (`search`, `reputation_context`) or by an arbitrary
+time range sums the matching entries instead; both give the same totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    Subquery,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
+
+from shared.models import Account, LedgerEntry, Period, PeriodTotal, ReputationType, User
+from shared.reads.ledger_reads import context_matches, entry_conditions
+from shared.reads.query_params import BoardQuery, LeaderboardQuery, PageQuery, Ranking
+
+# The first day of the all-time period.
+ALL_TIME = date(1970, 1, 1)
+PERIOD_LENGTHS = {
+    Period.DAY: "1 day",
+    Period.WEEK: "7 days",
+    Period.MONTH: "1 month",
+    Period.QUARTER: "3 months",
+    Period.YEAR: "1 year",
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A period of the tenant's calendar: its first day, and its bounds as moments."""
+
+    period: Period
+    starts: date
+    begins: datetime | None
+    ends: datetime | None
+
+
+# The period `at` falls in, in the tenant's time zone, and its bounds.
+WINDOW = text("""
+    SELECT date_trunc(:period, CAST(:at AS timestamptz) AT TIME ZONE t.time_zone) AS local,
+           t.time_zone
+    FROM tenants t WHERE t.id = :tenant
+""")
+BOUNDS = text("""
+    SELECT CAST(:local AS timestamp) AT TIME ZONE :zone AS begins,
+           (CAST(:local AS timestamp) + CAST(:length AS interval)) AT TIME ZONE :zone AS ends
+""")
+
+
+def window(session: Session, tenant_id: str, period: str, at: datetime | None) -> Window:
+    """The tenant's period of kind `period` that `at` (default: now) falls in."""
+    kind = Period(period)
+    if kind == Period.ALL:
+        return Window(kind, ALL_TIME, None, None)
+    moment = at or session.scalar(select(func.now()))
+    row = session.execute(WINDOW, {"period": period, "at": moment, "tenant": tenant_id}).one()
+    bounds = session.execute(
+        BOUNDS, {"local": row.local, "zone": row.time_zone, "length": PERIOD_LENGTHS[kind]}
+    ).one()
+    return Window(kind, row.local.date(), bounds.begins, bounds.ends)
+
+
+class Kind(Enum):
+    """Which entries a board counts: every one, the manual ones, the reversals, none."""
+
+    ALL = "all"
+    MANUAL = "manual"
+    REVERSALS = "reversals"
+    NONE = "none"
+
+
+def kind_of(query: BoardQuery) -> Kind:
+    """The entries that count: reputation types and exclusions narrow {manual, reversals}."""
+    manual, reversals = True, True
+    if query.reputation_type is not None:
+        manual &= query.reputation_type == ReputationType.MANUAL
+        reversals &= query.reputation_type == ReputationType.REVERSAL
+    manual &= not query.exclude_manual
+    reversals &= not query.exclude_reset
+    if manual and reversals:
+        return Kind.ALL
+    return Kind.MANUAL if manual else Kind.REVERSALS if reversals else Kind.NONE
+
+
+def _from_entries(query: BoardQuery) -> bool:
+    """Whether the board must sum entries: filters the period totals do not keep."""
+    return (
+        query.search is not None
+        or query.reputation_context is not None
+        or query.reputed_at_from is not None
+        or query.reputed_at_to is not None
+    )
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board's rows as a selectable: (user_id, score), one row per user on the board."""
+
+    rows: Select[Any, Any]
+    score: SQLColumnExpression[Any]
+    user_id: SQLColumnExpression[Any]
+
+
+def _board_of_totals(
+    tenant_id: str, points_type: str, kind: Kind, span: Window, user_id: int | None
+) -> Board:
+    """The rows of one period and kind, in the order of their index."""
+    score: SQLColumnExpression[Any]
+    conditions: list[ColumnElement[bool]] = [
+        PeriodTotal.tenant_id == tenant_id,
+        PeriodTotal.points_type == points_type,
+        PeriodTotal.period == str(span.period),
+        PeriodTotal.starts == span.starts,
+    ]
+    if kind == Kind.ALL:
+        score = PeriodTotal.total
+    elif kind == Kind.MANUAL:
+        # As the partial index on (total - reversal_total) has it.
+        score = PeriodTotal.total - PeriodTotal.reversal_total
+        conditions.append(PeriodTotal.entries > PeriodTotal.reversal_entries)
+    else:
+        score = PeriodTotal.reversal_total
+        conditions.append(PeriodTotal.reversal_entries > 0)
+    if kind == Kind.NONE:
+        conditions.append(literal(False))
+    if user_id is not None:
+        conditions.append(PeriodTotal.user_id == user_id)
+    rows = select(PeriodTotal.user_id, score.label("score")).where(*conditions)
+    return Board(rows, score, PeriodTotal.user_id)
+
+
+def _board_of_entries(
+    tenant_id: str, points_type: str, query: BoardQuery, span: Window, user_id: int | None
+) -> Board:
+    """The matching entries summed per user."""
+    conditions = entry_conditions(tenant_id, points_type, query.search, user_id)
+    kind = kind_of(query)
+    if kind == Kind.MANUAL:
+        conditions.append(LedgerEntry.reputation_type == ReputationType.MANUAL)
+    elif kind == Kind.REVERSALS:
+        conditions.append(LedgerEntry.reputation_type == ReputationType.REVERSAL)
+    elif kind == Kind.NONE:
+        conditions.append(literal(False))
+    if query.reputation_context is not None:
+        conditions.append(context_matches(query.reputation_context))
+    if query.reputed_at_from is not None:
+        conditions.append(LedgerEntry.created_at >= query.reputed_at_from)
+    if query.reputed_at_to is not None:
+        conditions.append(LedgerEntry.created_at <= query.reputed_at_to)
+    if span.begins is not None and span.ends is not None:
+        conditions.append(LedgerEntry.created_at >= span.begins)
+        conditions.append(LedgerEntry.created_at < span.ends)
+    totals: Subquery = (
+        select(
+            Account.user_id.label("user_id"),
+            # sum(bigint) is numeric in PostgreSQL; the API promises integers.
+            cast(func.sum(LedgerEntry.amount), BigInteger).label("score"),
+        )
+        .join(Account, Account.id == LedgerEntry.account_id)
+        .where(*conditions)
+        .group_by(Account.user_id)
+        .subquery()
+    )
+    return Board(select(totals.c.user_id, totals.c.score), totals.c.score, totals.c.user_id)
+
+
+def board(
+    session: Session, tenant_id: str, points_type: str, query: BoardQuery, user_id: int | None
+) -> tuple[Board, Window]:
+    span = window(session, tenant_id, query.period, query.at)
+    if _from_entries(query):
+        return _board_of_entries(tenant_id, points_type, query, span, user_id), span
+    return _board_of_totals(tenant_id, points_type, kind_of(query), span, user_id), span
+
+
+RANKINGS: dict[str, Callable[[], FunctionElement[Any]]] = {
+    "row_number": func.row_number,
+    "rank": func.rank,
+    "dense_rank": func.dense_rank,
+}
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One user's total over the entries that passed the filters, and its place."""
+
+    user_id: int
+    username: str
+    real_name: str
+    total_score: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    count: int
+    rows: list[LeaderboardRow]
+    window: Window
+
+
+def leaderboard(
+    session: Session, tenant_id: str, points_type: str, query: LeaderboardQuery
+) -> Leaderboard:
+    """How many users are on the board, and its page by total descending, then user id."""
+    found, span = board(session, tenant_id, points_type, query, query.user_id)
+    count = session.scalar(select(func.count()).select_from(found.rows.subquery())) or 0
+    if query.offset >= count:
+        return Leaderboard(count, [], span)
+    return Leaderboard(count, _page(session, found, query, query.ranking), span)
+
+
+def _page(
+    session: Session, found: Board, page: PageQuery, ranking: Ranking
+) -> list[LeaderboardRow]:
+    # Ranked in the board's order, so that the window and the limit read only the rows up
+    # to the page's end; users are joined for the page's rows only.
+    order = (found.score.desc(), found.user_id.asc())
+    ranked = (
+        found.rows.add_columns(RANKINGS[ranking]().over(order_by=found.score.desc()).label("place"))
+        .order_by(*order)
+        .limit(page.limit)
+        .offset(page.offset)
+        .subquery()
+    )
+    rows = session.execute(
+        select(ranked.c.user_id, User.username, User.real_name, ranked.c.score, ranked.c.place)
+        .join(User, User.id == ranked.c.user_id)
+        .order_by(ranked.c.score.desc(), ranked.c.user_id.asc())
+    ).all()
+    return [
+        LeaderboardRow(row.user_id, row.username, row.real_name, int(row.score), int(row.place))
+        for row in rows
+    ]
+
+
+def own_rank(
+    session: Session, tenant_id: str, points_type: str, query: BoardQuery, user_id: int
+) -> tuple[LeaderboardRow | None, int, Window]:
+    """The user's row on the board (None if not on it), how many users are on it, and
+    the period: counted, never ranked row by row."""
+    found, span = board(session, tenant_id, points_type, query, None)
+    rows = found.rows.subquery()
+    mine = session.execute(select(rows.c.score).where(rows.c.user_id == user_id)).one_or_none()
+    count = session.scalar(select(func.count()).select_from(rows)) or 0
+    if mine is None:
+        return None, count, span
+    score = int(mine.score)
+    above = rows.c.score > score
+    if query.ranking == "dense_rank":
+        distinct = select(func.count(rows.c.score.distinct())).select_from(rows).where(above)
+        place = 1 + (session.scalar(distinct) or 0)
+    else:
+        ahead = above
+        if query.ranking == "row_number":
+            ahead = above | ((rows.c.score == score) & (rows.c.user_id < user_id))
+        place = 1 + (session.scalar(select(func.count()).select_from(rows).where(ahead)) or 0)
+    user = session.get_one(User, user_id)
+    return LeaderboardRow(user.id, user.username, user.real_name, score, place), count, span
