@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         bulk,
         events,
         health,
+        history,
         holds,
         metrics,
         openapi,
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(users.bp)
     app.register_blueprint(bulk.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(history.bp)
     app.register_blueprint(webhooks.bp)
     track_request_ids(app)
     return app

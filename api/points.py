@@ -12,10 +12,11 @@ from api import schemas
 from api.accept import NOT_REVERSIBLE, Accepted, finish, rejection, submit
 from api.auth import current_principal, require_admin, require_writer
 from api.body import read_input, read_object, read_query
+from api.history import statement_object
 from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
-from api.serializers import account_object, transaction_object
+from api.serializers import account_object, public_user_id, transaction_object
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
 from shared.intake.accounts import set_status
 from shared.intake.adjustments import Adjustment, NotReversible, reversal_of
@@ -39,7 +40,8 @@ from shared.models import (
     User,
 )
 from shared.platform.config import PointsType
-from shared.reads.query_params import PageQuery
+from shared.reads.history import standings
+from shared.reads.query_params import AsOfQuery, PageQuery, PointsStatementQuery
 
 bp = Blueprint("points", __name__, url_prefix="/admin/points")
 
@@ -238,8 +240,9 @@ def points_type_named(name: str | None) -> PointsType:
 
 @bp.get("/<user_ref>")
 @documented(
-    summary="A user's point accounts (seed 002)",
+    summary="A user's point accounts (seed 002), now or as of a moment",
     tag="points",
+    query=AsOfQuery,
     error_model=schemas.Envelope,
     error_type="application/json",
     responses={
@@ -249,12 +252,41 @@ def points_type_named(name: str | None) -> PointsType:
 )
 @require_writer
 def accounts(user_ref: str) -> Response:
-    """Every points account of the user."""
+    """Every points account of the user, as it is or (`as_of`) as it stood then."""
+    as_of = read_query(AsOfQuery).as_of
     user = user_named(user_ref)
-    rows = db_session().scalars(
+    session = db_session()
+    rows = session.scalars(
         select(Account).where(Account.user_id == user.id).order_by(Account.points_type)
-    )
-    return jsonify(envelope(0, "ok", [account_object(account, user) for account in rows]))
+    ).all()
+    if as_of is None:
+        return jsonify(envelope(0, "ok", [account_object(account, user) for account in rows]))
+    then = standings(session, [account.id for account in rows], as_of)
+    data = [account_object(account, user, then[account.id]) for account in rows]
+    return jsonify(envelope(0, "ok", data, as_of=format_timestamp(as_of)))
+
+
+@bp.get("/<user_ref>/statement")
+@documented(
+    summary="A user's statement: opening and closing figures, totals by type, entries",
+    tag="points",
+    query=PointsStatementQuery,
+    error_model=schemas.Envelope,
+    error_type="application/json",
+    responses={
+        200: ("The statement, its entries paged by `after`", schemas.StatementResponse),
+        400: ("A malformed parameter", schemas.Envelope),
+        404: ("No such user", schemas.Envelope),
+    },
+)
+@require_writer
+def account_statement(user_ref: str) -> Response:
+    """The user's account of `points_type` (the routes' default) over [from, to)."""
+    query = read_query(PointsStatementQuery)
+    user = user_named(user_ref)
+    points_type = points_type_named(query.points_type)
+    body = statement_object(user, public_user_id(user), points_type.name, query)
+    return jsonify(envelope(0, "ok", body))
 
 
 class TransactionsQuery(PageQuery):

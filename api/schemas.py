@@ -55,6 +55,9 @@ class RequestStatus(BaseModel):
     started_at: str | None
     completed_at: str | None
     batch_id: str | None
+    cut: int = Field(
+        description="What the points type's cap took off the amount asked for (docs/periods.md)"
+    )
     score: Score | None
 
 
@@ -214,7 +217,7 @@ class Envelope(BaseModel):
     reason: str | None = Field(
         None,
         description="a 409's reason: insufficient_balance, account_frozen, hold_not_open,"
-        " hold_expired, capture_exceeds_hold, already_expired, already_reversed,"
+        " hold_expired, capture_exceeds_hold, already_expired, cap_reached, already_reversed,"
         " not_reversible",
     )
     request_id: int | None = Field(None, description="the request a 409 rejected, if recorded")
@@ -263,6 +266,9 @@ class UserOut(BaseModel):
     description: str
     role: str
     reputation: int
+    as_of: str | None = Field(
+        None, description="With `?as_of=`: the moment `reputation` is given for"
+    )
 
 
 class BatchCounts(BaseModel):
@@ -428,3 +434,60 @@ class WebhookDeliveryPage(BaseModel):
     results: list[WebhookDeliveryOut]
     next_cursor: int
     next: str | None = Field(description="The next page's URL, or null at the end")
+
+
+class StandingOut(BaseModel):
+    """An account's figures at a moment."""
+
+    balance: int
+    frozen_balance: int
+    expired_points: int
+    total_earned: int
+    total_spent: int
+    entries: int = Field(description="How many entries it had by then")
+
+
+class StatementTotal(BaseModel):
+    type: str = Field(description="The entry type (earn, adjust, reversal, expire, ...)")
+    amount: int
+    entries: int
+
+
+class StatementEntry(BaseModel):
+    id: str = Field(description="The entry's ULID (seed 002's transaction id)")
+    entry_id: int = Field(description="The entry's number: `after` resumes from it")
+    request_id: int
+    type: str
+    amount: int
+    frozen_amount: int
+    expired: int
+    balance_before: int
+    balance_after: int
+    reputation_context: str
+    comment: str
+    reason: str
+    source: str
+    related_id: str
+    idempotency_key: str | None
+    created_at: str
+
+
+class StatementOut(BaseModel):
+    """An account over [from, to): how it opened and closed, totals by entry type, and a
+    page of its entries in order (`next` links the following page)."""
+
+    model_config = {"populate_by_name": True}
+
+    user_id: str
+    points_type: str
+    from_: str | None = Field(alias="from")
+    to: str
+    opening: StandingOut
+    closing: StandingOut
+    totals: list[StatementTotal]
+    entries: list[StatementEntry]
+    next: str | None
+
+
+class StatementResponse(Envelope):
+    data: StatementOut | None = None

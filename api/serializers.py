@@ -22,6 +22,7 @@ from shared.models import (
     User,
 )
 from shared.reads.boards import LeaderboardRow, Window
+from shared.reads.history import Standing
 
 
 class ScoreUserFields(Protocol):
@@ -119,6 +120,7 @@ def queued_status(recorded: Recorded, idempotency_key: str | None) -> dict[str, 
         idempotency_key=idempotency_key,
         status=AdjustmentStatus.QUEUED,
         attempts=0,
+        cut=0,
         created_at=recorded.created_at,
     )
     return _status(row, None)
@@ -137,6 +139,7 @@ def _status(row: AdjustmentRequest, score: dict[str, Any] | None) -> dict[str, A
         "started_at": format_timestamp(row.started_at),
         "completed_at": format_timestamp(row.completed_at),
         "batch_id": row.batch_id,
+        "cut": row.cut,
         "score": score,
     }
 
@@ -173,19 +176,23 @@ def public_user_id(user: User) -> str:
     return user.external_id or str(user.id)
 
 
-def account_object(account: Account, user: User) -> dict[str, Any]:
-    """Seed 002's PointAccountResponse."""
+def account_object(account: Account, user: User, then: Standing | None = None) -> dict[str, Any]:
+    """Seed 002's PointAccountResponse; with `then`, its figures as they stood at a moment."""
+    figures = then or Standing(
+        account.balance, account.frozen_balance, account.expired_points,
+        account.total_earned, account.total_spent, 0,
+    )  # fmt: skip
     return dump(
         schemas.PointAccount(
             id=account.id,
             tenant_id=account.tenant_id,
             user_id=public_user_id(user),
             points_type=account.points_type,
-            balance=account.balance,
-            frozen_balance=account.frozen_balance,
-            expired_points=account.expired_points,
-            total_earned=account.total_earned,
-            total_spent=account.total_spent,
+            balance=figures.balance,
+            frozen_balance=figures.frozen_balance,
+            expired_points=figures.expired_points,
+            total_earned=figures.total_earned,
+            total_spent=figures.total_spent,
             exchange_rate=account.exchange_rate,
             status=account.status,
             version=account.version,

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, Response, jsonify
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api import schemas
-from api.auth import current_principal, require_admin
-from api.body import read_object
+from api.auth import current_principal, require_admin, require_writer
+from api.body import read_object, read_query
+from api.history import statement_object
 from api.openapi import documented
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
-from shared.fields import BIGINT_MAX
+from shared.fields import BIGINT_MAX, format_timestamp
 from shared.intake.users import balance_of, create_user
 from shared.intake.validation import InvalidInput, UserInput, validate_user
-from shared.models import User
+from shared.models import Account, User
+from shared.reads.history import ZERO, standings
+from shared.reads.query_params import AsOfQuery, StatementQuery
 
 bp = Blueprint("users", __name__, url_prefix="/api/v2/users")
 
 
-def user_object(user: User) -> Response:
+def user_object(user: User, as_of: datetime | None = None) -> Response:
+    """The user, with its reputation now or (`as_of`) as it stood then."""
     points_type = resources().settings.default_points_type
+    session = db_session()
+    if as_of is None:
+        reputation, moment = balance_of(session, user.id, points_type), None
+    else:
+        account = session.scalar(
+            select(Account.id).where(Account.user_id == user.id, Account.points_type == points_type)
+        )
+        then = standings(session, [account], as_of) if account else {}
+        reputation, moment = then.get(account or "", ZERO).balance, format_timestamp(as_of)
     return jsonify(
         schemas.UserOut(
             id=user.id,
@@ -31,8 +47,9 @@ def user_object(user: User) -> Response:
             avatar=user.avatar,
             description=user.description,
             role=user.role,
-            reputation=balance_of(db_session(), user.id, points_type),
-        ).model_dump(mode="json")
+            reputation=reputation,
+            as_of=moment,
+        ).model_dump(mode="json", exclude_none=as_of is None)
     )
 
 
@@ -67,14 +84,40 @@ def create() -> Response:
 
 @bp.get("/<int:user_id>")
 @documented(
-    summary="A user, with its reputation",
+    summary="A user, with its reputation now or as of a moment",
     tag="users",
+    query=AsOfQuery,
     responses={200: ("The user", schemas.UserOut), 404: ("No such user", schemas.Problem)},
 )
 @require_admin
 def read(user_id: int) -> Response:
     """One user of the caller's tenant."""
+    as_of = read_query(AsOfQuery).as_of
+    return user_object(_user_of_tenant(user_id), as_of)
+
+
+@bp.get("/<int:user_id>/statement")
+@documented(
+    summary="A user's reputation statement: opening and closing, totals by type, entries",
+    tag="users",
+    query=StatementQuery,
+    responses={
+        200: ("The statement, its entries paged by `after`", schemas.StatementOut),
+        400: ("A malformed parameter", schemas.Problem),
+        404: ("No such user", schemas.Problem),
+    },
+)
+@require_writer
+def reputation_statement(user_id: int) -> Response:
+    """The user's account of the default points type over [from, to)."""
+    query = read_query(StatementQuery)
+    user = _user_of_tenant(user_id)
+    points_type = resources().settings.default_points_type
+    return jsonify(statement_object(user, str(user.id), points_type, query))
+
+
+def _user_of_tenant(user_id: int) -> User:
     user = db_session().get(User, user_id) if user_id <= BIGINT_MAX else None
     if user is None or user.tenant_id != current_principal().tenant_id:
         raise Problem(404, "not-found", f"no user {user_id}")
-    return user_object(user)
+    return user

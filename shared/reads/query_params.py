@@ -11,6 +11,7 @@ from shared.fields import (
     Context,
     Flag,
     Search,
+    ShortText,
     Timestamp,
     Username,
     integer_within,
@@ -130,3 +131,60 @@ class OwnRankQuery(BoardQuery):
     """GET /api/v2/score/leaderboard/me: one user's place on a board (the caller's)."""
 
     user_id: BigIntegerId = None
+
+
+After = Annotated[
+    int,
+    Field(ge=0, le=BIGINT_MAX, description="resume after this id (the last one read)"),
+    BeforeValidator(_parse_offset),
+]
+From = Annotated[
+    Timestamp,
+    Field(alias="from", description="first moment included (ISO 8601); default: the beginning"),
+]
+To = Annotated[Timestamp, Field(description="first moment excluded (ISO 8601); default: now")]
+
+
+class AsOfQuery(BaseModel):
+    """`as_of` on the balance reads: the figures as they were at that moment."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    as_of: Annotated[
+        Timestamp,
+        Field(description="the account as it stood then: after every entry made at or before it"),
+    ] = None
+
+
+class StatementQuery(BaseModel):
+    """GET .../statement: an account over [from, to), its entries paged by cursor."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    from_: From = None
+    to: To = None
+    after: After = 0
+    limit: Limit = DEFAULT_LIMIT
+
+
+class PointsStatementQuery(StatementQuery):
+    """Seed 002's statement: of the account of `points_type` (the routes' default)."""
+
+    points_type: ShortText = None
+
+
+class ExportQuery(BaseModel):
+    """GET /api/v2/export: a tenant's entries or requests, streamed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    from_: From = None
+    to: To = None
+    after: After = 0
+    format: Annotated[
+        Literal["ndjson", "csv"], Field(description="NDJSON (one object a line) or CSV")
+    ] = "ndjson"
+    kind: Annotated[
+        Literal["entries", "requests"],
+        Field(description="ledger entries, or the adjustment requests (with their outcome)"),
+    ] = "entries"

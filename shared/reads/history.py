@@ -1,0 +1,210 @@
+"""The ledger's history: accounts as they were at a moment, statements, and the export.
+
+An account's entries are made in time order (the applier stamps a chunk once its
+accounts are locked), so the state at a moment is what its entries up to that moment
+made: the balance is the last one's `balance_after` (the chain), and the other
+figures are their sums, as reconcile counts them today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
+
+# Each account as its entries made before :before left it (without any: all zero).
+AS_OF = text("""
+    SELECT a.id, COALESCE(last.balance_after, 0) AS balance,
+           COALESCE(s.frozen, 0) AS frozen_balance, COALESCE(s.expired, 0) AS expired_points,
+           COALESCE(s.earned, 0) AS total_earned, COALESCE(s.spent, 0) AS total_spent,
+           COALESCE(s.entries, 0) AS entries
+    FROM accounts a
+    LEFT JOIN LATERAL (
+        SELECT balance_after FROM ledger_entries e
+        WHERE e.account_id = a.id AND e.created_at < :before
+        ORDER BY e.created_at DESC, e.id DESC LIMIT 1
+    ) last ON true
+    LEFT JOIN LATERAL (
+        SELECT sum(frozen_amount) AS frozen, sum(expired) AS expired,
+               sum(amount + expired) FILTER (WHERE amount + expired > 0) AS earned,
+               -sum(amount + expired) FILTER (WHERE amount + expired < 0) AS spent,
+               count(*) AS entries
+        FROM ledger_entries e
+        WHERE e.account_id = a.id AND e.created_at < :before
+    ) s ON true
+    WHERE a.id = ANY(:ids)
+""")
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An account's figures at a moment."""
+
+    balance: int
+    frozen_balance: int
+    expired_points: int
+    total_earned: int
+    total_spent: int
+    # How many entries it had by then.
+    entries: int
+
+
+ZERO = Standing(0, 0, 0, 0, 0, 0)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def standings(session: Session, account_ids: Sequence[str], at: datetime) -> dict[str, Standing]:
+    """Each account as it stood at `at`: after every entry made at or before it (times
+    are kept to the microsecond)."""
+    return _before(session, account_ids, at + MICROSECOND)
+
+
+def _before(session: Session, account_ids: Sequence[str], before: datetime) -> dict[str, Standing]:
+    rows = session.execute(AS_OF, {"ids": list(account_ids), "before": before})
+    return {row.id: _standing(row) for row in rows}
+
+
+# The entries of a statement: [from, to), after the cursor's entry, in chain order (time,
+# then id: the index on (account_id, created_at, id) serves it).
+STATEMENT_ENTRIES = text("""
+    SELECT id, ulid, request_id, type, amount, frozen_amount, expired, balance_before,
+           balance_after, reputation_context, comment, reason, source, related_id,
+           idempotency_key, created_at
+    FROM ledger_entries
+    WHERE account_id = :account AND created_at >= :begins AND created_at < :ends
+      AND (created_at, id) > (:after_at, :after)
+    ORDER BY created_at, id
+    LIMIT :limit
+""")
+CURSOR_ENTRY = text(
+    "SELECT created_at FROM ledger_entries WHERE id = :id AND account_id = :account"
+)
+
+# Sums by entry type over [from, to).
+STATEMENT_TOTALS = text("""
+    SELECT type, sum(amount) AS amount, count(*) AS entries
+    FROM ledger_entries
+    WHERE account_id = :account AND created_at >= :begins AND created_at < :ends
+    GROUP BY type ORDER BY type
+""")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """An account over [begins, ends): how it opened and closed, totals by entry type,
+    and a page of its entries (`next_after` resumes the page; None at the end)."""
+
+    opening: Standing
+    closing: Standing
+    totals: dict[str, tuple[int, int]]
+    entries: list[Any]
+    next_after: int | None
+
+
+def statement(
+    session: Session, account_id: str | None, begins: datetime, ends: datetime, after: int,
+    limit: int,
+) -> Statement:  # fmt: skip
+    """The statement of one account (None: a user with no account of the type: empty)."""
+    if account_id is None:
+        return Statement(ZERO, ZERO, {}, [], None)
+    # Opening: everything strictly before `begins`, as the range starts at it.
+    opening = _before(session, [account_id], begins)[account_id]
+    closing = _before(session, [account_id], ends)[account_id]
+    totals = {
+        row.type: (int(row.amount), int(row.entries))
+        for row in session.execute(
+            STATEMENT_TOTALS, {"account": account_id, "begins": begins, "ends": ends}
+        )
+    }
+    after_at = begins
+    if after:
+        after_at = session.scalar(CURSOR_ENTRY, {"id": after, "account": account_id})
+        if after_at is None:
+            raise ValueError(f"entry {after} is not one of this account's")
+    rows = session.execute(
+        STATEMENT_ENTRIES,
+        {"account": account_id, "begins": begins, "ends": ends, "after": after,
+         "after_at": after_at, "limit": limit + 1},
+    ).all()  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Statement(opening, closing, totals, list(rows), rows[-1].id if more else None)
+
+
+def _standing(row: Any) -> Standing:
+    return Standing(
+        int(row.balance), int(row.frozen_balance), int(row.expired_points),
+        int(row.total_earned), int(row.total_spent), int(row.entries),
+    )  # fmt: skip
+
+
+ExportKind = Literal["entries", "requests"]
+ExportFormat = Literal["ndjson", "csv"]
+
+# The columns of each export, in order (the CSV header).
+EXPORT_COLUMNS: dict[str, str] = {
+    "entries": """e.id, e.ulid, e.request_id, e.account_id, a.user_id, u.external_id,
+        e.points_type, e.type, e.amount, e.frozen_amount, e.expired, e.balance_before,
+        e.balance_after, e.reputation_type, e.reputation_context, e.comment, e.reason,
+        e.source, e.related_id, e.idempotency_key, e.expires_at, e.created_by,
+        e.created_at""",
+    "requests": """e.id, e.idempotency_key, e.account_id, a.user_id, u.external_id,
+        a.points_type, e.entry_type AS operation, e.amount, e.cut, e.status, e.error_code,
+        e.reputation_context, e.comment, e.reason, e.source, e.related_id, e.batch_id,
+        e.ledger_entry_id, e.created_by, e.created_at, e.completed_at""",
+}
+EXPORT_TABLES = {"entries": "ledger_entries", "requests": "adjustment_requests"}
+
+
+def _export_query(kind: ExportKind, as_json: bool) -> str:
+    columns = EXPORT_COLUMNS[kind]
+    select = f"""
+        SELECT {columns}
+        FROM {EXPORT_TABLES[kind]} e
+        JOIN accounts a ON a.id = e.account_id
+        JOIN users u ON u.id = a.user_id
+        WHERE e.tenant_id = %(tenant)s AND e.id > %(after)s
+          AND e.created_at >= %(begins)s AND e.created_at < %(ends)s
+        ORDER BY e.id
+    """
+    if not as_json:
+        return select
+    # One JSON object per row, the columns in order.
+    return f"SELECT row_to_json(r)::text FROM ({select}) r"
+
+
+def export(
+    connection: Connection,
+    tenant_id: str,
+    kind: ExportKind,
+    form: ExportFormat,
+    begins: datetime,
+    ends: datetime,
+    after: int,
+) -> Iterator[bytes]:
+    """The tenant's entries (or requests) of [begins, ends) with an id above `after`, in
+    id order, as CSV with a header or NDJSON: streamed by PostgreSQL's COPY in blocks,
+    so memory stays flat and no row passes through Python one by one.
+
+    NDJSON is copied as CSV with a quote and a delimiter that JSON text never holds
+    raw (it escapes control characters), so each line is the JSON object unquoted.
+    """
+    query = _export_query(kind, form == "ndjson")
+    if form == "csv":
+        options = "FORMAT csv, HEADER"
+    else:
+        options = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
+    params = {"tenant": tenant_id, "after": after, "begins": begins, "ends": ends}
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY ({query}) TO STDOUT ({options})", params) as copy,
+    ):
+        for block in copy:
+            yield bytes(block)
