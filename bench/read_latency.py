@@ -45,7 +45,7 @@ FILL = [
        SELECT 'BENCHACC' || lpad(u.id::text, 18, '0'), 'bench', u.id, 'reputation', true,
               0, 0, 0, 0, 0, 1, 'active', 0
        FROM users u WHERE u.tenant_id = 'bench' AND u.role = 'user'""",
-    # Requests, spread over the last 365 days in id order, as if applied as they came.
+    # Requests, spread over the last :days days in id order, as if applied as they came.
     """INSERT INTO adjustment_requests (tenant_id, idempotency_key, fingerprint, account_id,
               user_id, amount, entry_type, reputation_context, comment, reason, source,
               related_id, allow_negative, created_by, status, attempts, created_at,
@@ -56,9 +56,9 @@ FILL = [
                      'contest|spring|docs', 'forum|answer|accepted', 'forum|spam',
                      'moderation|warning'])[1 + (g * 104729) % 6],
               'bench entry ' || g, '', '', '', false, admin.id, 'completed', 1,
-              now() - interval '365 days' + (g * interval '365 days' / :entries),
-              now() - interval '365 days' + (g * interval '365 days' / :entries),
-              now() - interval '365 days' + (g * interval '365 days' / :entries)
+              now() - :days * interval '1 day' + :days * interval '1 day' * (g::float8 / :entries),
+              now() - :days * interval '1 day' + :days * interval '1 day' * (g::float8 / :entries),
+              now() - :days * interval '1 day' + :days * interval '1 day' * (g::float8 / :entries)
        FROM generate_series(1::bigint, :entries) g
        JOIN accounts a ON a.id = 'BENCHACC' || lpad(
            ((SELECT min(id) FROM users WHERE tenant_id = 'bench') + (g * 7) % :users)::text,
@@ -86,10 +86,22 @@ FILL = [
                     COALESCE(-SUM(amount) FILTER (WHERE amount < 0), 0) spent, COUNT(*) n
              FROM ledger_entries WHERE tenant_id = 'bench' GROUP BY account_id) s
        WHERE a.id = s.account_id""",
+    # The period totals the applier would have kept (UTC).
+    """INSERT INTO period_totals (account_id, period, starts, tenant_id, points_type, user_id,
+                                 total, entries, reversal_total, reversal_entries, capped)
+       SELECT e.account_id, p.period,
+              CASE p.period WHEN 'all' THEN DATE '1970-01-01'
+                   ELSE date_trunc(p.period, e.created_at AT TIME ZONE 'UTC')::date END,
+              'bench', 'reputation', a.user_id, sum(e.amount), count(*), 0, 0, 0
+       FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
+       CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year', 'all']) AS p(period)
+       WHERE e.tenant_id = 'bench'
+       GROUP BY 1, 2, 3, 6""",
+    "ANALYZE",
 ]
 
 
-def fill(resources: Resources, users: int, entries: int) -> None:
+def fill(resources: Resources, users: int, entries: int, days: int = 365) -> None:
     with resources.engine.begin() as connection:
         have = connection.scalar(
             text("SELECT count(*) FROM ledger_entries WHERE tenant_id='bench'")
@@ -99,7 +111,9 @@ def fill(resources: Resources, users: int, entries: int) -> None:
             return
         started = time.perf_counter()
         for statement in FILL:
-            connection.execute(text(statement), {"users": users, "entries": entries})
+            step = time.perf_counter()
+            connection.execute(text(statement), {"users": users, "entries": entries, "days": days})
+            print(f"  {time.perf_counter() - step:7.1f} s  {statement.split()[0:3]}", flush=True)
         print(
             f"filled {entries} entries over {users} users in {time.perf_counter() - started:.1f} s"
         )

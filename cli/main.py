@@ -65,6 +65,33 @@ def db_upgrade(as_json: bool) -> None:
 
 
 @cli.group()
+def tenants() -> None:
+    """Tenants' settings."""
+
+
+@tenants.command("time-zone")
+@click.argument("tenant")
+@click.argument("zone")
+@json_option
+def tenants_time_zone(tenant: str, zone: str, as_json: bool) -> None:
+    """Draw TENANT's days, weeks, months... in ZONE (an IANA name such as Europe/Berlin):
+    its period totals are summed afresh (docs/periods.md)."""
+    from shared.ledger.periods import UnknownZone, set_time_zone
+
+    with _database() as sessions, transaction(sessions) as session:
+        ensure_tenant(session, tenant)
+        try:
+            rows = set_time_zone(session, tenant, zone)
+        except UnknownZone as error:
+            raise click.BadParameter(str(error), param_hint="ZONE") from None
+    _emit(
+        as_json,
+        {"tenant": tenant, "time_zone": zone, "period_totals": rows},
+        f"tenant {tenant} now counts its periods in {zone} ({rows} period totals)",
+    )
+
+
+@cli.group()
 def users() -> None:
     """Users of a tenant."""
 

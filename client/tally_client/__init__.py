@@ -27,7 +27,20 @@ from tally_client.errors import (
     WaitTimeout,
 )
 from tally_client.feed import AsyncEventFeed, EventFeed
-from tally_client.models import BatchStatus, BulkPlan, Event, RequestStatus, Submission
+from tally_client.models import (
+    BatchStatus,
+    BulkPlan,
+    Event,
+    LeaderboardPage,
+    OwnRank,
+    Period,
+    Ranked,
+    RequestStatus,
+    Standing,
+    StatementEntry,
+    StatementPage,
+    Submission,
+)
 from tally_client.retries import Retries
 from tally_client.webhooks import WebhookVerificationError, verify_webhook
 
@@ -46,12 +59,19 @@ __all__ = [
     "FieldError",
     "Forbidden",
     "KeyReused",
+    "LeaderboardPage",
     "NotFound",
+    "OwnRank",
+    "Period",
+    "Ranked",
     "RateLimited",
     "Rejected",
     "RequestStatus",
     "Retries",
     "ServerError",
+    "Standing",
+    "StatementEntry",
+    "StatementPage",
     "Submission",
     "TallyError",
     "Unauthorized",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -11,8 +12,18 @@ from urllib.parse import quote
 import httpx
 
 from tally_client import calls
+from tally_client.errors import error_for
 from tally_client.feed import DEFAULT_FEED_WAIT, AsyncEventFeed
-from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
+from tally_client.models import (
+    BatchStatus,
+    BulkPlan,
+    LeaderboardPage,
+    OwnRank,
+    RequestStatus,
+    Standing,
+    StatementPage,
+    Submission,
+)
 from tally_client.retries import Retries
 
 T = TypeVar("T")
@@ -316,3 +327,77 @@ class AsyncClient:
             after,
             follow,
         )
+
+    # Reads
+
+    async def leaderboard(
+        self,
+        *,
+        period: str = "all",
+        at: datetime | str | None = None,
+        ranking: str = "row_number",
+        limit: int = 20,
+        offset: int = 0,
+        **filters: Any,
+    ) -> LeaderboardPage:
+        """Client.leaderboard: one page of a board."""
+        params = dict(filters, period=period, at=at, ranking=ranking, limit=limit, offset=offset)
+        return await self._run(calls.leaderboard(self.endpoint, params))
+
+    async def own_rank(
+        self,
+        user_id: int | None = None,
+        *,
+        period: str = "all",
+        at: datetime | str | None = None,
+        ranking: str = "row_number",
+        **filters: Any,
+    ) -> OwnRank:
+        """Client.own_rank: a user's place on a board (default: the caller's)."""
+        params = dict(filters, user_id=user_id, period=period, at=at, ranking=ranking)
+        return await self._run(calls.own_rank(self.endpoint, params))
+
+    async def balances(
+        self, user: int | str, *, as_of: datetime | str | None = None
+    ) -> list[Standing]:
+        """Client.balances: the user's accounts, now or as they stood at `as_of`."""
+        return await self._run(calls.balances(self.endpoint, user, as_of))
+
+    async def statement(
+        self,
+        user: int | str,
+        *,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+        points_type: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> AsyncIterator[StatementPage]:
+        """Client.statement for `async for`: the pages of a statement, one at a time."""
+        params = {"from": begins, "to": ends, "points_type": points_type, "limit": page_size}
+        after = 0
+        while True:
+            page = await self._run(calls.statement_page(self.endpoint, user, params, after))
+            yield page
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    async def export(
+        self,
+        *,
+        kind: str = "entries",
+        format: str = "ndjson",
+        after: int = 0,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Client.export for `async for`: the tenant's entries (or requests), streamed."""
+        params = {"kind": kind, "format": format, "after": after or None,
+                  "from": begins, "to": ends}  # fmt: skip
+        request = calls.export_request(self.endpoint, params)
+        async with self._http.stream(**request.arguments()) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise error_for(response)
+            async for block in response.aiter_bytes():
+                yield block

@@ -19,7 +19,17 @@ from urllib.parse import quote
 import httpx
 
 from tally_client.errors import Rejected, Unreachable, WaitTimeout, error_for
-from tally_client.models import BatchStatus, BulkPlan, EventPage, RequestStatus, Submission
+from tally_client.models import (
+    BatchStatus,
+    BulkPlan,
+    EventPage,
+    LeaderboardPage,
+    OwnRank,
+    RequestStatus,
+    Standing,
+    StatementPage,
+    Submission,
+)
 from tally_client.retries import Retries, retry_delay
 
 T = TypeVar("T")
@@ -436,3 +446,54 @@ def events_page(
         # Answered at once rather than held: do not ask again straight away.
         yield Sleep(min(wait, BUSY_FEED_PAUSE))
     return page
+
+
+def _query(**params: Any) -> dict[str, str | int]:
+    """Query parameters: None left out, booleans as `true`, datetimes as ISO 8601."""
+    out: dict[str, str | int] = {}
+    for name, value in params.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            out[name] = "true"
+        elif hasattr(value, "isoformat"):
+            out[name] = value.isoformat()
+        else:
+            out[name] = value
+    return out
+
+
+def leaderboard(endpoint: Endpoint, params: Mapping[str, Any]) -> Call[LeaderboardPage]:
+    """GET /api/v2/score/leaderboard/: one page of a board."""
+    request = endpoint.request("GET", "/api/v2/score/leaderboard/", params=_query(**params))
+    response = yield from send(endpoint, request, 200)
+    return LeaderboardPage.from_json(response.json())
+
+
+def own_rank(endpoint: Endpoint, params: Mapping[str, Any]) -> Call[OwnRank]:
+    """GET /api/v2/score/leaderboard/me: a user's place on a board."""
+    request = endpoint.request("GET", "/api/v2/score/leaderboard/me", params=_query(**params))
+    response = yield from send(endpoint, request, 200)
+    return OwnRank.from_json(response.json())
+
+
+def balances(endpoint: Endpoint, user_id: int | str, as_of: Any) -> Call[list[Standing]]:
+    """GET /admin/points/{user_id}: the user's accounts, now or as of a moment."""
+    request = endpoint.request("GET", points_path(user_id), params=_query(as_of=as_of))
+    response = yield from send(endpoint, request, 200)
+    return [Standing.from_json(account) for account in response.json()["data"]]
+
+
+def statement_page(
+    endpoint: Endpoint, user_id: int | str, params: Mapping[str, Any], after: int
+) -> Call[StatementPage]:
+    """GET /admin/points/{user_id}/statement: one page of a statement."""
+    query = _query(**params, after=after or None)
+    request = endpoint.request("GET", points_path(user_id, "statement"), params=query)
+    response = yield from send(endpoint, request, 200)
+    return StatementPage.from_json(response.json()["data"])
+
+
+def export_request(endpoint: Endpoint, params: Mapping[str, Any]) -> Send:
+    """GET /api/v2/export, streamed by the driver (no retry: resume with `after`)."""
+    return endpoint.request("GET", "/api/v2/export", params=_query(**params))

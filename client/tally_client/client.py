@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -11,8 +12,18 @@ from urllib.parse import quote
 import httpx
 
 from tally_client import calls
+from tally_client.errors import error_for
 from tally_client.feed import DEFAULT_FEED_WAIT, EventFeed
-from tally_client.models import BatchStatus, BulkPlan, RequestStatus, Submission
+from tally_client.models import (
+    BatchStatus,
+    BulkPlan,
+    LeaderboardPage,
+    OwnRank,
+    RequestStatus,
+    Standing,
+    StatementPage,
+    Submission,
+)
 from tally_client.retries import Retries
 
 T = TypeVar("T")
@@ -318,3 +329,79 @@ class Client:
             after,
             follow,
         )
+
+    # Reads
+
+    def leaderboard(
+        self,
+        *,
+        period: str = "all",
+        at: datetime | str | None = None,
+        ranking: str = "row_number",
+        limit: int = 20,
+        offset: int = 0,
+        **filters: Any,
+    ) -> LeaderboardPage:
+        """One page of a board (docs/periods.md): `period` day, week, month, quarter, year
+        or all, the one `at` falls in (default now); `filters` as the route's parameters
+        (reputation_type, reputation_context, exclude_manual, exclude_reset, search...)."""
+        params = dict(filters, period=period, at=at, ranking=ranking, limit=limit, offset=offset)
+        return self._run(calls.leaderboard(self.endpoint, params))
+
+    def own_rank(
+        self,
+        user_id: int | None = None,
+        *,
+        period: str = "all",
+        at: datetime | str | None = None,
+        ranking: str = "row_number",
+        **filters: Any,
+    ) -> OwnRank:
+        """A user's place on a board (default: the caller's)."""
+        params = dict(filters, user_id=user_id, period=period, at=at, ranking=ranking)
+        return self._run(calls.own_rank(self.endpoint, params))
+
+    def balances(self, user: int | str, *, as_of: datetime | str | None = None) -> list[Standing]:
+        """The user's accounts (seed 002's user id), now or as they stood at `as_of`."""
+        return self._run(calls.balances(self.endpoint, user, as_of))
+
+    def statement(
+        self,
+        user: int | str,
+        *,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+        points_type: str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> Iterator[StatementPage]:
+        """The pages of a user's statement over [begins, ends), read one at a time as the
+        iteration asks for them (a long statement is never held whole)."""
+        params = {"from": begins, "to": ends, "points_type": points_type, "limit": page_size}
+        after = 0
+        while True:
+            page = self._run(calls.statement_page(self.endpoint, user, params, after))
+            yield page
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    def export(
+        self,
+        *,
+        kind: str = "entries",
+        format: str = "ndjson",
+        after: int = 0,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+    ) -> Iterator[bytes]:
+        """The tenant's entries (or requests) past `after`, streamed as the server sends
+        them (NDJSON lines or CSV with a header). Not retried: on an error, start again
+        with `after` set to the last id read."""
+        params = {"kind": kind, "format": format, "after": after or None,
+                  "from": begins, "to": ends}  # fmt: skip
+        request = calls.export_request(self.endpoint, params)
+        with self._http.stream(**request.arguments()) as response:
+            if response.status_code != 200:
+                response.read()
+                raise error_for(response)
+            yield from response.iter_bytes()

@@ -183,3 +183,140 @@ class EventPage:
     def from_json(cls, body: Mapping[str, Any]) -> EventPage:
         events = [Event.from_json(event) for event in body["events"]]
         return cls(events, int(body["next_cursor"]))
+
+
+@dataclass(frozen=True)
+class Period:
+    """The period a board sums: `starts` its first local day (None for `all`), `begins`
+    and `ends` its bounds in UTC (ISO 8601)."""
+
+    period: str
+    starts: str | None
+    begins: str | None
+    ends: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Period:
+        return cls(str(body["period"]), body.get("starts"), body.get("from"), body.get("to"))
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A user's place on a board: `rank` None when the user has no entry on it."""
+
+    user_id: int
+    username: str
+    real_name: str
+    total_score: int
+    rank: int | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Ranked:
+        return cls(
+            int(body["user_id"]),
+            str(body["user__username"]),
+            str(body["user__real_name"]),
+            int(body["total_score"]),
+            None if body.get("rank") is None else int(body["rank"]),
+        )
+
+
+@dataclass(frozen=True)
+class LeaderboardPage:
+    """A page of a board: its rows, how many users are on the board, and its period."""
+
+    rows: list[Ranked]
+    count: int
+    period: Period
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LeaderboardPage:
+        rows = [Ranked.from_json(row) for row in body["results"]]
+        return cls(rows, int(body["count"]), Period.from_json(body["period"]))
+
+
+@dataclass(frozen=True)
+class OwnRank:
+    """One user's place on a board, and how many users are on it."""
+
+    place: Ranked
+    count: int
+    period: Period
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> OwnRank:
+        return cls(Ranked.from_json(body), int(body["count"]), Period.from_json(body["period"]))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An account's figures, now or at a moment."""
+
+    points_type: str
+    balance: int
+    frozen_balance: int
+    expired_points: int
+    total_earned: int
+    total_spent: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any], points_type: str = "") -> Standing:
+        return cls(
+            str(body.get("points_type", points_type)),
+            int(body["balance"]),
+            int(body["frozen_balance"]),
+            int(body["expired_points"]),
+            int(body["total_earned"]),
+            int(body["total_spent"]),
+        )
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    """One entry of a statement, with the balance before and after it."""
+
+    id: str
+    entry_id: int
+    type: str
+    amount: int
+    balance_before: int
+    balance_after: int
+    created_at: str
+    body: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> StatementEntry:
+        return cls(
+            str(body["id"]),
+            int(body["entry_id"]),
+            str(body["type"]),
+            int(body["amount"]),
+            int(body["balance_before"]),
+            int(body["balance_after"]),
+            str(body["created_at"]),
+            dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class StatementPage:
+    """A page of a statement: the opening and closing figures and totals by entry type
+    (the same on every page), its entries, and the cursor of the next page (None: last)."""
+
+    opening: Standing
+    closing: Standing
+    totals: dict[str, tuple[int, int]]
+    entries: list[StatementEntry]
+    next_after: int | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> StatementPage:
+        points_type = str(body["points_type"])
+        entries = [StatementEntry.from_json(entry) for entry in body["entries"]]
+        return cls(
+            Standing.from_json(body["opening"], points_type),
+            Standing.from_json(body["closing"], points_type),
+            {t["type"]: (int(t["amount"]), int(t["entries"])) for t in body["totals"]},
+            entries,
+            entries[-1].entry_id if body.get("next") and entries else None,
+        )

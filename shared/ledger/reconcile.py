@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.ledger.periods import SUMS
+
 # Invariant 1: balance and totals equal the sums of the ledger; no gap in the chain.
 # An entry's expired points count as expired_points; the rest it moved (its gross) as
 # earned or spent; frozen_balance is invariant 7's.
@@ -263,21 +265,8 @@ REVERSAL_MISMATCHES = text("""
 
 # Invariant 13: each account's period totals are the sums of its entries in the period
 # (its tenant's calendar), every period with an entry has its row, and no other row is kept.
-PERIOD_MISMATCHES = text("""
-    WITH summed AS (
-        SELECT e.account_id, p.period,
-               CASE p.period WHEN 'all' THEN DATE '1970-01-01'
-                    ELSE date_trunc(p.period, e.created_at AT TIME ZONE tn.time_zone)::date
-               END AS starts,
-               sum(e.amount) AS total, count(*) AS entries,
-               COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS reversal_total,
-               count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries
-        FROM ledger_entries e
-        JOIN tenants tn ON tn.id = e.tenant_id
-        CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year', 'all'])
-            AS p(period)
-        GROUP BY 1, 2, 3
-    )
+PERIOD_MISMATCHES = text(f"""
+    WITH summed AS ({SUMS})
     SELECT COALESCE(s.account_id, t.account_id), COALESCE(s.period, t.period),
            COALESCE(s.starts, t.starts), s.total, t.total
     FROM summed s
@@ -424,7 +413,9 @@ def reconcile(session: Session) -> Report:
                 " account and tenant, or not its opposite amount, or reversed more than once",
             )
         )
-    for account, period, starts, summed, kept in session.execute(PERIOD_MISMATCHES):
+    for account, period, starts, summed, kept in session.execute(
+        PERIOD_MISMATCHES, {"tenant": None}
+    ):
         violations.append(
             Violation(
                 13,

@@ -1,0 +1,182 @@
+"""Benchmark the history reads on a large ledger while adjustments flow: `make bench-reads`.
+
+Fills (once) 10,000,000 entries over 100,000 users of one tenant, spread over 730 days
+(bench/read_latency.py's set-based fill, with the period totals the applier keeps, then
+ANALYZE), then, while a writer thread records and applies adjustments at --rate a
+second through the real applier (a chunk of rate/10 requests on as many accounts every
+0.1 s, so the period totals are written as reads run), prints p50 / p99 of:
+  - the leaderboard's first page of each period,
+  - a user's own rank (a random user, week),
+  - a balance as of a random moment,
+  - a statement page (a random user, a random 30 days),
+and the export's rate (every entry as NDJSON through the streaming route) with the
+process's RSS growth. A calibration figure (a fixed CPU loop) is printed beside them.
+
+Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/reads.py [--entries N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import psutil
+from sqlalchemy import text
+
+from api import create_app
+from bench.read_latency import TENANT, fill
+from shared.intake.adjustments import Adjustment, submit
+from shared.intake.auth import Principal, create_token
+from shared.intake.validation import UserRef
+from shared.ledger.apply import apply_pending
+from shared.models import Role, User
+from shared.platform.config import DEFAULT_POINTS_TYPES, load_settings
+from shared.platform.resources import Resources
+
+
+def calibration() -> float:
+    """Milliseconds for a fixed CPU loop: compare figures of two days by it."""
+    started = time.perf_counter()
+    total = 0
+    for number in range(3_000_000):
+        total += number % 7
+    return (time.perf_counter() - started) * 1000
+
+
+class Writer(threading.Thread):
+    """Adjustments at `rate` a second through the real accept and apply functions."""
+
+    def __init__(self, resources: Resources, admin: User, users: list[int], rate: int) -> None:
+        super().__init__(daemon=True)
+        self.resources, self.users, self.rate = resources, users, rate
+        self.principal = Principal(admin.id, TENANT, admin.username, "", Role.ADMIN)
+        self.stop = threading.Event()
+        self.applied = 0
+
+    def run(self) -> None:
+        points_type = DEFAULT_POINTS_TYPES["reputation"]
+        per_tick = max(self.rate // 10, 1)
+        next_tick = time.monotonic()
+        while not self.stop.is_set():
+            accounts = []
+            with self.resources.sessions.begin() as session:
+                for user in random.sample(self.users, per_tick):
+                    amount = random.choice([-2, 1, 5, 10])
+                    adjustment = Adjustment(
+                        user_id=user, points_type="reputation", amount=amount, comment="w"
+                    )
+                    recorded = submit(session.connection(), self.principal,
+                                      UserRef("user_id", user_id=user), adjustment,
+                                      points_type, None)  # fmt: skip
+                    accounts.append(recorded.account_id)
+            with self.resources.sessions.begin() as session:
+                self.applied += len(apply_pending(session, accounts, len(accounts)).outcomes)
+            next_tick += 0.1
+            time.sleep(max(next_tick - time.monotonic(), 0))
+
+
+def percentiles(timings: list[float]) -> str:
+    ordered = sorted(timings)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"p50 {statistics.median(ordered):7.1f} ms  p99 {p99:7.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--entries", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=500)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    resources = Resources(settings)
+    fill(resources, args.users, args.entries, args.days)
+    with resources.sessions.begin() as session:
+        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
+        session.expunge(admin)
+        _, token = create_token(session, admin, "bench")
+        users = list(session.scalars(text(
+            "SELECT user_id FROM accounts WHERE tenant_id = 'bench'")))  # fmt: skip
+    print(f"calibration: a fixed CPU loop took {calibration():.0f} ms")
+
+    client = create_app(settings).test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def timed(url: str) -> float:
+        started = time.perf_counter()
+        response = client.get(url, headers=headers)
+        elapsed = (time.perf_counter() - started) * 1000
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        return elapsed
+
+    writer = Writer(resources, admin, users, args.rate)
+    writer.start()
+    started = time.monotonic()
+    now = datetime.now(UTC)
+
+    def moment() -> str:
+        then = now - timedelta(seconds=random.uniform(0, args.days * 86400))
+        return then.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    board = "/api/v2/score/leaderboard/?period="
+    cases = {
+        f"leaderboard, {period}": (lambda p=period: f"{board}{p}")
+        for period in ("day", "week", "month", "quarter", "year", "all")
+    }
+    cases["leaderboard, year, rank, page 50"] = lambda: f"{board}year&ranking=rank&offset=1000"
+    cases["own rank, week"] = lambda: (
+        f"/api/v2/score/leaderboard/me?period=week&user_id={random.choice(users)}"
+    )
+    cases["own rank, year, dense_rank"] = lambda: (
+        f"/api/v2/score/leaderboard/me?period=year&ranking=dense_rank"
+        f"&user_id={random.choice(users)}"
+    )
+    cases["balance as of a moment"] = lambda: (
+        f"/api/v2/users/{random.choice(users)}?as_of={moment()}"
+    )
+
+    def month() -> str:
+        then = now - timedelta(days=random.uniform(30, args.days))
+        ends = then + timedelta(days=30)
+        return f"from={then:%Y-%m-%dT%H:%M:%SZ}&to={ends:%Y-%m-%dT%H:%M:%SZ}"
+
+    cases["statement page (30 days)"] = lambda: (
+        f"/api/v2/users/{random.choice(users)}/statement?{month()}&limit=50"
+    )
+    print(f"{'read':<36} {'latency under writes':>36}")
+    for name, url in cases.items():
+        timings = [timed(url()) for _ in range(args.runs)]
+        print(f"{name:<36} {percentiles(timings)}", flush=True)
+
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    peak = rss_before
+    started_export = time.perf_counter()
+    rows = 0
+    response = client.get("/api/v2/export?format=ndjson", headers=headers, buffered=False)
+    for block in response.response:
+        rows += block.count(b"\n")
+        if rows % 65536 < 200:
+            peak = max(peak, process.memory_info().rss)
+    seconds = time.perf_counter() - started_export
+    peak = max(peak, process.memory_info().rss)
+    print(
+        f"export (ndjson, {rows:,} rows)           {rows / seconds:,.0f} rows/s,"
+        f" RSS growth {(peak - rss_before) / 2**20:.1f} MB"
+    )
+    writer.stop.set()
+    writer.join()
+    elapsed = time.monotonic() - started
+    print(f"writes meanwhile: {writer.applied:,} applied in {elapsed:.0f} s"
+          f" ({writer.applied / elapsed:.0f}/s)")  # fmt: skip
+    resources.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The client's history reads against a real stack: boards, own rank, balances as of a
+moment, statement pages as an iterator, and the export as a stream (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tally_client import AsyncClient, Client, StatementPage
+
+from shared.models import Role
+from tests.factories import Factory
+from tests.stack import Stack
+
+pytestmark = pytest.mark.processes
+
+
+def test_the_reads_give_typed_results_and_pages_on_demand(
+    stack: Stack, stack_factory: Factory
+) -> None:
+    admin = stack_factory.caller(Role.ADMIN)
+    mario, luigi = stack_factory.user(), stack_factory.user()
+    with Client(stack.base_url, admin.token) as tally:
+        first = tally.points_adjust(mario.id, 50, reason="a", wait=10)
+        for amount in (10, -5, 20):
+            tally.points_adjust(mario.id, amount, reason="b", wait=10)
+        tally.adjust(luigi.id, 7, comment="c", wait=10)
+        tally.adjust(mario.id, 3, comment="d", wait=10)
+        assert first.completed
+
+        board = tally.leaderboard(period="day", ranking="rank")
+        assert [(row.user_id, row.total_score, row.rank) for row in board.rows] == [
+            (luigi.id, 7, 1), (mario.id, 3, 2),
+        ]  # fmt: skip
+        assert board.count == 2 and board.period.period == "day"
+        mine = tally.own_rank(mario.id, period="week")
+        assert (mine.place.rank, mine.place.total_score, mine.count) == (2, 3, 2)
+
+        points = {s.points_type: s for s in tally.balances(mario.id)}["points"]
+        assert points.balance == 75
+        created = first.body["data"]["transaction"]["created_at"]
+        then = {s.points_type: s for s in tally.balances(mario.id, as_of=created)}["points"]
+        assert (then.balance, then.total_earned) == (50, 50)
+
+        pages = tally.statement(mario.id, page_size=3)
+        page = next(pages)
+        assert isinstance(page, StatementPage)
+        assert [e.amount for e in page.entries] == [50, 10, -5]
+        assert page.closing.balance == 75 and page.totals == {"adjust": (75, 4)}
+        assert [e.amount for e in next(pages).entries] == [20]
+        assert next(pages, None) is None
+
+        lines = b"".join(tally.export()).decode().splitlines()
+        amounts = [json.loads(line)["amount"] for line in lines]
+        assert sorted(amounts) == sorted([50, 10, -5, 20, 7, 3])
+
+    async def read_async() -> tuple[int | None, list[int]]:
+        async with AsyncClient(stack.base_url, admin.token) as tally:
+            mine = await tally.own_rank(luigi.id, period="day")
+            entries = [e.amount async for p in tally.statement(mario.id) for e in p.entries]
+            blocks = [block async for block in tally.export(format="csv")]
+            header = b"".join(blocks).decode().splitlines()[0]
+            assert header.startswith("id,ulid,request_id")
+            return mine.place.rank, entries
+
+    assert asyncio.run(read_async()) == (1, [50, 10, -5, 20])
