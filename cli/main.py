@@ -382,6 +382,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
 from cli.accounts import accounts  # noqa: E402
 from cli.award import award  # noqa: E402
 from cli.batches import batches  # noqa: E402
+from cli.export import export  # noqa: E402
 from cli.operations import reconcile, status  # noqa: E402
 from cli.points import points  # noqa: E402
 from cli.run import run  # noqa: E402
@@ -395,3 +396,4 @@ cli.add_command(batches)
 cli.add_command(reconcile)
 cli.add_command(status)
 cli.add_command(webhooks)
+cli.add_command(export)

@@ -65,3 +65,31 @@ def test_the_reads_give_typed_results_and_pages_on_demand(
             return mine.place.rank, entries
 
     assert asyncio.run(read_async()) == (1, [50, 10, -5, 20])
+
+
+def test_tally_export_writes_the_rows_after_its_cursor_and_counts_them_on_stderr(
+    stack: Stack, stack_factory: Factory
+) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    admin = stack_factory.caller(Role.ADMIN)
+    user = stack_factory.user()
+    with Client(stack.base_url, admin.token) as tally:
+        for amount in (4, 5, 6):
+            tally.points_adjust(user.id, amount, reason="e", wait=10)
+    runner = CliRunner()
+    base = ["export", "--url", stack.base_url, "--token", admin.token]
+    everything = runner.invoke(cli, [*base, "--format", "ndjson"])
+    assert everything.exit_code == 0, everything.output
+    rows = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert [row["amount"] for row in rows] == [4, 5, 6]
+    since = runner.invoke(cli, [*base, "--since", str(rows[0]["id"]), "--format", "csv",
+                                "--progress"])  # fmt: skip
+    assert since.exit_code == 0, since.output
+    table = since.stdout.splitlines()
+    assert table[0].startswith("id,") and len(table) == 3
+    assert "2 rows in" in since.stderr
+    refused = runner.invoke(cli, ["export", "--url", stack.base_url, "--token", "wrong"])
+    assert refused.exit_code == 2

@@ -11,6 +11,7 @@ rank equal the model's, for each ranking.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import defaultdict
@@ -376,3 +377,56 @@ def test_concurrent_requests_for_one_account_never_pass_its_cap(
             session, [account], 10, {POINTS: cap}, at=moment + timedelta(seconds=1)
         )
     assert [o.error_code for o in applied.outcomes] == [None]
+
+
+def test_a_new_time_zone_re_sums_the_tenants_periods_and_keeps_what_counted_to_its_cap(
+    sessions: sessionmaker[Session], own_database: str
+) -> None:
+    """Entries at 20:00 UTC on a Sunday are Monday's in Kolkata: the day and week rows
+    move to the new calendar, reconcile agrees, and `capped` stays with its day."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    factory = Factory(sessions)
+    caller = factory.caller(Role.MODERATOR)
+    principal = Principal(caller.user_id, caller.tenant_id, caller.username, "", Role.MODERATOR)
+    user = factory.user().id
+    sunday_evening = datetime(2026, 5, 31, 20, 0, tzinfo=UTC)
+    saturday_noon = datetime(2026, 5, 30, 12, 0, tzinfo=UTC)
+    for moment, amount in ((saturday_noon, 40), (sunday_evening, 25)):
+        with transaction(sessions) as session:
+            recorded = submit(
+                session.connection(), principal, UserRef("user_id", user_id=user),
+                Adjustment(user_id=user, points_type=POINTS, amount=amount, comment="x"),
+                DEFAULT_POINTS_TYPES[POINTS], None,
+            )  # fmt: skip
+        with transaction(sessions) as session:
+            apply_pending(session, [recorded.account_id], 10, {POINTS: Cap(1000)}, at=moment)
+
+    def days() -> dict[tuple[str, date], tuple[int, int]]:
+        with sessions() as session:
+            rows = session.execute(
+                text("SELECT period, starts, total, capped FROM period_totals"
+                     " WHERE tenant_id = :t AND period IN ('day', 'week')"),
+                {"t": caller.tenant_id},
+            )  # fmt: skip
+            return {(r.period, r.starts): (r.total, r.capped) for r in rows}
+
+    assert days() == {
+        ("day", date(2026, 5, 30)): (40, 40), ("day", date(2026, 5, 31)): (25, 25),
+        ("week", date(2026, 5, 25)): (65, 65),
+    }  # fmt: skip
+    runner = CliRunner(env={"TALLY_DATABASE_URL": own_database})
+    result = runner.invoke(cli, ["tenants", "time-zone", caller.tenant_id, "Asia/Kolkata",
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["time_zone"] == "Asia/Kolkata"
+    assert days() == {
+        ("day", date(2026, 5, 30)): (40, 40), ("day", date(2026, 6, 1)): (25, 0),
+        ("week", date(2026, 5, 25)): (40, 65), ("week", date(2026, 6, 1)): (25, 0),
+    }  # fmt: skip
+    with sessions() as session:
+        assert reconcile(session).violations == []
+    unknown = runner.invoke(cli, ["tenants", "time-zone", caller.tenant_id, "Mars/Olympus"])
+    assert unknown.exit_code == 2 and "Mars/Olympus" in unknown.output
