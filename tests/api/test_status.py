@@ -32,6 +32,7 @@ def test_respond_async_answers_202_and_the_status_reaches_completed(
         "started_at",
         "completed_at",
         "batch_id",
+        "cut",
         "score",
     }
     assert status["idempotency_key"] == "async-1"

@@ -159,6 +159,18 @@ def leaderboard(world: World) -> None:
     assert _get(world, "/api/v2/score/leaderboard/").json["count"] == 0
 
 
+def own_rank(world: World) -> None:
+    for period in ("all", "week"):
+        _alike(
+            _get(world, "/api/v2/score/leaderboard/me", user_id=world.their_user.id,
+                 period=period),
+            _get(world, "/api/v2/score/leaderboard/me", user_id=MISSING_ID, period=period),
+        )  # fmt: skip
+    # A's admin has no entry, and B's entries make no board of A's.
+    mine = _get(world, "/api/v2/score/leaderboard/me", period="year").json
+    assert (mine["rank"], mine["count"]) == (None, 0)
+
+
 def reputation_types(world: World) -> None:
     # The same fixed list for every tenant: nothing of B's to leak.
     assert _get(world, "/api/v2/score/reputation_types/").json == (
@@ -237,6 +249,25 @@ def points_adjust(world: World) -> None:
 def points_accounts(world: World) -> None:
     for theirs in (world.their_user.external_id, str(world.their_user.id)):
         _alike(_get(world, f"/admin/points/{theirs}"), _get(world, f"/admin/points/{MISSING_NAME}"))
+        _alike(
+            _get(world, f"/admin/points/{theirs}", as_of="2030-01-01T00:00:00Z"),
+            _get(world, f"/admin/points/{MISSING_NAME}", as_of="2030-01-01T00:00:00Z"),
+        )
+
+
+def points_statement(world: World) -> None:
+    for theirs in (world.their_user.external_id, str(world.their_user.id)):
+        _alike(
+            _get(world, f"/admin/points/{theirs}/statement"),
+            _get(world, f"/admin/points/{MISSING_NAME}/statement"),
+        )
+
+
+def export(world: World) -> None:
+    """A's export holds none of B's entries or requests (A has none)."""
+    for kind in ("entries", "requests"):
+        response = _get(world, "/api/v2/export", kind=kind, format="ndjson")
+        assert response.status_code == 200 and response.get_data() == b""
 
 
 def points_transactions(world: World) -> None:
@@ -337,6 +368,17 @@ def users_read(world: World) -> None:
     _alike(
         _get(world, f"/api/v2/users/{world.their_user.id}"),
         _get(world, f"/api/v2/users/{MISSING_ID}"),
+    )
+    _alike(
+        _get(world, f"/api/v2/users/{world.their_user.id}", as_of="2030-01-01T00:00:00Z"),
+        _get(world, f"/api/v2/users/{MISSING_ID}", as_of="2030-01-01T00:00:00Z"),
+    )
+
+
+def users_statement(world: World) -> None:
+    _alike(
+        _get(world, f"/api/v2/users/{world.their_user.id}/statement"),
+        _get(world, f"/api/v2/users/{MISSING_ID}/statement"),
     )
 
 
@@ -441,6 +483,10 @@ CASES: dict[str, Callable[[World], None]] = {
     "score.create_score": score_create,
     "score_reads.list_score": score_list,
     "score_reads.score_leaderboard": leaderboard,
+    "score_reads.own_rank_on_board": own_rank,
+    "points.account_statement": points_statement,
+    "users.reputation_statement": users_statement,
+    "history.export_rows": export,
     "score_reads.reputation_types": reputation_types,
     "score.request_status": request_status,
     "score.request_by_key": request_by_key,
