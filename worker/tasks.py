@@ -32,7 +32,9 @@ from shared.platform.metrics import (
     RELAY_RUNS,
     TASK_RETRIES,
 )
+from shared.platform.statistics import analyze_stale
 from worker.app import (
+    ANALYZE_TASK,
     DELIVER_WEBHOOKS_TASK,
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
@@ -230,6 +232,17 @@ def prune_old_events(self: Task) -> int:
         pruned = prune_events(session, app.resources.settings.events_retention_days)
         prune_deliveries(session)
         return pruned
+
+
+@shared_task(name=ANALYZE_TASK, bind=True, acks_late=True)
+def analyze_stale_tables(self: Task) -> list[str]:
+    """ANALYZE the tables whose statistics a load made stale (shared.platform.statistics)."""
+    engine = _app(self).resources.engine
+    with engine.connect() as connection:
+        analyzed = analyze_stale(connection.execution_options(isolation_level="AUTOCOMMIT"))
+    if analyzed:
+        log.info("analyzed %s", ", ".join(analyzed))
+    return analyzed
 
 
 @worker_process_init.connect

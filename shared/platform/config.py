@@ -81,6 +81,10 @@ class Settings:
     # The per-account Redis lock: its TTL and how long a task waits to take it.
     lock_ttl: float = 30.0
     lock_wait: float = 10.0
+    # How often beat has the tables whose rows changed by a tenth since their last ANALYZE
+    # analyzed (shared.platform.statistics), for databases where autovacuum does not or
+    # runs behind a bulk load; 0: never.
+    analyze_interval: float = 60.0
     # How many pending requests one account transaction applies at most.
     apply_chunk: int = 5000
     max_amount: int = 1_000_000_000
