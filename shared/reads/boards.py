@@ -55,15 +55,17 @@ class Window:
     ends: datetime | None
 
 
-# The period `at` falls in, in the tenant's time zone, and its bounds.
+# The period `at` (default now) falls in, in the tenant's time zone: its first local
+# moment, and its bounds as moments.
 WINDOW = text("""
-    SELECT date_trunc(:period, CAST(:at AS timestamptz) AT TIME ZONE t.time_zone) AS local,
-           t.time_zone
-    FROM tenants t WHERE t.id = :tenant
-""")
-BOUNDS = text("""
-    SELECT CAST(:local AS timestamp) AT TIME ZONE :zone AS begins,
-           (CAST(:local AS timestamp) + CAST(:length AS interval)) AT TIME ZONE :zone AS ends
+    SELECT local, local AT TIME ZONE zone AS begins,
+           (local + CAST(:length AS interval)) AT TIME ZONE zone AS ends
+    FROM (
+        SELECT date_trunc(:period, COALESCE(CAST(:at AS timestamptz), now())
+                                   AT TIME ZONE t.time_zone) AS local,
+               t.time_zone AS zone
+        FROM tenants t WHERE t.id = :tenant
+    ) tenant
 """)
 
 
@@ -72,12 +74,11 @@ def window(session: Session, tenant_id: str, period: str, at: datetime | None) -
     kind = Period(period)
     if kind == Period.ALL:
         return Window(kind, ALL_TIME, None, None)
-    moment = at or session.scalar(select(func.now()))
-    row = session.execute(WINDOW, {"period": period, "at": moment, "tenant": tenant_id}).one()
-    bounds = session.execute(
-        BOUNDS, {"local": row.local, "zone": row.time_zone, "length": PERIOD_LENGTHS[kind]}
+    row = session.execute(
+        WINDOW,
+        {"period": period, "at": at, "tenant": tenant_id, "length": PERIOD_LENGTHS[kind]},
     ).one()
-    return Window(kind, row.local.date(), bounds.begins, bounds.ends)
+    return Window(kind, row.local.date(), row.begins, row.ends)
 
 
 class Kind(Enum):

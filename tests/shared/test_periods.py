@@ -45,7 +45,7 @@ from shared.reads.boards import leaderboard, own_rank
 from shared.reads.query_params import LeaderboardQuery, OwnRankQuery
 from tests.factories import Factory
 
-EXAMPLES = int(os.environ.get("TALLY_MODEL_EXAMPLES", "120")) // 2
+EXAMPLES = int(os.environ.get("TALLY_MODEL_EXAMPLES", "120")) // 4
 SHRINK = os.environ.get("TALLY_MODEL_SHRINK", "") == "1"
 POINTS = "reputation"
 EXEMPT = "answer|accepted"
@@ -83,6 +83,7 @@ class ModelEntry:
     amount: int
     reversal: bool
     at: datetime
+    context: str = ""
 
 
 @dataclass
@@ -220,7 +221,7 @@ class PeriodMachine(RuleBasedStateMachine):
         if request.reverses is None:
             self.applied[request.request_id] = (request.user, amount)
         self.entries.append(ModelEntry(request.user, amount, request.reverses is not None,
-                                       self.clock))  # fmt: skip
+                                       self.clock, request.context))  # fmt: skip
         return "completed", cut
 
     def _model_totals(self, period: str, kind: str) -> dict[int, int]:
@@ -232,6 +233,8 @@ class PeriodMachine(RuleBasedStateMachine):
             if (kind == "manual" and entry.reversal) or (
                 kind == "reversals" and not entry.reversal
             ):
+                continue
+            if kind == "votes" and not entry.context.startswith("vote|"):
                 continue
             totals[entry.user] = totals.get(entry.user, 0) + entry.amount
         return totals
@@ -274,6 +277,8 @@ class PeriodMachine(RuleBasedStateMachine):
                     ("all", {}),
                     ("manual", {"exclude_reset": True}),
                     ("reversals", {"reputation_type": 11}),
+                    # A text filter: summed from the entries between the period's bounds.
+                    ("votes", {"reputation_context": "vote"}),
                 ):
                     ranking = ("row_number", "rank", "dense_rank")[len(self.entries) % 3]
                     query = LeaderboardQuery(
