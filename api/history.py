@@ -115,6 +115,7 @@ MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8
     summary="Stream a tenant's ledger entries (or requests) as NDJSON or CSV, resumable",
     tag="history",
     query=ExportQuery,
+    streams=tuple(MEDIA_TYPES.values()),
     responses={
         200: ("The rows in id order: `after` with the last id read resumes", None),
         400: ("A malformed parameter", schemas.Problem),

@@ -61,6 +61,8 @@ class Contract:
     tag: str = "score"
     error_model: type[BaseModel] = ProblemModel
     error_type: str = PROBLEM
+    # The media types of a 200 streamed as text rather than a JSON model.
+    streams: tuple[str, ...] = ()
 
 
 def documented(**contract: Any) -> Callable[[F], F]:
@@ -123,6 +125,10 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
     for status, (description, model) in contract.responses.items():
         if model is None:
             responses[str(status)] = {"description": description}
+            if status == 200 and contract.streams:
+                responses["200"]["content"] = {
+                    media: {"schema": {"type": "string"}} for media in contract.streams
+                }
             continue
         media = contract.error_type if issubclass(model, contract.error_model) else JSON
         responses[str(status)] = {
