@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test soak chaos-webhooks tools lint typecheck bench clean
+.PHONY: install lock run test soak chaos-webhooks tools lint typecheck bench bench-reads clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -29,10 +29,10 @@ run: $(STAMP)
 test: $(STAMP) tools
 	$(BIN)/pytest $(ARGS)
 
-## soak: the points model test at length (tests/shared/test_points_model.py), shrinking what it finds
+## soak: the model tests at length (points, periods and caps), shrinking what they find
 soak: $(STAMP)
 	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
-		$(BIN)/pytest --timeout=0 tests/shared/test_points_model.py $(ARGS)
+		$(BIN)/pytest --timeout=0 tests/shared/test_points_model.py tests/shared/test_periods.py $(ARGS)
 
 ## chaos-webhooks: the webhook chaos test with the receiver down a full minute (CI: 20 s)
 chaos-webhooks: $(STAMP)
@@ -41,6 +41,10 @@ chaos-webhooks: $(STAMP)
 ## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
 bench: $(STAMP) tools
 	$(BIN)/python bench/adjustments.py $(ARGS)
+
+## bench-reads: history reads at 10M entries while adjustments flow (TALLY_DATABASE_URL, a migrated database)
+bench-reads: $(STAMP)
+	$(BIN)/python bench/reads.py $(ARGS)
 
 # Debian packages, as command:package: docker-compose validates the compose file, wrk
 # drives `make bench`, promtool (package prometheus) checks monitoring/. Without their

@@ -25,10 +25,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psutil
+from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
 from api import create_app
-from bench.read_latency import TENANT, fill
 from shared.intake.adjustments import Adjustment, submit
 from shared.intake.auth import Principal, create_token
 from shared.intake.validation import UserRef
