@@ -341,3 +341,44 @@ def test_error_reports_list_the_first_thousand_errors_and_count_them_all(
     assert response.status_code == 400
     assert response.json["error_count"] == 2500
     assert len(response.json["errors_by_item"]) == len(response.json["errors"]) == 1000
+
+
+def test_a_batchs_entries_are_on_the_period_boards_as_a_group_by_sums_them(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None, sessions
+) -> None:
+    """Bulk items are applied in chunks over many accounts: each period's board is what a
+    GROUP BY over the tenant's entries gives, and its totals pass reconcile's check."""
+    from sqlalchemy import text
+
+    from shared.ledger.periods import SUMS
+
+    users = [factory.user() for _ in range(5)]
+    items = [{"user_id": users[n % 5].id, "score": (n % 7) - 2 or 9, "comment": f"i{n}"}
+             for n in range(60)]  # fmt: skip
+    headers = moderator.headers | {"Idempotency-Key": "bulk-periods"}
+    accepted = client.post("/api/v2/score/bulk", json={"items": items}, headers=headers)
+    assert accepted.status_code == 202, accepted.json
+    _wait_batch(client, moderator, accepted.headers["Location"])
+    with sessions() as session:
+        grouped = dict(
+            session.execute(
+                text("SELECT a.user_id, sum(e.amount) FROM ledger_entries e"
+                     " JOIN accounts a ON a.id = e.account_id WHERE e.tenant_id = :t"
+                     " GROUP BY a.user_id"),
+                {"t": moderator.tenant_id},
+            ).all()
+        )  # fmt: skip
+        summed = session.execute(
+            text(f"SELECT count(*) FROM ({SUMS}) s FULL JOIN period_totals t"
+                 " ON t.account_id = s.account_id AND t.period = s.period"
+                 " AND t.starts = s.starts"
+                 " WHERE (s.tenant_id = :tenant OR t.tenant_id = :tenant)"
+                 " AND (s.total IS DISTINCT FROM t.total"
+                 "      OR s.entries IS DISTINCT FROM t.entries)"),
+            {"tenant": moderator.tenant_id},
+        ).scalar()  # fmt: skip
+    assert summed == 0
+    for period in ("day", "week", "month", "quarter", "year", "all"):
+        board = client.get("/api/v2/score/leaderboard/", headers=moderator.headers,
+                           query_string={"period": period, "limit": 10}).json  # fmt: skip
+        assert {row["user_id"]: row["total_score"] for row in board["results"]} == grouped
