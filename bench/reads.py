@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psutil
+from common import calibration_ms  # bench/common.py, beside this script
 from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
@@ -36,15 +37,6 @@ from shared.ledger.apply import apply_pending
 from shared.models import Role, User
 from shared.platform.config import DEFAULT_POINTS_TYPES, load_settings
 from shared.platform.resources import Resources
-
-
-def calibration() -> float:
-    """Milliseconds for a fixed CPU loop: compare figures of two days by it."""
-    started = time.perf_counter()
-    total = 0
-    for number in range(3_000_000):
-        total += number % 7
-    return (time.perf_counter() - started) * 1000
 
 
 class Writer(threading.Thread):
@@ -103,7 +95,7 @@ def main() -> None:
         _, token = create_token(session, admin, "bench")
         users = list(session.scalars(text(
             "SELECT user_id FROM accounts WHERE tenant_id = 'bench'")))  # fmt: skip
-    print(f"calibration: a fixed CPU loop took {calibration():.0f} ms")
+    print(f"calibration: a fixed CPU loop took {calibration_ms()} ms (bench/common.py)")
 
     client = create_app(settings).test_client()
     headers = {"Authorization": f"Bearer {token}"}
