@@ -4,12 +4,14 @@ Single adjustments, bulk batches, reversals, holds, expiries and the relay all c
 through `apply_pending`. It works set-based so that one transaction applies
 thousands of requests: the accounts are locked in id order; the chunk's requests
 are read narrow (id, account, operation, amount, flags), with the lots, holds and
-reversed entries they touch when there are any, and Python walks them once, with
-the points rules of `shared.ledger.points` (docs/points.md), to decide each one and chain
-the balances; then one statement writes every ledger row (copying the wide columns
-from the request rows inside PostgreSQL) and marks those requests completed, and one
-statement each marks the rejected, updates the accounts, writes the lots, their
-moves and the holds, and adds to the batches' counts.
+reversed entries they touch when there are any (and what the capped accounts have
+counted towards their caps), and Python walks them once, with the points rules of
+`shared.ledger.points` (docs/points.md) and the caps (docs/periods.md), to decide each
+one and chain the balances; then one statement writes every ledger row (copying the
+wide columns from the request rows inside PostgreSQL), marks those requests completed
+and adds the entries to their accounts' period totals, and one statement each marks
+the rejected, updates the accounts, writes the lots, their moves and the holds, and
+adds to the batches' counts.
 """
 
 from __future__ import annotations
