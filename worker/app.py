@@ -23,9 +23,9 @@ TIME_OUT_HOLDS_TASK = "tally.time_out_holds"
 WARN_EXPIRING_TASK = "tally.warn_expiring"
 PRUNE_EVENTS_TASK = "tally.prune_events"
 DELIVER_WEBHOOKS_TASK = "tally.deliver_webhooks"
-ANALYZE_TASK = "tally.analyze_stale"
+MAINTAIN_TASK = "tally.maintain_tables"
 # The tasks beat starts; they run on the relay lane, never behind single adjustments.
-SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK, ANALYZE_TASK)
+SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK, MAINTAIN_TASK)
 # The event log's tasks (docs/events.md) on the events lane, whose workers also run the
 # pump (worker.pump); webhook deliveries on a lane of their own.
 EVENTS_TASKS = (WARN_EXPIRING_TASK, PRUNE_EVENTS_TASK)
@@ -138,8 +138,8 @@ def make_celery(settings: Settings) -> TallyCelery:
             "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
             **(
                 {
-                    "analyze-stale": {
-                        "task": ANALYZE_TASK,
+                    "maintain-tables": {
+                        "task": MAINTAIN_TASK,
                         "schedule": timedelta(seconds=settings.analyze_interval),
                     }
                 }

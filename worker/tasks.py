@@ -32,12 +32,12 @@ from shared.platform.metrics import (
     RELAY_RUNS,
     TASK_RETRIES,
 )
-from shared.platform.statistics import analyze_stale
+from shared.platform.statistics import maintain
 from worker.app import (
-    ANALYZE_TASK,
     DELIVER_WEBHOOKS_TASK,
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
+    MAINTAIN_TASK,
     PRUNE_EVENTS_TASK,
     RELAY_OUTBOX_TASK,
     TIME_OUT_HOLDS_TASK,
@@ -234,15 +234,16 @@ def prune_old_events(self: Task) -> int:
         return pruned
 
 
-@shared_task(name=ANALYZE_TASK, bind=True, acks_late=True)
-def analyze_stale_tables(self: Task) -> list[str]:
-    """ANALYZE the tables whose statistics a load made stale (shared.platform.statistics)."""
+@shared_task(name=MAINTAIN_TASK, bind=True, acks_late=True)
+def maintain_tables(self: Task) -> list[str]:
+    """ANALYZE the tables whose statistics the writes made stale, VACUUM the period totals
+    once many of their rows are dead (shared.platform.statistics)."""
     engine = _app(self).resources.engine
     with engine.connect() as connection:
-        analyzed = analyze_stale(connection.execution_options(isolation_level="AUTOCOMMIT"))
-    if analyzed:
-        log.info("analyzed %s", ", ".join(analyzed))
-    return analyzed
+        done = maintain(connection.execution_options(isolation_level="AUTOCOMMIT"))
+    if done:
+        log.info("table maintenance: %s", ", ".join(done))
+    return done
 
 
 @worker_process_init.connect
