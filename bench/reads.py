@@ -41,7 +41,6 @@ from shared.platform.config import DEFAULT_POINTS_TYPES, load_settings
 from shared.platform.resources import Resources
 from shared.platform.statistics import maintain
 
-
 # TALLY_ANALYZE_INTERVAL's default: how often beat has the tables maintained.
 MAINTENANCE_SECONDS = 60.0
 
