@@ -82,7 +82,7 @@ class Settings:
     lock_ttl: float = 30.0
     lock_wait: float = 10.0
     # How often beat has the tables whose rows changed by a tenth since their last ANALYZE
-    # analyzed, and the period totals vacuumed once a twentieth of their rows are dead
+    # analyzed, and the period totals vacuumed once a hundredth of their rows are dead
     # (shared.platform.statistics), for databases where autovacuum does not or runs
     # behind the writes; 0: never.
     analyze_interval: float = 60.0

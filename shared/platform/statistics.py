@@ -8,7 +8,7 @@ still small: sequential scans and nested loops that cost seconds on millions of 
 more than autovacuum's default threshold (50 rows plus a tenth of the table) since its
 last analyze, by anyone.
 
-It also vacuums `period_totals` once a twentieth of its rows are dead: every entry
+It also vacuums `period_totals` once a hundredth of its rows are dead: every entry
 updates six of its rows, and the boards count them with index-only scans, which must
 visit the table for every row of a page the visibility map does not mark all-visible
 (on ten million entries, a year's board counted in 640 ms before a vacuum and 22 ms
@@ -44,7 +44,7 @@ STALE = text("""
 DEAD = text("""
     SELECT relname FROM pg_stat_user_tables
     WHERE schemaname = current_schema() AND relname = ANY(:tables)
-      AND n_dead_tup > 1000 + 0.05 * n_live_tup
+      AND n_dead_tup > 1000 + 0.01 * n_live_tup
     ORDER BY relname
 """)
 

@@ -145,7 +145,11 @@ def _board_of_totals(
     if kind == Kind.NONE:
         conditions.append(literal(False))
     if user_id is not None:
-        conditions.append(PeriodTotal.user_id == user_id)
+        # By the user's account: the primary key finds its row in any period.
+        account = select(Account.id).where(
+            Account.user_id == user_id, Account.points_type == points_type
+        )
+        conditions.append(PeriodTotal.account_id == account.scalar_subquery())
     rows = select(PeriodTotal.user_id, score.label("score")).where(*conditions)
     return Board(rows, score, PeriodTotal.user_id)
 
@@ -261,7 +265,8 @@ def own_rank(
     the period: counted, never ranked row by row."""
     found, span = board(session, tenant_id, points_type, query, None)
     rows = found.rows.subquery()
-    mine = session.execute(select(rows.c.score).where(rows.c.user_id == user_id)).one_or_none()
+    own, _ = board(session, tenant_id, points_type, query, user_id)
+    mine = session.execute(own.rows).one_or_none()
     count = session.scalar(select(func.count()).select_from(rows)) or 0
     if mine is None:
         return None, count, span
