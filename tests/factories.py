@@ -70,16 +70,17 @@ class Factory:
         return Caller(user.id, user.username, self.tenant_id, token)
 
 
-def ledger_of(session: Session, user_id: int) -> list[LedgerEntry]:
-    """The user's ledger entries (default points type), in order."""
-    return list(
-        session.scalars(
-            select(LedgerEntry)
-            .join(Account, Account.id == LedgerEntry.account_id)
-            .where(Account.user_id == user_id)
-            .order_by(LedgerEntry.id)
-        )
+def ledger_of(session: Session, user_id: int, points_type: str | None = None) -> list[LedgerEntry]:
+    """The user's ledger entries (of every points type, or of one), in order."""
+    query = (
+        select(LedgerEntry)
+        .join(Account, Account.id == LedgerEntry.account_id)
+        .where(Account.user_id == user_id)
+        .order_by(LedgerEntry.id)
     )
+    if points_type is not None:
+        query = query.where(LedgerEntry.points_type == points_type)
+    return list(session.scalars(query))
 
 
 def count_rows(session: Session, tenant_id: str) -> tuple[int, int]:

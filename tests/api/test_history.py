@@ -49,7 +49,7 @@ def test_as_of_equals_replaying_the_entries_up_to_that_moment(
     for amount in (50, -20, 7, 100, -37):
         award(admin, points(user, amount))
     with sessions() as session:
-        entries = [e for e in ledger_of_type(session, user.id, "points")]
+        entries = ledger_of(session, user.id, "points")
     assert len(entries) == 5
     url = f"/admin/points/{user.id}"
     before_all = _get(client, admin, url, as_of=format_timestamp(entries[0].created_at - MICRO))
@@ -67,25 +67,6 @@ def test_as_of_equals_replaying_the_entries_up_to_that_moment(
 
     community = _get(client, admin, f"/api/v2/users/{user.id}")
     assert community["reputation"] == 0 and "as_of" not in community
-
-
-def ledger_of_type(session: Session, user_id: int, points_type: str) -> list[Any]:
-    return [e for e in ledger_of_all(session, user_id) if e.points_type == points_type]
-
-
-def ledger_of_all(session: Session, user_id: int) -> list[Any]:
-    from sqlalchemy import select
-
-    from shared.models import Account, LedgerEntry
-
-    return list(
-        session.scalars(
-            select(LedgerEntry)
-            .join(Account, Account.id == LedgerEntry.account_id)
-            .where(Account.user_id == user_id)
-            .order_by(LedgerEntry.id)
-        )
-    )
 
 
 def test_reputation_as_of_on_the_community_user(
@@ -114,7 +95,7 @@ def test_a_statement_opens_closes_sums_by_type_and_pages_its_entries(
     for amount in (40, 60, -25, 10, -5, 30):
         award(admin, points(user, amount))
     with sessions() as session:
-        entries = ledger_of_type(session, user.id, "points")
+        entries = ledger_of(session, user.id, "points")
     begins, ends = entries[1].created_at, entries[5].created_at  # [second, sixth)
     url = f"/admin/points/{user.id}/statement"
     params = {"from": format_timestamp(begins), "to": format_timestamp(ends), "limit": 3}
