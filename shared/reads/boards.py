@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from shared.models import Account, LedgerEntry, Period, PeriodTotal, ReputationType, User
-from shared.reads.ledger_reads import context_matches, entry_conditions
+from shared.reads.ledger_reads import account_of, context_matches, entry_conditions
 from shared.reads.query_params import BoardQuery, LeaderboardQuery, PageQuery, Ranking
 
 # The first day of the all-time period.
@@ -146,10 +146,9 @@ def _board_of_totals(
         conditions.append(literal(False))
     if user_id is not None:
         # By the user's account: the primary key finds its row in any period.
-        account = select(Account.id).where(
-            Account.user_id == user_id, Account.points_type == points_type
+        conditions.append(
+            PeriodTotal.account_id == account_of(Account.user_id == user_id, points_type)
         )
-        conditions.append(PeriodTotal.account_id == account.scalar_subquery())
     rows = select(PeriodTotal.user_id, score.label("score")).where(*conditions)
     return Board(rows, score, PeriodTotal.user_id)
 

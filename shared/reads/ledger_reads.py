@@ -64,7 +64,7 @@ def context_matches(context: str) -> ColumnElement[bool]:
     )
 
 
-def _account_of(user: ColumnElement[bool], points_type: str) -> ScalarSelect[str]:
+def account_of(user: ColumnElement[bool], points_type: str) -> ScalarSelect[str]:
     """The id of the user's account of `points_type` (one at most: they are unique)."""
     return select(Account.id).where(user, Account.points_type == points_type).scalar_subquery()
 
@@ -76,7 +76,7 @@ def entry_conditions(
     conditions = [LedgerEntry.tenant_id == tenant_id, LedgerEntry.points_type == points_type]
     if user_id is not None:
         conditions.append(
-            LedgerEntry.account_id == _account_of(Account.user_id == user_id, points_type)
+            LedgerEntry.account_id == account_of(Account.user_id == user_id, points_type)
         )
     if search is not None:
         pattern = f"%{like_escape(search)}%"
@@ -98,7 +98,7 @@ def _list_conditions(
         named = select(User.id).where(User.tenant_id == tenant_id, User.username == query.username)
         conditions.append(
             LedgerEntry.account_id
-            == _account_of(Account.user_id == named.scalar_subquery(), points_type)
+            == account_of(Account.user_id == named.scalar_subquery(), points_type)
         )
     if query.reputation_context is not None:
         conditions.append(context_matches(query.reputation_context))
