@@ -46,7 +46,6 @@ from shared.intake.validation import FieldError, InvalidInput, validate_idempote
 from shared.models import AdjustmentRequest, Batch
 from shared.platform.metrics import ADJUSTMENTS_ACCEPTED
 from shared.reads.query_params import PageQuery
-from worker.app import MAINTAIN_TASK
 
 bp = Blueprint("bulk", __name__, url_prefix="/api/v2/score")
 
@@ -91,20 +90,12 @@ def _store(key: str, batch: Validated) -> Stored:
     return stored
 
 
-# A batch this large has its tables' statistics refreshed at once (shared.platform.statistics).
-LARGE_BATCH = 10_000
-
-
 def _publish(stored: Stored) -> None:
     if not stored.created:
         return
     ADJUSTMENTS_ACCEPTED.inc(stored.total)
     try:
         publisher().dispatchers[Lane.BULK].notify(stored.account_ids)
-        if stored.total >= LARGE_BATCH and resources().settings.analyze_interval > 0:
-            # Its rows may be most of the requests table: the planner should know of
-            # them before most of its chunks are applied, not at beat's next round.
-            publisher().send_task(MAINTAIN_TASK)
     except Exception:  # redis-py and kombu raise many kinds; the relay hands them on later
         current_app.logger.warning("dispatching batch %s failed; relay will retry", stored.batch_id)
 

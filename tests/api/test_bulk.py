@@ -6,7 +6,6 @@ import json
 import threading
 import time
 from collections import defaultdict
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -383,28 +382,3 @@ def test_a_batchs_entries_are_on_the_period_boards_as_a_group_by_sums_them(
         board = client.get("/api/v2/score/leaderboard/", headers=moderator.headers,
                            query_string={"period": period, "limit": 10}).json  # fmt: skip
         assert {row["user_id"]: row["total_score"] for row in board["results"]} == grouped
-
-
-def test_a_large_batch_asks_for_the_table_maintenance_at_once(
-    client: FlaskClient, factory: Factory, moderator: Caller, celery_app, monkeypatch
-) -> None:
-    """Beat's next round may come after the batch is applied: a large one asks now."""
-    import api.bulk
-    from worker.app import MAINTAIN_TASK
-
-    sent: list[str] = []
-    send_task = celery_app.send_task
-
-    def spy(name: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(name)
-        return send_task(name, *args, **kwargs)
-
-    monkeypatch.setattr(api.bulk, "LARGE_BATCH", 3)
-    monkeypatch.setattr(celery_app, "send_task", spy)
-    user = factory.user()
-    for size, key in ((2, "small-batch"), (3, "large-batch")):
-        items = [{"user_id": user.id, "score": 1, "comment": f"{key}-{n}"} for n in range(size)]
-        headers = moderator.headers | {"Idempotency-Key": key}
-        response = client.post("/api/v2/score/bulk", json={"items": items}, headers=headers)
-        assert response.status_code == 202, response.json
-        assert sent.count(MAINTAIN_TASK) == (1 if size == 3 else 0)
