@@ -27,6 +27,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from urllib.parse import urljoin
 
 import psutil
 import requests
@@ -160,7 +161,8 @@ def scenario(
     accepted = time.perf_counter()
     cpu_accepted = cpu_seconds()
     assert response.status_code == 202, response.text[:500]
-    location = response.headers["Location"]
+    # Relative unless TALLY_PUBLIC_URL is set (RFC 9110 allows either).
+    location = urljoin(url + "/", response.headers["Location"])
     with requests.Session() as http:
         http.headers["Authorization"] = f"Bearer {token}"
         while (status := http.get(location, timeout=30).json())["status"] not in FINAL:
