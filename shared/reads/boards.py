@@ -239,8 +239,11 @@ def _page(
     # Ranked in the board's order, so that the window and the limit read only the rows up
     # to the page's end; users are joined for the page's rows only.
     order = (found.score.desc(), found.user_id.asc())
+    # row_number numbers ties in the board's order (by user id); rank and dense_rank
+    # give ties one place, so they order by the score alone.
+    window = order if ranking == "row_number" else (found.score.desc(),)
     ranked = (
-        found.rows.add_columns(RANKINGS[ranking]().over(order_by=found.score.desc()).label("place"))
+        found.rows.add_columns(RANKINGS[ranking]().over(order_by=window).label("place"))
         .order_by(*order)
         .limit(page.limit)
         .offset(page.offset)
