@@ -23,8 +23,9 @@ from typing import Any
 import click
 from tally_client import BatchStatus, Client, TallyError, Unreachable
 
-from cli import remote
-from shared.intake.bulk_bodies import CSV_COLUMNS, BatchInvalid, ItemError, csv_records
+from cli import csv_files, remote
+from cli.common import ExitCode, Failure, ServerUnreachable, emit, json_option, plural
+from shared.intake.bulk_bodies import CSV_COLUMNS
 from shared.platform.config import load_settings
 
 POLL_SECONDS = 0.2
@@ -61,27 +62,14 @@ class Chunk:
 
 
 def _rows(path: Path, name: str, context: str | None) -> Iterator[Row]:
-    """Every row that holds data, as a bulk item with its own key (BatchInvalid if the file
-    is not CSV, or a row has not the import's five columns)."""
-    with path.open(encoding="utf-8-sig", newline="") as stream:
-        for number, cells in csv_records(stream):
-            if len(cells) != len(CSV_COLUMNS):
-                delimiter = _other_delimiter(cells)
-                hint = f" (is the file delimited by {delimiter!r}?)" if delimiter else ""
-                message = f"expected {len(CSV_COLUMNS)} columns{hint}"
-                raise BatchInvalid([ItemError(number, "row", "columns", message)])
-            values = dict(zip(CSV_COLUMNS, (cell.strip() for cell in cells), strict=True))
-            if context and not values["context"]:
-                values["context"] = context
-            item = {ITEM_FIELDS[column]: value for column, value in values.items() if value}
-            item["idempotency_key"] = f"{name}:row-{number}"
-            yield Row(number, values["username"], item)
-
-
-def _other_delimiter(cells: list[str]) -> str | None:
-    joined = ",".join(cells)
-    found = [d for d in (";", "\t", "|") if joined.count(d) >= len(CSV_COLUMNS) - 1]
-    return found[0] if found else None
+    """Every row that holds data, as a bulk item with its own key (UnreadableFile if the
+    file is not CSV of the import's five columns)."""
+    for number, values in csv_files.rows(path, CSV_COLUMNS, "username", header=False):
+        if context and not values["context"]:
+            values["context"] = context
+        item = {ITEM_FIELDS[column]: value for column, value in values.items() if value}
+        item["idempotency_key"] = f"{name}:row-{number}"
+        yield Row(number, values["username"], item)
 
 
 def chunks(path: Path, size: int, name: str, context: str | None) -> Iterator[Chunk]:
@@ -106,9 +94,17 @@ def _chunk(name: str, rows: list[Row]) -> Chunk:
 class Refused(Exception):
     """The server refused a batch (or could not be reached): nothing more is sent."""
 
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
 
 class Unfollowed(Exception):
     """The batches sent could not be followed to the end (unreachable, or no progress)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def _refused(chunk: Chunk, error: TallyError) -> Refused:
@@ -126,7 +122,7 @@ def _submit(client: Client, chunk: Chunk) -> BatchStatus:
         return client.bulk([row.item for row in chunk.rows], key=chunk.key,
                            timeout=UPLOAD_TIMEOUT)  # fmt: skip
     except Unreachable as error:
-        raise Refused(f"could not send {chunk.span}: {error}") from None
+        raise Refused(f"could not send {chunk.span}: {error}", unreachable=True) from None
     except TallyError as error:
         raise _refused(chunk, error) from None
 
@@ -163,7 +159,8 @@ class Follower:
                 if not status.final:
                     self.statuses[batch_id] = self.client.batch(batch_id)
         except TallyError as error:
-            raise Unfollowed(f"could not read the batches' status: {error}") from None
+            raise Unfollowed(f"could not read the batches' status: {error}",
+                             isinstance(error, Unreachable)) from None  # fmt: skip
         final = sum(status.done for status in self.statuses.values())
         now = time.monotonic()
         if final > self.shown:
@@ -206,7 +203,7 @@ def _plan(client: Client, batches: Iterator[Chunk], tally: Tally) -> None:
             plan = client.plan_bulk([row.item for row in chunk.rows], key=chunk.key,
                                     timeout=UPLOAD_TIMEOUT)  # fmt: skip
         except Unreachable as error:
-            raise Refused(f"could not send {chunk.span}: {error}") from None
+            raise Refused(f"could not send {chunk.span}: {error}", unreachable=True) from None
         except TallyError as error:
             raise _refused(chunk, error) from None
         tally.new += plan.new
@@ -223,7 +220,9 @@ def _rejected(client: Client, tally: Tally) -> list[dict[str, Any]]:
             for item in client.batch_items(batch_id, status="rejected")
         ]
     except TallyError as error:
-        raise Unfollowed(f"could not list the rejected rows: {error}") from None
+        raise Unfollowed(
+            f"could not list the rejected rows: {error}", isinstance(error, Unreachable)
+        ) from None
 
 
 @click.command()
@@ -248,7 +247,7 @@ def _rejected(client: Client, tally: Tally) -> list[dict[str, Any]]:
 )
 @click.option("--dry-run", is_flag=True, help="say what would be applied; write nothing")
 @remote.api_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def award(
     path: Path,
     key: str,
@@ -267,18 +266,17 @@ def award(
     a refused row: rows accepted before are replayed (counted, not applied again). A
     row changed after it was accepted is refused: give a new award a new --key.
     Requests that get no answer (or a 429, 502, 503, 504) are retried for --retry-for
-    seconds with the same keys. Exit 2 if the server refuses a batch (nothing of it is
-    written; the rows at fault are listed by row number and username), cannot be
-    reached, or the batches make no progress for --patience seconds.
+    seconds with the same keys. Exit 1 also if the file is not CSV of the five columns,
+    the server refuses a batch (nothing of it is written; the rows at fault are listed
+    by row number and username) or the batches make no progress for --patience
+    seconds; 3 if the API cannot be reached.
     """
     size = batch_size or load_settings().bulk_max_items
     tally = Tally()
     try:
         tally.rows = sum(1 for _ in _rows(path, key, context))
-    except BatchInvalid as bad:
-        (error,) = bad.errors
-        click.echo(f"row {error.position}: {error.message}; nothing was sent", err=True)
-        sys.exit(2)
+    except csv_files.UnreadableFile as bad:
+        raise Failure(f"{bad}; nothing was sent", "unreadable") from None
     batches = chunks(path, size, key, context)
     rejected: list[dict[str, Any]] = []
     with remote.client(url, token, retry_for) as api:
@@ -289,16 +287,17 @@ def award(
                 _send_and_follow(api, batches, tally.rows, patience, tally)
                 rejected = _rejected(api, tally)
         except Refused as refused:
-            click.echo(f"\n{refused}\nnothing of that batch was written; fix it and run the"
-                       " same command again: rows accepted before are not applied again",
-                       err=True)  # fmt: skip
-            sys.exit(2)
+            text = (f"\n{refused}\nnothing of that batch was written; fix it and run the same"
+                    " command again: rows accepted before are not applied again")  # fmt: skip
+            raise (ServerUnreachable(text) if refused.unreachable else Failure(text)) from None
         except Unfollowed as unfollowed:
-            click.echo(f"\n{unfollowed}\nthe batches sent are accepted and will be "
-                       "applied; run the same command again to follow them", err=True)  # fmt: skip
-            sys.exit(2)
+            text = (f"\n{unfollowed}\nthe batches sent are accepted and will be applied; run"
+                    " the same command again to follow them")  # fmt: skip
+            if unfollowed.unreachable:
+                raise ServerUnreachable(text) from None
+            raise Failure(text, "unfollowed") from None
     _report(tally, rejected, dry_run, as_json)
-    sys.exit(1 if rejected else 0)
+    sys.exit(ExitCode.FOUND if rejected else ExitCode.OK)
 
 
 def _report(tally: Tally, rejected: list[dict[str, Any]], dry_run: bool, as_json: bool) -> None:
@@ -306,18 +305,18 @@ def _report(tally: Tally, rejected: list[dict[str, Any]], dry_run: bool, as_json
         name: sum(status.counts[name] for status in tally.statuses.values())
         for name in ("completed", "rejected")
     }
-    if as_json:
-        summary = {"rows": tally.rows, "new": tally.new, "replayed": tally.replayed,
-                   "dry_run": dry_run, "batch_ids": list(tally.statuses), "counts": counts,
-                   "rejected": rejected}  # fmt: skip
-        click.echo(json.dumps(summary))
-        return
-    if dry_run:
-        click.echo(f"dry run, {tally.rows} rows: {tally.new} would be applied, {tally.replayed}"
-                   " were sent before; nothing was written")  # fmt: skip
-        return
-    click.echo(f"{tally.rows} rows: {tally.new} new, {tally.replayed} sent before (not applied"
-               f" again); {counts['completed']} applied, {counts['rejected']} rejected"
-               )  # fmt: skip
-    for item in rejected:
-        click.echo(f"  rejected {item['row']}: {item['error']['message']}")
+    summary = {"rows": tally.rows, "new": tally.new, "replayed": tally.replayed,
+               "dry_run": dry_run, "batch_ids": list(tally.statuses), "counts": counts,
+               "rejected": rejected}  # fmt: skip
+
+    def text() -> str:
+        rows = plural(tally.rows, "row")
+        if dry_run:
+            return (f"dry run, {rows}: {tally.new} would be applied, {tally.replayed}"
+                    " were sent before; nothing was written")  # fmt: skip
+        lines = [f"{rows}: {tally.new} new, {tally.replayed} sent before (not applied again);"
+                 f" {counts['completed']} applied, {counts['rejected']} rejected"]  # fmt: skip
+        lines += [f"  rejected {item['row']}: {item['error']['message']}" for item in rejected]
+        return "\n".join(lines)
+
+    emit(as_json, summary, text)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
-from tally_client import BatchStatus, Client, TallyError, WaitTimeout
+from tally_client import BatchStatus, Client, NotFound, WaitTimeout
 
 from cli import remote
+from cli.common import ExitCode, Failure, emit, json_option, plural
 
 
 @click.group()
 def batches() -> None:
-    """Bulk batches, through the API."""
+    """Bulk batches: their status and rejected items."""
 
 
 @batches.command("show")
@@ -23,7 +23,7 @@ def batches() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="seconds to follow it at most")  # fmt: skip
 @remote.api_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def show(
     batch_id: str,
     follow: bool,
@@ -35,8 +35,8 @@ def show(
 ) -> None:
     """Show a batch (its counts, status and rejected items), following it to the end.
 
-    Exit 0 once every item is applied, 1 if any was rejected, 2 if the batch is not
-    found, the API cannot be reached or the batch is still going after --timeout.
+    Exit 0 once every item is applied; 1 if any was rejected, the batch is not found
+    or it is still going after --timeout; 3 if the API cannot be reached.
     """
     with remote.client(url, token, retry_for) as api:
         try:
@@ -47,21 +47,21 @@ def show(
                 api.batch_items(batch_id, status="rejected") if status.counts["rejected"] else []
             )
         except WaitTimeout as error:
-            click.echo(f"\n{error}", err=True)
-            sys.exit(2)
-        except TallyError as error:
-            click.echo(f"batch {batch_id}: {error}", err=True)
-            sys.exit(2)
-    if as_json:
-        click.echo(json.dumps({**status.body, "rejected": [item.body for item in rejected]}))
-    else:
+            raise Failure(f"batch {batch_id}: {error}", "timeout") from None
+        except NotFound:
+            raise Failure(f"no batch {batch_id}", "not_found") from None
+
+    def lines() -> str:
         counts = status.counts
-        click.echo(f"batch {status.id}: {status.status}, {status.total} items: "
-                   f"{counts['completed']} applied, {counts['rejected']} rejected, "
-                   f"{counts['queued'] + counts['processing']} pending")  # fmt: skip
-        for item in rejected:
-            click.echo(f"  rejected {item.body['idempotency_key']}: {item.error_message}")
-    sys.exit(1 if rejected else 0)
+        shown = [f"batch {status.id}: {status.status}, {plural(status.total, 'item')}: "
+                 f"{counts['completed']} applied, {counts['rejected']} rejected, "
+                 f"{counts['queued'] + counts['processing']} pending"]  # fmt: skip
+        shown += [f"  rejected {item.body['idempotency_key']}: {item.error_message}"
+                  for item in rejected]  # fmt: skip
+        return "\n".join(shown)
+
+    emit(as_json, {**status.body, "rejected": [item.body for item in rejected]}, lines)
+    sys.exit(ExitCode.FOUND if rejected else ExitCode.OK)
 
 
 def _follow(api: Client, status: BatchStatus, timeout: float) -> BatchStatus:

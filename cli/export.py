@@ -7,9 +7,9 @@ import time
 from datetime import datetime
 
 import click
-from tally_client import TallyError
 
 from cli import remote
+from cli.common import MOMENT, iso
 
 
 @click.command()
@@ -19,8 +19,10 @@ from cli import remote
               show_default=True)  # fmt: skip
 @click.option("--kind", type=click.Choice(["entries", "requests"]), default="entries",
               show_default=True)  # fmt: skip
-@click.option("--from", "begins", type=click.DateTime(), help="first moment included (UTC)")
-@click.option("--to", "ends", type=click.DateTime(), help="first moment excluded (UTC)")
+@click.option(
+    "--from", "begins", type=MOMENT, help="first moment included (ISO 8601; UTC if no offset)"
+)
+@click.option("--to", "ends", type=MOMENT, help="first moment excluded (ISO 8601)")
 @click.option("--progress/--no-progress", default=None,
               help="a running count on stderr; default: when stderr is a terminal")  # fmt: skip
 @remote.api_options
@@ -28,27 +30,25 @@ def export(
     after: int, form: str, kind: str, begins: datetime | None, ends: datetime | None,
     progress: bool | None, url: str, token: str, retry_for: float,
 ) -> None:  # fmt: skip
-    """Write the tenant's entries (or requests) in id order to stdout, as the API streams
-    them: `tally export --since 1234 --format csv > new.csv`. Rows carry their `id`: pass
-    the last one as --since to resume or to sync what is new. Exit 2 if the API refuses."""
+    """Write the tenant's entries (or requests) to stdout, in id order.
+
+    As the API streams them: `tally export --since 1234 --format csv > new.csv`. Rows
+    carry their `id`: pass the last one as --since to resume or to sync what is new.
+    Exit 1 if the API refuses, 3 if it cannot be reached."""
     show = sys.stderr.isatty() if progress is None else progress
     lines, started, shown = 0, time.monotonic(), 0.0
     out = sys.stdout.buffer
     with remote.client(url, token, retry_for) as api:
-        try:
-            stream = api.export(kind=kind, format=form, after=after,
-                                begins=_utc(begins), ends=_utc(ends))  # fmt: skip
-            for block in stream:
-                out.write(block)
-                lines += block.count(b"\n")
-                now = time.monotonic()
-                if show and now - shown >= 0.2:
-                    shown = now
-                    rate = lines / max(now - started, 1e-9)
-                    click.echo(f"\r{_rows(lines, form):,} rows, {rate:,.0f}/s", err=True, nl=False)
-        except TallyError as error:
-            click.echo(str(error), err=True)
-            sys.exit(2)
+        stream = api.export(kind=kind, format=form, after=after,
+                            begins=_iso(begins), ends=_iso(ends))  # fmt: skip
+        for block in stream:
+            out.write(block)
+            lines += block.count(b"\n")
+            now = time.monotonic()
+            if show and now - shown >= 0.2:
+                shown = now
+                rate = lines / max(now - started, 1e-9)
+                click.echo(f"\r{_rows(lines, form):,} rows, {rate:,.0f}/s", err=True, nl=False)
     out.flush()
     if show:
         elapsed = time.monotonic() - started
@@ -61,6 +61,5 @@ def _rows(lines: int, form: str) -> int:
     return max(lines - 1, 0) if form == "csv" else lines
 
 
-def _utc(moment: datetime | None) -> str | None:
-    """click's DateTime is naive: the CLI's times are UTC."""
-    return None if moment is None else moment.isoformat() + "Z"
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 import click
@@ -11,6 +10,8 @@ import kombu.exceptions
 import sqlalchemy.exc
 from redis.exceptions import RedisError
 
+from cli import connection
+from cli.common import ServerUnreachable, emit, json_option, plural
 from shared.flow.backlog import outbox, queue_depths
 from shared.flow.dispatch import Lane, queue_of
 from shared.ledger.reconcile import reconcile as check_ledger
@@ -19,27 +20,26 @@ from shared.platform.resources import Resources
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def reconcile(as_json: bool) -> None:
-    """Check the ledger invariants (1, 2, 5, 7-10) everywhere; exit 1 on any violation."""
+    """Check the ledger invariants everywhere; exit 1 on any violation.
+
+    Exit 3 (not 1) when the database cannot be reached: nothing was checked.
+    """
     resources = Resources(load_settings())
     try:
         with resources.sessions() as session:
             report = check_ledger(session)
     finally:
         resources.close()
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report)))
-    else:
-        click.echo(
-            f"checked {report.accounts} accounts, {report.entries} ledger entries, "
-            f"{report.requests} requests: {len(report.violations)} violations"
-        )
-        for violation in report.violations:
-            click.echo(
-                f"  invariant {violation.invariant} ({violation.check}): {violation.subject}:"
-                f" {violation.detail}"
-            )
+    lines = [
+        f"checked {plural(report.accounts, 'account')}, "
+        f"{plural(report.entries, 'ledger entry', 'ledger entries')}, "
+        f"{plural(report.requests, 'request')}: {plural(len(report.violations), 'violation')}",
+        *(f"  invariant {v.invariant} ({v.check}): {v.subject}: {v.detail}"
+          for v in report.violations),
+    ]  # fmt: skip
+    emit(as_json, dataclasses.asdict(report), "\n".join(lines))
     sys.exit(1 if report.violations else 0)
 
 
@@ -64,13 +64,13 @@ UNREACHABLE = (
     show_default=True,
     help="Seconds the oldest pending request may wait before the status is unhealthy.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def status(max_pending_age: float, as_json: bool) -> None:
     """Queue depths, outbox backlog, oldest pending age and the workers of each lane.
 
     Exit 0 when healthy; 1 when the oldest pending request is older than
     --max-pending-age or a lane has no worker consuming its queue (each problem is
-    listed); 2 when PostgreSQL or Redis cannot be reached. For cron and health checks.
+    listed); 3 when PostgreSQL or Redis cannot be reached. For cron and health checks.
     """
     from worker.app import make_celery
 
@@ -83,8 +83,8 @@ def status(max_pending_age: float, as_json: bool) -> None:
         depths = queue_depths(resources.redis, settings.queue_name)
         replies = celery.control.inspect(timeout=WORKER_REPLY_SECONDS).active_queues() or {}
     except UNREACHABLE as error:
-        click.echo(f"cannot check: {error}", err=True)
-        sys.exit(2)
+        found = connection.unreachable(error) or f"could not reach the broker: {error}"
+        raise ServerUnreachable(f"cannot check: {found}") from None
     finally:
         resources.close()
     lanes = {
@@ -110,18 +110,15 @@ def status(max_pending_age: float, as_json: bool) -> None:
         "lanes": lanes,
         "problems": problems,
     }
-    if as_json:
-        click.echo(json.dumps(data))
-    else:
-        rows = [
-            *((f"queue {queue}", str(depth)) for queue, depth in depths.items()),
-            ("outbox pending", str(backlog.pending)),
-            ("oldest pending", f"{backlog.oldest_age_seconds:.1f} s"),
-            *((f"{lane} workers", ", ".join(names) or "none") for lane, names in lanes.items()),
-        ]
-        width = max(len(name) for name, _ in rows)
-        for name, value in rows:
-            click.echo(f"{name:<{width}}  {value}")
+    rows = [
+        *((f"queue {queue}", str(depth)) for queue, depth in depths.items()),
+        ("outbox pending", str(backlog.pending)),
+        ("oldest pending", f"{backlog.oldest_age_seconds:.1f} s"),
+        *((f"{lane} workers", ", ".join(names) or "none") for lane, names in lanes.items()),
+    ]
+    width = max(len(name) for name, _ in rows)
+    emit(as_json, data, "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    if not as_json:
         for problem in problems:
             click.echo(f"problem: {problem}", err=True)
     sys.exit(1 if problems else 0)

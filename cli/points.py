@@ -1,26 +1,30 @@
-"""`tally points hold|capture|release|reverse`: a points program's operations, through the API."""
+"""`tally points adjust|balance|hold|capture|release|reverse`: a points program's operations,
+through the API (seed 002's routes)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import click
-from tally_client import Client, Rejected, Submission, TallyError
+from tally_client import Client, Rejected, Submission
 
 from cli import remote
+from cli.common import MOMENT, Failure, emit, iso, json_option
 
 
 @click.group()
 def points() -> None:
-    """Holds and reversals of points, through the API (like `tally award`)."""
+    """Adjust, hold and reverse points; read balances."""
 
 
 key_option = click.option("--key", "idempotency_key", help="idempotency key; default: a new one")
 reason_option = click.option("--reason", help="why, kept on the entry")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+points_type_option = click.option(
+    "--points-type", help="default: TALLY_POINTS_DEFAULT_TYPE (points)"
+)
 
 
 def _submit(
@@ -31,35 +35,101 @@ def _submit(
     **fields: Any,
 ) -> None:
     """Call `operation` (a Client method) with the arguments; print the transaction (and the
-    hold). Exit 1 if it is rejected, 2 on any other error."""
+    hold). Exit 1 if it is rejected or refused, 3 if the API cannot be reached."""
     with remote.client(*remote_options) as api:
         try:
             done = operation(api, *args, **fields)
         except Rejected as rejected:
-            click.echo(f"rejected: {rejected.reason or rejected}", err=True)
-            sys.exit(1)
-        except TallyError as error:
-            click.echo(str(error), err=True)
-            sys.exit(2)
+            reason = rejected.reason or "rejected"
+            raise Failure(f"rejected ({reason}): {rejected.detail}", reason) from None
     data = done.body["data"]
-    if as_json:
-        click.echo(json.dumps(data))
-        return
-    entry, account = data["transaction"], data["account"]
-    line = (
-        f"{entry['type']} {entry['status']}: balance {account['balance']},"
-        f" frozen {account['frozen_balance']}"
+
+    def line() -> str:
+        entry, account = data["transaction"], data["account"]
+        text = (
+            f"{entry['type']} {entry['status']}: balance {account['balance']},"
+            f" frozen {account['frozen_balance']}"
+        )
+        if "hold" in data:
+            text += f"; hold {data['hold']['id']} {data['hold']['status']}"
+        return text + f" (request {done.request_id})"
+
+    emit(as_json, data, line)
+
+
+@points.command()
+@click.argument("user_id")
+@click.argument("amount", type=int)
+@points_type_option
+@click.option("--expires-at", help="ISO 8601 time at which these points expire")
+@click.option("--force", is_flag=True, help="admins: may take the balance below zero")
+@reason_option
+@key_option
+@remote.api_options
+@json_option
+def adjust(
+    user_id: str,
+    amount: int,
+    points_type: str | None,
+    expires_at: str | None,
+    force: bool,
+    reason: str | None,
+    idempotency_key: str | None,
+    url: str,
+    token: str,
+    retry_for: float,
+    as_json: bool,
+) -> None:
+    """Add AMOUNT points to USER_ID (external id or id), or take them with a negative
+    AMOUNT (`tally points adjust 42 -- -5`): a one-off correction."""
+    _submit(
+        (url, token, retry_for),
+        as_json,
+        Client.points_adjust,
+        user_id,
+        amount,
+        points_type=points_type,
+        expires_at=expires_at,
+        reason=reason,
+        allow_negative_balance=force or None,
+        idempotency_key=idempotency_key,
     )
-    if "hold" in data:
-        line += f"; hold {data['hold']['id']} {data['hold']['status']}"
-    click.echo(line + f" (request {done.request_id})")
+
+
+@points.command()
+@click.argument("user_id")
+@click.option(
+    "--as-of", type=MOMENT, help="as the accounts stood then (ISO 8601; UTC if no offset)"
+)
+@remote.api_options
+@json_option
+def balance(
+    user_id: str, as_of: datetime | None, url: str, token: str, retry_for: float, as_json: bool
+) -> None:
+    """USER_ID's balances (external id or id): every points type, now or --as-of a moment."""
+    moment = None if as_of is None else iso(as_of)
+    with remote.client(url, token, retry_for) as api:
+        standings = api.balances(user_id, as_of=moment)
+    shown = [asdict(standing) for standing in standings]
+
+    def lines() -> str:
+        return (
+            "\n".join(
+                f"{s.points_type}: balance {s.balance}, frozen {s.frozen_balance}, earned"
+                f" {s.total_earned}, spent {s.total_spent}, expired {s.expired_points}"
+                for s in standings
+            )
+            or f"user {user_id} has no points accounts"
+        )
+
+    emit(as_json, {"user_id": user_id, "as_of": moment, "balances": shown}, lines)
 
 
 @points.command()
 @click.argument("user_id")
 @click.argument("amount", type=click.IntRange(min=1))
 @click.option("--expires-at", help="ISO 8601 time at which the hold is released if still open")
-@click.option("--points-type", help="default: TALLY_POINTS_DEFAULT_TYPE (points)")
+@points_type_option
 @reason_option
 @key_option
 @remote.api_options
@@ -168,7 +238,8 @@ def reverse(
     retry_for: float,
     as_json: bool,
 ) -> None:
-    """Reverse TRANSACTION_ID (seed 002's id): one entry of the opposite amount, linked to it."""
+    """Reverse TRANSACTION_ID (an id of the points API): one entry of the opposite amount,
+    linked to it."""
     _submit(
         (url, token, retry_for),
         as_json,

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from tally_client import Client, Retries
+from tally_client import Client, Retries, TallyError
+
+from cli.common import Failure
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,3 +33,10 @@ def api_options(command: F) -> F:
 def client(url: str, token: str, retry_for: float) -> Client:
     """A client of the API at `url` that retries with the same keys for `retry_for` seconds."""
     return Client(url, token, retries=Retries(deadline=retry_for))
+
+
+def refusal(error: TallyError) -> Failure:
+    """The command's failure for an answer that refused the request: its status, detail
+    and every field at fault (exit 1)."""
+    lines = [str(error), *(f"  {e.field}: {e.message}" for e in error.errors)]
+    return Failure("\n".join(lines), error.slug or "refused")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
+from cli import connection
 from shared.intake.auth import authenticate, create_token
 from shared.intake.validation import UserInput
 from shared.models import DEFAULT_TENANT, Role
@@ -40,7 +42,7 @@ def demo_token(database_url: str, saved: Path) -> str:
     Only its hash is in the database, so the token itself is kept (readable by its
     owner only) beside the embedded servers' data; a fresh data folder gets a new one.
     """
-    from cli.main import ensure_user
+    from cli.database import ensure_user
 
     engine = make_engine(database_url)
     try:
@@ -58,21 +60,8 @@ def demo_token(database_url: str, saved: Path) -> str:
             _, token = create_token(session, admin, "demo", expires_at)
     finally:
         engine.dispose()
-    _write_private(saved, token + "\n")
+    connection.write_private(saved, token + "\n")
     return token
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `path` readable by its owner only, even if it was readable by others before.
-
-    `touch(mode=...)` leaves an existing file's mode alone; here the mode is narrowed
-    before anything is written, so the token is never in a file whose mode lets others
-    read it.
-    """
-    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        os.fchmod(descriptor, 0o600)
-        file.write(text)
 
 
 def _show_demo(base: str, token: str) -> None:
@@ -92,6 +81,22 @@ def _show_how_to_get_a_token(base: str) -> None:
         "to call it, make a token for a user (`tally users create` makes one if needed):\n"
         "  tally tokens create --username <username> --expires-in 30d\n"
     )
+
+
+@contextmanager
+def _saved(data_dir: Path, env: Mapping[str, str]) -> Iterator[None]:
+    """Save the stack's URLs (and the demo token) in DATA_DIR/env while it runs, where
+    every `tally` command run in the data folder's parent finds them (cli/connection.py)."""
+    path = data_dir / connection.FILE_NAME
+    connection.write(path, {name: env[name] for name in connection.SAVED if name in env})
+    if data_dir.name == connection.DATA_DIR:
+        click.echo(f"`tally` commands run in {data_dir.parent} use this stack ({path})")
+    else:
+        click.echo(f"for `tally` commands to use this stack: export TALLY_ENV_FILE={path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> dict[str, list[str]]:
@@ -168,8 +173,10 @@ def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
             redis_url = services.enter_context(embedded_redis(data_dir / "redis"))
         upgrade(database_url)
         base = f"http://127.0.0.1:{port}"
+        token: dict[str, str] = {}
         if embedded:
-            _show_demo(base, demo_token(database_url, data_dir / DEMO_TOKEN_FILE))
+            token["TALLY_TOKEN"] = demo_token(database_url, data_dir / DEMO_TOKEN_FILE)
+            _show_demo(base, token["TALLY_TOKEN"])
         else:
             _show_how_to_get_a_token(base)
         click.echo(
@@ -180,6 +187,7 @@ def run(data_dir: Path, port: int, metrics_port: int, flower: bool) -> None:
         if flower:
             click.echo("Flower: http://127.0.0.1:5555")
         env = os.environ | {"TALLY_DATABASE_URL": database_url, "TALLY_REDIS_URL": redis_url}
+        services.enter_context(_saved(data_dir, env | {"TALLY_URL": base} | token))
         manager = Manager()
         for name, argv in _processes(port, metrics_port, data_dir, flower).items():
             manager.add_process(name, shlex.join(argv), env=env)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import click
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cli.common import Failure, database, emit, json_option
 from shared.events.webhooks import (
     EndpointChange,
     EndpointInput,
@@ -26,10 +22,8 @@ from shared.events.webhooks import (
 from shared.intake.validation import InvalidInput
 from shared.models import DEFAULT_TENANT, Role, User, WebhookEndpoint
 from shared.platform.config import load_settings
-from shared.platform.db import make_engine, make_session_factory, transaction
 
 tenant_option = click.option("--tenant", default=DEFAULT_TENANT, show_default=True)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group()
@@ -37,22 +31,12 @@ def webhooks() -> None:
     """Webhook endpoints: signed deliveries of the tenant's events (docs/events.md)."""
 
 
-@contextmanager
-def _session() -> Iterator[Session]:
-    engine = make_engine(load_settings().database_url)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
-def _refused(error: InvalidInput | ValidationError) -> click.ClickException:
+def _refused(error: InvalidInput | ValidationError) -> Failure:
     if isinstance(error, ValidationError):
         fields = [(".".join(map(str, e["loc"])), e["msg"]) for e in error.errors()]
     else:
         fields = [(e.field, e.message) for e in error.errors]
-    return click.ClickException("; ".join(f"{field}: {message}" for field, message in fields))
+    return Failure("; ".join(f"{field}: {message}" for field, message in fields), "validation")
 
 
 def _owner(session: Session, tenant: str, username: str | None) -> User:
@@ -60,23 +44,19 @@ def _owner(session: Session, tenant: str, username: str | None) -> User:
     if username is not None:
         user = session.scalars(query.where(User.username == username)).one_or_none()
         if user is None:
-            raise click.ClickException(f"no user {username!r} in tenant {tenant!r}")
+            raise Failure(f"no user {username!r} in tenant {tenant!r}", "not_found")
         return user
     admin = session.scalars(query.where(User.role == Role.ADMIN).order_by(User.id)).first()
     if admin is None:
-        raise click.ClickException(f"tenant {tenant!r} has no admin; name one with --by")
+        raise Failure(f"tenant {tenant!r} has no admin; name one with --by")
     return admin
 
 
 def _endpoint(session: Session, tenant: str, endpoint_id: str) -> WebhookEndpoint:
     endpoint = tenant_endpoint(session, tenant, endpoint_id)
     if endpoint is None:
-        raise click.ClickException(f"no webhook endpoint {endpoint_id} in tenant {tenant!r}")
+        raise Failure(f"no webhook endpoint {endpoint_id} in tenant {tenant!r}", "not_found")
     return endpoint
-
-
-def _emit(as_json: bool, data: Any, text: Callable[[], str]) -> None:
-    click.echo(json.dumps(data) if as_json else text())
 
 
 @webhooks.command()
@@ -98,7 +78,7 @@ def add(
     settings = load_settings()
     try:
         data = EndpointInput(url=url, types=list(types), description=description)
-        with _session() as session:
+        with database() as session:
             owner = _owner(session, tenant, username)
             endpoint = create_endpoint(
                 session, tenant, owner.id, data, settings.webhook_allow_private
@@ -106,7 +86,7 @@ def add(
             shown = endpoint_document(endpoint) | {"secret": endpoint.secret}
     except (InvalidInput, ValidationError) as error:
         raise _refused(error) from None
-    _emit(
+    emit(
         as_json,
         shown,
         lambda: f"endpoint {shown['id']} -> {url}\nsecret (shown once): {shown['secret']}",
@@ -118,7 +98,7 @@ def add(
 @json_option
 def list_command(tenant: str, as_json: bool) -> None:
     """The tenant's endpoints."""
-    with _session() as session:
+    with database() as session:
         shown = [endpoint_document(endpoint) for endpoint in list_endpoints(session, tenant)]
 
     def lines() -> str:
@@ -126,17 +106,17 @@ def list_command(tenant: str, as_json: bool) -> None:
             f"{e['id']} {e['status']:8} {e['url']} {','.join(e['types']) or '*'}" for e in shown
         )
 
-    _emit(as_json, {"endpoints": shown}, lines)
+    emit(as_json, {"endpoints": shown}, lines)
 
 
 def _set_status(endpoint_id: str, tenant: str, status: str, as_json: bool) -> None:
     settings = load_settings()
-    with _session() as session:
+    with database() as session:
         endpoint = _endpoint(session, tenant, endpoint_id)
         change = EndpointChange(status=status)  # type: ignore[arg-type]
         change_endpoint(session, endpoint, change, settings.webhook_allow_private)
         shown = endpoint_document(endpoint)
-    _emit(as_json, shown, lambda: f"endpoint {endpoint_id} is {status}")
+    emit(as_json, shown, lambda: f"endpoint {endpoint_id} is {status}")
 
 
 @webhooks.command()
@@ -179,6 +159,6 @@ def redeliver_command(
         span = RedeliverInput(event_id=event_id, from_id=from_id, to_id=to_id, after=after).span()
     except (InvalidInput, ValidationError) as error:
         raise click.UsageError(str(_refused(error).message)) from None
-    with _session() as session:
+    with database() as session:
         count = redeliver(session, _endpoint(session, tenant, endpoint_id), *span)
-    _emit(as_json, {"redelivered": count}, lambda: f"{count} deliveries pending again")
+    emit(as_json, {"redelivered": count}, lambda: f"{count} deliveries pending again")

@@ -35,6 +35,10 @@ from shared.platform.migrate import upgrade
 from tests.factories import Caller, Factory, apply_now
 from worker.app import TallyCelery
 
+# The `tally` commands a test invokes in this process read no `.tally/env` (a `make run`
+# in the checkout would write one): they use the URLs the test gives them.
+os.environ["TALLY_ENV_FILE"] = os.devnull
+
 
 @dataclass(frozen=True)
 class Services:

@@ -115,6 +115,24 @@ def running_stack(
             stack.stop(name)
 
 
+def newcomer_tally(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tally ARGS` run in `cwd` with no TALLY_* variable but those of `env`, as in a
+    newcomer's second terminal."""
+    bare = {name: value for name, value in os.environ.items() if not name.startswith("TALLY_")}
+    repository = str(Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        env=bare | {"PYTHONPATH": repository} | dict(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM to the process and all it started; SIGKILL after `timeout` seconds."""
     os.killpg(process.pid, signal.SIGTERM)

@@ -94,8 +94,10 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
             stack.stop(name)
 
 
-def test_an_unreachable_database_exits_2(env: dict[str, str]) -> None:
-    env = env | {"TALLY_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"}
-    result = CliRunner(env=env).invoke(cli, ["status"], catch_exceptions=False)
-    assert result.exit_code == 2
-    assert "cannot check" in result.stderr
+def test_an_unreachable_database_exits_3_naming_its_url(env: dict[str, str]) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
+    result = CliRunner(env=env | {"TALLY_DATABASE_URL": url}).invoke(
+        cli, ["status"], catch_exceptions=False
+    )
+    assert result.exit_code == 3
+    assert f"cannot check: could not reach the database at {url}" in result.stderr

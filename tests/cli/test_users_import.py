@@ -33,8 +33,8 @@ def test_a_bad_row_writes_nothing(services: Services, tmp_path: Path) -> None:
     code, report = _import(services, path, "import-bad")
     assert code == 1
     assert report["errors"] == [
-        "line 3: username: this field is required",
-        "line 4: role: must be one of user, moderator, admin",
+        "row 3: username: this field is required",
+        "row 4: role: must be one of user, moderator, admin",
     ]
     path.write_text(HEADER + "dan,,Dan,,,,user\n")
     assert _import(services, path, "import-bad") == (0, {"created": 1, "skipped": []})

@@ -60,7 +60,7 @@ def test_award_applies_a_file_and_reports_rejections(
 
     path.write_text("nobody,,1,contest|summer,\n")
     result = _award(stack, caller.token, path, "--key", "autumn")
-    assert result.returncode == 2
+    assert result.returncode == 1  # refused by the server
     assert "row 1 (nobody): username: no such user" in result.stderr
 
 
@@ -169,7 +169,7 @@ def test_award_retries_through_an_api_restart_and_exits_2_when_nothing_answers(
         timeout=60,
         check=False,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # unreachable
     assert "could not send rows 1-3" in result.stderr and "ConnectError" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -190,7 +190,7 @@ def test_award_edited_and_rerun_applies_every_row_exactly_once(
     write("nobody")
     args = ("--key", "fixed", "--batch-size", "2")
     result = _award(stack, caller.token, path, *args)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "row 4 (nobody): username: no such user" in result.stderr  # the header is row 1
 
     # A dry run of the fixed file says what would happen, and writes nothing.
@@ -217,7 +217,7 @@ def test_award_edited_and_rerun_applies_every_row_exactly_once(
     # A row changed after it was applied is refused, not applied a second time.
     path.write_text(path.read_text().replace(f"{alice.username},,7", f"{alice.username},,8"))
     result = _award(stack, caller.token, path, *args)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert f"row 2 ({alice.username}): idempotency_key: another request has this key" in (
         result.stderr
     )

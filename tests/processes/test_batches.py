@@ -67,8 +67,8 @@ def test_show_a_queued_batch_then_follow_it_to_its_rejection(
     assert followed.stdout.count("the account is frozen") == 10
 
 
-def test_an_unknown_batch_exits_2(stack_without_workers: Stack, stack_factory: Factory) -> None:
+def test_an_unknown_batch_exits_1(stack_without_workers: Stack, stack_factory: Factory) -> None:
     caller = stack_factory.caller(Role.MODERATOR)
     result = _show(stack_without_workers, caller.token, "01NOSUCHBATCH")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "01NOSUCHBATCH" in result.stderr and "Traceback" not in result.stderr

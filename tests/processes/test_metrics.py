@@ -8,6 +8,7 @@ tests/test_deployment.py: it gives each container its own folder the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -28,7 +30,7 @@ from shared.platform.migrate import upgrade
 from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
 from tests.conftest import Services
 from tests.factories import Factory
-from tests.stack import Stack, stop_group, wait_until_up
+from tests.stack import Stack, newcomer_tally, stop_group, wait_until_up
 
 pytestmark = pytest.mark.processes
 
@@ -241,13 +243,17 @@ def test_tally_run(
     """`tally run` (`make run`) on the test servers, and on a machine with no services: with
     no TALLY_DATABASE_URL and TALLY_REDIS_URL it starts embedded PostgreSQL and Redis in its
     data folder, and an adjustment goes through them. Only there does it make demo users and
-    a demo admin token; on given servers it says how to make a token instead."""
+    a demo admin token; on given servers it says how to make a token instead.
+
+    Issue 24: in another terminal (no TALLY_* variable set), every `tally` command run in
+    the folder finds the stack through the `.tally/env` that `tally run` keeps while it
+    runs: the database commands on both, and with the demo token the API commands too."""
     given = ("TALLY_DATABASE_URL", "TALLY_REDIS_URL")
     env = launch_env
     if servers == "embedded":
         env = {name: value for name, value in launch_env.items() if name not in given}
     port, metrics_port = free_port(), _ports_apart(2, 1)  # worker, bulk worker
-    data = tmp_path / "data"
+    data = tmp_path / ".tally"
     log = tmp_path / "run.log"
     argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
             "--metrics-port", str(metrics_port)]  # fmt: skip
@@ -263,9 +269,33 @@ def test_tally_run(
             assert "tally tokens create --username" in log.read_text()
             token, username = stack_factory.caller().token, stack_factory.user().username
         _one_adjustment_is_counted(api, workers, token, username)
+        _commands_find_the_stack(tmp_path, embedded=servers == "embedded")
+    assert not (data / "env").exists()  # gone with the stack
     started_embedded = "starting embedded PostgreSQL and Redis" in log.read_text()
     assert started_embedded == (servers == "embedded"), log.read_text()[-2000:]
     assert ("demo admin token" in log.read_text()) == (servers == "embedded")
+
+
+def _commands_find_the_stack(folder: Path, embedded: bool) -> None:
+    def tally(*args: str) -> dict[str, Any]:
+        result = newcomer_tally(*args, "--json", cwd=folder)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout) if result.stdout else {}
+
+    user = tally("users", "create", "--username", "second.terminal." + secrets.token_hex(3))
+    assert tally("tokens", "create", "--username", user["username"])["token"].startswith("tly_")
+    if not embedded:
+        return  # the suite's shared database: other tests' requests are in its counts
+    assert tally("reconcile")["violations"] == []
+    deadline = time.monotonic() + 30
+    while (status := newcomer_tally("status", "--json", cwd=folder)).returncode != 0:
+        assert status.returncode == 1 and time.monotonic() < deadline, status.stderr
+        time.sleep(0.5)  # a worker that has not answered the broadcast yet
+    # With the demo admin's token, which `tally run` saved with the URLs:
+    adjusted = tally("points", "adjust", str(user["id"]), "5", "--reason", "welcome")
+    assert adjusted["account"]["balance"] == 5
+    (points,) = tally("points", "balance", str(user["id"]))["balances"]
+    assert points["balance"] == 5
 
 
 def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
-"""`tally points hold|capture|release|reverse` against a running stack."""
+"""`tally points adjust|balance|hold|capture|release|reverse` against a running stack."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -52,4 +53,36 @@ def test_points_commands_hold_capture_release_and_reverse(
     assert (reversal["type"], reversal["amount"], reversal["related_id"]) == (
         "reversal", -50, earned,
     )  # fmt: skip
-    assert tally("reverse", "01ZZZZZZZZZZZZZZZZZZZZZZZZ", exit_code=2)
+    assert tally("reverse", "01ZZZZZZZZZZZZZZZZZZZZZZZZ", exit_code=1)  # not found
+
+
+def test_a_one_off_correction_and_the_balance_need_no_curl(
+    stack: Stack, stack_factory: Factory
+) -> None:
+    """Issue 24: `tally points adjust` (either sign) and `tally points balance`, now and as
+    of a moment."""
+    admin = stack_factory.caller(Role.ADMIN)
+    user = stack_factory.user()
+    runner = CliRunner(env={"TALLY_TOKEN": admin.token, "TALLY_URL": stack.base_url})
+
+    def tally(*args: str) -> dict:
+        result = runner.invoke(cli, ["points", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    added = tally("adjust", "--json", "--reason", "missed award", str(user.id), "8")
+    assert (added["transaction"]["amount"], added["account"]["balance"]) == (8, 8)
+    before_correction = datetime.now(UTC)
+    taken = tally("adjust", "--json", "--reason", "typo", str(user.id), "--", "-3")
+    assert (taken["transaction"]["amount"], taken["account"]["balance"]) == (-3, 5)
+
+    balances = tally("balance", "--json", str(user.id))["balances"]
+    assert [(b["points_type"], b["balance"]) for b in balances] == [("points", 5)]
+    moment = before_correction.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    then = tally("balance", "--json", "--as-of", moment, str(user.id))["balances"]
+    assert [(b["points_type"], b["balance"]) for b in then] == [("points", 8)]
+
+    text = runner.invoke(cli, ["points", "balance", str(user.id)])
+    assert text.exit_code == 0 and "points: balance 5, frozen 0" in text.output
+    frozen_out = runner.invoke(cli, ["points", "adjust", str(user.id), "--", "-100"])
+    assert frozen_out.exit_code == 1 and "insufficient_balance" in frozen_out.output
