@@ -143,9 +143,15 @@ class ImportInput(BaseModel):
 
 @bp.post("/import/")
 @documented(
+    operation_id="importScoresCsv",
     summary="Import score changes from a CSV file (community API)",
     body=ImportInput,
     body_types=(JSON, "multipart/form-data", "application/x-www-form-urlencoded"),
+    headers={
+        "Idempotency-Key": "The batch's key. Without one, the key is derived from the file's"
+        " content (`csv-` and its SHA-256): the same file imported again is replayed, not"
+        " applied twice; a file meant to be applied again needs a key of its own."
+    },
     responses={
         200: ("Dry run: the report, nothing written", schemas.ImportReport),
         202: ("Imported into one batch", schemas.ImportAccepted),
@@ -265,12 +271,14 @@ class BulkQuery(BaseModel):
 
 @bp.post("/bulk")
 @documented(
+    operation_id="submitBulk",
     summary="Submit up to 100,000 adjustments as one idempotent batch",
     body=BulkInput,
     body_types=(JSON, NDJSON),
     query=BulkQuery,
+    required_headers=("Idempotency-Key",),
     headers={
-        "Idempotency-Key": "required: the batch's key; items default to key:index. An item"
+        "Idempotency-Key": "The batch's key; items default to key:index. An item"
         " with an `idempotency_key` of its own that an earlier request has with the same"
         " content is replayed (counted, not created again); with other content, refused."
     },
@@ -360,6 +368,7 @@ def _own_batch(batch_id: str) -> Batch:
 
 @bp.get("/batches/<batch_id>")
 @documented(
+    operation_id="getBatch",
     summary="A batch's progress",
     responses={200: ("The batch", schemas.BatchStatus), 404: ("No such batch", schemas.Problem)},
 )
@@ -376,6 +385,7 @@ class ItemsQuery(PageQuery):
 
 @bp.get("/batches/<batch_id>/items")
 @documented(
+    operation_id="listBatchItems",
     summary="A batch's items with their status and reasons",
     query=ItemsQuery,
     responses={

@@ -26,6 +26,7 @@ REREAD_SECONDS = 5.0
 
 @bp.get("")
 @documented(
+    operation_id="listEvents",
     summary="The tenant's events past a cursor, in id order (long-polled with Prefer: wait=N)",
     tag="events",
     query=EventsQuery,

@@ -16,6 +16,7 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 @documented(
+    operation_id="getLiveness",
     summary="Liveness",
     public=True,
     tag="operations",
@@ -28,6 +29,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 @documented(
+    operation_id="getReadiness",
     summary="Readiness",
     public=True,
     tag="operations",

@@ -112,6 +112,7 @@ MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8
 
 @bp.get("/export")
 @documented(
+    operation_id="exportLedger",
     summary="Stream a tenant's ledger entries (or requests) as NDJSON or CSV, resumable",
     tag="history",
     query=ExportQuery,

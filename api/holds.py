@@ -44,13 +44,14 @@ bp.register_error_handler(Exception, as_envelope)
 
 @bp.post("/<user_ref>/holds")
 @documented(
+    operation_id="placeHold",
     **operation_contract(
         "Hold points: move them from spendable to frozen_balance",
         HoldInput,
         "No such user",
         "Rejected: not enough spendable points, or the account is frozen",
         schemas.HoldOperationResponse,
-    )
+    ),
 )
 @require_writer
 def place(user_ref: str) -> Response:
@@ -80,13 +81,14 @@ def place(user_ref: str) -> Response:
 
 @bp.post("/<user_ref>/holds/<int:hold_id>/capture")
 @documented(
+    operation_id="captureHold",
     **operation_contract(
         "Capture a hold, or part of it: the points leave the account",
         CaptureInput,
         "No such user or hold",
         "Rejected: the hold is not open, timed out, or smaller than the capture",
         schemas.HoldOperationResponse,
-    )
+    ),
 )
 @require_writer
 def capture(user_ref: str, hold_id: int) -> Response:
@@ -102,13 +104,14 @@ def capture(user_ref: str, hold_id: int) -> Response:
 
 @bp.post("/<user_ref>/holds/<int:hold_id>/release")
 @documented(
+    operation_id="releaseHold",
     **operation_contract(
         "Release a hold: its points are spendable again",
         ReleaseInput,
         "No such user or hold",
         "Rejected: the hold is not open or timed out",
         schemas.HoldOperationResponse,
-    )
+    ),
 )
 @require_writer
 def release(user_ref: str, hold_id: int) -> Response:
@@ -161,6 +164,7 @@ def _hold_points_type(user: User, hold_id: int) -> PointsType:
 
 @bp.get("/<user_ref>/holds/<int:hold_id>")
 @documented(
+    operation_id="getHold",
     summary="A hold: its amount, status and what was captured",
     tag="points",
     error_model=schemas.Envelope,

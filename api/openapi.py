@@ -40,6 +40,20 @@ STANDARD_ERRORS: Mapping[int, str] = {
     "address; retry after `Retry-After` seconds",
     503: "The database is unreachable; retry after `Retry-After` seconds",
 }
+# Headers of the answers, documented where the answers carry them.
+REQUEST_ID = {
+    "X-Request-ID": "The request's id in tally's logs: the caller's X-Request-ID if it sent a"
+    " valid one, else a new one"
+}
+RETRY_AFTER = {"Retry-After": "Seconds to wait before trying again"}
+ACCEPTED = {
+    "Location": "The status URL of the request (or the batch) this answer is about",
+    "Idempotent-Replayed": "`true` when the Idempotency-Key named a request accepted"
+    " before: this is its answer, and nothing new was done",
+}
+PREFERENCE_APPLIED = {
+    "Preference-Applied": "The preference honoured (RFC 7240): respond-async, or wait=N"
+}
 BODY_ERRORS: Mapping[int, str] = {
     400: "Invalid body: `errors` names each bad field",
     413: "Body too large",
@@ -49,14 +63,18 @@ BODY_ERRORS: Mapping[int, str] = {
 
 @dataclass(frozen=True)
 class Contract:
-    """What one view takes and answers."""
+    """What one view takes and answers; `operation_id` names it for generated clients
+    (stable: renaming the view's function does not change it)."""
 
+    operation_id: str
     summary: str
     responses: Mapping[int, tuple[str, type[BaseModel] | None]]
     body: type[BaseModel] | None = None
     body_types: tuple[str, ...] = (JSON,)
     query: type[BaseModel] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Request headers without which the request is refused (400).
+    required_headers: tuple[str, ...] = ()
     public: bool = False
     tag: str = "score"
     error_model: type[BaseModel] = ProblemModel
@@ -106,6 +124,20 @@ def _without_title(schema: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in schema.items() if key != "title"}
 
 
+def _answer_headers(contract: Contract, status: int) -> dict[str, Any]:
+    """The headers an answer of `status` to this operation carries."""
+    headers = dict(REQUEST_ID)
+    if status in (429, 503):
+        headers |= RETRY_AFTER
+    if "Idempotency-Key" in contract.headers and status in (201, 202, 409):
+        headers |= ACCEPTED
+    if "Prefer" in contract.headers and status in (200, 201, 202):
+        headers |= PREFERENCE_APPLIED
+    return {
+        name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()
+    }
+
+
 def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str, Any]:
     def ref(model: type[BaseModel]) -> dict[str, str]:
         return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
@@ -120,6 +152,10 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "content": {contract.error_type: {"schema": ref(contract.error_model)}},
         }
     if contract.query is not None:
+        responses["400"] = {
+            "description": "A malformed query parameter: `errors` names it",
+            "content": {contract.error_type: {"schema": ref(contract.error_model)}},
+        }
         # Refused by the HTTP server before tally sees it, so no body of ours.
         responses |= {str(status): {"description": text} for status, text in QUERY_ERRORS.items()}
     for status, (description, model) in contract.responses.items():
@@ -135,7 +171,10 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "description": description,
             "content": {media: {"schema": ref(model)}},
         }
+    for code, answer in responses.items():
+        answer["headers"] = _answer_headers(contract, int(code))
     operation: dict[str, Any] = {
+        "operationId": contract.operation_id,
         "summary": contract.summary,
         "tags": [contract.tag],
         "parameters": parameters
@@ -143,7 +182,7 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             {
                 "name": name,
                 "in": "header",
-                "required": False,
+                "required": name in contract.required_headers,
                 "schema": {"type": "string"},
                 "description": text,
             }
@@ -189,6 +228,8 @@ def build_document(app: Flask) -> dict[str, Any]:
         contract = getattr(app.view_functions[rule.endpoint], "__openapi__", None)
         if contract is None:
             continue
+        if any(known.operation_id == contract.operation_id for known in contracts):
+            raise ValueError(f"two operations are named {contract.operation_id}")
         contracts.append(contract)
         path, parameters = _openapi_path(rule.rule)
         if contract.query is not None:

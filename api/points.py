@@ -167,12 +167,13 @@ def check_expiry(expires_at: datetime | None, key: str | None) -> None:
 
 @bp.post("/<user_ref>/adjust")
 @documented(
+    operation_id="adjustPoints",
     **operation_contract(
-        "Adjust a user's points (seed 002)",
+        "Adjust a user's points",
         AdjustPointsInput,
         "No such user",
         "Rejected by the account's state",
-    )
+    ),
 )
 @require_writer
 def adjust(user_ref: str) -> Response:
@@ -240,7 +241,8 @@ def points_type_named(name: str | None) -> PointsType:
 
 @bp.get("/<user_ref>")
 @documented(
-    summary="A user's point accounts (seed 002), now or as of a moment",
+    operation_id="getPointsBalances",
+    summary="A user's point accounts, now or as of a moment",
     tag="points",
     query=AsOfQuery,
     error_model=schemas.Envelope,
@@ -268,6 +270,7 @@ def accounts(user_ref: str) -> Response:
 
 @bp.get("/<user_ref>/statement")
 @documented(
+    operation_id="getPointsStatement",
     summary="A user's statement: opening and closing figures, totals by type, entries",
     tag="points",
     query=PointsStatementQuery,
@@ -295,7 +298,8 @@ class TransactionsQuery(PageQuery):
 
 @bp.get("/<user_ref>/transactions")
 @documented(
-    summary="A user's ledger, newest first (seed 002)",
+    operation_id="listPointsTransactions",
+    summary="A user's ledger, newest first",
     tag="points",
     query=TransactionsQuery,
     error_model=schemas.Envelope,
@@ -331,12 +335,13 @@ def transactions(user_ref: str) -> Response:
 
 @bp.post("/transactions/<transaction_id>/reverse")
 @documented(
+    operation_id="reversePointsTransaction",
     **operation_contract(
         "Reverse a transaction: one entry of the opposite amount, linked to it",
         ReverseInput,
         "No such transaction",
         "Reversed already, not reversible, or rejected by the account's state",
-    )
+    ),
 )
 @require_writer
 def reverse(transaction_id: str) -> Response:
@@ -411,7 +416,9 @@ STATUS_CONTRACT: dict[str, Any] = {
 
 @bp.post("/<user_ref>/freeze")
 @documented(
-    summary="Freeze an account: its requests are rejected until it is unfrozen", **STATUS_CONTRACT
+    operation_id="freezeAccounts",
+    summary="Freeze an account: its requests are rejected until it is unfrozen",
+    **STATUS_CONTRACT,
 )
 @require_admin
 def freeze(user_ref: str) -> Response:
@@ -421,7 +428,9 @@ def freeze(user_ref: str) -> Response:
 
 @bp.post("/<user_ref>/unfreeze")
 @documented(
-    summary="Unfreeze an account (requests rejected meanwhile stay rejected)", **STATUS_CONTRACT
+    operation_id="unfreezeAccounts",
+    summary="Unfreeze an account (requests rejected meanwhile stay rejected)",
+    **STATUS_CONTRACT,
 )
 @require_admin
 def unfreeze(user_ref: str) -> Response:

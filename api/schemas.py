@@ -24,7 +24,7 @@ class ScoreCreator(BaseModel):
 
 
 class Score(BaseModel):
-    """Seed 000's Score object: one ledger entry."""
+    """The community API's Score object: one ledger entry."""
 
     id: int
     user: ScoreUser
@@ -145,7 +145,7 @@ class ReputationTypeList(RootModel[list[ReputationTypeOut]]):
 
 
 class PointAccount(BaseModel):
-    """Seed 002's PointAccountResponse."""
+    """The points API's PointAccountResponse."""
 
     id: str
     tenant_id: str
@@ -164,7 +164,7 @@ class PointAccount(BaseModel):
 
 
 class PointTransaction(BaseModel):
-    """Seed 002's PointTransactionResponse; ledger fields are null until it is applied."""
+    """The points API's PointTransactionResponse; ledger fields are null until it is applied."""
 
     id: str | None
     account_id: str
@@ -208,7 +208,7 @@ class HoldOperationData(PointOperationData):
 
 
 class Envelope(BaseModel):
-    """Seed 002's SimpleResponse: `code` 0 on success, else the HTTP status."""
+    """The points API's envelope (SimpleResponse): `code` 0 on success, else the HTTP status."""
 
     code: int
     message: str
@@ -454,7 +454,7 @@ class StatementTotal(BaseModel):
 
 
 class StatementEntry(BaseModel):
-    id: str = Field(description="The entry's ULID (seed 002's transaction id)")
+    id: str = Field(description="The entry's ULID (the points API's transaction id)")
     entry_id: int = Field(description="The entry's number: `after` resumes from it")
     request_id: int
     type: str

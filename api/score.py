@@ -50,7 +50,8 @@ SCORE_HEADERS = {
 
 @bp.post("/")
 @documented(
-    summary="Add or remove score points for a user (seeds 000 and 001)",
+    operation_id="createScore",
+    summary="Add or remove score points for a user",
     body=ScoreInput,
     body_types=(JSON, FORM),
     headers=SCORE_HEADERS,
@@ -105,6 +106,7 @@ def _answer(accepted: Accepted, key: str | None) -> Response:
 
 @bp.post("/<int:score_id>/reverse")
 @documented(
+    operation_id="reverseScore",
     summary="Reverse a score: one `reversal` entry (type 11) of the opposite amount",
     body=ScoreReverseInput,
     body_types=(JSON, FORM),
@@ -149,6 +151,7 @@ def reverse(score_id: int) -> Response:
 
 @bp.get("/requests/<int:request_id>")
 @documented(
+    operation_id="getRequestStatus",
     summary="The status of an adjustment request",
     responses={
         200: ("The request's status", schemas.RequestStatus),
@@ -168,6 +171,7 @@ def request_status(request_id: int) -> Response:
 
 @bp.get("/requests")
 @documented(
+    operation_id="getRequestByKey",
     summary="The status of the request with an idempotency key",
     query=RequestLookup,
     responses={

@@ -23,6 +23,7 @@ bp = Blueprint("score_reads", __name__, url_prefix="/api/v2/score")
 
 @bp.get("/")
 @documented(
+    operation_id="listScores",
     summary="List score changes (ledger entries) as Score objects",
     query=ScoreListQuery,
     responses={
@@ -42,6 +43,7 @@ def list_score() -> Response:
 
 @bp.get("/leaderboard/")
 @documented(
+    operation_id="getLeaderboard",
     summary="Users ranked by their total score over the filtered entries of a period",
     query=LeaderboardQuery,
     responses={
@@ -61,6 +63,7 @@ def score_leaderboard() -> Response:
 
 @bp.get("/leaderboard/me")
 @documented(
+    operation_id="getOwnRank",
     summary="One user's place on a board: the caller's, or `user_id`'s",
     query=OwnRankQuery,
     responses={
@@ -94,6 +97,7 @@ def own_rank_on_board() -> Response:
 
 @bp.get("/reputation_types/")
 @documented(
+    operation_id="listReputationTypes",
     summary="The reputation types tally records",
     responses={200: ("Every reputation type", schemas.ReputationTypeList)},
 )

@@ -49,12 +49,13 @@ def user_object(user: User, as_of: datetime | None = None) -> Response:
             role=user.role,
             reputation=reputation,
             as_of=moment,
-        ).model_dump(mode="json", exclude_none=as_of is None)
+        ).model_dump(mode="json", exclude=set() if as_of else {"as_of"})
     )
 
 
 @bp.post("/")
 @documented(
+    operation_id="createUser",
     summary="Create a user",
     tag="users",
     body=UserInput,
@@ -84,6 +85,7 @@ def create() -> Response:
 
 @bp.get("/<int:user_id>")
 @documented(
+    operation_id="getUser",
     summary="A user, with its reputation now or as of a moment",
     tag="users",
     query=AsOfQuery,
@@ -98,6 +100,7 @@ def read(user_id: int) -> Response:
 
 @bp.get("/<int:user_id>/statement")
 @documented(
+    operation_id="getReputationStatement",
     summary="A user's reputation statement: opening and closing, totals by type, entries",
     tag="users",
     query=StatementQuery,

@@ -67,6 +67,7 @@ def _allow_private() -> bool:
 
 @bp.post("/")
 @documented(
+    operation_id="createWebhookEndpoint",
     summary="Add a webhook endpoint; its signing secret is in this answer only",
     tag="webhooks",
     body=EndpointInput,
@@ -91,6 +92,7 @@ def create() -> Response:
 
 @bp.get("/")
 @documented(
+    operation_id="listWebhookEndpoints",
     summary="The tenant's webhook endpoints",
     tag="webhooks",
     responses={200: ("Every endpoint", schemas.WebhookEndpointList)},
@@ -104,6 +106,7 @@ def list_all() -> Response:
 
 @bp.get("/<endpoint_id>")
 @documented(
+    operation_id="getWebhookEndpoint",
     summary="A webhook endpoint",
     tag="webhooks",
     responses={200: ("The endpoint", schemas.WebhookEndpointOut), **NOT_FOUND},
@@ -115,6 +118,7 @@ def read(endpoint_id: str) -> Response:
 
 @bp.patch("/<endpoint_id>")
 @documented(
+    operation_id="updateWebhookEndpoint",
     summary="Change an endpoint's url, types, description or status (enable, disable)",
     tag="webhooks",
     body=EndpointChange,
@@ -134,6 +138,7 @@ def change(endpoint_id: str) -> Response:
 
 @bp.post("/<endpoint_id>/rotate-secret")
 @documented(
+    operation_id="rotateWebhookSecret",
     summary="Give an endpoint a new secret; the old one also signs for `overlap_hours`",
     tag="webhooks",
     body=RotateInput,
@@ -151,6 +156,7 @@ def rotate(endpoint_id: str) -> Response:
 
 @bp.post("/<endpoint_id>/redeliver")
 @documented(
+    operation_id="redeliverWebhookEvents",
     summary="Send events again: one (`event_id`), a range (`from_id`, `to_id`) or all after "
     "one (`after`)",
     tag="webhooks",
@@ -181,6 +187,7 @@ def redeliver_events(endpoint_id: str) -> Response:
 
 @bp.get("/<endpoint_id>/deliveries")
 @documented(
+    operation_id="listWebhookDeliveries",
     summary="An endpoint's delivery log, in event order, paged by cursor",
     tag="webhooks",
     query=DeliveriesQuery,

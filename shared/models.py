@@ -472,7 +472,7 @@ class Lot(Base):
         Index("ix_lots_due", "expires_at", postgresql_where="expired_at IS NULL"),
     )
 
-    # The earning entry's ULID (seed 002's transaction id): `related_id` of its expiry.
+    # The earning entry's ULID (the points API's transaction id): `related_id` of its expiry.
     entry_ulid: Mapped[str] = mapped_column(ForeignKey("ledger_entries.ulid"), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))

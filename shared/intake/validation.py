@@ -52,7 +52,7 @@ class InvalidInput(Exception):
 
 
 class ScoreInput(BaseModel):
-    """The body of POST /api/v2/score/ (seed 000, and seed 001's `user`)."""
+    """The body of POST /api/v2/score/ (the community API; `user` as older clients send it)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -165,7 +165,7 @@ def validate_idempotency_key(value: Any, field: str = "Idempotency-Key") -> str 
 
 
 class AdjustPointsInput(BaseModel):
-    """The body of POST /admin/points/{user_id}/adjust (seed 002's AdjustPointsRequest)."""
+    """The body of POST /admin/points/{user_id}/adjust (the points API's AdjustPointsRequest)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

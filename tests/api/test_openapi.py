@@ -67,3 +67,43 @@ def test_a_body_is_required_exactly_where_the_route_needs_one(client: FlaskClien
     assert freeze["required"] is False  # every field optional: no body freezes all
     bulk = paths["/api/v2/score/bulk"]["post"]["requestBody"]
     assert bulk["required"] is True
+
+
+def test_every_operation_has_a_unique_id_and_documents_its_answers_headers(
+    client: FlaskClient,
+) -> None:
+    """Issue 24: operationIds for generated clients; every answer's X-Request-ID, Retry-After
+    on 429 and 503, Location and Idempotent-Replayed on accepted adjustments."""
+    document = client.get("/openapi.json").json
+    operations = [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
+    ids = [operation["operationId"] for _, _, operation in operations]
+    assert len(ids) == len(set(ids)) == len(operations)
+    for path, method, operation in operations:
+        for status, answer in operation["responses"].items():
+            headers = answer.get("headers", {})
+            assert "X-Request-ID" in headers, (path, method, status)
+            if status in ("429", "503"):
+                assert "Retry-After" in headers, (path, method, status)
+    create = document["paths"]["/api/v2/score/"]["post"]
+    assert create["operationId"] == "createScore"
+    for status in ("201", "202", "409"):
+        assert {"Location", "Idempotent-Replayed"} <= set(create["responses"][status]["headers"])
+    assert "Preference-Applied" in create["responses"]["202"]["headers"]
+
+
+def test_required_headers_are_marked_and_no_internal_words_remain(client: FlaskClient) -> None:
+    document = client.get("/openapi.json").json
+
+    def header(path: str, name: str) -> dict:
+        (found,) = [p for p in document["paths"][path]["post"]["parameters"] if p["name"] == name]
+        return found
+
+    assert header("/api/v2/score/bulk", "Idempotency-Key")["required"] is True
+    # The import derives its key from the file when none is given, and says so.
+    imported = header("/api/v2/score/import/", "Idempotency-Key")
+    assert imported["required"] is False and "SHA-256" in imported["description"]
+    assert not re.search(r"\bseeds? 00\d", str(document), re.IGNORECASE)
