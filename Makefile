@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test soak chaos-webhooks tools lint typecheck bench bench-reads clean
+.PHONY: install lock run test soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -33,6 +33,11 @@ test: $(STAMP) tools
 soak: $(STAMP)
 	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
 		$(BIN)/pytest --timeout=0 tests/shared/test_points_model.py tests/shared/test_periods.py $(ARGS)
+
+## contract: schemathesis against a real stack with 100 examples a route (CI: 8)
+contract: $(STAMP)
+	TALLY_CONTRACT_EXAMPLES=$${TALLY_CONTRACT_EXAMPLES:-100} \
+		$(BIN)/pytest --timeout=0 tests/processes/test_schemathesis.py $(ARGS)
 
 ## chaos-webhooks: the webhook chaos test with the receiver down a full minute (CI: 20 s)
 chaos-webhooks: $(STAMP)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from sqlalchemy import select
 
 from cli.common import Failure, database, emit, json_option
+from cli.database import user_named
 from shared.intake.accounts import accounts_of, change_status
-from shared.models import DEFAULT_TENANT, AccountStatus, User
+from shared.models import DEFAULT_TENANT, AccountStatus
 from shared.platform.config import load_settings
 
 
@@ -34,11 +34,7 @@ def _set(
         known = ", ".join(settings.points_types)
         raise click.BadParameter(f"unknown points type; known: {known}", param_hint="--points-type")
     with database() as session:
-        user = session.scalars(
-            select(User).where(User.tenant_id == tenant, User.username == username)
-        ).one_or_none()
-        if user is None:
-            raise Failure(f"no user {username!r} in tenant {tenant!r}", "not_found")
+        user = user_named(session, tenant, username)
         found = accounts_of(session, user.id, points_type)
         if not found:
             kind = f"{points_type} account" if points_type else "account"

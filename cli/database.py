@@ -67,13 +67,24 @@ def users() -> None:
     """Users of a tenant."""
 
 
+def find_user(session: Session, tenant: str, username: str) -> User | None:
+    return session.scalars(
+        select(User).where(User.tenant_id == tenant, User.username == username)
+    ).one_or_none()
+
+
+def user_named(session: Session, tenant: str, username: str) -> User:
+    """The user `username` of `tenant`; a failure (exit 1) naming both if there is none."""
+    user = find_user(session, tenant, username)
+    if user is None:
+        raise Failure(f"no user {username!r} in tenant {tenant!r}", "not_found")
+    return user
+
+
 def ensure_user(session: Session, tenant: str, data: UserInput) -> User:
     """The user `data.username` of `tenant`, created if missing (the tenant too)."""
     ensure_tenant(session, tenant)
-    user = session.scalars(
-        select(User).where(User.tenant_id == tenant, User.username == data.username)
-    ).one_or_none()
-    return user or create_user(session, tenant, data)
+    return find_user(session, tenant, str(data.username)) or create_user(session, tenant, data)
 
 
 @users.command("create")
@@ -195,11 +206,7 @@ def tokens_create(
     """Create a token for a user and print it once."""
     expires_at = datetime.now(UTC) + expires_in if expires_in else None
     with database() as session:
-        user = session.scalars(
-            select(User).where(User.tenant_id == tenant, User.username == username)
-        ).one_or_none()
-        if user is None:
-            raise Failure(f"no user {username!r} in tenant {tenant!r}", "not_found")
+        user = user_named(session, tenant, username)
         token, plain = create_token(session, user, name, expires_at)
         data = {"id": token.id, "token": plain, "username": username, "role": user.role,
                 "expires_at": expires_at}  # fmt: skip

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.common import Failure, database, emit, json_option
+from cli.database import user_named
 from shared.events.webhooks import (
     EndpointChange,
     EndpointInput,
@@ -40,13 +41,10 @@ def _refused(error: InvalidInput | ValidationError) -> Failure:
 
 
 def _owner(session: Session, tenant: str, username: str | None) -> User:
-    query = select(User).where(User.tenant_id == tenant)
     if username is not None:
-        user = session.scalars(query.where(User.username == username)).one_or_none()
-        if user is None:
-            raise Failure(f"no user {username!r} in tenant {tenant!r}", "not_found")
-        return user
-    admin = session.scalars(query.where(User.role == Role.ADMIN).order_by(User.id)).first()
+        return user_named(session, tenant, username)
+    query = select(User).where(User.tenant_id == tenant, User.role == Role.ADMIN)
+    admin = session.scalars(query.order_by(User.id)).first()
     if admin is None:
         raise Failure(f"tenant {tenant!r} has no admin; name one with --by")
     return admin
