@@ -18,6 +18,7 @@ from api.links import link_to
 from api.problems import Problem
 from api.resources import completions, publisher, release_session, resources, wait_slots
 from api.serializers import StoredEntry
+from api.structured import idempotency_key_field, new_idempotency_key
 from shared.flow.dispatch import Lane
 from shared.intake.adjustments import Adjustment, Recorded, SubjectTaken
 from shared.intake.adjustments import submit as record
@@ -55,6 +56,8 @@ class Accepted:
     preferences: Preferences
     # Whether the answer must come from the request row (a replay, or a wait that timed out).
     read_row: bool
+    # The caller's key, or the one made for a request that had none.
+    idempotency_key: str
 
 
 def submit(
@@ -70,6 +73,9 @@ def submit(
     Problem for a second reversal of one entry.
     """
     release_session()  # a route's earlier reads: one connection per thread at a time
+    # Without a key of the caller's, one of ours, returned in the answer: a retry with it
+    # is then as safe as with the caller's own.
+    idempotency_key = idempotency_key or new_idempotency_key()
     try:
         with resources().engine.connect() as connection:
             # One statement, its own transaction: committed when it returns.
@@ -109,7 +115,7 @@ def submit(
     if completion is None:
         completion, waited = wait_for_outcome(recorded.request_id, preferences)
         read_row = read_row or waited
-    return Accepted(recorded, completion, preferences, read_row)
+    return Accepted(recorded, completion, preferences, read_row, idempotency_key)
 
 
 def dispatch(account_id: str) -> None:
@@ -181,7 +187,10 @@ def status_url(request_id: int) -> str:
 def rejection(accepted: Accepted, completion: Completion) -> Problem:
     """The 409 for a request the worker rejected because of the account's state."""
     request_id = accepted.recorded.request_id
-    headers = {"Location": status_url(request_id)}
+    headers = {
+        "Location": status_url(request_id),
+        "Idempotency-Key": idempotency_key_field(accepted.idempotency_key),
+    }
     if not accepted.recorded.created:
         headers["Idempotent-Replayed"] = "true"
     return Problem(
@@ -196,6 +205,7 @@ def rejection(accepted: Accepted, completion: Completion) -> Problem:
 def finish(response: Response, accepted: Accepted) -> Response:
     """The headers every adjustment answer carries: Location, and what was replayed or preferred."""
     response.headers["Location"] = status_url(accepted.recorded.request_id)
+    response.headers["Idempotency-Key"] = idempotency_key_field(accepted.idempotency_key)
     if not accepted.recorded.created:
         response.headers["Idempotent-Replayed"] = "true"
     if response.status_code == 202 and accepted.preferences.respond_async:

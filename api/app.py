@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -45,8 +44,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Seed 002's routes answer in their envelope, a URL under them that matches no route too.
     register_error_handlers(app, {f"{points.bp.url_prefix}/": points.as_envelope})
 
-    # First, so that every answer is counted and timed, a rate limit's 429 too.
+    # First, so that every answer is counted, timed and carries its X-Request-ID, a rate
+    # limit's 429 too.
     metrics.count_requests(app)
+    track_request_ids(app)
     # Before the limits: a body the front could not read costs no token lookup.
     refuse_unread_bodies(app, settings)
     init_limits(app, settings, lambda: celery.resources.keys.limits)
@@ -62,7 +63,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(events.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(webhooks.bp)
-    track_request_ids(app)
     return app
 
 
@@ -71,9 +71,7 @@ def track_request_ids(app: Flask) -> None:
 
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        valid = 0 < len(incoming) <= 200 and incoming.isascii() and incoming.isprintable()
-        g.request_id = incoming if valid else uuid.uuid4().hex
+        g.request_id = logs.request_id_of(request.headers.get("X-Request-ID", ""))
         g.request_id_token = logs.request_id.set(g.request_id)
 
     @app.after_request

@@ -21,6 +21,7 @@ from api.pagination import page
 from api.problems import Problem, validation_problem
 from api.resources import db_session, publisher, resources
 from api.serializers import status_object
+from api.structured import idempotency_key_field, idempotency_key_header
 from shared.fields import Flag, format_timestamp, parse_flag
 from shared.flow.dispatch import Lane
 from shared.intake.bulk import (
@@ -58,7 +59,7 @@ def _body_limit() -> int:
 
 
 def _batch_key(derived: str | None = None) -> str:
-    key = request.headers.get("Idempotency-Key") or derived
+    key = idempotency_key_header() or derived
     if key is None:
         raise validation_problem(
             [FieldError("Idempotency-Key", "required", "a bulk batch needs an idempotency key")]
@@ -100,11 +101,12 @@ def _publish(stored: Stored) -> None:
         current_app.logger.warning("dispatching batch %s failed; relay will retry", stored.batch_id)
 
 
-def _accepted(stored: Stored, extra: dict[str, Any] | None = None) -> Response:
+def _accepted(stored: Stored, key: str, extra: dict[str, Any] | None = None) -> Response:
     body = (extra or {}) | batch_status(stored.batch_id)
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = _status_url(stored.batch_id)
+    response.headers["Idempotency-Key"] = idempotency_key_field(key)
     if not stored.created:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -201,6 +203,7 @@ def import_csv() -> Response:
     stored = _store(key, batch)
     return _accepted(
         stored,
+        key,
         {
             "imported_rows": len(awards),
             "total_points_variation": total,
@@ -311,7 +314,7 @@ def bulk() -> Response:
         raise validation_problem([FieldError("items", "required", "give at least one item")])
     if dry_run:
         return jsonify(_dry_run(key, batch))
-    return _accepted(_store(key, batch))
+    return _accepted(_store(key, batch), key)
 
 
 def _dry_run(key: str, batch: Validated) -> dict[str, Any]:

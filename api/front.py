@@ -49,6 +49,7 @@ from api.body import BODY, BODY_ERROR, BodyError, body_limit
 from api.metrics import count_answer
 from api.problems import Problem
 from shared.platform.config import Settings
+from shared.platform.logs import request_id_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -212,6 +213,8 @@ async def _answer(scope: Scope, send: Send, problem: Problem) -> None:
     body = json.dumps(problem.document()).encode()
     headers = [(b"content-type", b"application/problem+json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers.items()]
+    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    headers.append((b"x-request-id", request_id_of(incoming).encode()))
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

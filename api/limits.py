@@ -35,6 +35,7 @@ from limits.strategies import FixedWindowRateLimiter
 from api.auth import bearer_token
 from api.problems import Problem
 from api.resources import token_cache
+from api.structured import rate_limit_fields
 from shared.intake.auth import hash_token
 from shared.platform.config import Settings
 
@@ -73,6 +74,10 @@ class TokenCounts:
             self._uncounted.pop(token, None)
             return uncounted
 
+    def uncounted(self, token: str) -> int:
+        """The token's requests this process has not counted in Redis yet."""
+        return self._uncounted.get(token, 0)
+
     def near(self, token: str, until: float) -> None:
         """Count the token's requests one by one until `until` (a Unix time)."""
         with self._lock:
@@ -96,6 +101,9 @@ class RateLimits:
         smallest = min((limit.amount for limit in self.per_token), default=0)
         batch = TokenCounts.BATCH if smallest >= 10 * self.near_margin else 1
         self.token_counts = TokenCounts(batch)
+        # Per token: the requests left in the tightest limit at its last count in Redis,
+        # and when its window ends; the RateLimit field is told from it (see `state`).
+        self.windows: dict[str, tuple[int, int, float]] = {}
 
     @cached_property
     def shared(self) -> FixedWindowRateLimiter:
@@ -113,14 +121,43 @@ class RateLimits:
         if cost == 0:
             return None
         broken = self._first_broken(self.per_token, ("token", token), count=True, cost=cost)
-        for limit in self.per_token:
+        tightest: tuple[int, int, float] | None = None
+        for index, limit in enumerate(self.per_token):
             try:
                 stats = self.shared.get_window_stats(limit, "token", token)
             except Exception:  # Redis is down: _first_broken counted locally meanwhile
                 return broken
             if stats.remaining < self.near_margin:
                 self.token_counts.near(token, stats.reset_time)
+            if tightest is None or stats.remaining < tightest[1]:
+                tightest = (index, stats.remaining, stats.reset_time)
+        if tightest is not None:
+            if len(self.windows) > 10_000:
+                self.windows.clear()
+            self.windows[token] = tightest
         return broken
+
+    def state(self, token: str) -> dict[str, str]:
+        """The RateLimit fields of a token's answer: the tightest of its limits as last
+        counted in Redis, less this process's requests not counted yet. An estimate
+        within TokenCounts.BATCH requests a process, exact near the limit, where every
+        request is counted."""
+        index, remaining, reset_at = self.windows.get(token, (0, -1, 0.0))
+        limit = self.per_token[index]
+        now = time.time()
+        if reset_at <= now:  # not counted yet in this window: all of it is left
+            remaining, reset_at = limit.amount, now + limit.get_expiry()
+        remaining -= self.token_counts.uncounted(token)
+        return self.fields(self.per_token, index, remaining, math.ceil(reset_at - now), "token")
+
+    @staticmethod
+    def fields(
+        limits: list[RateLimitItem], index: int, remaining: int, reset: int, name: str
+    ) -> dict[str, str]:
+        """RateLimit and RateLimit-Policy for the `index`th of `limits`."""
+        limit = limits[index]
+        policy = name if len(limits) == 1 else f"{name}-{index + 1}"
+        return rate_limit_fields(policy, limit.amount, limit.get_expiry(), remaining, reset)
 
     def hit(self, limits: list[RateLimitItem], *identity: str) -> RateLimitItem | None:
         """Count one request; the first limit it breaks, if any."""
@@ -160,18 +197,22 @@ class RateLimits:
             return limiter.hit(limit, *identity, cost=cost)
         return limiter.test(limit, *identity, cost=cost)
 
-    def too_many(self, limit: RateLimitItem, *identity: str) -> Problem:
-        """The 429 for a broken limit, with the seconds until its window ends."""
+    def too_many(
+        self, limits: list[RateLimitItem], limit: RateLimitItem, *identity: str
+    ) -> Problem:
+        """The 429 for a broken limit (one of `limits`), with the seconds until its
+        window ends, in Retry-After and the RateLimit fields."""
         try:
             reset_at = self.shared.get_window_stats(limit, *identity).reset_time
         except Exception:  # as above: the window's end is then an estimate
             reset_at = time.time() + limit.get_expiry()
         retry_after = max(1, math.ceil(reset_at - time.time()))
+        fields = self.fields(limits, limits.index(limit), 0, retry_after, identity[0])
         return Problem(
             429,
             "too-many-requests",
             f"more than {limit} requests; retry after {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
+            headers={"Retry-After": str(retry_after)} | fields,
         )
 
 
@@ -194,13 +235,14 @@ def init_limits(app: Flask, settings: Settings, key_prefix: Callable[[], str]) -
             address = _client_address()
             broken = limits.test(limits.auth_failures, "auth-failures", address)
             if broken is not None:
-                raise limits.too_many(broken, "auth-failures", address)
+                raise limits.too_many(limits.auth_failures, broken, "auth-failures", address)
         if token and tokens.principal(token) is not None:
             # The token's hash, never the token: the key is stored in Redis.
             token_hash = hash_token(token)
             broken = limits.hit_token(token_hash)
             if broken is not None:
-                raise limits.too_many(broken, "token", token_hash)
+                raise limits.too_many(limits.per_token, broken, "token", token_hash)
+            g.rate_limit = limits.state(token_hash)
         elif token:
             # A bad token is a failure whatever the route answers (404, 405, OPTIONS...).
             g.auth_failure_counted = True
@@ -208,6 +250,8 @@ def init_limits(app: Flask, settings: Settings, key_prefix: Callable[[], str]) -
 
     @app.after_request
     def _count_failures(response: Response) -> Response:
+        if "rate_limit" in g:
+            response.headers.update(g.rate_limit)
         if (
             response.status_code == 401
             and request.blueprint not in UNLIMITED_BLUEPRINTS

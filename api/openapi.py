@@ -46,8 +46,16 @@ REQUEST_ID = {
     " valid one, else a new one"
 }
 RETRY_AFTER = {"Retry-After": "Seconds to wait before trying again"}
+RATE_LIMIT = {
+    "RateLimit-Policy": 'The limit this answer counts against: `"token";q=3000;w=1`'
+    " (draft-ietf-httpapi-ratelimit-headers: q requests per w seconds)",
+    "RateLimit": 'Where the caller stands: `"token";r=2990;t=1` (r requests left, t seconds'
+    " to the window's end)",
+}
 ACCEPTED = {
     "Location": "The status URL of the request (or the batch) this answer is about",
+    "Idempotency-Key": "The request's key (a Structured Field string): the caller's, or"
+    " the one tally made for a request that came without one",
     "Idempotent-Replayed": "`true` when the Idempotency-Key named a request accepted"
     " before: this is its answer, and nothing new was done",
 }
@@ -127,6 +135,8 @@ def _without_title(schema: dict[str, Any]) -> dict[str, Any]:
 def _answer_headers(contract: Contract, status: int) -> dict[str, Any]:
     """The headers an answer of `status` to this operation carries."""
     headers = dict(REQUEST_ID)
+    if not contract.public:
+        headers |= RATE_LIMIT
     if status in (429, 503):
         headers |= RETRY_AFTER
     if "Idempotency-Key" in contract.headers and status in (201, 202, 409):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select
 
 from api import schemas
@@ -17,6 +17,7 @@ from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import account_object, public_user_id, transaction_object
+from api.structured import idempotency_key_header
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
 from shared.intake.accounts import set_status
 from shared.intake.adjustments import Adjustment, NotReversible, reversal_of
@@ -130,7 +131,7 @@ def user_named(user_ref: str) -> User:
 
 def idempotency_key(body_key: str | None) -> str | None:
     """The key of the header or of the body (they must agree when both are given)."""
-    header = request.headers.get("Idempotency-Key")
+    header = idempotency_key_header()
     if header is not None and body_key is not None and header != body_key:
         raise validation_problem(
             [FieldError("idempotency_key", "conflict", "differs from the Idempotency-Key header")]

@@ -15,6 +15,7 @@ from api.points import known_type, reversal_of_or_409
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from api.serializers import queued_status, score_object, status_object
+from api.structured import idempotency_key_header
 from shared.fields import BIGINT_MAX
 from shared.intake.adjustments import Adjustment
 from shared.intake.validation import (
@@ -68,7 +69,7 @@ def create_score() -> Response:
     principal = current_principal()
     settings = resources().settings
     try:
-        key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+        key = validate_idempotency_key(idempotency_key_header())
         command = validate_score(read_object(settings.max_body_bytes), settings.max_amount)
         points_type = settings.points_types[settings.default_points_type]
         adjustment = Adjustment(
@@ -128,7 +129,7 @@ def reverse(score_id: int) -> Response:
     principal = current_principal()
     data = read_input(ScoreReverseInput, resources().settings.max_body_bytes)
     try:
-        key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
+        key = validate_idempotency_key(idempotency_key_header())
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
     session = db_session()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -11,6 +12,13 @@ from pythonjsonlogger.json import JsonFormatter
 # The ids of what this thread is working on; every log line carries those that are set.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 CONTEXT_FIELDS = {"request_id": request_id}
+
+
+def request_id_of(incoming: str) -> str:
+    """The caller's X-Request-ID if it is a sane one (printable ASCII, at most 200
+    characters), else a new id."""
+    valid = 0 < len(incoming) <= 200 and incoming.isascii() and incoming.isprintable()
+    return incoming if valid else uuid.uuid4().hex
 
 
 class ContextFilter(logging.Filter):

@@ -149,3 +149,29 @@ def test_replayed_rejection_says_it_is_a_replay(
     assert again.headers["Location"] == first.headers["Location"]
     with sessions() as session:
         assert count_rows(session, admin.tenant_id) == (1, 0)
+
+
+def test_a_structured_field_key_is_its_content_and_a_keyless_request_gets_one(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None, sessions
+) -> None:
+    """Issue 24, the Idempotency-Key draft: the header is a Structured Field string (the
+    quotes are not part of the key; a bare key, as most clients send, is taken as it is),
+    and a request without one gets a key of tally's, returned for its retries."""
+    user = factory.user()
+    body = {"user_id": user.id, "score": 2, "comment": "quoted"}
+    quoted = client.post("/api/v2/score/", json=body, headers=_headers(moderator, '"sf-7"'))
+    bare = client.post("/api/v2/score/", json=body, headers=_headers(moderator, "sf-7"))
+    assert quoted.status_code == bare.status_code == 201
+    assert bare.headers["Idempotent-Replayed"] == "true"
+    assert quoted.headers["Idempotency-Key"] == bare.headers["Idempotency-Key"] == '"sf-7"'
+
+    keyless = {"user_id": user.id, "score": 5, "comment": "no key"}
+    first = client.post("/api/v2/score/", json=keyless, headers=moderator.headers)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    given = first.headers["Idempotency-Key"]
+    assert given.startswith('"tally-')
+    retry = client.post("/api/v2/score/", json=keyless, headers=_headers(moderator, given))
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.headers["Location"] == first.headers["Location"]
+    with sessions() as session:
+        assert [e.amount for e in ledger_of(session, user.id)] == [2, 5]

@@ -147,3 +147,36 @@ def test_a_token_counted_in_batches_still_stops_at_its_limit(
     assert codes == [200] * 400 + [429]
     # Far from the limit, eight requests share one round trip; near it, one each.
     assert round_trips < 100, round_trips
+
+
+def test_every_answer_says_its_limit_in_ratelimit_fields_and_a_429_its_request_id(
+    app_with: Callable[..., Flask], moderator: Caller
+) -> None:
+    """Issue 24: RateLimit and RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers) on
+    answers and on 429s; X-Request-ID on a 429 as on every answer."""
+    client = app_with(rate_limit="3/minute", auth_failure_limit="2/minute").test_client()
+    # An address of its own: the failures of the tests before count in the same window.
+    client.environ_base["REMOTE_ADDR"] = "192.0.2.24"
+    answers = [
+        client.get("/api/v2/score/reputation_types/", headers=moderator.headers) for _ in range(4)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    for answer in answers:
+        assert answer.headers["RateLimit-Policy"] == '"token";q=3;w=60'
+    remaining = [int(a.headers["RateLimit"].split(";r=")[1].split(";")[0]) for a in answers]
+    assert remaining == [2, 1, 0, 0]  # a limit this small is counted request by request
+    reset = int(answers[-1].headers["RateLimit"].split(";t=")[1])
+    assert reset == int(answers[-1].headers["Retry-After"]) and 1 <= reset <= 60
+    limited = client.get(
+        "/api/v2/score/reputation_types/",
+        headers=moderator.headers | {"X-Request-ID": "support-case-7"},
+    )
+    assert limited.status_code == 429 and limited.headers["X-Request-ID"] == "support-case-7"
+
+    bad = {"Authorization": "Bearer tly_not-a-token"}
+    codes = [client.get("/api/v2/score/", headers=bad).status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    blocked = client.get("/api/v2/score/", headers=bad)
+    assert blocked.headers["RateLimit-Policy"] == '"auth-failures";q=2;w=60'
+    assert blocked.headers["RateLimit"].startswith('"auth-failures";r=0;t=')
+    assert len(blocked.headers["X-Request-ID"]) == 32

@@ -92,4 +92,4 @@ def test_tally_export_writes_the_rows_after_its_cursor_and_counts_them_on_stderr
     assert table[0].startswith("id,") and len(table) == 3
     assert "2 rows in" in since.stderr
     refused = runner.invoke(cli, ["export", "--url", stack.base_url, "--token", "wrong"])
-    assert refused.exit_code == 2
+    assert refused.exit_code == 1 and "401" in refused.stderr  # the server refused
