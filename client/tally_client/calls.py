@@ -134,13 +134,16 @@ def send(endpoint: Endpoint, request: Send, *ok: int) -> Call[httpx.Response]:
         delay = retry_delay(reply, tries, retries)
         if delay is None or tries >= retries.attempts or time.monotonic() + delay > give_up_at:
             break
-        log.info(
-            "%s %s: %s; try %d in %.2f s",
+        # The first retry is a warning: the caller's thread may wait up to the deadline.
+        log.log(
+            logging.WARNING if tries == 1 else logging.INFO,
+            "%s %s: %s; try %d in %.2f s (retrying for up to %.0f s more)",
             request.method,
             request.url,
             _describe(reply),
             tries + 1,
             delay,
+            give_up_at - time.monotonic(),
         )
         yield Sleep(delay)
     if isinstance(reply, httpx.TransportError):

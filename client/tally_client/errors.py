@@ -30,7 +30,10 @@ class TallyError(Exception):
     """Base of every client error: the HTTP status, problem type, detail and fields at fault.
 
     `status` and `response` are None when no answer came (Unreachable, WaitTimeout);
-    `retry_after` is the answer's Retry-After in seconds, if it had one (429, 503).
+    `retry_after` is the answer's Retry-After in seconds, if it had one (429, 503);
+    `x_request_id` the answer's X-Request-ID, under which the server logged the call
+    (quote it to its operator). `str(error)` names the status, the detail, every field
+    at fault and that id.
     """
 
     def __init__(
@@ -44,7 +47,13 @@ class TallyError(Exception):
         response: httpx.Response | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(detail if status is None else f"{status}: {detail}")
+        self.x_request_id = None if response is None else response.headers.get("X-Request-ID")
+        text = detail if status is None else f"{status}: {detail}"
+        if errors:
+            text += " (" + "; ".join(f"{e.field}: {e.message}" for e in errors) + ")"
+        if self.x_request_id:
+            text += f" [X-Request-ID {self.x_request_id}]"
+        super().__init__(text)
         self.detail = detail
         self.status = status
         self.problem_type = problem_type

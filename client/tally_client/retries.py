@@ -22,11 +22,13 @@ class Retries:
     Every try of a call sends the same idempotency key, so a retry can never
     create a second adjustment. Between tries the client waits what Retry-After
     says, else `backoff` seconds doubled per try up to `max_backoff`, with jitter.
-    `Retries(attempts=1)` turns retrying off.
+    `Retries(attempts=1)` turns retrying off. A call's first retry is logged at
+    WARNING (logger `tally_client`) with the time it may still take: a caller's thread
+    is never held without a word.
     """
 
     attempts: int = 10
-    deadline: float = 60.0
+    deadline: float = 15.0
     backoff: float = 0.25
     max_backoff: float = 8.0
 

@@ -151,6 +151,13 @@ def test_error_answers_raise_one_exception_type_per_problem_and_are_not_retried(
         assert invalid.value.status == 400 and invalid.value.slug == "validation"
         assert [e.field for e in invalid.value.errors] == ["score"]
         assert len(tries) == 1  # a 4xx is final
+        # Issue 24: str() names the fields at fault and the id the server logged it under.
+        request_id = invalid.value.x_request_id
+        assert request_id and len(request_id) == 32
+        assert str(invalid.value) == (
+            "400: the request has invalid fields (score: must not be 0)"
+            f" [X-Request-ID {request_id}]"
+        )
 
         with pytest.raises(NotFound):
             tally.status(987654321)

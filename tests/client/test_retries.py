@@ -170,3 +170,20 @@ def test_retries_end_in_unreachable_with_the_cause() -> None:
         tally.status(1)
     assert isinstance(error.value.__cause__, httpx.ConnectError)
     assert error.value.status is None and "after 3 tries" in str(error.value)
+
+
+def test_the_default_budget_is_short_and_its_first_retry_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 24: a caller's thread is not held for a minute without a word."""
+    assert Retries().deadline == 15.0
+    url = f"http://127.0.0.1:{free_port()}"
+    retries = Retries(attempts=3, deadline=5.0, backoff=0.01, max_backoff=0.02)
+    with (
+        caplog.at_level("INFO", logger="tally_client"),
+        Client(url, "tly_x", retries=retries) as tally,
+        pytest.raises(Unreachable),
+    ):
+        tally.adjust(1, 1, comment="nobody listens")
+    levels = [(r.levelname, "retrying for up to" in r.getMessage()) for r in caplog.records]
+    assert levels == [("WARNING", True), ("INFO", True)]
