@@ -122,7 +122,8 @@ MAX_REPORTED_ERRORS = 1000
 
 def _invalid(errors: list[ItemError], position: str) -> Problem:
     shown = errors[:MAX_REPORTED_ERRORS]
-    problem = Problem(400, "validation", f"{len(errors)} items are invalid; nothing was written")
+    count = "1 item is" if len(errors) == 1 else f"{len(errors)} items are"
+    problem = Problem(400, "validation", f"{count} invalid; nothing was written")
     problem.extra = {
         "error_count": len(errors),
         "errors_by_item": [_item_error(e, position) for e in shown],

@@ -25,9 +25,9 @@ DEMO_TOKEN_FILE = "demo-token"
 # one is replaced at the next start.
 DEMO_TOKEN_LIFETIME = timedelta(days=30)
 DEMO_USERS = (
-    # (username, real name, role)
-    ("admin", "Demo Admin", Role.ADMIN),
-    ("mario.rossi", "Mario Rossi", Role.USER),
+    # (username, real name, role, external id): the README's examples use these.
+    ("admin", "Demo Admin", Role.ADMIN, None),
+    ("mario.rossi", "Mario Rossi", Role.USER, "usr_42"),
 )
 DEMO_BODY = (
     '{"username": "mario.rossi", "score": 10, '
@@ -51,8 +51,10 @@ def demo_token(database_url: str, saved: Path) -> str:
             if previous and authenticate(session, previous) is not None:
                 return previous
             admin = None
-            for username, real_name, role in DEMO_USERS:
-                data = UserInput(username=username, real_name=real_name, role=role)
+            for username, real_name, role, external_id in DEMO_USERS:
+                data = UserInput(
+                    username=username, real_name=real_name, role=role, external_id=external_id
+                )
                 user = ensure_user(session, DEFAULT_TENANT, data)
                 admin = admin or user
             assert admin is not None
