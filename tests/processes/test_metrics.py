@@ -296,6 +296,16 @@ def _commands_find_the_stack(folder: Path, embedded: bool) -> None:
     assert adjusted["account"]["balance"] == 5
     (points,) = tally("points", "balance", str(user["id"]))["balances"]
     assert points["balance"] == 5
+    awards = folder / "awards.csv"
+    awards.write_text(f"{user['username']},,3,contest|demo,first award\n")
+    assert tally("award", str(awards), "--key", "demo-award")["counts"]["completed"] == 1
+    exported = newcomer_tally("export", "--format", "csv", cwd=folder)
+    assert exported.returncode == 0 and exported.stdout.startswith("id,"), exported.stderr
+    frozen = tally("accounts", "freeze", "--username", user["username"])["accounts"]
+    assert {account["status"] for account in frozen} == {"frozen"}
+    tally("accounts", "unfreeze", "--username", user["username"])
+    assert tally("webhooks", "list") == {"endpoints": []}
+    assert any(t["username"] == user["username"] for t in tally("tokens", "list"))
 
 
 def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> None:
