@@ -115,6 +115,19 @@ def test_every_alert_says_how_bad_and_what_happened() -> None:
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
 
 
+def test_every_alert_links_its_section_of_the_runbook() -> None:
+    """Issue 24: `runbook_url` on every alert, to a section of docs/runbook.md."""
+    runbook = (MONITORING.parent / "docs" / "runbook.md").read_text()
+    sections = {line.removeprefix("## ").lower() for line in runbook.splitlines()
+                if line.startswith("## ")}  # fmt: skip
+    latency = {"TallyAcceptLatencyHigh", "TallyApplyLatencyHigh"}
+    assert latency <= {rule["alert"] for rule in _alert_rules()}
+    for rule in _alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == "https://tally.dev/runbook#" + rule["alert"].lower(), rule["alert"]
+        assert rule["alert"].lower() in sections, rule["alert"]
+
+
 def test_rules_and_dashboard_use_only_metrics_tally_exports() -> None:
     exported = _exported_names()
     used = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import uuid
 from contextvars import ContextVar
 
@@ -41,9 +42,19 @@ JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 JSON_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 
 
+def json_formatter() -> JsonFormatter:
+    """JSON lines whose `time` is RFC 3339 in UTC, to the millisecond:
+    2026-12-03T22:54:05.123Z."""
+    formatter = JsonFormatter(JSON_FORMAT, rename_fields=JSON_RENAMED)
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
 def json_handler(service: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(JSON_FORMAT, rename_fields=JSON_RENAMED))
+    handler.setFormatter(json_formatter())
     handler.addFilter(ContextFilter(service))
     return handler
 

@@ -1,0 +1,30 @@
+"""Log lines: one JSON object each, with an RFC 3339 UTC time (issue 24)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from datetime import UTC, datetime
+
+from shared.platform.logs import json_handler, request_id
+
+
+def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id() -> None:
+    handler = json_handler("api")
+    stream = io.StringIO()
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    record = logging.LogRecord("tally.test", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    token = request_id.set("req-7")
+    try:
+        assert handler.filter(record)
+        handler.handle(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(stream.getvalue())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+    logged = datetime.fromisoformat(line["time"])
+    assert abs((logged - datetime.fromtimestamp(record.created, UTC)).total_seconds()) < 0.002
+    assert (line["level"], line["logger"], line["message"]) == ("INFO", "tally.test", "hello x")
+    assert (line["service"], line["request_id"]) == ("api", "req-7")
