@@ -44,7 +44,9 @@ def show(
             if follow and not status.final:
                 status = _follow(api, status, timeout)
             rejected = (
-                api.batch_items(batch_id, status="rejected") if status.counts["rejected"] else []
+                list(api.batch_items(batch_id, status="rejected"))
+                if status.counts["rejected"]
+                else []
             )
         except WaitTimeout as error:
             raise Failure(f"batch {batch_id}: {error}", "timeout") from None

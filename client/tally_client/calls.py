@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -23,12 +23,16 @@ from tally_client.models import (
     BatchStatus,
     BulkPlan,
     EventPage,
+    Hold,
     LeaderboardPage,
     OwnRank,
+    ReputationType,
     RequestStatus,
+    Score,
     Standing,
     StatementPage,
     Submission,
+    Transaction,
 )
 from tally_client.retries import Retries, retry_delay
 
@@ -393,21 +397,68 @@ def follow_batch(
         pause = min(pause * 2, poll)
 
 
-def batch_items(
-    endpoint: Endpoint, batch_id: str, item_status: str | None
-) -> Call[list[RequestStatus]]:
-    """Every item of a batch (or those of one status), read a page at a time."""
-    items: list[RequestStatus] = []
-    path = f"/api/v2/score/batches/{quote(batch_id, safe='')}/items"
-    while True:
-        params: dict[str, str | int] = {"limit": PAGE_SIZE, "offset": len(items)}
-        if item_status:
-            params["status"] = item_status
-        response = yield from send(endpoint, endpoint.request("GET", path, params=params), 200)
-        page = response.json()
-        items += [RequestStatus.from_json(item) for item in page["results"]]
-        if not page["results"] or len(items) >= page["count"]:
-            return items
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """A list route paged by limit and offset: where its items and their count are, and
+    whether they come in the points API's envelope."""
+
+    path: str
+    parse: Callable[[Mapping[str, Any]], T]
+    items: str = "results"
+    count: str = "count"
+    envelope: bool = False
+
+
+def list_page(
+    endpoint: Endpoint, listing: Listing[T], params: Mapping[str, Any], offset: int
+) -> Call[tuple[list[T], int]]:
+    """One page of a listing from `offset`, and how many items the listing has."""
+    query = _query(**params, limit=PAGE_SIZE, offset=offset)
+    response = yield from send(endpoint, endpoint.request("GET", listing.path, params=query), 200)
+    body = response.json()
+    if listing.envelope:
+        body = body["data"]
+    return [listing.parse(item) for item in body[listing.items]], int(body[listing.count])
+
+
+def batch_items_listing(batch_id: str) -> Listing[RequestStatus]:
+    return Listing(
+        f"/api/v2/score/batches/{quote(batch_id, safe='')}/items", RequestStatus.from_json
+    )
+
+
+SCORES = Listing("/api/v2/score/", Score.from_json)
+
+
+def transactions_listing(user_id: int | str) -> Listing[Transaction]:
+    return Listing(
+        points_path(user_id, "transactions"), Transaction.from_json, "items", "total", True
+    )
+
+
+def get_hold(endpoint: Endpoint, user_id: int | str, hold_id: int) -> Call[Hold]:
+    """GET /admin/points/{user_id}/holds/{hold_id}."""
+    request = endpoint.request("GET", points_path(user_id, "holds", hold_id))
+    response = yield from send(endpoint, request, 200)
+    return Hold.from_json(response.json()["data"])
+
+
+def reputation_types(endpoint: Endpoint) -> Call[list[ReputationType]]:
+    """GET /api/v2/score/reputation_types/."""
+    request = endpoint.request("GET", "/api/v2/score/reputation_types/")
+    response = yield from send(endpoint, request, 200)
+    return [ReputationType.from_json(kind) for kind in response.json()]
+
+
+def account_status(
+    endpoint: Endpoint, user_id: int | str, change: str, points_type: str | None,
+    reason: str | None,
+) -> Call[Standing]:  # fmt: skip
+    """POST /admin/points/{user_id}/freeze or /unfreeze: the account with its new status."""
+    body = _fields(points_type=points_type, reason=reason)
+    request = endpoint.request("POST", points_path(user_id, change), json=body)
+    response = yield from send(endpoint, request, 200)
+    return Standing.from_json(response.json()["data"])
 
 
 def request_id_of(request: Submission | RequestStatus | int) -> int:

@@ -17,12 +17,16 @@ from tally_client.feed import DEFAULT_FEED_WAIT, EventFeed
 from tally_client.models import (
     BatchStatus,
     BulkPlan,
+    Hold,
     LeaderboardPage,
     OwnRank,
+    ReputationType,
     RequestStatus,
+    Score,
     Standing,
     StatementPage,
     Submission,
+    Transaction,
 )
 from tally_client.retries import Retries
 
@@ -299,9 +303,51 @@ class Client:
 
     def batch_items(
         self, batch: BatchStatus | str, *, status: str | None = None
-    ) -> list[RequestStatus]:
-        """A batch's items with their status and reasons (`status="rejected"`: the rejected)."""
-        return self._run(calls.batch_items(self.endpoint, calls.batch_id_of(batch), status))
+    ) -> Iterator[RequestStatus]:
+        """A batch's items with their status and reasons (`status="rejected"`: the
+        rejected), read a page at a time as the iteration asks (never held whole)."""
+        listing = calls.batch_items_listing(calls.batch_id_of(batch))
+        return self._listed(listing, {"status": status})
+
+    def scores(self, **filters: Any) -> Iterator[Score]:
+        """Ledger entries as the community API lists them (GET /api/v2/score/), a page at
+        a time; `filters` as the route's parameters (user_id, username,
+        reputation_context, search, created_after, created_before, ordering)."""
+        return self._listed(calls.SCORES, filters)
+
+    def transactions(self, user: int | str, **filters: Any) -> Iterator[Transaction]:
+        """A user's points transactions, newest first, a page at a time (`points_type`)."""
+        return self._listed(calls.transactions_listing(user), filters)
+
+    def get_hold(self, user: int | str, hold_id: int) -> Hold:
+        """One hold of a user."""
+        return self._run(calls.get_hold(self.endpoint, user, hold_id))
+
+    def reputation_types(self) -> list[ReputationType]:
+        return self._run(calls.reputation_types(self.endpoint))
+
+    def freeze(
+        self, user: int | str, *, points_type: str | None = None, reason: str | None = None
+    ) -> Standing:
+        """Freeze a user's account (admins): its requests are rejected until unfrozen."""
+        call = calls.account_status(self.endpoint, user, "freeze", points_type, reason)
+        return self._run(call)
+
+    def unfreeze(
+        self, user: int | str, *, points_type: str | None = None, reason: str | None = None
+    ) -> Standing:
+        """Unfreeze a user's account (admins)."""
+        call = calls.account_status(self.endpoint, user, "unfreeze", points_type, reason)
+        return self._run(call)
+
+    def _listed(self, listing: calls.Listing[T], params: Mapping[str, Any]) -> Iterator[T]:
+        offset = 0
+        while True:
+            items, count = self._run(calls.list_page(self.endpoint, listing, params, offset))
+            yield from items
+            offset += len(items)
+            if not items or offset >= count:
+                return
 
     def events(
         self,

@@ -37,6 +37,20 @@ class Submission:
     def completed(self) -> bool:
         return self.status == COMPLETED
 
+    @property
+    def hold(self) -> Hold | None:
+        """The hold a points operation placed, captured or released (None for others)."""
+        data = self.body.get("data")
+        held = data.get("hold") if isinstance(data, dict) else None
+        return Hold.from_json(held) if isinstance(held, dict) else None
+
+    @property
+    def transaction(self) -> Transaction | None:
+        """The points API's transaction of this operation (None on the community route)."""
+        data = self.body.get("data")
+        entry = data.get("transaction") if isinstance(data, dict) else None
+        return Transaction.from_json(entry) if isinstance(entry, dict) else None
+
     @classmethod
     def from_response(cls, response: httpx.Response, idempotency_key: str) -> Submission:
         location = response.headers.get("Location", "")
@@ -250,7 +264,8 @@ class OwnRank:
 
 @dataclass(frozen=True)
 class Standing:
-    """An account's figures, now or at a moment."""
+    """An account's figures, now or at a moment; `status` (active or frozen) where the
+    answer says it (the accounts as they are, not as they stood)."""
 
     points_type: str
     balance: int
@@ -258,6 +273,7 @@ class Standing:
     expired_points: int
     total_earned: int
     total_spent: int
+    status: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], points_type: str = "") -> Standing:
@@ -268,6 +284,7 @@ class Standing:
             int(body["expired_points"]),
             int(body["total_earned"]),
             int(body["total_spent"]),
+            body.get("status"),
         )
 
 
@@ -320,3 +337,100 @@ class StatementPage:
             entries,
             entries[-1].entry_id if body.get("next") and entries else None,
         )
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold of points: `pending` until applied, then open, captured, released or
+    timed_out."""
+
+    id: int
+    account_id: str
+    amount: int
+    captured: int
+    status: str
+    expires_at: str | None
+    body: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Hold:
+        return cls(
+            int(body["id"]),
+            str(body["account_id"]),
+            int(body["amount"]),
+            int(body["captured"]),
+            str(body["status"]),
+            body.get("expires_at"),
+            dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class Score:
+    """One ledger entry as the community API lists it."""
+
+    id: int
+    user_id: int
+    username: str
+    score: int
+    reputation_type: int
+    reputation_context: str
+    comment: str
+    reputed_at: str
+    body: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Score:
+        return cls(
+            int(body["id"]),
+            int(body["user"]["id"]),
+            str(body["user"]["username"]),
+            int(body["score"]),
+            int(body["reputation_type"]),
+            str(body["reputation_context"]),
+            str(body["comment"]),
+            str(body["reputed_at"]),
+            dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One transaction of the points API: `id` (a ULID) and the balances are None until
+    it is applied."""
+
+    id: str | None
+    account_id: str
+    amount: int
+    type: str
+    status: str
+    balance_after: int | None
+    reason: str
+    created_at: str
+    body: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Transaction:
+        after = body.get("balance_after")
+        return cls(
+            body.get("id"),
+            str(body["account_id"]),
+            int(body["amount"]),
+            str(body["type"]),
+            str(body["status"]),
+            None if after is None else int(after),
+            str(body.get("reason", "")),
+            str(body["created_at"]),
+            dict(body),
+        )
+
+
+@dataclass(frozen=True)
+class ReputationType:
+    id: int
+    name: str
+    points: int | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ReputationType:
+        return cls(int(body["id"]), str(body["name"]), body.get("points"))

@@ -46,7 +46,7 @@ def test_async_client_adjusts_waits_and_follows_a_batch(
             done = await tally.follow_batch(batch, poll=0.2, on_progress=progress.append)
             assert done.status == "completed" and done.counts["completed"] == 3
             assert progress[-1].final
-            assert await tally.batch_items(done, status="rejected") == []
+            assert [item async for item in tally.batch_items(done, status="rejected")] == []
             replay = await tally.bulk(
                 [{"user_id": u.id, "score": 2} for u in users], key="async-batch", comment="bulk"
             )

@@ -204,8 +204,8 @@ def test_bulk_follows_the_batch_to_the_end_and_lists_its_rejected_items(
         assert final.counts["completed"] == 2 and final.counts["rejected"] == 1
         assert seen[-1] == final and all(s.id == accepted.id for s in seen)
 
-        rejected = tally.batch_items(final, status="rejected")
+        rejected = list(tally.batch_items(final, status="rejected"))
         assert [(r.error_code, r.score) for r in rejected] == [("account_frozen", None)]
-        assert len(tally.batch_items(final.id)) == 3
+        assert len(list(tally.batch_items(final.id))) == 3
     with stack_sessions() as session:
         assert count_rows(session, stack_factory.tenant_id) == (4, 3)

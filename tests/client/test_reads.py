@@ -93,3 +93,62 @@ def test_tally_export_writes_the_rows_after_its_cursor_and_counts_them_on_stderr
     assert "2 rows in" in since.stderr
     refused = runner.invoke(cli, ["export", "--url", stack.base_url, "--token", "wrong"])
     assert refused.exit_code == 1 and "401" in refused.stderr  # the server refused
+
+
+def test_every_read_of_the_api_is_a_call_with_a_typed_result_and_lists_are_lazy(
+    stack: Stack, stack_factory: Factory
+) -> None:
+    """Issue 24: scores, transactions, holds, reputation types, freeze/unfreeze and batch
+    items from the client, typed; a listing reads its pages only as it is iterated."""
+    import httpx
+    from tally_client import Hold, Score, Transaction
+
+    admin = stack_factory.caller(Role.ADMIN)
+    user = stack_factory.user()
+    pages: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: pages.append(r.url.path)]})
+    with http, Client(stack.base_url, admin.token, http=http) as tally:
+        tally.points_adjust(user.id, 50, reason="earned", wait=10)
+        held = tally.hold(user.id, 20, reason="order", wait=10)
+        assert isinstance(held.hold, Hold) and held.hold.status == "open"
+        assert held.transaction is not None and held.transaction.type == "hold"
+        assert tally.get_hold(user.id, held.hold.id).amount == 20
+
+        transactions = list(tally.transactions(user.id))
+        assert all(isinstance(t, Transaction) for t in transactions)
+        assert sorted((t.type, t.amount) for t in transactions) == [("adjust", 50), ("hold", 0)]
+        tally.adjust(user.id, 3, comment="community", wait=10)
+        (score,) = tally.scores(user_id=user.id)
+        assert isinstance(score, Score) and (score.score, score.username) == (3, user.username)
+        assert {kind.name for kind in tally.reputation_types()} >= {"manual"}
+
+        assert tally.freeze(user.id, reason="audit").status == "frozen"
+        assert tally.unfreeze(user.id).status == "active"
+
+        items = [{"user_id": user.id, "score": 1, "comment": f"item {n}"} for n in range(1500)]
+        batch = tally.follow_batch(tally.bulk(items, key=f"lazy-{user.id}"), timeout=120)
+        pages.clear()
+        listed = tally.batch_items(batch)
+        assert pages == []  # nothing read until iterated
+        first = next(iter(listed))
+        assert first.status == "completed" and len(pages) == 1  # one page of 1,000
+        assert sum(1 for _ in tally.batch_items(batch)) == 1500
+
+
+def test_the_async_client_has_the_same_reads(stack: Stack, stack_factory: Factory) -> None:
+    admin = stack_factory.caller(Role.ADMIN)
+    user = stack_factory.user()
+
+    async def read() -> tuple[list[int], list[int], str, str, int]:
+        async with AsyncClient(stack.base_url, admin.token) as tally:
+            await tally.points_adjust(user.id, 7, reason="earned", wait=10)
+            await tally.adjust(user.id, 2, comment="community", wait=10)
+            amounts = sorted([t.amount async for t in tally.transactions(user.id)])
+            scores = [s.score async for s in tally.scores(user_id=user.id)]
+            frozen = (await tally.freeze(user.id)).status
+            active = (await tally.unfreeze(user.id)).status
+            kinds = len(await tally.reputation_types())
+            return amounts, scores, str(frozen), str(active), kinds
+
+    amounts, scores, frozen, active, kinds = asyncio.run(read())
+    assert (amounts, scores, frozen, active) == ([2, 7], [2], "frozen", "active") and kinds > 0
