@@ -27,7 +27,8 @@ def metrics() -> Response:
             return outbox(session)
 
     collector = BacklogCollector(lambda: queue_depths(res.redis, res.settings.queue_name), backlog)
-    return Response(render(collector), mimetype=CONTENT_TYPE_LATEST)
+    # As is: `mimetype=` would add a second charset to it.
+    return Response(render(collector), content_type=CONTENT_TYPE_LATEST)
 
 
 def count_requests(app: Flask) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from typing import TypeVar
 
 import sqlalchemy.exc
@@ -138,13 +140,31 @@ class BacklogCollector(Collector):
         return value
 
 
+class BuildInfo(Collector):
+    """`tally_build_info{version, python} 1`: what runs, for dashboards and upgrades."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tally_build_info",
+            "tally's version and Python's; always 1",
+            labels=["version", "python"],
+        )
+        family.add_metric([metadata.version("tally"), platform.python_version()], 1)
+        yield family
+
+
 def group_registry() -> CollectorRegistry:
-    """The samples of this process group: its metrics folder's sum, else this process's own."""
+    """The samples of this process group: its metrics folder's sum, else this process's own;
+    and the build's."""
     if not os.environ.get(METRICS_FOLDER_ENV):
         return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(BuildInfo())
     return registry
+
+
+REGISTRY.register(BuildInfo())
 
 
 def render(*extra: Collector) -> bytes:

@@ -34,3 +34,21 @@ def test_standard_methods_keep_their_names(client: FlaskClient) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert 'method="OPTIONS",route="/healthz",status="200"' in text
     assert 'method="DELETE",route="unmatched",status="405"' in text
+
+
+def test_metrics_has_a_valid_content_type_and_the_build_info(client: FlaskClient) -> None:
+    """Issue 24: one charset in the Content-Type (Flask's mimetype= added a second), and
+    `tally_build_info` says what runs."""
+    import platform
+    from importlib import metadata
+
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    answer = client.get("/metrics")
+    assert answer.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert answer.headers["Content-Type"].count("charset") == 1
+    build = (
+        f'tally_build_info{{python="{platform.python_version()}",'
+        f'version="{metadata.version("tally")}"}} 1.0'
+    )
+    assert build in answer.get_data(as_text=True)
