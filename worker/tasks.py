@@ -23,6 +23,7 @@ from shared.flow.processing import AccountBusy, note_transient_error
 from shared.ledger.apply import Outcome
 from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import AdjustmentStatus
+from shared.platform import logs
 from shared.platform.db import transaction
 from shared.platform.metrics import (
     ADJUSTMENTS_APPLIED,
@@ -143,12 +144,10 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
         ADJUSTMENTS_REJECTED.labels(outcome.error_code).inc()
     log.info(
         "adjustments applied",
-        extra={
-            "adjustment_ids": [o.request_id for o in applied],
-            "rejected": {o.request_id: o.error_code for o in rejected},
-            "batch_ids": sorted({o.batch_id for o in outcomes if o.batch_id}),
-            "account_ids": sorted({o.account_id for o in outcomes}),
-        },
+        extra=logs.some_ids("adjustment_ids", [o.request_id for o in applied])
+        | logs.some_ids("rejected_ids", [f"{o.request_id}:{o.error_code}" for o in rejected])
+        | logs.some_ids("batch_ids", sorted({o.batch_id for o in outcomes if o.batch_id}))
+        | logs.some_ids("account_ids", sorted({o.account_id for o in outcomes})),
     )
 
 
@@ -193,7 +192,7 @@ def _ask_workers(task: Task, ask: Callable[[Session, int], list[str]], what: str
         accounts = ask(session, DUE_PER_RUN)
     if accounts:
         app.dispatchers[Lane.INTERACTIVE].notify(accounts)
-        log.info("requested %s", what, extra={"account_ids": accounts})
+        log.info("requested %s", what, extra=logs.some_ids("account_ids", accounts))
     return len(accounts)
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -13,6 +14,16 @@ from pythonjsonlogger.json import JsonFormatter
 # The ids of what this thread is working on; every log line carries those that are set.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 CONTEXT_FIELDS = {"request_id": request_id}
+
+
+# A log line names at most this many ids of a list, and counts them all.
+LISTED_IDS = 20
+
+
+def some_ids(name: str, ids: Sequence[object]) -> dict[str, object]:
+    """`extra` for a log line about `ids`: the first LISTED_IDS, and how many there are
+    (a line naming thousands of accounts was 21 KB)."""
+    return {name: ids[:LISTED_IDS], name.removesuffix("_ids") + "_count": len(ids)}
 
 
 def request_id_of(incoming: str) -> str:

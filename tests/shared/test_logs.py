@@ -8,7 +8,7 @@ import logging
 import re
 from datetime import UTC, datetime
 
-from shared.platform.logs import json_handler, request_id
+from shared.platform.logs import json_handler, request_id, some_ids
 
 
 def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id() -> None:
@@ -28,3 +28,8 @@ def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id() -> None:
     assert abs((logged - datetime.fromtimestamp(record.created, UTC)).total_seconds()) < 0.002
     assert (line["level"], line["logger"], line["message"]) == ("INFO", "tally.test", "hello x")
     assert (line["service"], line["request_id"]) == ("api", "req-7")
+
+
+def test_a_line_about_many_accounts_names_twenty_and_counts_them_all() -> None:
+    ids = [f"acc-{n}" for n in range(5000)]
+    assert some_ids("account_ids", ids) == {"account_ids": ids[:20], "account_count": 5000}
