@@ -143,7 +143,7 @@ def test_rules_and_dashboard_use_only_metrics_tally_exports() -> None:
     assert sorted(use for use in used if use[2] not in exported) == []
 
 
-def test_dashboard_expressions_parse_and_use_the_provisioned_datasource(tmp_path: Path) -> None:
+def test_dashboard_expressions_parse_and_use_the_chosen_datasource(tmp_path: Path) -> None:
     targets = _dashboard_targets()
     assert targets
     # promtool parses recording rules: one per panel query, Grafana's interval made concrete.
@@ -159,9 +159,21 @@ def test_dashboard_expressions_parse_and_use_the_provisioned_datasource(tmp_path
 
     (datasource,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert datasource["url"] == "http://prometheus:9090"
-    panels = [p for p in _panels(json.loads(DASHBOARD.read_text())["panels"]) if "targets" in p]
+    # Issue 24: the data source is a variable (any Prometheus, not only compose's), and
+    # every query is filtered by the job and instance variables.
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        "prometheus",
+    )
+    assert {"job", "instance"} <= set(variables)
+    panels = [p for p in _panels(dashboard["panels"]) if "targets" in p]
     for panel in panels:
-        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert 'job=~"$job"' in target["expr"], target["expr"]
+            assert 'instance=~"$instance"' in target["expr"], target["expr"]
 
 
 def test_the_metric_name_check_sees_through_promql() -> None:
