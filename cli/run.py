@@ -56,6 +56,8 @@ def demo_token(database_url: str, saved: Path) -> str:
                     username=username, real_name=real_name, role=role, external_id=external_id
                 )
                 user = ensure_user(session, DEFAULT_TENANT, data)
+                # A data folder made before the demo user had its external id gets it.
+                user.external_id = user.external_id or external_id
                 admin = admin or user
             assert admin is not None
             expires_at = datetime.now(UTC) + DEMO_TOKEN_LIFETIME

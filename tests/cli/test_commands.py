@@ -156,3 +156,23 @@ def test_the_demo_token_file_is_made_private_even_if_it_was_not(
     token = demo_token(services.database_url, saved)
     assert saved.stat().st_mode & 0o777 == 0o600
     assert saved.read_text() == token + "\n"
+
+
+def test_the_demo_user_has_the_external_id_the_readme_uses_even_in_an_older_folder(
+    services: Services, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from shared.models import DEFAULT_TENANT, User
+
+    engine = make_engine(services.database_url)
+    try:
+        demo_token(services.database_url, tmp_path / "demo-token")
+        mario = (User.tenant_id == DEFAULT_TENANT) & (User.username == "mario.rossi")
+        with make_session_factory(engine).begin() as session:
+            assert session.scalars(select(User.external_id).where(mario)).one() == "usr_42"
+            session.execute(update(User).where(mario).values(external_id=None))
+        (tmp_path / "demo-token").unlink()  # as a folder from before would have it
+        demo_token(services.database_url, tmp_path / "demo-token")
+        with make_session_factory(engine)() as session:
+            assert session.scalars(select(User.external_id).where(mario)).one() == "usr_42"
+    finally:
+        engine.dispose()
