@@ -5,6 +5,7 @@ Idempotency-Key (draft-ietf-httpapi-idempotency-key-header) and RateLimit, RateL
 from __future__ import annotations
 
 import secrets
+from functools import cache
 
 from flask import request
 from http_sfv.item import Item
@@ -39,10 +40,16 @@ def rate_limit_fields(
 ) -> dict[str, str]:
     """The RateLimit and RateLimit-Policy fields: `policy` allows `quota` requests per
     `window` seconds; `remaining` are left, for `reset` more seconds."""
-    described = Item(policy)
-    described.params["q"] = quota
-    described.params["w"] = window
     state = Item(policy)
     state.params["r"] = max(remaining, 0)
     state.params["t"] = max(reset, 0)
-    return {"RateLimit-Policy": str(described), "RateLimit": str(state)}
+    return {"RateLimit-Policy": _policy_field(policy, quota, window), "RateLimit": str(state)}
+
+
+@cache
+def _policy_field(policy: str, quota: int, window: int) -> str:
+    """A policy's RateLimit-Policy value: the same on every answer, so written once."""
+    described = Item(policy)
+    described.params["q"] = quota
+    described.params["w"] = window
+    return str(described)
