@@ -1,13 +1,14 @@
 """Reading the CSV files the commands take (`tally users import`, `tally award`): one reader,
-which names the row at fault, and the delimiter a file seems to use instead of commas."""
+on the import route's own (shared.intake.bulk_bodies.csv_lines), which names the row at
+fault, and the delimiter a file seems to use instead of commas."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cli.common import plural
+from shared.intake.bulk_bodies import BatchInvalid, csv_lines
 
 # Delimiters a spreadsheet may write instead of a comma (a ";" where "," is the decimal mark).
 OTHER_DELIMITERS = (";", "\t", "|")
@@ -32,13 +33,10 @@ def rows(
     another width, or a file that is not CSV, raises UnreadableFile.
     """
     names: Sequence[str] = columns
-    number = 0
     with path.open(encoding="utf-8-sig", newline="") as stream:
         try:
-            for number, raw in enumerate(csv.reader(stream, strict=True), start=1):
+            for number, raw in csv_lines(stream):
                 cells = [cell.strip() for cell in raw]
-                if not any(cells):
-                    continue
                 if number == 1:
                     named = [cell.lower() for cell in cells]
                     if required in named and set(named) <= set(columns):
@@ -53,8 +51,9 @@ def rows(
                     width = f"{plural(len(cells), 'column')} where {len(names)} were expected"
                     raise UnreadableFile([f"row {number}: {width} ({', '.join(names)}){hint}"])
                 yield number, dict(zip(names, cells, strict=True))
-        except csv.Error as error:
-            raise UnreadableFile([f"row {number + 1}: not readable as CSV: {error}"]) from None
+        except BatchInvalid as unreadable:  # not CSV: the row where reading stopped
+            (error,) = unreadable.errors
+            raise UnreadableFile([f"row {error.position}: {error.message}"]) from None
 
 
 def _delimiter_hint(cells: list[str], width: int) -> str:

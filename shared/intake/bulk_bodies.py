@@ -39,25 +39,31 @@ class BatchInvalid(Exception):
         self.errors = errors
 
 
-def csv_records(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
-    """(row number, cells) of each row of a community import file that holds data.
+def csv_lines(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """(row number, cells) of each row of a CSV text that holds data; blank rows skipped.
 
-    A header row is detected and skipped, and so are blank rows. A file that is not
-    CSV (say, a field past the csv module's size limit, a quote left open, which would
-    otherwise take every row after it into one field, or text after a closing quote)
-    raises BatchInvalid naming the row where reading stopped.
+    Read strictly: a text that is not CSV (say, a field past the csv module's size limit,
+    a quote left open, which would otherwise take every row after it into one field, or
+    text after a closing quote) raises BatchInvalid naming the row where reading stopped.
     """
     number = 0
     try:
         for number, cells in enumerate(csv.reader(stream, strict=True), start=1):
-            if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
-                continue
             if any(cell.strip() for cell in cells):
                 yield number, cells
     except csv.Error as error:
         raise BatchInvalid(
             [ItemError(number + 1, "row", "csv", f"not readable as CSV: {error}")]
         ) from None
+
+
+def csv_records(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """(row number, cells) of each row of a community import file that holds data, its
+    header row (if any) skipped; see csv_lines."""
+    for number, cells in csv_lines(stream):
+        if number == 1 and [c.strip().lower() for c in cells] == list(CSV_COLUMNS):
+            continue
+        yield number, cells
 
 
 def csv_rows(stream: TextIO) -> Iterator[tuple[int, dict[str, str]]]:

@@ -165,6 +165,11 @@ def test_one_csv_reader_names_the_row_and_a_semicolon_delimiter(tmp_path: Path) 
         "row 2: 1 column where 5 were expected (username, user_id, variation_points, context,"
         " comment); is the file delimited by ';'? tally reads commas"
     ]
+    awards.write_text('username,user_id,variation_points,context,comment\n"ada"x,,5,c,\n')
+    with pytest.raises(csv_files.UnreadableFile) as refused:
+        list(csv_files.rows(awards, columns, "username", header=False))
+    (problem,) = refused.value.problems
+    assert problem.startswith("row 2: not readable as CSV: ")
     awards.write_text("comment,username,variation_points,user_id,context\n  hi ,ada,5,,c\n")
     assert list(csv_files.rows(awards, columns, "username", header=False)) == [
         (2, {"comment": "hi", "username": "ada", "variation_points": "5", "user_id": "",
