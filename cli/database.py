@@ -130,10 +130,7 @@ def _import_rows(session: Session, tenant: str, path: Path) -> tuple[list[str], 
                 errors.append(f"row {number}: username: repeated in the file")
                 continue
             seen.add(str(data.username))
-            existing = session.scalar(
-                select(User.id).where(User.tenant_id == tenant, User.username == data.username)
-            )
-            if existing is not None:
+            if find_user(session, tenant, str(data.username)) is not None:
                 skipped.append(str(data.username))
                 continue
             try:
