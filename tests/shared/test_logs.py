@@ -6,12 +6,34 @@ import io
 import json
 import logging
 import re
+import time
 from datetime import UTC, datetime
+
+import pytest
 
 from shared.platform.logs import json_handler, request_id, some_ids
 
 
-def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id() -> None:
+def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A local zone that is not UTC, so that local time written as UTC would show.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        line = _one_line()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+    logged = datetime.fromisoformat(line["time"])
+    assert abs((logged - datetime.fromisoformat(line["created"])).total_seconds()) < 0.002
+    assert (line["level"], line["logger"], line["message"]) == ("INFO", "tally.test", "hello x")
+    assert (line["service"], line["request_id"]) == ("api", "req-7")
+
+
+def _one_line() -> dict[str, str]:
+    """One record through the JSON handler, with `created` (its time, UTC) added."""
     handler = json_handler("api")
     stream = io.StringIO()
     handler.setStream(stream)  # type: ignore[attr-defined]
@@ -22,12 +44,8 @@ def test_a_line_is_json_with_an_rfc_3339_utc_time_and_the_request_id() -> None:
         handler.handle(record)
     finally:
         request_id.reset(token)
-    line = json.loads(stream.getvalue())
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
-    logged = datetime.fromisoformat(line["time"])
-    assert abs((logged - datetime.fromtimestamp(record.created, UTC)).total_seconds()) < 0.002
-    assert (line["level"], line["logger"], line["message"]) == ("INFO", "tally.test", "hello x")
-    assert (line["service"], line["request_id"]) == ("api", "req-7")
+    line: dict[str, str] = json.loads(stream.getvalue())
+    return line | {"created": datetime.fromtimestamp(record.created, UTC).isoformat()}
 
 
 def test_a_line_about_many_accounts_names_twenty_and_counts_them_all() -> None:
