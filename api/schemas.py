@@ -271,6 +271,15 @@ class UserOut(BaseModel):
     )
 
 
+class UserPage(BaseModel):
+    """A DRF-style page of users."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[UserOut]
+
+
 class BatchCounts(BaseModel):
     queued: int
     processing: int

@@ -1,8 +1,9 @@
-"""Provisioning users: POST /api/v2/users/ and GET /api/v2/users/{id} (admin only)."""
+"""Provisioning users: POST and GET /api/v2/users/, GET /api/v2/users/{id} (admin only)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
@@ -13,14 +14,15 @@ from api.auth import current_principal, require_admin, require_writer
 from api.body import read_object, read_query
 from api.history import statement_object
 from api.openapi import documented
+from api.pagination import page
 from api.problems import Problem, validation_problem
 from api.resources import db_session, resources
 from shared.fields import BIGINT_MAX, format_timestamp
-from shared.intake.users import balance_of, create_user
+from shared.intake.users import balance_of, create_user, list_users
 from shared.intake.validation import InvalidInput, UserInput, validate_user
 from shared.models import Account, User
 from shared.reads.history import ZERO, standings
-from shared.reads.query_params import AsOfQuery, StatementQuery
+from shared.reads.query_params import AsOfQuery, StatementQuery, UserListQuery
 
 bp = Blueprint("users", __name__, url_prefix="/api/v2/users")
 
@@ -30,27 +32,52 @@ def user_object(user: User, as_of: datetime | None = None) -> Response:
     points_type = resources().settings.default_points_type
     session = db_session()
     if as_of is None:
-        reputation, moment = balance_of(session, user.id, points_type), None
-    else:
-        account = session.scalar(
-            select(Account.id).where(Account.user_id == user.id, Account.points_type == points_type)
-        )
-        then = standings(session, [account], as_of) if account else {}
-        reputation, moment = then.get(account or "", ZERO).balance, format_timestamp(as_of)
-    return jsonify(
-        schemas.UserOut(
-            id=user.id,
-            username=user.username,
-            external_id=user.external_id,
-            real_name=user.real_name,
-            email=user.email,
-            avatar=user.avatar,
-            description=user.description,
-            role=user.role,
-            reputation=reputation,
-            as_of=moment,
-        ).model_dump(mode="json", exclude=set() if as_of else {"as_of"})
+        return jsonify(user_out(user, balance_of(session, user.id, points_type)))
+    account = session.scalar(
+        select(Account.id).where(Account.user_id == user.id, Account.points_type == points_type)
     )
+    then = standings(session, [account], as_of) if account else {}
+    return jsonify(user_out(user, then.get(account or "", ZERO).balance, as_of))
+
+
+def user_out(user: User, reputation: int, as_of: datetime | None = None) -> dict[str, Any]:
+    """The UserOut of `user` with its reputation (`as_of`: the moment it is given for)."""
+    return schemas.UserOut(
+        id=user.id,
+        username=user.username,
+        external_id=user.external_id,
+        real_name=user.real_name,
+        email=user.email,
+        avatar=user.avatar,
+        description=user.description,
+        role=user.role,
+        reputation=reputation,
+        as_of=None if as_of is None else format_timestamp(as_of),
+    ).model_dump(mode="json", exclude=set() if as_of else {"as_of"})
+
+
+@bp.get("/")
+@documented(
+    operation_id="listUsers",
+    summary="List the tenant's users in id order, with their reputation",
+    tag="users",
+    query=UserListQuery,
+    responses={
+        200: ("A page of users", schemas.UserPage),
+        400: ("A malformed parameter", schemas.Problem),
+    },
+)
+@require_admin
+def list_all() -> Response:
+    """A page of the caller's tenant's users; `username` or `external_id` finds one."""
+    query = read_query(UserListQuery)
+    points_type = resources().settings.default_points_type
+    count, rows = list_users(
+        db_session(), current_principal().tenant_id, points_type,
+        limit=query.limit, offset=query.offset,
+        username=query.username, external_id=query.external_id,
+    )  # fmt: skip
+    return jsonify(page([user_out(user, reputation) for user, reputation in rows], count, query))
 
 
 @bp.post("/")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.intake.validation import FieldError, InvalidInput, UserInput
@@ -54,3 +54,34 @@ def balance_of(session: Session, user_id: int, points_type: str) -> int:
         )
     )
     return balance or 0
+
+
+def list_users(
+    session: Session,
+    tenant_id: str,
+    points_type: str,
+    *,
+    limit: int,
+    offset: int,
+    username: str | None = None,
+    external_id: str | None = None,
+) -> tuple[int, list[tuple[User, int]]]:
+    """How many of the tenant's users match, and a page of them in id order, each with
+    its balance of `points_type` (0 before the first adjustment)."""
+    conditions = [User.tenant_id == tenant_id]
+    if username is not None:
+        conditions.append(User.username == username)
+    if external_id is not None:
+        conditions.append(User.external_id == external_id)
+    count = session.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
+    if offset >= count:
+        return count, []
+    rows = session.execute(
+        select(User, func.coalesce(Account.balance, 0))
+        .outerjoin(Account, (Account.user_id == User.id) & (Account.points_type == points_type))
+        .where(*conditions)
+        .order_by(User.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return count, [(user, balance) for user, balance in rows]

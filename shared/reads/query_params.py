@@ -92,6 +92,13 @@ class ScoreListQuery(EntryFilters):
     ordering: ScoreOrdering = DEFAULT_ORDERING
 
 
+class UserListQuery(PageQuery):
+    """GET /api/v2/users/: the tenant's users in id order; `username` or `external_id` finds one."""
+
+    username: Username = None
+    external_id: ShortText = None
+
+
 class BoardQuery(BaseModel):
     """What board: the entries that count (all but the page and the user)."""
 

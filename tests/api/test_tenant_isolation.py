@@ -375,6 +375,21 @@ def users_read(world: World) -> None:
     )
 
 
+def users_list(world: World) -> None:
+    # A user of B's own for this case: users_create gives A namesakes of B's first.
+    with world.sessions.begin() as session:
+        theirs = User(tenant_id=world.theirs.tenant_id, username="listed-b", external_id="ext-b")
+        session.add(theirs)
+    for name, value in (("username", "listed-b"), ("external_id", "ext-b")):
+        _alike(
+            _get(world, "/api/v2/users/", **{name: value}),
+            _get(world, "/api/v2/users/", **{name: MISSING_NAME}),
+        )
+    # Unfiltered, tenant A lists its own users only.
+    listed = {user["id"] for user in _get(world, "/api/v2/users/", limit=1000).json["results"]}
+    assert world.their_user.id not in listed and world.mine.user_id in listed
+
+
 def users_statement(world: World) -> None:
     _alike(
         _get(world, f"/api/v2/users/{world.their_user.id}/statement"),
@@ -506,6 +521,7 @@ CASES: dict[str, Callable[[World], None]] = {
     "holds.read": holds_read,
     "score.reverse": score_reverse,
     "users.read": users_read,
+    "users.list_all": users_list,
     "users.create": users_create,
     "events.feed": events_feed,
     "webhooks.create": webhooks_create_and_list,

@@ -73,6 +73,42 @@ def test_only_admins_and_only_their_tenant(
     )
 
 
+def test_the_list_pages_the_tenants_users_in_id_order_with_their_reputation(
+    client: FlaskClient, factory: Factory, moderator: Caller, worker: None
+) -> None:
+    admin = factory.caller(Role.ADMIN)
+    users = [factory.user(external_id=f"ext_{n}_{factory.tenant_id}") for n in range(3)]
+    award = {"user_id": users[1].id, "score": 4, "comment": "listed"}
+    assert client.post("/api/v2/score/", json=award, headers=moderator.headers).status_code == 201
+    Factory(factory.sessions).user()  # another tenant's: never listed
+
+    # Pages of two, followed by their `next` links; the admin and the moderator are users
+    # of the tenant too.
+    listed, url, query = [], "/api/v2/users/", {"limit": 2}
+    while url:
+        answer = client.get(url, query_string=query, headers=admin.headers)
+        assert answer.status_code == 200, answer.json
+        assert answer.json["count"] == 5
+        listed += answer.json["results"]
+        url, query = answer.json["next"], None
+    everyone = [moderator.user_id, admin.user_id, *(user.id for user in users)]
+    assert [user["id"] for user in listed] == sorted(everyone)
+    by_key = client.get(
+        "/api/v2/users/", query_string={"external_id": users[1].external_id}, headers=admin.headers
+    ).json
+    (found,) = by_key["results"]
+    assert found == client.get(f"/api/v2/users/{users[1].id}", headers=admin.headers).json
+    assert (found["username"], found["reputation"]) == (users[1].username, 4)
+    by_name = client.get(
+        "/api/v2/users/", query_string={"username": users[2].username}, headers=admin.headers
+    )
+    assert [u["id"] for u in by_name.json["results"]] == [users[2].id]
+
+    assert client.get("/api/v2/users/", headers=moderator.headers).status_code == 403
+    bad = client.get("/api/v2/users/", query_string={"limit": "ten"}, headers=admin.headers)
+    assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "limit"
+
+
 # Each text field of a user, at its column's length and one character past it (issue 21
 # item 10: an email of 255 characters reached the database and came back as a 400 that
 # named no field).
