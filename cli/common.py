@@ -47,6 +47,15 @@ class ServerUnreachable(Failure):
         super().__init__(message, "unreachable")
 
 
+class Misconfigured(Failure):
+    """A TALLY_* variable's value does not parse (exit 2, as any usage error)."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "configuration")
+
+
 def iso(moment: datetime) -> str:
     """RFC 3339 in UTC, as the API writes times: 2026-12-03T22:54:05.123456Z."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

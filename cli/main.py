@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from cli import connection
-from cli.common import Failure, ServerUnreachable, to_json
+from cli.common import Failure, Misconfigured, ServerUnreachable, to_json
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,12 @@ class Tally(click.Group):
 
 
 def _failure_of(error: Exception) -> Failure | None:
-    """A server that could not be reached (exit 3), or an API that refused (exit 1); None
-    for anything else, a bug, which keeps its traceback."""
+    """A server that could not be reached (exit 3), an API that refused (exit 1), or a
+    setting that does not parse (exit 2); None for anything else, a bug, which keeps its
+    traceback."""
+    config = sys.modules.get("shared.platform.config")
+    if config is not None and isinstance(error, config.ConfigurationError):
+        return Misconfigured(str(error))
     found = connection.unreachable(error)
     if found is not None:
         return ServerUnreachable(found)

@@ -1,12 +1,20 @@
-"""tally's configuration: one typed object, read from TALLY_* environment variables."""
+"""tally's configuration: one typed object, read from TALLY_* environment variables
+(pydantic-settings). A value that does not parse is an error that names its variable; a
+TALLY_* variable that names no setting is warned about, with the nearest setting's name."""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tally"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -62,9 +70,23 @@ DEFAULT_POINTS_TYPES: Mapping[str, PointsType] = {
 }
 
 
-@dataclass(frozen=True)
-class Settings:
+PREFIX = "TALLY_"
+# TALLY_* variables that are not the services' settings: the CLI's own (README,
+# "Connection"), and the test suite's and benchmarks' (README, "Tests").
+OTHER_VARIABLES = frozenset({"TALLY_URL", "TALLY_TOKEN", "TALLY_ENV_FILE", "TALLY_USER_REF"})
+OTHER_PREFIXES = ("TALLY_TEST_", "TALLY_BENCH_", "TALLY_MODEL_", "TALLY_CHAOS_", "TALLY_CONTRACT_")
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(ValueError):
+    """TALLY_* variables whose values do not parse; the message names each one."""
+
+
+class Settings(BaseSettings):
     """Everything tally can be told; each field maps to TALLY_<FIELD> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid")
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -96,7 +118,9 @@ class Settings:
     default_points_type: str = "reputation"
     # The points type of seed 002's routes when the body names none.
     points_default_type: str = "points"
-    points_types: Mapping[str, PointsType] = field(default_factory=lambda: DEFAULT_POINTS_TYPES)
+    points_types: Annotated[Mapping[str, PointsType], NoDecode] = Field(
+        default_factory=lambda: DEFAULT_POINTS_TYPES
+    )
     # The Celery queue of single adjustments; bulk and the relay use `<queue_name>.bulk` and
     # `<queue_name>.relay` (see shared.flow.dispatch.Lane).
     queue_name: str = "tally"
@@ -156,6 +180,19 @@ class Settings:
     nats_stream: str = "TALLY_EVENTS"
     nats_subject_prefix: str = "tally.events"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _strip(cls, values: Any) -> Any:
+        """` yes ` is `yes`: spaces around a value (an env file's) are never meant."""
+        if not isinstance(values, Mapping):
+            return values
+        return {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
+
+    @field_validator("points_types", mode="before")
+    @classmethod
+    def _points_types_from_json(cls, value: Any) -> Any:
+        return _parse_points_types(value) if isinstance(value, str) else value
+
     @property
     def pool_size(self) -> int:
         return self.db_pool_size or self.api_threads + 4
@@ -169,7 +206,10 @@ class Settings:
         return {name: kind.cap for name, kind in self.points_types.items() if kind.cap}
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
-        return replace(self, **overrides)
+        unknown = set(overrides) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"no such settings: {sorted(unknown)}")
+        return self.model_copy(update=overrides)
 
 
 def host_port(bind: str) -> tuple[str, int]:
@@ -213,21 +253,33 @@ def _parse_cap(points_type: str, spec: Mapping[str, Any]) -> Cap:
     return cap
 
 
-def _parse_bool(raw: str) -> bool:
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+def load_settings() -> Settings:
+    """Settings from the environment (TALLY_DATABASE_URL, TALLY_REDIS_URL, ...)."""
+    _warn_unknown(name for name in os.environ if name.startswith(PREFIX))
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigurationError(
+            "; ".join(
+                f"{PREFIX}{str(problem['loc'][0]).upper()}: {problem['msg']}"
+                f" (got {problem['input']!r})"
+                for problem in error.errors(include_url=False)
+            )
+        ) from None
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment (TALLY_DATABASE_URL, TALLY_REDIS_URL, ...)."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for name, default in Settings.__dataclass_fields__.items():
-        raw = env.get(f"TALLY_{name.upper()}")
-        if raw is None:
-            continue
-        if name == "points_types":
-            values[name] = _parse_points_types(raw)
-            continue
-        kind = type(getattr(Settings(), name)) if default.default is not None else str
-        values[name] = _parse_bool(raw) if kind is bool else kind(raw)
-    return Settings(**values)
+def _warn_unknown(given: Iterable[str]) -> None:
+    """Warn of each TALLY_* variable that names no setting (a typo that would otherwise
+    leave the default in force without a word)."""
+    settings = [name.upper() for name in Settings.model_fields]
+    known = {PREFIX + name for name in settings} | OTHER_VARIABLES
+    for name in sorted(set(given) - known):
+        if not name.startswith(OTHER_PREFIXES):
+            nearest = difflib.get_close_matches(name.removeprefix(PREFIX), settings, 1, 0.75)
+            _warn_once(name, PREFIX + nearest[0] if nearest else None)
+
+
+@functools.cache
+def _warn_once(name: str, nearest: str | None) -> None:
+    hint = f"; did you mean {nearest}?" if nearest else ""
+    log.warning("%s is not a tally setting and is ignored%s", name, hint)

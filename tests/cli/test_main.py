@@ -136,6 +136,17 @@ def test_usage_errors_exit_2_and_honour_json(services: Services) -> None:
     assert json.loads(missing.stderr)["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("command", [["status"], ["worker"], ["api"]])
+def test_a_setting_that_does_not_parse_exits_2_naming_its_variable(command: list[str]) -> None:
+    runner = CliRunner(env={"TALLY_LOCK_TTL": "30s"})
+    result = runner.invoke(cli, [*command, "--json"] if command == ["status"] else command)
+    assert result.exit_code == 2, result.output
+    message = "TALLY_LOCK_TTL: Input should be a valid number"
+    if command == ["status"]:
+        assert json.loads(result.stderr)["error"]["code"] == "configuration"
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_json_times_are_rfc_3339_utc(services: Services) -> None:
     runner = CliRunner(env={"TALLY_DATABASE_URL": services.database_url})
     assert runner.invoke(cli, ["users", "create", "--username", "iso.times"]).exit_code == 0
