@@ -9,7 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.resources import resources
 from shared.flow.backlog import Outbox, outbox, queue_depths
-from shared.platform.metrics import HTTP_LATENCY, HTTP_REQUESTS, BacklogCollector, render
+from shared.platform.metrics import (
+    API_SERIES,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    BacklogCollector,
+    render,
+)
 
 bp = Blueprint("metrics", __name__)
 
@@ -28,7 +34,7 @@ def metrics() -> Response:
 
     collector = BacklogCollector(lambda: queue_depths(res.redis, res.settings.queue_name), backlog)
     # As is: `mimetype=` would add a second charset to it.
-    return Response(render(collector), content_type=CONTENT_TYPE_LATEST)
+    return Response(render(API_SERIES, collector), content_type=CONTENT_TYPE_LATEST)
 
 
 def count_requests(app: Flask) -> None:

@@ -8,11 +8,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from shared.flow.dispatch import Lane, queue_of
-from shared.platform.config import METRICS_FOLDER_ENV, load_settings
+from shared.platform.config import GROUP_ROOT_FILE, METRICS_FOLDER_ENV, load_settings
 
 
 def _celery(command: str, *args: str) -> None:
@@ -32,6 +33,7 @@ def _metrics_folder(group: str) -> Iterator[None]:
     groups never add up each other's samples (see shared.platform.metrics).
     """
     folder = tempfile.mkdtemp(prefix=f"tally-metrics-{group}-")
+    Path(folder, GROUP_ROOT_FILE).write_text(str(os.getpid()))
     os.environ[METRICS_FOLDER_ENV] = folder
     try:
         yield

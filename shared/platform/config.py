@@ -20,6 +20,8 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tally"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # prometheus_client's folder of per-process sample files, read when it is first imported.
 METRICS_FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The file in that folder that names the process group's first process.
+GROUP_ROOT_FILE = "group.pid"
 
 
 @dataclass(frozen=True)

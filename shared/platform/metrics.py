@@ -12,22 +12,26 @@ and a source that does not answer leaves its gauges out instead of failing the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import TypeVar
 
+import psutil
 import sqlalchemy.exc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from shared.flow.backlog import Outbox
-from shared.platform.config import METRICS_FOLDER_ENV
+from shared.platform.config import GROUP_ROOT_FILE, METRICS_FOLDER_ENV
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +90,23 @@ WEBHOOK_ENDPOINTS_DISABLED = Counter(
     "Webhook endpoints tally disabled after failing past TALLY_WEBHOOK_DISABLE_AFTER_HOURS",
 )
 
+# Which process group counts each series. A group serves only its own, so that the API
+# never shows a worker's series at 0, nor a worker the API's: every process that imports
+# this module writes a 0 for each series without labels.
+API_SERIES: tuple[MetricWrapperBase, ...] = (HTTP_REQUESTS, HTTP_LATENCY, ADJUSTMENTS_ACCEPTED)
+WORKER_SERIES: tuple[MetricWrapperBase, ...] = (
+    ADJUSTMENTS_APPLIED,
+    ADJUSTMENTS_REJECTED,
+    APPLY_LATENCY,
+    LOCK_WAIT,
+    TASK_RETRIES,
+    RELAY_RUNS,
+    RELAY_ACCOUNTS,
+    STREAM_EVENTS,
+    STREAM_FAILURES,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_ENDPOINTS_DISABLED,
+)
 # A source of the backlog gauges that may be down while the scrape goes on.
 SOURCE_ERRORS: dict[str, tuple[type[Exception], ...]] = {
     "postgresql": (sqlalchemy.exc.SQLAlchemyError,),
@@ -153,23 +174,78 @@ class BuildInfo(Collector):
         yield family
 
 
-def group_registry() -> CollectorRegistry:
-    """The samples of this process group: its metrics folder's sum, else this process's own;
-    and the build's."""
-    if not os.environ.get(METRICS_FOLDER_ENV):
-        return REGISTRY
+class Owned(Collector):
+    """Of the families `source` collects, those of `series` only."""
+
+    def __init__(self, source: Collector, series: Iterable[MetricWrapperBase]) -> None:
+        self.source = source
+        self.names = {family.name for metric in series for family in metric.describe()}
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.source.collect() if family.name in self.names)
+
+
+class GroupProcesses(Collector):
+    """CPU, memory and open files of the process group at scrape time: the process that
+    started it (an API's server, a worker's main process) and all its descendants (the
+    API's processes, the worker's pool), summed. A pool process that was replaced takes
+    its CPU seconds with it, so the counter may fall; rate() reads that as a reset."""
+
+    def collect(self) -> Iterator[Metric]:
+        root = psutil.Process(group_root())
+        cpu = memory = files = 0.0
+        members = 0
+        for member in [root, *root.children(recursive=True)]:
+            try:
+                with member.oneshot():
+                    times = member.cpu_times()
+                    cpu += times.user + times.system
+                    memory += member.memory_info().rss
+                    files += member.num_fds()
+            except psutil.NoSuchProcess:  # ended since it was listed
+                continue
+            members += 1
+        yield CounterMetricFamily(
+            "process_cpu_seconds", "User and system CPU of the group's processes", value=cpu
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the group's processes",
+            value=memory,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "process_open_fds", "Open file descriptors of the group's processes", value=files
+        )
+        yield GaugeMetricFamily(
+            "process_start_time_seconds", "When the group's first process started (Unix time)",
+            value=root.create_time(),
+        )  # fmt: skip
+        yield GaugeMetricFamily("tally_group_processes", "Processes in the group", value=members)
+
+
+def group_root() -> int:
+    """The pid of this process group's first process (the one that made its metrics
+    folder), or this process's own when it has no folder."""
+    folder = os.environ.get(METRICS_FOLDER_ENV)
+    if folder:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(Path(folder, GROUP_ROOT_FILE).read_text())
+    return os.getpid()
+
+
+def group_registry(series: Iterable[MetricWrapperBase]) -> CollectorRegistry:
+    """What a process group serves: its `series` (the sum of its metrics folder, else
+    this process's own), its processes' CPU and memory, and the build."""
+    folder = os.environ.get(METRICS_FOLDER_ENV)
+    samples = MultiProcessCollector(None) if folder else REGISTRY  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(BuildInfo())
+    for collector in (Owned(samples, series), GroupProcesses(), BuildInfo()):
+        registry.register(collector)
     return registry
 
 
-REGISTRY.register(BuildInfo())
-
-
-def render(*extra: Collector) -> bytes:
-    """The exposition text: this group's samples, then those of `extra` collectors."""
-    output = generate_latest(group_registry())
+def render(series: Iterable[MetricWrapperBase], *extra: Collector) -> bytes:
+    """The exposition text: the group's, then that of `extra` collectors."""
+    output = generate_latest(group_registry(series))
     if extra:
         registry = CollectorRegistry()
         for collector in extra:
