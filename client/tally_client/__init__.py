@@ -44,6 +44,7 @@ from tally_client.models import (
     StatementPage,
     Submission,
     Transaction,
+    User,
 )
 from tally_client.retries import Retries
 from tally_client.webhooks import WebhookVerificationError, verify_webhook
@@ -86,6 +87,7 @@ __all__ = [
     "Unavailable",
     "Unreachable",
     "UnsupportedMediaType",
+    "User",
     "ValidationError",
     "WaitTimeout",
     "WebhookVerificationError",

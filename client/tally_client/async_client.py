@@ -27,6 +27,7 @@ from tally_client.models import (
     StatementPage,
     Submission,
     Transaction,
+    User,
 )
 from tally_client.retries import Retries
 
@@ -345,6 +346,31 @@ class AsyncClient:
         call = calls.account_status(self.endpoint, user, "unfreeze", points_type, reason)
         return await self._run(call)
 
+    def users(self, **filters: Any) -> AsyncIterator[User]:
+        """Client.users for `async for`: the tenant's users in id order, a page at a time."""
+        return self._listed(calls.USERS, filters)
+
+    async def get_user(self, user_id: int, *, as_of: datetime | str | None = None) -> User:
+        """Client.get_user: one user, with its reputation now or as it stood at `as_of`."""
+        return await self._run(calls.get_user(self.endpoint, user_id, as_of))
+
+    async def create_user(
+        self,
+        username: str,
+        *,
+        external_id: str | None = None,
+        real_name: str | None = None,
+        email: str | None = None,
+        avatar: str | None = None,
+        description: str | None = None,
+        role: str | None = None,
+    ) -> User:
+        """Client.create_user: POST /api/v2/users/; Conflict if the username or
+        external_id is taken (a retry after a lost answer too: see Client.create_user)."""
+        fields = dict(username=username, external_id=external_id, real_name=real_name,
+                      email=email, avatar=avatar, description=description, role=role)  # fmt: skip
+        return await self._run(calls.create_user(self.endpoint, fields))
+
     async def _listed(
         self, listing: calls.Listing[T], params: Mapping[str, Any]
     ) -> AsyncIterator[T]:
@@ -414,7 +440,7 @@ class AsyncClient:
         """Client.balances: the user's accounts, now or as they stood at `as_of`."""
         return await self._run(calls.balances(self.endpoint, user, as_of))
 
-    async def statement(
+    def statement(
         self,
         user: int | str,
         *,
@@ -425,9 +451,27 @@ class AsyncClient:
     ) -> AsyncIterator[StatementPage]:
         """Client.statement for `async for`: the pages of a statement, one at a time."""
         params = {"from": begins, "to": ends, "points_type": points_type, "limit": page_size}
+        return self._statement(calls.points_path(user, "statement"), params, envelope=True)
+
+    def reputation_statement(
+        self,
+        user_id: int,
+        *,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> AsyncIterator[StatementPage]:
+        """Client.reputation_statement for `async for`: GET /api/v2/users/{id}/statement."""
+        params = {"from": begins, "to": ends, "limit": page_size}
+        return self._statement(calls.users_path(user_id, "statement"), params, envelope=False)
+
+    async def _statement(
+        self, path: str, params: Mapping[str, Any], envelope: bool
+    ) -> AsyncIterator[StatementPage]:
         after = 0
         while True:
-            page = await self._run(calls.statement_page(self.endpoint, user, params, after))
+            call = calls.statement_page(self.endpoint, path, params, after, envelope)
+            page = await self._run(call)
             yield page
             if page.next_after is None:
                 return

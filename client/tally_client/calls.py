@@ -33,6 +33,7 @@ from tally_client.models import (
     StatementPage,
     Submission,
     Transaction,
+    User,
 )
 from tally_client.retries import Retries, retry_delay
 
@@ -539,13 +540,37 @@ def balances(endpoint: Endpoint, user_id: int | str, as_of: Any) -> Call[list[St
 
 
 def statement_page(
-    endpoint: Endpoint, user_id: int | str, params: Mapping[str, Any], after: int
+    endpoint: Endpoint, path: str, params: Mapping[str, Any], after: int, envelope: bool
 ) -> Call[StatementPage]:
-    """GET /admin/points/{user_id}/statement: one page of a statement."""
+    """One page of a statement: GET /admin/points/{user_id}/statement (in the points API's
+    envelope) or GET /api/v2/users/{id}/statement."""
     query = _query(**params, after=after or None)
-    request = endpoint.request("GET", points_path(user_id, "statement"), params=query)
+    response = yield from send(endpoint, endpoint.request("GET", path, params=query), 200)
+    body = response.json()
+    return StatementPage.from_json(body["data"] if envelope else body)
+
+
+USERS = Listing("/api/v2/users/", User.from_json)
+
+
+def users_path(user_id: int, *parts: str) -> str:
+    """/api/v2/users/{id}/…"""
+    return "/".join([f"/api/v2/users/{int(user_id)}", *parts])
+
+
+def get_user(endpoint: Endpoint, user_id: int, as_of: Any) -> Call[User]:
+    """GET /api/v2/users/{id}: the user, with its reputation now or as of a moment."""
+    request = endpoint.request("GET", users_path(user_id), params=_query(as_of=as_of))
     response = yield from send(endpoint, request, 200)
-    return StatementPage.from_json(response.json()["data"])
+    return User.from_json(response.json())
+
+
+def create_user(endpoint: Endpoint, fields: Mapping[str, Any]) -> Call[User]:
+    """POST /api/v2/users/: the new user (201); Conflict if its username or external_id
+    is taken."""
+    request = endpoint.request("POST", "/api/v2/users/", json=_fields(**fields))
+    response = yield from send(endpoint, request, 201)
+    return User.from_json(response.json())
 
 
 def export_request(endpoint: Endpoint, params: Mapping[str, Any]) -> Send:

@@ -27,6 +27,7 @@ from tally_client.models import (
     StatementPage,
     Submission,
     Transaction,
+    User,
 )
 from tally_client.retries import Retries
 
@@ -340,6 +341,33 @@ class Client:
         call = calls.account_status(self.endpoint, user, "unfreeze", points_type, reason)
         return self._run(call)
 
+    def users(self, **filters: Any) -> Iterator[User]:
+        """The tenant's users in id order (admins), a page at a time; `filters` as the
+        route's parameters (`username` or `external_id` finds one)."""
+        return self._listed(calls.USERS, filters)
+
+    def get_user(self, user_id: int, *, as_of: datetime | str | None = None) -> User:
+        """One user (admins), with its reputation now or as it stood at `as_of`."""
+        return self._run(calls.get_user(self.endpoint, user_id, as_of))
+
+    def create_user(
+        self,
+        username: str,
+        *,
+        external_id: str | None = None,
+        real_name: str | None = None,
+        email: str | None = None,
+        avatar: str | None = None,
+        description: str | None = None,
+        role: str | None = None,
+    ) -> User:
+        """Create a user (admins): POST /api/v2/users/. Raises Conflict if the username or
+        external_id is taken; the route has no idempotency key, so a retry after a lost
+        answer may raise Conflict for the user it made (`users(username=...)` finds it)."""
+        fields = dict(username=username, external_id=external_id, real_name=real_name,
+                      email=email, avatar=avatar, description=description, role=role)  # fmt: skip
+        return self._run(calls.create_user(self.endpoint, fields))
+
     def _listed(self, listing: calls.Listing[T], params: Mapping[str, Any]) -> Iterator[T]:
         offset = 0
         while True:
@@ -423,9 +451,27 @@ class Client:
         """The pages of a user's statement over [begins, ends), read one at a time as the
         iteration asks for them (a long statement is never held whole)."""
         params = {"from": begins, "to": ends, "points_type": points_type, "limit": page_size}
+        return self._statement(calls.points_path(user, "statement"), params, envelope=True)
+
+    def reputation_statement(
+        self,
+        user_id: int,
+        *,
+        begins: datetime | str | None = None,
+        ends: datetime | str | None = None,
+        page_size: int = calls.PAGE_SIZE,
+    ) -> Iterator[StatementPage]:
+        """`statement` of the user's reputation (the default points type), by its integer
+        id: GET /api/v2/users/{id}/statement, a page at a time."""
+        params = {"from": begins, "to": ends, "limit": page_size}
+        return self._statement(calls.users_path(user_id, "statement"), params, envelope=False)
+
+    def _statement(
+        self, path: str, params: Mapping[str, Any], envelope: bool
+    ) -> Iterator[StatementPage]:
         after = 0
         while True:
-            page = self._run(calls.statement_page(self.endpoint, user, params, after))
+            page = self._run(calls.statement_page(self.endpoint, path, params, after, envelope))
             yield page
             if page.next_after is None:
                 return

@@ -434,3 +434,37 @@ class ReputationType:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ReputationType:
         return cls(int(body["id"]), str(body["name"]), body.get("points"))
+
+
+@dataclass(frozen=True)
+class User:
+    """A user of the tenant; `reputation` is its balance of the default points type, now
+    or, when read with `as_of`, as it stood then (`as_of` says when)."""
+
+    id: int
+    username: str
+    external_id: str | None
+    real_name: str
+    email: str
+    avatar: str
+    description: str
+    role: str
+    reputation: int
+    as_of: str | None
+    body: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> User:
+        return cls(
+            int(body["id"]),
+            str(body["username"]),
+            body.get("external_id"),
+            str(body["real_name"]),
+            str(body["email"]),
+            str(body["avatar"]),
+            str(body["description"]),
+            str(body["role"]),
+            int(body["reputation"]),
+            body.get("as_of"),
+            dict(body),
+        )

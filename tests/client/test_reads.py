@@ -7,9 +7,11 @@ import asyncio
 import json
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 from tally_client import AsyncClient, Client, StatementPage
 
 from shared.models import Role
+from shared.models import User as UserRow
 from tests.factories import Factory
 from tests.stack import Stack
 
@@ -152,3 +154,60 @@ def test_the_async_client_has_the_same_reads(stack: Stack, stack_factory: Factor
 
     amounts, scores, frozen, active, kinds = asyncio.run(read())
     assert (amounts, scores, frozen, active) == ([2, 7], [2], "frozen", "active") and kinds > 0
+
+
+def test_users_are_created_read_and_listed_lazily_sync_and_async(
+    stack: Stack, stack_factory: Factory, stack_sessions: sessionmaker[Session]
+) -> None:
+    """Issue 24: the client covers the users routes: a page at a time, a typed User."""
+    import httpx
+    from tally_client import Conflict, NotFound, User
+
+    admin = stack_factory.caller(Role.ADMIN)
+    pages: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: pages.append(str(r.url))]})
+    with http, Client(stack.base_url, admin.token, http=http) as tally:
+        luigi = tally.create_user(
+            "luigi", external_id=f"usr_luigi_{admin.tenant_id}", real_name="Luigi Verdi",
+            role="moderator",
+        )  # fmt: skip
+        assert isinstance(luigi, User)
+        assert (luigi.username, luigi.real_name, luigi.role, luigi.reputation) == (
+            "luigi", "Luigi Verdi", "moderator", 0,
+        )  # fmt: skip
+        with pytest.raises(Conflict):
+            tally.create_user("luigi")
+        before = tally.adjust(luigi.id, 5, comment="welcome", wait=10).body["reputed_at"]
+        tally.adjust(luigi.id, 2, comment="again", wait=10)
+        assert tally.get_user(luigi.id).reputation == 7
+        then = tally.get_user(luigi.id, as_of=before)
+        assert (then.reputation, then.as_of is not None) == (5, True)
+        with pytest.raises(NotFound):
+            tally.get_user(2**62)
+        (page,) = tally.reputation_statement(luigi.id)
+        assert [entry.amount for entry in page.entries] == [5, 2]
+
+        with stack_sessions.begin() as session:  # more than a page, without 1,000 requests
+            rows = [UserRow(tenant_id=admin.tenant_id, username=f"user_{n}") for n in range(1002)]
+            session.add_all(rows)
+            session.flush()
+            made = [row.id for row in rows]
+        pages.clear()
+        listed = tally.users()
+        assert pages == []  # nothing read until iterated
+        assert next(iter(listed)).id == admin.user_id and len(pages) == 1  # one page of 1,000
+        assert [user.id for user in tally.users()] == [admin.user_id, luigi.id, *made]
+        (found,) = tally.users(external_id=luigi.external_id)
+        assert found.id == luigi.id and found.reputation == 7
+
+    async def read() -> tuple[list[int], str, int, int]:
+        async with AsyncClient(stack.base_url, admin.token) as tally:
+            peach = await tally.create_user("peach", email="peach@example.com")
+            ids = [user.id async for user in tally.users()]
+            read = await tally.get_user(peach.id)
+            (page,) = [p async for p in tally.reputation_statement(luigi.id)]
+            return ids, read.email, len(page.entries), peach.id
+
+    ids, email, entries, peach_id = asyncio.run(read())
+    assert ids == [admin.user_id, luigi.id, *made, peach_id]
+    assert (email, entries) == ("peach@example.com", 2)
