@@ -1,5 +1,5 @@
-# The API and the workers: the locked runtime dependencies only (no embedded servers,
-# no honcho, no Flower; compose runs Flower from its own image).
+# The API, the workers, beat and Flower: the locked runtime dependencies only (no
+# embedded servers, no honcho).
 FROM python:3.11-slim
 WORKDIR /app
 COPY requirements/runtime.txt requirements/runtime.txt

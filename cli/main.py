@@ -71,6 +71,11 @@ COMMANDS = {
         PROCESSES,
         "Run Celery beat: the outbox relay, lot expiries and hold timeouts.",
     ),
+    "flower": Entry(
+        "cli.processes",
+        PROCESSES,
+        "Run Flower, the Celery monitor, its lines in tally's JSON (arguments go to Flower).",
+    ),
     "run": Entry(
         "cli.run",
         PROCESSES,

@@ -102,3 +102,17 @@ def worker(lanes: str, metrics_bind: str | None, celery_args: tuple[str, ...]) -
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat: the outbox relay, lot expiries and hold timeouts."""
     _celery("beat", *celery_args)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Flower, the Celery monitor, its lines in tally's JSON (arguments go to Flower)."""
+    # Flower serves its own /metrics from its own registry, never a group's folder.
+    os.environ.pop(METRICS_FOLDER_ENV, None)
+    from shared.platform.logs import configure_logging
+    from worker.celery_app import app
+
+    configure_logging("flower")
+    # Tornado then adds no handler of its own: its and Flower's lines reach the JSON one.
+    sys.exit(app.start(["flower", "--logging=none", *flower_args]) or 0)

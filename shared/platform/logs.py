@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -70,8 +70,36 @@ def json_handler(service: str) -> logging.Handler:
     return handler
 
 
-def configure_logging(service: str, level: int = logging.INFO) -> None:
-    """Send every log record of this process to stdout as one JSON object per line."""
+def configure_logging(service: str, level: int = logging.INFO, timers: Iterable[str] = ()) -> None:
+    """Send every log record of this process to stdout as one JSON object per line; the
+    routine lines of the `timers` tasks at DEBUG (TimersAtDebug)."""
+    handler = json_handler(service)
+    handler.addFilter(TimersAtDebug(timers))
     root = logging.getLogger()
-    root.handlers[:] = [json_handler(service)]
+    root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class TimersAtDebug(logging.Filter):
+    """Celery's INFO lines about a timer's run (beat sending it, a worker receiving it,
+    its success) become DEBUG lines, so that an idle worker and beat write nothing at
+    INFO; what a timer did is logged at INFO by the task itself. `timers`: the names of
+    the tasks beat sends."""
+
+    def __init__(self, timers: Iterable[str]) -> None:
+        super().__init__()
+        self.timers = frozenset(timers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or self._task_of(record) not in self.timers:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    @staticmethod
+    def _task_of(record: logging.LogRecord) -> object:
+        if record.name == "celery.beat":  # "Scheduler: Sending due task %s (%s)"
+            args = record.args if isinstance(record.args, tuple) else ()
+            return args[1] if record.msg.startswith("Scheduler: Sending") and args else None
+        data = getattr(record, "data", None)  # celery.worker.strategy, celery.app.trace
+        return data.get("name") if isinstance(data, dict) else None

@@ -10,6 +10,7 @@ own (`worker_send_task_events`).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ TIMERS = {EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK}
 # Flower asks the workers to send task events every 5 s (its --enable_events default).
 SEEN_LIMIT = 40.0
 AUTH = ("ops", "flower-test-password")
-FLOWER = (sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower")
+FLOWER = (sys.executable, "-m", "cli", "flower")
 
 
 @pytest.fixture
@@ -114,3 +115,28 @@ def test_flower_shows_the_expiry_and_hold_timeout_tasks_by_name(
     workers = _poll(stack, "both workers inspected", both_inspected)
     for name, worker in workers.items():
         assert TIMERS.issubset(worker["registered"]), (name, worker["registered"])
+
+    # Prometheus can scrape its task counts (monitoring/prometheus.yml, job flower).
+    exposition = http.get(flower + "/metrics", timeout=10).text
+    assert f'flower_events_total{{task="{EXPIRE_LOTS_TASK}",type="task-succeeded"' in exposition
+
+    # Flower's lines (Tornado's too) are tally's JSON lines, and the timers ran every half
+    # second without a line about them at INFO from beat or a worker.
+    assert _json_lines(stack, "flower", every=True)
+    for name in ("beat", "worker1", "worker2"):
+        routine = [
+            line for line in _json_lines(stack, name)
+            if line["level"] == "INFO" and any(timer in line["message"] for timer in TIMERS)
+        ]  # fmt: skip
+        assert routine == [], name
+
+
+def _json_lines(stack: Stack, name: str, every: bool = False) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log, as `service` `name`; `every`: no other lines
+    (Celery's banner is plain text)."""
+    lines = (stack.log_dir / f"{name}.log").read_text().splitlines()
+    if every:
+        assert all(line.startswith("{") for line in lines), lines
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {line["service"] for line in parsed} == {name.rstrip("12")}, name
+    return parsed
