@@ -3,10 +3,11 @@
 import logging
 
 import click
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init
 
 from shared.platform.config import load_settings
 from shared.platform.logs import configure_logging
+from shared.platform.tracing import configure_tracing
 from worker import metrics  # noqa: F401  (a worker serves its own /metrics)
 from worker.app import make_celery
 from worker.pump import EventPump
@@ -26,3 +27,13 @@ def _json_logs(loglevel: int | None = None, **_: object) -> None:
         level=loglevel or logging.INFO,
         timers=timers,
     )
+
+
+@worker_process_init.connect
+def _trace_tasks(**_: object) -> None:
+    # In each pool process, after the fork (the span processor exports from a thread),
+    # if an OTLP endpoint is configured: a task runs in the trace of whoever queued it.
+    if configure_tracing("tally-worker"):
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]

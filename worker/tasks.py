@@ -34,6 +34,7 @@ from shared.platform.metrics import (
     TASK_RETRIES,
 )
 from shared.platform.statistics import maintain
+from shared.platform.tracing import new_trace
 from worker.app import (
     DELIVER_WEBHOOKS_TASK,
     DRAIN_TASK,
@@ -111,7 +112,10 @@ def drain(self: Task, lane: str = Lane.INTERACTIVE, partition: int = 0) -> int:
         if applied.more:
             dispatcher.return_accounts(account_ids)
         if time.monotonic() > deadline:
-            dispatcher.requeue(partition)
+            # Its successor starts a trace of its own: under a steady load drain tasks
+            # follow one another for hours, and one trace would hold them all.
+            with new_trace():
+                dispatcher.requeue(partition)
             return applied_count
 
 

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.platform.tracing import trace_engine
+
 
 def make_engine(
     database_url: str, *, pool_size: int = 5, pool_timeout: float = 5.0, pre_ping: bool = True
@@ -21,7 +23,7 @@ def make_engine(
     PostgreSQL restart the first statement on a dead connection fails (a 503, or a
     task retry) and SQLAlchemy then discards the whole pool's older connections.
     """
-    return create_engine(
+    engine = create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=0,
@@ -30,6 +32,8 @@ def make_engine(
         # Fail fast when PostgreSQL is down so the caller can answer 503 or retry.
         connect_args={"connect_timeout": 5},
     )
+    trace_engine(engine)  # if an OTLP endpoint is configured
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
