@@ -95,7 +95,6 @@ def submit(
             409,
             ALREADY_REVERSED,
             "the entry is reversed already (or its reversal is pending)",
-            extra={"code": ALREADY_REVERSED},
         ) from None
     if recorded.created:
         ADJUSTMENTS_ACCEPTED.inc()
@@ -198,7 +197,7 @@ def rejection(accepted: Accepted, completion: Completion) -> Problem:
         completion.error_code or "rejected",
         completion.error_message or "the adjustment was rejected",
         headers=headers,
-        extra={"request_id": request_id, "code": completion.error_code},
+        extra={"request_id": request_id},
     )
 
 

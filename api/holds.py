@@ -167,11 +167,11 @@ def _hold_points_type(user: User, hold_id: int) -> PointsType:
     operation_id="getHold",
     summary="A hold: its amount, status and what was captured",
     tag="points",
-    error_model=schemas.Envelope,
+    error_model=schemas.ErrorEnvelope,
     error_type="application/json",
     responses={
         200: ("The hold", schemas.HoldResponse),
-        404: ("No such user or hold", schemas.Envelope),
+        404: ("No such user or hold", schemas.ErrorEnvelope),
     },
 )
 @require_writer

@@ -66,15 +66,15 @@ def operation_contract(
         "summary": summary,
         "tag": "points",
         "body": body,
-        "error_model": schemas.Envelope,
+        "error_model": schemas.ErrorEnvelope,
         "error_type": "application/json",
         "headers": OPERATION_HEADERS,
         "responses": {
             201: ("Applied", answer),
             202: ("Accepted, not applied yet", answer),
-            404: (missing, schemas.Envelope),
-            409: (rejected, schemas.Envelope),
-            422: ("Idempotency key reused with a different body", schemas.Envelope),
+            404: (missing, schemas.ErrorEnvelope),
+            409: (rejected, schemas.ErrorEnvelope),
+            422: ("Idempotency key reused with a different body", schemas.ErrorEnvelope),
         },
     }
 
@@ -101,10 +101,9 @@ def as_envelope(error: Exception) -> Response:
         extra["errors"] = [
             {"field": e.field, "code": e.code, "message": e.message} for e in problem.errors
         ]
-    # The envelope's `code` is the status: a rejection's reason goes beside it, with the
-    # request it rejected.
-    if isinstance(problem.extra.get("code"), str):
-        extra["reason"] = problem.extra["code"]
+    # The envelope's `code` is the status: the machine-readable code goes beside it as
+    # `reason`, and a rejection's request with it.
+    extra["reason"] = problem.code
     if "request_id" in problem.extra:
         extra["request_id"] = problem.extra["request_id"]
     response = jsonify(envelope(problem.status, problem.detail, **extra))
@@ -246,11 +245,11 @@ def points_type_named(name: str | None) -> PointsType:
     summary="A user's point accounts, now or as of a moment",
     tag="points",
     query=AsOfQuery,
-    error_model=schemas.Envelope,
+    error_model=schemas.ErrorEnvelope,
     error_type="application/json",
     responses={
         200: ("Every account of the user", schemas.PointAccountsResponse),
-        404: ("No such user", schemas.Envelope),
+        404: ("No such user", schemas.ErrorEnvelope),
     },
 )
 @require_writer
@@ -275,12 +274,12 @@ def accounts(user_ref: str) -> Response:
     summary="A user's statement: opening and closing figures, totals by type, entries",
     tag="points",
     query=PointsStatementQuery,
-    error_model=schemas.Envelope,
+    error_model=schemas.ErrorEnvelope,
     error_type="application/json",
     responses={
         200: ("The statement, its entries paged by `after`", schemas.StatementResponse),
-        400: ("A malformed parameter", schemas.Envelope),
-        404: ("No such user", schemas.Envelope),
+        400: ("A malformed parameter", schemas.ErrorEnvelope),
+        404: ("No such user", schemas.ErrorEnvelope),
     },
 )
 @require_writer
@@ -303,12 +302,12 @@ class TransactionsQuery(PageQuery):
     summary="A user's ledger, newest first",
     tag="points",
     query=TransactionsQuery,
-    error_model=schemas.Envelope,
+    error_model=schemas.ErrorEnvelope,
     error_type="application/json",
     responses={
         200: ("A page of transactions", schemas.PointTransactionsResponse),
-        400: ("A malformed parameter", schemas.Envelope),
-        404: ("No such user", schemas.Envelope),
+        400: ("A malformed parameter", schemas.ErrorEnvelope),
+        404: ("No such user", schemas.ErrorEnvelope),
     },
 )
 @require_writer
@@ -377,7 +376,7 @@ def reversal_of_or_409(entry: LedgerEntry, user: User, **fields: Any) -> Adjustm
     try:
         return reversal_of(entry, user.id, **fields)
     except NotReversible as error:
-        raise Problem(409, NOT_REVERSIBLE, str(error), extra={"code": NOT_REVERSIBLE}) from None
+        raise Problem(409, NOT_REVERSIBLE, str(error)) from None
 
 
 def known_type(entry: LedgerEntry) -> PointsType:
@@ -405,12 +404,12 @@ def _set_status(user_ref: str, status: AccountStatus) -> Response:
 STATUS_CONTRACT: dict[str, Any] = {
     "tag": "points",
     "body": AccountStatusInput,
-    "error_model": schemas.Envelope,
+    "error_model": schemas.ErrorEnvelope,
     "error_type": "application/json",
     "responses": {
         200: ("The account, with its new status", schemas.PointAccountResponse),
-        403: ("Not an admin", schemas.Envelope),
-        404: ("No such user", schemas.Envelope),
+        403: ("Not an admin", schemas.ErrorEnvelope),
+        404: ("No such user", schemas.ErrorEnvelope),
     },
 }
 

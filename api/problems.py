@@ -27,7 +27,11 @@ DATABASE_DOWN = (
 
 
 class Problem(Exception):
-    """An error answer: status, a short type slug, a detail and the fields at fault."""
+    """An error answer: status, a short type slug, a detail and the fields at fault.
+
+    Its `code` is the slug in snake_case (`not_found`, `insufficient_balance`): one
+    machine-readable vocabulary for every answer that says no, whatever its envelope.
+    """
 
     def __init__(
         self,
@@ -46,6 +50,10 @@ class Problem(Exception):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
+    @property
+    def code(self) -> str:
+        return self.slug.replace("-", "_")
+
     def document(self) -> dict[str, Any]:
         """The problem+json document."""
         body: dict[str, Any] = {
@@ -53,6 +61,7 @@ class Problem(Exception):
             "title": HTTPStatus(self.status).phrase,
             "status": self.status,
             "detail": self.detail,
+            "code": self.code,
             **self.extra,
         }
         if self.errors:

@@ -6,6 +6,20 @@ from typing import Any
 
 from pydantic import BaseModel, Field, RootModel
 
+from shared.ledger.apply import REJECTION_MESSAGES
+
+# What `code` (problems) and `reason` (the points API's envelope) may say.
+REJECTION_CODES = (*REJECTION_MESSAGES, "already_reversed", "not_reversible", "unknown_points_type")
+CODES = (
+    "What kind of refusal, machine-readable: validation (400: `errors` names the fields),"
+    " unauthorized (401), forbidden (403), not_found (404), method_not_allowed (405),"
+    " request_timeout (408), conflict (409: the user exists), content_too_large (413),"
+    " unsupported_media_type (415), idempotency_key_reused (422), too_many_requests (429),"
+    " unavailable or not_ready (503); a 409 that refuses an adjustment says why: "
+    + ", ".join(REJECTION_CODES)
+)
+REQUEST_ID = "The adjustment request a 409 refused (its status URL keeps the outcome)"
+
 
 class ScoreUser(BaseModel):
     id: int
@@ -74,7 +88,9 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+    code: str = Field(description=CODES)
     errors: list[FieldErrorOut] | None = None
+    request_id: int | None = Field(None, description=REQUEST_ID)
     model_config = {"extra": "allow"}
 
 
@@ -213,14 +229,15 @@ class Envelope(BaseModel):
     code: int
     message: str
     timestamp: str
+
+
+class ErrorEnvelope(Envelope):
+    """The points API's answer that says no: `code` is its HTTP status, as in the points
+    service's SimpleResponse, and `reason` the machine-readable code beside it."""
+
+    reason: str = Field(description=CODES)
     errors: list[FieldErrorOut] | None = None
-    reason: str | None = Field(
-        None,
-        description="a 409's reason: insufficient_balance, account_frozen, hold_not_open,"
-        " hold_expired, capture_exceeds_hold, already_expired, cap_reached, already_reversed,"
-        " not_reversible",
-    )
-    request_id: int | None = Field(None, description="the request a 409 rejected, if recorded")
+    request_id: int | None = Field(None, description=REQUEST_ID)
 
 
 class PointOperationResponse(Envelope):
