@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
 
-from api import schemas
+from api import examples, schemas
 from api.auth import current_principal, require_writer
 from api.body import FORM_TYPES, JSON, body_limit, is_json, read_body, read_form, read_query
 from api.links import link_to
@@ -292,6 +292,8 @@ class BulkQuery(BaseModel):
         400: ("Invalid items (nothing written) or fields", schemas.BulkProblem),
         422: ("Batch key reused with other content", schemas.Problem),
     },
+    body_examples=examples.BULK_BODIES,
+    answer_examples=examples.BULK_ANSWERS,
 )
 @require_writer
 def bulk() -> Response:

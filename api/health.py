@@ -7,8 +7,7 @@ from flask import Blueprint, Response, jsonify
 from api.openapi import documented
 from api.problems import Problem
 from api.resources import resources
-from api.schemas import Health
-from api.schemas import Problem as ProblemModel
+from api.schemas import Health, NotReady
 from shared.platform.health import readiness_problems
 
 bp = Blueprint("health", __name__)
@@ -33,7 +32,7 @@ def healthz() -> Response:
     summary="Readiness",
     public=True,
     tag="operations",
-    responses={200: ("Ready", Health), 503: ("Not ready: what is wrong", ProblemModel)},
+    responses={200: ("Ready", Health), 503: ("Not ready: what is wrong", NotReady)},
 )
 def readyz() -> Response:
     """Database reachable and migrated, Redis reachable; otherwise 503 naming what is not."""

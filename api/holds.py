@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
-from api import schemas
+from api import examples, schemas
 from api.accept import submit
 from api.auth import current_principal, require_writer
 from api.body import read_input, read_object
@@ -45,6 +45,8 @@ bp.register_error_handler(Exception, as_envelope)
 @bp.post("/<user_ref>/holds")
 @documented(
     operation_id="placeHold",
+    body_examples=examples.HOLD_BODIES,
+    answer_examples=examples.HOLD_ANSWERS,
     **operation_contract(
         "Hold points: move them from spendable to frozen_balance",
         HoldInput,

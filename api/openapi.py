@@ -70,6 +70,17 @@ BODY_ERRORS: Mapping[int, str] = {
 
 
 @dataclass(frozen=True)
+class Example:
+    """A named body in the document: one line on what it shows, and the body itself."""
+
+    summary: str
+    value: Any
+
+
+Examples = Mapping[str, Example]
+
+
+@dataclass(frozen=True)
 class Contract:
     """What one view takes and answers; `operation_id` names it for generated clients
     (stable: renaming the view's function does not change it)."""
@@ -89,6 +100,9 @@ class Contract:
     error_type: str = PROBLEM
     # The media types of a 200 streamed as text rather than a JSON model.
     streams: tuple[str, ...] = ()
+    # Examples of the JSON body, and of the answers by status (each a declared answer).
+    body_examples: Examples = field(default_factory=dict)
+    answer_examples: Mapping[int, Examples] = field(default_factory=dict)
 
 
 def documented(**contract: Any) -> Callable[[F], F]:
@@ -148,6 +162,10 @@ def _answer_headers(contract: Contract, status: int) -> dict[str, Any]:
     }
 
 
+def _examples(examples: Examples) -> dict[str, Any]:
+    return {name: {"summary": e.summary, "value": e.value} for name, e in examples.items()}
+
+
 def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str, Any]:
     def ref(model: type[BaseModel]) -> dict[str, str]:
         return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
@@ -181,6 +199,9 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "description": description,
             "content": {media: {"schema": ref(model)}},
         }
+    for status, examples in contract.answer_examples.items():
+        for media in responses[str(status)]["content"].values():
+            media["examples"] = _examples(examples)
     for code, answer in responses.items():
         answer["headers"] = _answer_headers(contract, int(code))
     operation: dict[str, Any] = {
@@ -209,6 +230,10 @@ def _operation(contract: Contract, parameters: list[dict[str, Any]]) -> dict[str
             "required": bool(contract.body.model_json_schema().get("required")),
             "content": {media: {"schema": schema} for media in contract.body_types},
         }
+        if contract.body_examples:
+            operation["requestBody"]["content"][JSON]["examples"] = _examples(
+                contract.body_examples
+            )
     return operation
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select
 
-from api import schemas
+from api import examples, schemas
 from api.accept import NOT_REVERSIBLE, Accepted, finish, rejection, submit
 from api.auth import current_principal, require_admin, require_writer
 from api.body import read_input, read_object, read_query
@@ -168,6 +168,8 @@ def check_expiry(expires_at: datetime | None, key: str | None) -> None:
 @bp.post("/<user_ref>/adjust")
 @documented(
     operation_id="adjustPoints",
+    body_examples=examples.ADJUST_BODIES,
+    answer_examples=examples.ADJUST_ANSWERS,
     **operation_contract(
         "Adjust a user's points",
         AdjustPointsInput,
@@ -245,6 +247,7 @@ def points_type_named(name: str | None) -> PointsType:
     summary="A user's point accounts, now or as of a moment",
     tag="points",
     query=AsOfQuery,
+    answer_examples=examples.BALANCES_ANSWERS,
     error_model=schemas.ErrorEnvelope,
     error_type="application/json",
     responses={

@@ -76,22 +76,50 @@ class RequestStatus(BaseModel):
 
 
 class FieldErrorOut(BaseModel):
-    field: str
-    code: str
-    message: str
+    """One input at fault."""
+
+    field: str = Field(
+        description="The body member, query parameter or header at fault (`body`: the body"
+        " as a whole)"
+    )
+    code: str = Field(
+        description="What is wrong with it, machine-readable: required, integer, zero,"
+        " too_long, empty_segment, invalid_json, unknown, taken, reused, ..."
+    )
+    message: str = Field(description="The same, for people")
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details: its five members, and tally's `code`, `errors` and
+    `request_id` (a route's own answers may add more, named in their schemas)."""
 
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str = Field(description=CODES)
-    errors: list[FieldErrorOut] | None = None
-    request_id: int | None = Field(None, description=REQUEST_ID)
     model_config = {"extra": "allow"}
+
+    type: str = Field(
+        description="The problem type, a URI: https://tally.dev/problems/ and its slug",
+        json_schema_extra={"format": "uri"},
+    )
+    title: str = Field(description="The HTTP status's phrase")
+    status: int = Field(description="The HTTP status", ge=400, le=599)
+    detail: str = Field(description="What went wrong with this request, for people")
+    instance: str | None = Field(
+        None,
+        description="RFC 9457's URI of this occurrence: not sent; the answer's X-Request-ID"
+        " names the occurrence in tally's logs",
+    )
+    code: str = Field(description=CODES)
+    errors: list[FieldErrorOut] | None = Field(
+        None, description="Every input at fault (400), or the reused Idempotency-Key (422)"
+    )
+    request_id: int | None = Field(None, description=REQUEST_ID)
+
+
+class NotReady(Problem):
+    """GET /readyz's 503: which dependency is not ready."""
+
+    checks: dict[str, str] = Field(
+        description="database, schema and redis: `ok`, or what is wrong with it"
+    )
 
 
 class Health(BaseModel):
@@ -344,11 +372,10 @@ class ImportProblem(Problem):
     error_count: int | None = None
 
 
-class ItemErrorOut(BaseModel):
-    index: int
-    field: str
-    code: str
-    message: str
+class ItemErrorOut(FieldErrorOut):
+    """One input at fault in one item of a batch."""
+
+    index: int = Field(description="The item's position in the batch, from 0")
 
 
 class BulkProblem(Problem):

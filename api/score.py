@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api import schemas
+from api import examples, schemas
 from api.accept import Accepted, finish, rejection, submit
 from api.auth import current_principal, require_writer
 from api.body import read_input, read_object
@@ -62,6 +62,8 @@ SCORE_HEADERS = {
         409: ("Rejected by the account's state", schemas.Problem),
         422: ("Idempotency key reused with a different body", schemas.Problem),
     },
+    body_examples=examples.SCORE_BODIES,
+    answer_examples=examples.SCORE_ANSWERS,
 )
 @require_writer
 def create_score() -> Response:

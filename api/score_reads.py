@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from api import schemas
+from api import examples, schemas
 from api.auth import current_principal, require_writer
 from api.body import read_query
 from api.openapi import documented
@@ -50,6 +50,7 @@ def list_score() -> Response:
         200: ("A page of leaderboard rows", schemas.LeaderboardPage),
         400: ("A malformed filter", schemas.Problem),
     },
+    answer_examples=examples.LEADERBOARD_ANSWERS,
 )
 @require_writer
 def score_leaderboard() -> Response:

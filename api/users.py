@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api import schemas
+from api import examples, schemas
 from api.auth import current_principal, require_admin, require_writer
 from api.body import read_object, read_query
 from api.history import statement_object
@@ -90,6 +90,8 @@ def list_all() -> Response:
         201: ("The new user", schemas.UserOut),
         409: ("The username or external_id is taken", schemas.Problem),
     },
+    body_examples=examples.USER_BODIES,
+    answer_examples=examples.USER_ANSWERS,
 )
 @require_admin
 def create() -> Response:

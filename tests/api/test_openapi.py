@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
+import jsonschema_rs
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -107,3 +110,76 @@ def test_required_headers_are_marked_and_no_internal_words_remain(client: FlaskC
     imported = header("/api/v2/score/import/", "Idempotency-Key")
     assert imported["required"] is False and "SHA-256" in imported["description"]
     assert not re.search(r"\bseeds? 00\d", str(document), re.IGNORECASE)
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object that lists its properties closed to others: an example
+    with a misspelt or stale member fails, rather than passing as an extra one."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed(value) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        closed.setdefault("additionalProperties", False)
+    return closed
+
+
+def _examples(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """(where, schema, value) of every example: of bodies, answers and schemas."""
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            contents = [("body", operation.get("requestBody", {}).get("content", {}))]
+            contents += [(status, answer.get("content", {}))
+                         for status, answer in operation["responses"].items()]  # fmt: skip
+            for part, content in contents:
+                for media, described in content.items():
+                    for name, example in described.get("examples", {}).items():
+                        where = f"{method.upper()} {path} {part} {media} {name}"
+                        yield where, described["schema"], example["value"]
+    for name, schema in document["components"]["schemas"].items():
+        for n, value in enumerate(schema.get("examples", [])):
+            yield f"schema {name} example {n}", {"$ref": f"#/components/schemas/{name}"}, value
+
+
+def test_every_example_is_valid_against_its_schema(client: FlaskClient) -> None:
+    """Issue 24: the main operations have examples of their bodies and answers, a problem
+    among them, and each is valid against the schema it illustrates."""
+    document = client.get("/openapi.json").json
+    components = {"schemas": _closed(document["components"]["schemas"])}
+    examples = list(_examples(document))
+    invalid = []
+    for where, schema, value in examples:
+        validator = jsonschema_rs.Draft202012Validator(schema | {"components": components})
+        invalid += [f"{where}: {error.message}" for error in validator.iter_errors(value)]
+    assert invalid == [], "\n".join(invalid)
+
+    exemplified = {where.split(" ")[1] + " " + where.split(" ")[2] for where, _, _ in examples}
+    for operation, part in [
+        ("/api/v2/score/", "body"), ("/api/v2/score/", "201"), ("/api/v2/score/", "400"),
+        ("/api/v2/score/", "409"), ("/admin/points/{user_ref}/adjust", "body"),
+        ("/admin/points/{user_ref}/adjust", "201"), ("/admin/points/{user_ref}/adjust", "409"),
+        ("/admin/points/{user_ref}/holds", "body"), ("/admin/points/{user_ref}/holds", "201"),
+        ("/api/v2/score/bulk", "body"), ("/api/v2/score/bulk", "202"),
+        ("/api/v2/score/leaderboard/", "200"), ("/admin/points/{user_ref}", "200"),
+    ]:  # fmt: skip
+        assert f"{operation} {part}" in exemplified, (operation, part)
+    adjust = document["paths"]["/admin/points/{user_ref}/adjust"]["post"]["requestBody"]
+    assert {"award", "spend", "adjust"} <= set(adjust["content"]["application/json"]["examples"])
+
+
+def test_the_problem_schema_has_rfc_9457s_members_and_tallys(client: FlaskClient) -> None:
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    problem = schemas["Problem"]
+    assert set(problem["properties"]) == {
+        "type", "title", "status", "detail", "instance", "code", "errors", "request_id",
+    }  # fmt: skip
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "code"}
+    assert problem["additionalProperties"] is True  # a route's own members (error_count, ...)
+    assert set(schemas["FieldErrorOut"]["required"]) == {"field", "code", "message"}
+    assert all(schemas["FieldErrorOut"]["properties"][name].get("description")
+               for name in ("field", "code", "message"))  # fmt: skip
+    # The routes' own extension members are in their problems' schemas.
+    assert {"error_count", "errors_by_item"} <= set(schemas["BulkProblem"]["properties"])
+    assert "checks" in schemas["NotReady"]["properties"]
+    assert "reason" in schemas["ErrorEnvelope"]["required"]
