@@ -84,10 +84,10 @@ def create_score() -> Response:
         accepted = submit(principal, command.user, adjustment, points_type, key)
     except InvalidInput as error:
         raise validation_problem(error.errors) from None
-    return _answer(accepted, key)
+    return _answer(accepted)
 
 
-def _answer(accepted: Accepted, key: str | None) -> Response:
+def _answer(accepted: Accepted) -> Response:
     """201 with the Score object, 202 with the request's status, or the 409 of a rejection:
     each built from the stored rows (the creator is the stored one, also on a replay)."""
     recorded, done = accepted.recorded, accepted.completion
@@ -102,7 +102,7 @@ def _answer(accepted: Accepted, key: str | None) -> Response:
         response = jsonify(status_object(session, row))
         response.status_code = 202
     else:
-        response = jsonify(queued_status(recorded, key))
+        response = jsonify(queued_status(recorded, accepted.idempotency_key))
         response.status_code = 202
     return finish(response, accepted)
 
@@ -149,7 +149,7 @@ def reverse(score_id: int) -> Response:
     adjustment = reversal_of_or_409(entry, user, comment=data.comment or "")
     target = UserRef("score_id", user_id=user.id)
     accepted = submit(principal, target, adjustment, known_type(entry), key)
-    return _answer(accepted, key)
+    return _answer(accepted)
 
 
 @bp.get("/requests/<int:request_id>")

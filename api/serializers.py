@@ -113,7 +113,7 @@ def status_object(session: Session, row: AdjustmentRequest) -> dict[str, Any]:
     return _status(row, score)
 
 
-def queued_status(recorded: Recorded, idempotency_key: str | None) -> dict[str, Any]:
+def queued_status(recorded: Recorded, idempotency_key: str) -> dict[str, Any]:
     """The status of a request just recorded, which no worker has seen yet (no query)."""
     row = AdjustmentRequest(
         id=recorded.request_id,

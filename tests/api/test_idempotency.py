@@ -173,5 +173,13 @@ def test_a_structured_field_key_is_its_content_and_a_keyless_request_gets_one(
     retry = client.post("/api/v2/score/", json=keyless, headers=_headers(moderator, given))
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert retry.headers["Location"] == first.headers["Location"]
+    # Answered before the worker applies it (202), its status names the key it was given.
+    queued = client.post(
+        "/api/v2/score/",
+        json={"user_id": user.id, "score": 1, "comment": "async"},
+        headers={**moderator.headers, "Prefer": "respond-async"},
+    )
+    assert queued.status_code == 202
+    assert f'"{queued.get_json()["idempotency_key"]}"' == queued.headers["Idempotency-Key"]
     with sessions() as session:
-        assert [e.amount for e in ledger_of(session, user.id)] == [2, 5]
+        assert [e.amount for e in ledger_of(session, user.id)][:2] == [2, 5]
