@@ -88,7 +88,11 @@ def trace_engine(engine: Engine) -> None:
 
 @contextmanager
 def new_trace() -> Iterator[None]:
-    """Within the block no trace is current: a task queued in it starts a trace of its own."""
+    """Within the block no trace is current: a task queued in it starts a trace of its own.
+    Without tracing there is no trace to leave (and nothing is imported)."""
+    if not tracing_wanted():
+        yield
+        return
     from opentelemetry import context
 
     token = context.attach(context.Context())
