@@ -30,8 +30,10 @@ def _metrics_folder(group: str) -> Iterator[None]:
 
     prometheus_client reads it when first imported, so this comes before any import of
     it; a folder inherited from a parent (`tally run`, a shell) is replaced, so that two
-    groups never add up each other's samples (see shared.platform.metrics).
+    groups never add up each other's samples (see shared.platform.metrics). The
+    environment names the inherited one again afterwards, never a folder that is gone.
     """
+    inherited = os.environ.get(METRICS_FOLDER_ENV)
     folder = tempfile.mkdtemp(prefix=f"tally-metrics-{group}-")
     Path(folder, GROUP_ROOT_FILE).write_text(str(os.getpid()))
     os.environ[METRICS_FOLDER_ENV] = folder
@@ -39,6 +41,10 @@ def _metrics_folder(group: str) -> Iterator[None]:
         yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if inherited is None:
+            os.environ.pop(METRICS_FOLDER_ENV, None)
+        else:
+            os.environ[METRICS_FOLDER_ENV] = inherited
 
 
 @click.command()

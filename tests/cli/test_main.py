@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from cli import csv_files
 from cli.embedded import free_port
 from cli.main import API, COMMANDS, DATABASE, cli
+from shared.platform.config import METRICS_FOLDER_ENV
 from tests.conftest import Services
 from tests.stack import newcomer_tally
 
@@ -145,6 +146,11 @@ def test_a_setting_that_does_not_parse_exits_2_naming_its_variable(command: list
     if command == ["status"]:
         assert json.loads(result.stderr)["error"]["code"] == "configuration"
     assert message in result.stderr and "Traceback" not in result.stderr
+    # `tally api` made its metrics folder before it read the settings: the environment
+    # does not name it now that it is gone (processes started later would fail on it).
+    assert (
+        os.environ.get(METRICS_FOLDER_ENV) is None or Path(os.environ[METRICS_FOLDER_ENV]).is_dir()
+    )
 
 
 def test_json_times_are_rfc_3339_utc(services: Services) -> None:
