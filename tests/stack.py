@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -43,6 +44,21 @@ class Stack:
 
     def stop(self, name: str) -> None:
         stop_group(self.processes.pop(name), timeout=20)
+
+    def stop_all(self, timeout: float = 20) -> None:
+        """Stop every process at once: SIGTERM to each group, then wait for all (SIGKILL
+        to a group still there after `timeout`). One by one, a stack took 4-5 s."""
+        processes = [self.processes.pop(name) for name in list(self.processes)]
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):  # it has ended on its own
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def start_api(self) -> None:
         """`tally api` as process "api", on the port of `base_url`."""
@@ -111,8 +127,7 @@ def running_stack(
         wait_until_up(stack)
         yield stack
     finally:
-        for name in list(stack.processes):
-            stack.stop(name)
+        stack.stop_all()
 
 
 def newcomer_tally(

@@ -90,8 +90,7 @@ def test_healthy_once_every_lane_has_a_worker_and_unhealthy_when_one_lane_loses_
             "no worker consumes the webhooks lane",
         ]
     finally:
-        for name in list(stack.processes):
-            stack.stop(name)
+        stack.stop_all()
 
 
 def test_an_unreachable_database_exits_3_naming_its_url(env: dict[str, str]) -> None:

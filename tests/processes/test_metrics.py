@@ -373,7 +373,6 @@ def test_metrics_answer_while_postgresql_or_redis_is_down(tmp_path: Path) -> Non
         assert "tally_outbox_backlog" in names(without_redis)
         assert value(without_redis, "tally_http_requests_total", **scrapes) >= 2
     finally:
-        for name in list(stack.processes):
-            stack.stop(name)
+        stack.stop_all()
         redis.kill()
         postgres.stop()
