@@ -73,8 +73,8 @@ DEFAULT_POINTS_TYPES: Mapping[str, PointsType] = {
 
 
 PREFIX = "TALLY_"
-# TALLY_* variables that are not the services' settings: the CLI's own (README,
-# "Connection"), and the test suite's and benchmarks' (README, "Tests").
+# TALLY_* variables that are not the services' settings: the CLI's own (README, "Running
+# it for real"), and the test suite's and benchmarks' (README, "Tests").
 OTHER_VARIABLES = frozenset({"TALLY_URL", "TALLY_TOKEN", "TALLY_ENV_FILE", "TALLY_USER_REF"})
 OTHER_PREFIXES = ("TALLY_TEST_", "TALLY_BENCH_", "TALLY_MODEL_", "TALLY_CHAOS_", "TALLY_CONTRACT_")
 
