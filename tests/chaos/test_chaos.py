@@ -27,112 +27,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from shared.models import AdjustmentRequest
-from tests.chaos.checks import Findings, Run, verify
+from tests.chaos.checks import Run
 from tests.chaos.conftest import LOCK_TTL_SECONDS, Rig
-from tests.chaos.load import POINTS_TIMER_MAX, Load
+from tests.chaos.scenario import run_scenario
 from tests.stack import kill_group, wait_until_up
 
 pytestmark = pytest.mark.chaos
 
-RECOVERY_LIMIT = 60.0
-# After the load stops, its last lots and holds are due within POINTS_TIMER_MAX; beat
-# asks every half second, and a fault may have left work to the relay.
-TIMERS_LIMIT = 30.0
 # How long a scenario may look for the moment its fault hits work.
 AIM_LIMIT = 8.0
 DOWN_SECONDS = 3.0
-
-Fault = Callable[[dict[str, Any]], None]
-
-
-def _wait_all_final(rig: Rig, load: Load) -> float:
-    """Seconds until every accepted request (single or in a batch) is completed or rejected."""
-    started = time.monotonic()
-    ids = [a.request_id for a in load.accepted] + [p.request_id for p in load.points]
-    batch_ids = [b.batch_id for b in load.batches]
-    while True:
-        with rig.sessions() as session:
-            pending = session.scalar(
-                select(func.count()).where(
-                    AdjustmentRequest.id.in_(ids) | AdjustmentRequest.batch_id.in_(batch_ids),
-                    AdjustmentRequest.status.in_(("queued", "processing")),
-                )
-            )
-        if pending == 0:
-            return time.monotonic() - started
-        assert time.monotonic() - started < RECOVERY_LIMIT, (
-            f"{pending} accepted requests still pending\n{rig.stack.logs()}"
-        )
-        time.sleep(0.2)
-
-
-POINTS_STATE = text("""
-    SELECT
-        (SELECT COUNT(*) FROM adjustment_requests
-         WHERE tenant_id = :tenant AND status IN ('queued', 'processing')) AS pending,
-        (SELECT COUNT(*) FROM lots WHERE tenant_id = :tenant AND remaining > 0) AS live_lots,
-        (SELECT COUNT(*) FROM holds WHERE tenant_id = :tenant AND status = 'open') AS open_holds
-""")
-
-
-def _wait_timers(rig: Rig, stopped: float) -> float:
-    """Seconds until the points load's lots and holds are all due and dealt with: no lot
-    has points left, no hold is open, no request (the timers' own included) is pending."""
-    started = time.monotonic()
-    time.sleep(max(0.0, stopped + POINTS_TIMER_MAX - started))
-    while True:
-        with rig.sessions() as session:
-            state = session.execute(POINTS_STATE, {"tenant": rig.caller.tenant_id}).one()
-        if state.pending == state.live_lots == state.open_holds == 0:
-            return time.monotonic() - started
-        assert time.monotonic() - started < TIMERS_LIMIT, f"{state}\n{rig.stack.logs()}"
-        time.sleep(0.2)
-
-
-def _run(
-    rig: Rig, fault: Fault, clients_see_it: bool, before: float = 2.0, after: float = 2.0
-) -> tuple[Run, Findings]:
-    """Load, fault, load, then wait for everything to be final and check it all.
-
-    The fault fills in its evidence; `evidence["fault_at"]`, if it sets it, is when it
-    struck (after aiming), else the fault window starts when `fault` is called.
-    """
-    load = Load(
-        rig.stack.base_url, rig.caller.token, rig.user_ids, points_user_ids=rig.points_user_ids
-    )
-    evidence: dict[str, Any] = {}
-    load.start()
-    time.sleep(before)
-    called = time.monotonic()
-    fault(evidence)
-    fault_ended = time.monotonic()
-    time.sleep(after)
-    load.stop()
-    stopped = time.monotonic()
-    _wait_all_final(rig, load)
-    recovery = time.monotonic() - fault_ended  # fault over -> every accepted request final
-    timers = _wait_timers(rig, stopped)
-    fault_started = evidence.pop("fault_at", called)
-    run = Run(load, fault_started, fault_ended, clients_see_it, evidence)
-    run.probes = evidence.pop("probes", {})
-    findings = verify(rig, run)
-    in_flight = load.accepted_between(fault_started, fault_ended + after)
-    print(
-        f"\n{fault.__name__}: {len(load.accepted)} single and {len(load.batches)} batches "
-        f"of 200 accepted, {in_flight} single during/after the fault, "
-        f"answers {dict(load.statuses)}, transport errors {dict(load.transport_errors())},"
-        f" {len(load.retried_keys)} keys retried ({len(load.replayed_after_trouble)} ended"
-        f" in a replay), fault {fault_ended - fault_started:.1f} s, recovered in"
-        f" {recovery:.1f} s, timers done {timers:.1f} s later\n"
-        f"  hit: {evidence}\n"
-        f"  last trouble {findings.last_trouble_after_fault} s after the fault ended\n"
-        f"  ledger: {findings.entries} entries of {findings.requests} requests, each counted;"
-        f" entries after a higher request id (accepted concurrently):"
-        f" {dict(findings.out_of_id_order)}; {findings.rejected_since_fault} unaffordable"
-        f" spends rejected since the fault began"
-    )
-    return run, findings
-
 
 # What the faults look at.
 
@@ -223,7 +127,7 @@ def test_worker_killed_mid_chunk(rig: Rig) -> None:
         time.sleep(DOWN_SECONDS)
         rig.stack.start_worker("worker1")
 
-    run, _ = _run(rig, kill_a_worker_mid_chunk, clients_see_it=False)
+    run, _ = run_scenario(rig, kill_a_worker_mid_chunk, clients_see_it=False)
     # It held a chunk's row locks, in a transaction the kill cut short; work was waiting.
     assert run.evidence["frozen_in_transaction"] >= 1
     assert run.evidence["pending"] > 0
@@ -276,7 +180,7 @@ def test_redis_restarted_empty(rig: Rig) -> None:
 
     # The workers' Celery consumers take a few seconds to reconnect: load on for longer,
     # so that the points load is rejected some spends after the fault too.
-    run, _ = _run(rig, wipe_redis, clients_see_it=False, after=4.0)
+    run, _ = run_scenario(rig, wipe_redis, clients_see_it=False, after=4.0)
     assert run.evidence["pending"] > 0 and run.evidence["redis_held"] > 0
     # The relay handed over what Redis lost: the probe's account at least.
     relayed = _worker_metric(rig, "tally_relay_accounts_total") - run.evidence["relayed_before"]
@@ -314,7 +218,7 @@ def test_postgres_restarted(rig: Rig) -> None:
     def restart_postgres(evidence: dict[str, Any]) -> None:
         _stop_postgres(rig, rig.postgres.stop, evidence)
 
-    run, _ = _run(rig, restart_postgres, clients_see_it=True)
+    run, _ = run_scenario(rig, restart_postgres, clients_see_it=True)
     _assert_postgres_outage_seen(rig, run)
 
 
@@ -325,7 +229,7 @@ def test_postgres_crashed(rig: Rig) -> None:
     def crash_postgres(evidence: dict[str, Any]) -> None:
         _stop_postgres(rig, rig.postgres.crash, evidence)
 
-    run, _ = _run(rig, crash_postgres, clients_see_it=True)
+    run, _ = run_scenario(rig, crash_postgres, clients_see_it=True)
     _assert_postgres_outage_seen(rig, run)
 
 
@@ -354,7 +258,7 @@ def test_api_and_beat_killed(rig: Rig) -> None:
         rig.stack.start_api()
         wait_until_up(rig.stack)
 
-    run, _ = _run(rig, kill_api_and_beat, clients_see_it=True)
+    run, _ = run_scenario(rig, kill_api_and_beat, clients_see_it=True)
     assert run.evidence["waiting"] > 0
     errors = run.load.transport_errors()
     # Requests were cut off mid-way, and some tries found nobody listening.
@@ -389,7 +293,7 @@ def test_lock_expires_while_its_holder_is_paused(rig: Rig) -> None:
             client.close()
             _signal_all(pids, signal.SIGCONT)
 
-    run, _ = _run(rig, pause_a_worker, clients_see_it=False)
+    run, _ = run_scenario(rig, pause_a_worker, clients_see_it=False)
     assert run.evidence["frozen_in_transaction"] >= 1
     assert run.evidence["locks_held"] >= 1
     log = (rig.stack.log_dir / "worker1.log").read_text(errors="replace")
