@@ -29,7 +29,7 @@ from functools import cached_property
 
 from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, RedisStorage
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from api.auth import bearer_token
@@ -109,9 +109,10 @@ class RateLimits:
     def shared(self) -> FixedWindowRateLimiter:
         """The counts in Redis, under the deployment's prefix (read on first use; a failure
         to read it counts in memory, like a failure of Redis, and is tried again)."""
-        storage = RedisStorage(
-            self.settings.redis_url, key_prefix=self.key_prefix(), socket_timeout=1,
-            socket_connect_timeout=1,
+        uri, options = self.settings.redis.limits_storage()
+        storage = storage_from_string(
+            uri, key_prefix=self.key_prefix(), socket_timeout=1, socket_connect_timeout=1,
+            **options,
         )  # fmt: skip
         return FixedWindowRateLimiter(storage)
 

@@ -86,12 +86,13 @@ class TallyCelery(Celery):
 def make_celery(settings: Settings) -> TallyCelery:
     app = TallyCelery("tally", set_as_current=False)
     app.resources = Resources(settings)
+    broker_url, sentinel_options = settings.redis.broker()
     app.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=broker_url,
         broker_connection_retry_on_startup=True,
         # Unacknowledged messages of a dead worker come back after this long;
         # the outbox relay usually gets there first.
-        broker_transport_options={"visibility_timeout": 600},
+        broker_transport_options={"visibility_timeout": 600, **sentinel_options},
         # One queue per lane; a worker started with `--lanes` consumes only its lanes' queues.
         task_queues=[Queue(queue_of(settings.queue_name, lane)) for lane in Lane],  # type: ignore[no-untyped-call]
         task_default_queue=settings.queue_name,

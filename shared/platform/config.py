@@ -11,10 +11,12 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.platform.redis_url import RedisTarget
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tally"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -90,8 +92,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid")
 
+    # One host, or several for a replicated cluster: libpq's multi-host form
+    # (`...@/tally?host=db1:5432&host=db2:5432&target_session_attrs=read-write`).
     database_url: str = DEFAULT_DATABASE_URL
+    # redis://..., or redis+sentinel://host:port,.../master[/db] (shared.platform.redis_url).
     redis_url: str = DEFAULT_REDIS_URL
+    # Whether an acknowledgement (201/202) needs the commit on a synchronous standby too:
+    # "none" (one database host), "required" (while no synchronous standby streams, the
+    # API answers 503 and /readyz says why) or "preferred" (acknowledge anyway; /readyz
+    # and tally_replication_synchronous say acknowledgements are not replicated).
+    replication: Literal["none", "required", "preferred"] = "none"
     # How long POST waits for the worker before answering 202 (seconds).
     default_wait: float = 5.0
     # Upper bound a client may ask for with `Prefer: wait=N`.
@@ -190,10 +200,20 @@ class Settings(BaseSettings):
             return values
         return {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_target(cls, value: str) -> str:
+        RedisTarget.parse(value)  # its ValueError says what is wrong
+        return value
+
     @field_validator("points_types", mode="before")
     @classmethod
     def _points_types_from_json(cls, value: Any) -> Any:
         return _parse_points_types(value) if isinstance(value, str) else value
+
+    @property
+    def redis(self) -> RedisTarget:
+        return RedisTarget.parse(self.redis_url)
 
     @property
     def pool_size(self) -> int:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.platform.config import Settings
 from shared.platform.db import make_engine, make_session_factory
 from shared.platform.keys import RedisKeys
+from shared.platform.replication import ReplicationWatch
 
 # Made by migration 0008; read once per process, on first use.
 DEPLOYMENT_ID = text("SELECT id FROM deployment")
@@ -41,12 +42,15 @@ class Resources:
 
     @cached_property
     def redis(self) -> Redis:
-        return Redis.from_url(
-            self.settings.redis_url,
+        return self.settings.redis.client(
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
             health_check_interval=30,
         )
+
+    @cached_property
+    def replication(self) -> ReplicationWatch:
+        return ReplicationWatch(self.engine, self.settings.replication)
 
     @cached_property
     def keys(self) -> RedisKeys:
