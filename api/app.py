@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Before the limits: a body the front could not read costs no token lookup.
     refuse_unread_bodies(app, settings)
     init_limits(app, settings, lambda: celery.resources.keys.limits)
+    health.refuse_unreplicated_writes(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from api.openapi import documented
-from api.problems import Problem
+from api.problems import RETRY_AFTER_SECONDS, Problem
 from api.resources import resources
 from api.schemas import Health, NotReady
 from shared.platform.health import readiness_problems
 
 bp = Blueprint("health", __name__)
+
+# Methods that may write: refused while acknowledgements could not be replicated.
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CHECKS = ("database", "schema", "redis", "replication")
 
 
 @bp.get("/healthz")
@@ -35,17 +39,46 @@ def healthz() -> Response:
     responses={200: ("Ready", Health), 503: ("Not ready: what is wrong", NotReady)},
 )
 def readyz() -> Response:
-    """Database reachable and migrated, Redis reachable; otherwise 503 naming what is not."""
+    """Database reachable and migrated, Redis reachable, and (TALLY_REPLICATION=required)
+    a synchronous standby streaming; otherwise 503 naming what is not. Under "preferred"
+    an unreplicated primary is ready, and `checks.replication` says what is wrong."""
     problems = readiness_problems(resources().engine, resources().redis)
+    replication = resources().replication
+    unreplicated = replication.problem()
+    if unreplicated and replication.mode == "required":
+        problems["replication"] = unreplicated
     if problems:
         raise Problem(
             503,
             "not-ready",
             "; ".join(f"{name}: {reason}" for name, reason in problems.items()),
             extra={
-                "checks": {
-                    name: problems.get(name, "ok") for name in ("database", "schema", "redis")
-                }
+                "checks": {name: problems.get(name, "ok") for name in _checks(replication.watched)}
             },
         )
-    return jsonify(status="ready", checks={"database": "ok", "schema": "ok", "redis": "ok"})
+    checks = {name: "ok" for name in _checks(replication.watched)}
+    if unreplicated:
+        checks["replication"] = f"acknowledgements are not replicated: {unreplicated}"
+    return jsonify(status="ready", checks=checks)
+
+
+def _checks(replication_watched: bool) -> tuple[str, ...]:
+    return CHECKS if replication_watched else CHECKS[:-1]
+
+
+def refuse_unreplicated_writes(app: Flask) -> None:
+    """Under TALLY_REPLICATION=required, no write starts while no synchronous standby
+    streams: a 503 at once, rather than a commit that would wait for one."""
+
+    @app.before_request
+    def _refuse() -> None:
+        if request.method not in WRITES:
+            return
+        problem = resources().replication.refuses_writes()
+        if problem:
+            raise Problem(
+                503,
+                "replication-unavailable",
+                f"not accepting writes: {problem}; try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )

@@ -34,7 +34,9 @@ def metrics() -> Response:
 
     collector = BacklogCollector(lambda: queue_depths(res.redis, res.settings.queue_name), backlog)
     # As is: `mimetype=` would add a second charset to it.
-    return Response(render(API_SERIES, collector), content_type=CONTENT_TYPE_LATEST)
+    return Response(
+        render(API_SERIES, collector, res.replication), content_type=CONTENT_TYPE_LATEST
+    )
 
 
 def count_requests(app: Flask) -> None:

@@ -118,13 +118,18 @@ class NotReady(Problem):
     """GET /readyz's 503: which dependency is not ready."""
 
     checks: dict[str, str] = Field(
-        description="database, schema and redis: `ok`, or what is wrong with it"
+        description="database, schema, redis and (when TALLY_REPLICATION is set) replication:"
+        " `ok`, or what is wrong with it"
     )
 
 
 class Health(BaseModel):
     status: str
-    checks: dict[str, str] | None = None
+    checks: dict[str, str] | None = Field(
+        None,
+        description="/readyz: each check `ok`; under TALLY_REPLICATION=preferred, replication"
+        " says when acknowledgements are not replicated",
+    )
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.platform.tracing import trace_engine
+
+# SQLSTATE of a write on a server that is read-only: a primary demoted to standby.
+READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 def make_engine(
@@ -32,8 +36,18 @@ def make_engine(
         # Fail fast when PostgreSQL is down so the caller can answer 503 or retry.
         connect_args={"connect_timeout": 5},
     )
+    event.listen(engine, "handle_error", _demoted_primary_is_gone)
     trace_engine(engine)  # if an OTLP endpoint is configured
     return engine
+
+
+def _demoted_primary_is_gone(context: ExceptionContext) -> None:
+    """A write refused as read-only comes from a connection to a primary that has since
+    been demoted (a failover): treat it as a lost connection, so that SQLAlchemy drops
+    the pool's connections and the next ones find the new primary (libpq's multi-host
+    URL with target_session_attrs=read-write, or a proxy that routes to the primary)."""
+    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION:
+        context.is_disconnect = True
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
