@@ -6,10 +6,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.platform.tracing import trace_engine
+
+# libpq parameters, unless the URL sets them. A database host that is down, or gone
+# from the network (a dead machine, a partition: no answer at all), must cost a caller
+# seconds, not the kernel's minutes: the connect gives up after 2 s per host (a
+# multi-host URL tries the next), and on a connection in use, data unacknowledged for
+# 10 s (tcp_user_timeout) or an idle peer silent for 5 + 3 x 2 s (keepalives) drops it.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 # SQLSTATE of a write on a server that is read-only: a primary demoted to standby.
 READ_ONLY_SQL_TRANSACTION = "25006"
@@ -33,8 +47,11 @@ def make_engine(
         max_overflow=0,
         pool_pre_ping=pre_ping,
         pool_timeout=pool_timeout,
-        # Fail fast when PostgreSQL is down so the caller can answer 503 or retry.
-        connect_args={"connect_timeout": 5},
+        connect_args={
+            name: value
+            for name, value in CONNECTION_DEFAULTS.items()
+            if name not in make_url(database_url).query  # the URL's own choice wins
+        },
     )
     event.listen(engine, "handle_error", _demoted_primary_is_gone)
     trace_engine(engine)  # if an OTLP endpoint is configured

@@ -203,9 +203,12 @@ class Cluster:
     def start_redis(self, host: Host, replica_of: Host | None) -> None:
         folder = self.folder / host.name
         folder.mkdir(exist_ok=True)
+        # Its own copy: a failover has Redis rewrite its configuration file.
+        config = folder / "redis.conf"
+        shutil.copy(DEPLOY / "redis" / "redis.conf", config)
         argv = [
             "redis-server",
-            str(DEPLOY / "redis" / "redis.conf"),
+            str(config),
             "--bind",
             host.address,
             "--dir",

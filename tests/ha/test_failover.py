@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 
@@ -27,6 +28,9 @@ DATABASE_FAILOVER_LIMIT = 15.0
 REDIS_FAILOVER_LIMIT = 10.0
 # How long a probe keeps trying before the test gives up on the cluster.
 PROBE_LIMIT = 60.0
+WORKER_PARTITION_SECONDS = 30.0
+# Longer than the load's 15 s timeout per try: answers in flight are lost.
+LINK_DOWN_SECONDS = 20.0
 
 
 def first_adjustment(rig: HaRig, since: float, evidence: dict[str, Any]) -> float:
@@ -114,3 +118,76 @@ def test_the_redis_master_host_dies(ha_rig: HaRig) -> None:
     run, _ = run_scenario(ha_rig, kill_the_redis_master_host, clients_see_it=True, after=5.0)
     assert run.evidence["new_master"] != run.evidence["master"]
     assert run.evidence["first_applied_after_s"] <= REDIS_FAILOVER_LIMIT
+
+
+def test_the_primary_is_partitioned_from_etcd_and_the_clients(ha_rig: HaRig) -> None:
+    """The primary's host keeps running but reaches neither etcd nor tally's hosts: it
+    cannot renew its leader key, so Patroni demotes it (no split brain: it stops taking
+    writes) while a standby is promoted on the other side. Healed, it rejoins as a
+    standby (pg_rewind)."""
+    cluster = ha_rig.ha
+
+    def partition_the_primary(evidence: dict[str, Any]) -> None:
+        primary = cluster.primary()
+        evidence["primary"] = primary.name
+        evidence["fault_at"] = cut = time.monotonic()
+        primary.isolate(cluster.etcd, cluster.api, cluster.work)
+        first_adjustment(ha_rig, cut, evidence)
+        evidence["new_primary"] = cluster.primary().name
+        # The old primary, seen from the test's own address (not partitioned off): it
+        # has stopped taking writes, demoted to a standby within Patroni's ttl.
+        evidence["old_primary_read_only_after_s"] = round(wait_read_only(cluster, primary) - cut, 1)
+        primary.heal()
+
+    run, _ = run_scenario(ha_rig, partition_the_primary, clients_see_it=True, after=5.0)
+    assert run.evidence["new_primary"] != run.evidence["primary"]
+    assert run.evidence["first_applied_after_s"] <= DATABASE_FAILOVER_LIMIT
+    cluster.wait_replicas(2)
+
+
+def test_a_worker_host_is_partitioned_from_the_database_for_30_s(ha_rig: HaRig) -> None:
+    """The workers' host loses the database (Redis still answers): their tasks fail and
+    are retried, the relay re-dispatches, and once healed every request is applied."""
+    cluster = ha_rig.ha
+
+    def partition_the_workers(evidence: dict[str, Any]) -> None:
+        evidence["fault_at"] = time.monotonic()
+        cluster.work.isolate(*cluster.databases)
+        time.sleep(WORKER_PARTITION_SECONDS)
+        cluster.work.heal()
+        healed = time.monotonic()
+        first_adjustment(ha_rig, healed, evidence)
+
+    run, _ = run_scenario(ha_rig, partition_the_workers, clients_see_it=False, after=3.0)
+    # Accepting went on: the API's host still reached the database.
+    assert run.load.accepted_between(run.fault_started, run.fault_ended) > 0
+
+
+def test_the_api_host_loses_its_link_mid_request(ha_rig: HaRig) -> None:
+    """The API's link goes down under load and comes back: requests in flight are cut
+    off; clients retry with their keys and each request is recorded once."""
+    cluster = ha_rig.ha
+
+    def cut_the_api_link(evidence: dict[str, Any]) -> None:
+        evidence["fault_at"] = cut = time.monotonic()
+        cluster.api.cut()
+        time.sleep(LINK_DOWN_SECONDS)
+        cluster.api.restore()
+        first_adjustment(ha_rig, cut, evidence)
+
+    run, _ = run_scenario(ha_rig, cut_the_api_link, clients_see_it=True, after=3.0)
+    assert run.load.transport_errors()["read_timeout"] > 0, "no answer was lost"
+
+
+def wait_read_only(cluster: Any, host: Any) -> float:
+    """When `host`'s PostgreSQL stopped taking writes (in recovery, or not answering)."""
+    deadline = time.monotonic() + PROBE_LIMIT
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(cluster.libpq(host), autocommit=True) as connection:
+                if connection.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                    return time.monotonic()
+        except psycopg.OperationalError:
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{host.name} still takes writes {PROBE_LIMIT:.0f} s on")
