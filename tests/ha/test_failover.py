@@ -132,15 +132,17 @@ def test_the_primary_is_partitioned_from_etcd_and_the_clients(ha_rig: HaRig) -> 
         evidence["primary"] = primary.name
         evidence["fault_at"] = cut = time.monotonic()
         primary.isolate(cluster.etcd, cluster.api, cluster.work)
+        # The old primary, seen from the test's own address (not partitioned off): it
+        # stops taking writes (Patroni demotes it once it cannot reach etcd) before the
+        # leader key it held expires and a standby is promoted.
+        evidence["old_primary_read_only_after_s"] = round(wait_read_only(cluster, primary) - cut, 1)
         first_adjustment(ha_rig, cut, evidence)
         evidence["new_primary"] = cluster.primary().name
-        # The old primary, seen from the test's own address (not partitioned off): it
-        # has stopped taking writes, demoted to a standby within Patroni's ttl.
-        evidence["old_primary_read_only_after_s"] = round(wait_read_only(cluster, primary) - cut, 1)
         primary.heal()
 
     run, _ = run_scenario(ha_rig, partition_the_primary, clients_see_it=True, after=5.0)
     assert run.evidence["new_primary"] != run.evidence["primary"]
+    assert run.evidence["old_primary_read_only_after_s"] < run.evidence["first_accepted_after_s"]
     assert run.evidence["first_applied_after_s"] <= DATABASE_FAILOVER_LIMIT
     cluster.wait_replicas(2)
 
