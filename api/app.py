@@ -50,8 +50,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     track_request_ids(app)
     # Before the limits: a body the front could not read costs no token lookup.
     refuse_unread_bodies(app, settings)
-    init_limits(app, settings, lambda: celery.resources.keys.limits)
+    # Before the limits, whose token lookup may write.
     health.refuse_unreplicated_writes(app)
+    init_limits(app, settings, lambda: celery.resources.keys.limits)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)

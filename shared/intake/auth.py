@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Select, func, or_, select, update
+from sqlalchemy import Engine, Select, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.models import Role, Token, User
@@ -95,7 +95,11 @@ def _principal(user: User) -> Principal:
 
 
 def record_use(session: Session, token_id: int) -> None:
-    """Set the token's last use to now, unless it was set less than a minute ago."""
+    """Set the token's last use to now, unless it was set less than a minute ago.
+
+    Bookkeeping, not money: its commit does not wait for a synchronous standby, so a
+    read keeps working while there is none (every write is refused then)."""
+    session.execute(text("SET LOCAL synchronous_commit TO local"))
     session.execute(
         update(Token)
         .where(
