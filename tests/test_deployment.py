@@ -28,11 +28,13 @@ SECRETS = {
 }
 
 
-def _run_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_compose_config(
+    env: dict[str, str], file: Path = ROOT / "docker-compose.yml"
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "Debian's docker-compose package is needed: apt-get install docker-compose"
     return subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        [binary, "-f", str(file), "config"],
         capture_output=True,
         text=True,
         check=False,
@@ -172,3 +174,39 @@ def test_prometheus_and_grafana_mount_the_monitoring_files_of_the_repository() -
     )["providers"]
     (dashboards,) = (provider["options"]["path"] for provider in providers)
     assert (grafana[dashboards] / "tally.json").is_file()
+
+
+HA_SECRETS = {
+    "PATRONI_SUPERUSER_PASSWORD": "su",
+    "PATRONI_REPLICATION_PASSWORD": "rep",
+    "PATRONI_REWIND_PASSWORD": "rew",
+}
+
+
+def test_the_several_machine_compose_file_validates_and_takes_its_secrets() -> None:
+    """deploy/compose.yml: three etcd members, three PostgreSQL hosts under Patroni from
+    the files tests/ha runs, Redis with three sentinels, and tally on all of them."""
+    file = ROOT / "deploy" / "compose.yml"
+    result = _run_compose_config(HA_SECRETS, file)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"etcd1", "etcd2", "etcd3", "db1", "db2", "db3", "redis1", "redis2"} <= set(services)
+    assert {"sentinel1", "sentinel2", "sentinel3", "migrate", "api", "worker", "beat"} <= set(
+        services
+    )
+    for name in ("api", "worker", "beat", "migrate"):
+        environment = services[name]["environment"]
+        assert "target_session_attrs=read-write" in environment["TALLY_DATABASE_URL"]
+        assert environment["TALLY_DATABASE_URL"].count("host=db") == 3
+        assert environment["TALLY_REDIS_URL"].startswith("redis+sentinel://sentinel1:26379,")
+        assert environment["TALLY_REPLICATION"] == "required"
+    dockerfile = (ROOT / "deploy" / "patroni" / "Dockerfile").read_text()
+    assert "COPY patroni.yml post_bootstrap.sh /etc/patroni/" in dockerfile
+    patroni = yaml.safe_load((ROOT / "deploy" / "patroni" / "patroni.yml").read_text())
+    dcs = patroni["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is True
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    for missing in HA_SECRETS:
+        without = {name: value for name, value in HA_SECRETS.items() if name != missing}
+        refused = _run_compose_config(without, file)
+        assert refused.returncode != 0 and missing in refused.stderr

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 from redis import Redis
 from redis.sentinel import Sentinel
 
@@ -180,7 +179,10 @@ class Cluster:
         shutil.chown(folder, POSTGRES_USER)
         local = folder / "local.yml"
         # Sockets in the host's own folder: the machine's PostgreSQL has /var/run/postgresql.
-        local.write_text(f"postgresql:\n  parameters:\n    unix_socket_directories: '{folder}'\n")
+        local.write_text(
+            f"postgresql:\n  parameters:\n    unix_socket_directories: '{folder}'\n"
+            f"bootstrap:\n  post_bootstrap: {DEPLOY / 'patroni' / 'post_bootstrap.sh'}\n"
+        )
         config = folder / "config"
         config.mkdir(exist_ok=True)
         shutil.copy(DEPLOY / "patroni" / "patroni.yml", config / "00-patroni.yml")
@@ -236,10 +238,7 @@ class Cluster:
         self.start_patroni(host)
 
     def prepare_database(self) -> None:
-        """Create the `tally` database on the primary and migrate it."""
-        primary = self.primary()
-        with psycopg.connect(self.libpq(primary, "postgres"), autocommit=True) as connection:
-            connection.execute("CREATE DATABASE tally")
+        """Migrate the `tally` database (deploy/patroni/post_bootstrap.sh made it)."""
         subprocess.run(
             [sys.executable, "-m", "cli", "db", "upgrade"],
             env=os.environ

@@ -3,8 +3,10 @@ applied twice, order per account holds, `tally reconcile` is clean on the new pr
 and service resumes by itself. Each test prints the time from the fault to the first
 adjustment accepted after it (run with -s).
 
-The load and the checks are the chaos suite's (tests/chaos/scenario.py); the hosts are
-network namespaces (tests/ha/hosts.py) running the configuration of deploy/.
+`make test` (and so CI) runs the primary's death; the others are marked ha_long and run
+by `make test-ha`. The load and the checks are the chaos suite's
+(tests/chaos/scenario.py); the hosts are network namespaces (tests/ha/hosts.py)
+running the configuration of deploy/.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def test_the_primary_database_host_dies(ha_rig: HaRig) -> None:
     assert run.evidence["first_applied_after_s"] <= DATABASE_FAILOVER_LIMIT
 
 
+@pytest.mark.ha_long
 def test_the_redis_master_host_dies(ha_rig: HaRig) -> None:
     """kill -9 of the Redis master's host (its sentinel with it): the two other sentinels
     promote the replica; the broker, the dispatch sets, the locks, the rate limits and
@@ -120,6 +123,7 @@ def test_the_redis_master_host_dies(ha_rig: HaRig) -> None:
     assert run.evidence["first_applied_after_s"] <= REDIS_FAILOVER_LIMIT
 
 
+@pytest.mark.ha_long
 def test_the_primary_is_partitioned_from_etcd_and_the_clients(ha_rig: HaRig) -> None:
     """The primary's host keeps running but reaches neither etcd nor tally's hosts: it
     cannot renew its leader key, so Patroni demotes it (no split brain: it stops taking
@@ -147,6 +151,7 @@ def test_the_primary_is_partitioned_from_etcd_and_the_clients(ha_rig: HaRig) -> 
     cluster.wait_replicas(2)
 
 
+@pytest.mark.ha_long
 def test_a_worker_host_is_partitioned_from_the_database_for_30_s(ha_rig: HaRig) -> None:
     """The workers' host loses the database (Redis still answers): their tasks fail and
     are retried, the relay re-dispatches, and once healed every request is applied."""
@@ -165,6 +170,7 @@ def test_a_worker_host_is_partitioned_from_the_database_for_30_s(ha_rig: HaRig) 
     assert run.load.accepted_between(run.fault_started, run.fault_ended) > 0
 
 
+@pytest.mark.ha_long
 def test_the_api_host_loses_its_link_mid_request(ha_rig: HaRig) -> None:
     """The API's link goes down under load and comes back: requests in flight are cut
     off; clients retry with their keys and each request is recorded once."""

@@ -71,6 +71,7 @@ def test_a_commit_is_answered_only_once_the_synchronous_standby_has_it(ha_rig: H
     assert answer is not None and answer.status_code == 202, answer
 
 
+@pytest.mark.ha_long
 def test_with_no_standby_left_writes_answer_503_and_resume_when_one_is_back(
     ha_rig: HaRig,
 ) -> None:
