@@ -55,7 +55,8 @@ def first_adjustment(rig: HaRig, since: float, evidence: dict[str, Any]) -> floa
             )
         except requests.RequestException:
             answer = None
-        if answer is not None and answer.status_code == 202:
+        # 201: a replay of a try whose answer was lost, and which is applied since.
+        if answer is not None and answer.status_code in (201, 202):
             location = answer.headers["Location"]
             evidence["probes"] = {key: int(location.rsplit("/", 1)[1])}
             evidence["first_accepted_after_s"] = round(time.monotonic() - since, 1)
