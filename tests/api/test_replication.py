@@ -11,16 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Flask
+from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.test import TestResponse
 
 from shared.models import AdjustmentRequest
 from tests.factories import Caller
 
 
-def _replication_gauge(client: object) -> float | None:
-    text = client.get("/metrics").get_data(as_text=True)  # type: ignore[attr-defined]
+def _adjust(client: FlaskClient, caller: Caller, **headers: str) -> TestResponse:
+    """POST one score adjustment of the caller's own user, answered at once."""
+    return client.post(
+        "/api/v2/score/",
+        json={"user_id": caller.user_id, "score": 1, "comment": "x"},
+        headers={"Authorization": f"Bearer {caller.token}", "Prefer": "respond-async"} | headers,
+    )
+
+
+def _replication_gauge(client: FlaskClient) -> float | None:
+    text = client.get("/metrics").get_data(as_text=True)
     for family in text_string_to_metric_families(text):
         if family.name == "tally_replication_synchronous":
             return family.samples[0].value
@@ -31,11 +42,7 @@ def test_required_refuses_every_write_with_a_503_and_writes_nothing(
     app_with: Callable[..., Flask], moderator: Caller, sessions: sessionmaker[Session]
 ) -> None:
     client = app_with(replication="required").test_client()
-    headers = {"Authorization": f"Bearer {moderator.token}", "Idempotency-Key": "r-1"}
-    answer = client.post(
-        "/api/v2/score/", json={"user_id": moderator.user_id, "score": 1, "comment": "x"},
-        headers=headers,
-    )  # fmt: skip
+    answer = _adjust(client, moderator)
     assert answer.status_code == 503
     assert answer.json["code"] == "replication_unavailable"
     assert "no synchronous standby" in answer.json["detail"]
@@ -58,12 +65,7 @@ def test_preferred_acknowledges_and_says_it_is_not_replicated(
     app_with: Callable[..., Flask], moderator: Caller
 ) -> None:
     client = app_with(replication="preferred").test_client()
-    headers = {"Authorization": f"Bearer {moderator.token}", "Prefer": "respond-async"}
-    answer = client.post(
-        "/api/v2/score/", json={"user_id": moderator.user_id, "score": 1, "comment": "x"},
-        headers=headers,
-    )  # fmt: skip
-    assert answer.status_code == 202
+    assert _adjust(client, moderator).status_code == 202
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json["checks"]["replication"].startswith("acknowledgements are not replicated")

@@ -21,6 +21,17 @@ from tests.stack import Stack, running_stack
 LOCK_TTL_SECONDS = 2
 RELAY_DELAY_SECONDS = 3
 EXPIRY_INTERVAL_SECONDS = 0.5
+# The stack's settings under chaos (the HA suite's too): short timers, so that a fault's
+# consequences (an expired lock, a lost dispatch) happen within a scenario.
+STACK_ENV = {
+    "TALLY_RELAY_DELAY": str(RELAY_DELAY_SECONDS),
+    "TALLY_RELAY_INTERVAL": "1",
+    "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
+    "TALLY_LOCK_WAIT": "1",
+    "TALLY_APPLY_CHUNK": "50",
+    # Beat asks for due lot expiries and hold timeouts twice a second.
+    "TALLY_EXPIRY_INTERVAL": str(EXPIRY_INTERVAL_SECONDS),
+}
 
 
 @dataclass
@@ -80,16 +91,7 @@ def _rig(tmp_path: Path, servers: Servers) -> Iterator[Rig]:
     points_user_ids = [factory.user().id for _ in range(6)]
     quiet_user_id = factory.user().id
 
-    env = {
-        "TALLY_RELAY_DELAY": str(RELAY_DELAY_SECONDS),
-        "TALLY_RELAY_INTERVAL": "1",
-        "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
-        "TALLY_LOCK_WAIT": "1",
-        "TALLY_APPLY_CHUNK": "50",
-        # Beat asks for due lot expiries and hold timeouts twice a second.
-        "TALLY_EXPIRY_INTERVAL": str(EXPIRY_INTERVAL_SECONDS),
-    }
     workers = ("worker1", "worker2")
-    with running_stack(tmp_path, postgres.url, redis.url, env, workers) as stack:
+    with running_stack(tmp_path, postgres.url, redis.url, STACK_ENV, workers) as stack:
         yield Rig(stack, postgres, redis, sessions, caller, user_ids, points_user_ids,
                   quiet_user_id)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 
 from shared.models import Role
 from shared.platform.db import make_engine, make_session_factory
-from tests.chaos.conftest import EXPIRY_INTERVAL_SECONDS, LOCK_TTL_SECONDS, RELAY_DELAY_SECONDS, Rig
+from tests.chaos.conftest import STACK_ENV, Rig
 from tests.factories import Factory
 from tests.ha.cluster import Cluster, running_cluster
 from tests.stack import Stack, wait_until_up
@@ -69,13 +69,8 @@ def _rig(tmp_path: Path, cluster: Cluster) -> Iterator[HaRig]:
             "TALLY_REPLICATION": "required",
             "TALLY_QUEUE_NAME": "tally-ha",
             "TALLY_ENV_FILE": os.devnull,
-            "TALLY_RELAY_DELAY": str(RELAY_DELAY_SECONDS),
-            "TALLY_RELAY_INTERVAL": "1",
-            "TALLY_LOCK_TTL": str(LOCK_TTL_SECONDS),
-            "TALLY_LOCK_WAIT": "1",
-            "TALLY_APPLY_CHUNK": "50",
-            "TALLY_EXPIRY_INTERVAL": str(EXPIRY_INTERVAL_SECONDS),
-        },
+        }
+        | STACK_ENV,
         {},
         logs,
     )
