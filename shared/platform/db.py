@@ -15,14 +15,16 @@ from shared.platform.tracing import trace_engine
 # from the network (a dead machine, a partition: no answer at all), must cost a caller
 # seconds, not the kernel's minutes: the connect gives up after 2 s per host (a
 # multi-host URL tries the next), and on a connection in use, data unacknowledged for
-# 10 s (tcp_user_timeout) or an idle peer silent for 5 + 3 x 2 s (keepalives) drops it.
+# 5 s (tcp_user_timeout; on a LAN that is a peer gone, however busy the server) or an
+# idle peer silent for 5 + 3 x 2 s (keepalives) drops it. A database failover takes
+# about 10 s: a connection to the old primary must be given up well within it.
 CONNECTION_DEFAULTS = {
     "connect_timeout": 2,
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
+    "tcp_user_timeout": 5_000,
 }
 
 # SQLSTATE of a write on a server that is read-only: a primary demoted to standby.

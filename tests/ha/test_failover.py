@@ -51,7 +51,9 @@ def first_adjustment(rig: HaRig, since: float, evidence: dict[str, Any]) -> floa
                 rig.stack.base_url + "/api/v2/score/",
                 json=body,
                 headers=headers | {"Idempotency-Key": key},
-                timeout=2,
+                # Room for a try that reaches a silent host first (2 s) and then the
+                # primary: a shorter one would cut off tries that succeed.
+                timeout=5,
             )
         except requests.RequestException:
             answer = None
