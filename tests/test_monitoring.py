@@ -20,6 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 import shared.platform.metrics
 from shared.flow.backlog import Outbox
 from shared.platform.metrics import BacklogCollector, BuildInfo, GroupProcesses
+from shared.platform.replication import ReplicationWatch
 
 MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "tally.json"
@@ -79,6 +80,8 @@ def _exported_names() -> set[str]:
     families += list(GroupProcesses().collect()) + list(BuildInfo().collect())
     backlog = BacklogCollector(lambda: {"tally": 0}, lambda: Outbox(0, 0.0))
     families += list(backlog.collect())
+    # Watched, it reports (0: its engine, none here, cannot be read).
+    families += list(ReplicationWatch(None, "preferred").collect())  # type: ignore[arg-type]
     names = {
         family.name + suffix
         for family in families
