@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-ha soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
+.PHONY: install lock run test test-ha tools-ha soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -25,13 +25,14 @@ lock: $(STAMP)
 run: $(STAMP)
 	$(BIN)/tally run $(ARGS)
 
-## test: the whole suite (TALLY_TEST_DATABASE_URL / TALLY_TEST_REDIS_URL, else embedded servers),
-## with two of the several-machine faults of tests/ha (the rest: make test-ha)
+## test: the whole suite (TALLY_TEST_DATABASE_URL / TALLY_TEST_REDIS_URL, else embedded servers)
+## but the several-machine faults of tests/ha (make test-ha)
 test: $(STAMP) tools
-	$(BIN)/pytest -m "not ha_long" $(ARGS)
+	$(BIN)/pytest -m "not ha" $(ARGS)
 
-## test-ha: every several-machine fault (tests/ha: network namespaces, Patroni, etcd, Sentinel; root)
-test-ha: $(STAMP) tools
+## test-ha: the several-machine faults (tests/ha: network namespaces, Patroni, etcd, Sentinel;
+## root); CI runs those not marked ha_long: ARGS='-m "not ha_long"'
+test-ha: $(STAMP) tools tools-ha
 	$(BIN)/pytest tests/ha -s $(ARGS)
 
 ## soak: the model tests at length (points, periods and caps), shrinking what they find
@@ -57,19 +58,21 @@ bench-reads: $(STAMP)
 	$(BIN)/python bench/reads.py $(ARGS)
 
 # Debian packages, as command:package: docker-compose validates the compose files, wrk
-# drives `make bench`, promtool (package prometheus) checks monitoring/; tests/ha runs
-# PostgreSQL under Patroni with etcd, Redis under Sentinel, and partitions hosts with
-# nftables. Without their recommendations: neither a Docker engine nor a node exporter
-# is needed for that.
-TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server \
-	pg_ctlcluster:postgresql patroni:patroni etcd:etcd-server redis-sentinel:redis-sentinel \
-	nft:nftables ip:iproute2
+# drives `make bench`, promtool (package prometheus) checks monitoring/. Without their
+# recommendations: neither a Docker engine nor a node exporter is needed for that.
+TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server
+# tests/ha runs PostgreSQL under Patroni with etcd, Redis under Sentinel, and partitions
+# hosts with nftables.
+HA_TOOLS := pg_ctlcluster:postgresql patroni:patroni etcd:etcd-server \
+	redis-sentinel:redis-sentinel nft:nftables ip:iproute2
+tools-ha:
+	@$(MAKE) --no-print-directory tools TOOLS="$(HA_TOOLS)"
 tools:
 	@missing="$$(for tool in $(TOOLS); do command -v $${tool%%:*} >/dev/null || echo $${tool#*:}; done)"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends $$missing >/dev/null; } \
-		|| echo "note: install $$missing (docker-compose validates docker-compose.yml, wrk runs make bench, prometheus has promtool for monitoring/)"
+		|| echo "note: install the Debian packages $$missing (what each is for: TOOLS and HA_TOOLS in the Makefile)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

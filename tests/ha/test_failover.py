@@ -3,8 +3,8 @@ applied twice, order per account holds, `tally reconcile` is clean on the new pr
 and service resumes by itself. Each test prints the time from the fault to the first
 adjustment accepted after it (run with -s).
 
-`make test` (and so CI) runs the primary's death; the others are marked ha_long and run
-by `make test-ha`. The load and the checks are the chaos suite's
+`make test-ha` runs them all; CI runs the primary's death and leaves those marked
+ha_long. The load and the checks are the chaos suite's
 (tests/chaos/scenario.py); the hosts are network namespaces (tests/ha/hosts.py)
 running the configuration of deploy/.
 """
