@@ -14,42 +14,33 @@ holds, exactly once each, through the fault.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, text
 
 from shared.models import AdjustmentRequest
 from tests.chaos.checks import Run
 from tests.chaos.conftest import LOCK_TTL_SECONDS, Rig
+from tests.chaos.faults import (
+    AIM_LIMIT,
+    freeze_inside_a_chunk,
+    pending_requests,
+    process_group,
+    signal_all,
+)
 from tests.chaos.scenario import run_scenario
 from tests.stack import kill_group, wait_until_up
 
 pytestmark = pytest.mark.chaos
 
-# How long a scenario may look for the moment its fault hits work.
-AIM_LIMIT = 8.0
 DOWN_SECONDS = 3.0
 
 # What the faults look at.
-
-
-def _pending(rig: Rig) -> int:
-    """The tenant's requests accepted and not yet final."""
-    with rig.sessions() as session:
-        return session.scalar(
-            select(func.count()).where(
-                AdjustmentRequest.tenant_id == rig.caller.tenant_id,
-                AdjustmentRequest.status.in_(("queued", "processing")),
-            )
-        )
 
 
 def _worker_metric(rig: Rig, name: str) -> float:
@@ -64,65 +55,12 @@ def _worker_metric(rig: Rig, name: str) -> float:
     return total
 
 
-def _group(rig: Rig, name: str) -> list[int]:
-    """A process of the stack and every process it started (a worker and its pool)."""
-    parent = psutil.Process(rig.stack.processes[name].pid)
-    return [parent.pid, *(child.pid for child in parent.children(recursive=True))]
-
-
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        os.kill(pid, sig)
-
-
-# Transactions that have locked account rows (FOR NO KEY UPDATE takes RowShareLock on the
-# table): a chunk's, not the event pump's that the worker's main process runs beside.
-IN_TRANSACTION = text("""
-    SELECT COUNT(*) FROM pg_stat_activity a
-    WHERE a.client_port = ANY(:ports) AND a.backend_xid IS NOT NULL
-      AND EXISTS (SELECT 1 FROM pg_locks l
-                  WHERE l.pid = a.pid AND l.relation = 'accounts'::regclass
-                    AND l.mode = 'RowShareLock')
-""")
-
-
-def _freeze_inside_a_chunk(rig: Rig, name: str, evidence: dict[str, Any]) -> list[int]:
-    """SIGSTOP every process of worker `name` at a moment one of them is inside a chunk's
-    transaction that has locked its account rows (it has a transaction id); retry until so.
-
-    Returns the pids, stopped. Evidence: how many such transactions, and how many
-    requests were pending then."""
-    deadline = time.monotonic() + AIM_LIMIT
-    tries = 0
-    while True:
-        tries += 1
-        pids = _group(rig, name)
-        _signal_all(pids, signal.SIGSTOP)
-        ports = [
-            c.laddr.port
-            for pid in pids
-            for c in psutil.Process(pid).net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == rig.postgres.port
-        ]
-        with rig.sessions() as session:
-            open_transactions = session.scalar(IN_TRANSACTION, {"ports": ports})
-        if open_transactions:
-            evidence["fault_at"] = time.monotonic()
-            evidence["frozen_in_transaction"] = open_transactions
-            evidence["pending"] = _pending(rig)
-            evidence["tries"] = tries
-            return pids
-        _signal_all(pids, signal.SIGCONT)
-        assert time.monotonic() < deadline, f"{name} was never caught inside a chunk"
-        time.sleep(0.02)
-
-
 # The scenarios.
 
 
 def test_worker_killed_mid_chunk(rig: Rig) -> None:
     def kill_a_worker_mid_chunk(evidence: dict[str, Any]) -> None:
-        _freeze_inside_a_chunk(rig, "worker1", evidence)
+        freeze_inside_a_chunk(rig, "worker1", evidence)
         kill_group(rig.stack, "worker1")
         time.sleep(DOWN_SECONDS)
         rig.stack.start_worker("worker1")
@@ -153,7 +91,7 @@ def test_redis_restarted_empty(rig: Rig) -> None:
         relayed = _worker_metric(rig, "tally_relay_accounts_total")
         queue = rig.stack.env["TALLY_QUEUE_NAME"]
         while True:
-            pending, held = _pending(rig), _redis_work(rig, queue)
+            pending, held = pending_requests(rig), _redis_work(rig, queue)
             if pending and held:
                 break
             assert time.monotonic() < deadline, "Redis never held work to lose"
@@ -193,7 +131,7 @@ def test_redis_restarted_empty(rig: Rig) -> None:
 
 def _stop_postgres(rig: Rig, stop: Callable[[], None], evidence: dict[str, Any]) -> None:
     deadline = time.monotonic() + AIM_LIMIT
-    while not (pending := _pending(rig)):
+    while not (pending := pending_requests(rig)):
         assert time.monotonic() < deadline, "nothing was ever pending"
         time.sleep(0.02)
     evidence["retries_before"] = _worker_metric(rig, "tally_task_retries_total")
@@ -242,17 +180,17 @@ def test_api_and_beat_killed(rig: Rig) -> None:
     API dies are recorded and waiting for their 201: the kill surely loses answers."""
 
     def kill_api_and_beat(evidence: dict[str, Any]) -> None:
-        workers = [pid for name in ("worker1", "worker2") for pid in _group(rig, name)]
-        _signal_all(workers, signal.SIGSTOP)
+        workers = [pid for name in ("worker1", "worker2") for pid in process_group(rig, name)]
+        signal_all(workers, signal.SIGSTOP)
         try:
             time.sleep(0.3)
-            evidence["waiting"] = _pending(rig)
-            evidence["api_processes"] = len(_group(rig, "api"))
+            evidence["waiting"] = pending_requests(rig)
+            evidence["api_processes"] = len(process_group(rig, "api"))
             evidence["fault_at"] = time.monotonic()
             kill_group(rig.stack, "api")
             kill_group(rig.stack, "beat")
         finally:
-            _signal_all(workers, signal.SIGCONT)
+            signal_all(workers, signal.SIGCONT)
         time.sleep(1.5)
         rig.stack.start_beat()
         rig.stack.start_api()
@@ -274,7 +212,7 @@ def test_lock_expires_while_its_holder_is_paused(rig: Rig) -> None:
     resumed the worker notices it had lost them."""
 
     def pause_a_worker(evidence: dict[str, Any]) -> None:
-        pids = _freeze_inside_a_chunk(rig, "worker1", evidence)
+        pids = freeze_inside_a_chunk(rig, "worker1", evidence)
         client = rig.redis_client()
         try:
             first = _locks(client)
@@ -291,7 +229,7 @@ def test_lock_expires_while_its_holder_is_paused(rig: Rig) -> None:
             time.sleep(0.5)  # others may take the accounts now, and wait on the row locks
         finally:
             client.close()
-            _signal_all(pids, signal.SIGCONT)
+            signal_all(pids, signal.SIGCONT)
 
     run, _ = run_scenario(rig, pause_a_worker, clients_see_it=False)
     assert run.evidence["frozen_in_transaction"] >= 1
