@@ -3,9 +3,11 @@ transaction (the chaos suite's and the HA suite's)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -63,12 +65,7 @@ def freeze_inside_a_chunk(rig: Rig, name: str, evidence: dict[str, Any]) -> list
         tries += 1
         pids = process_group(rig, name)
         signal_all(pids, signal.SIGSTOP)
-        ports = [
-            c.laddr.port
-            for pid in pids
-            for c in psutil.Process(pid).net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == rig.postgres.port
-        ]
+        ports = [port for pid in pids for port in local_ports_to(pid, rig.postgres.port)]
         with rig.sessions() as session:
             open_transactions = session.scalar(IN_TRANSACTION, {"ports": ports})
         if open_transactions:
@@ -80,3 +77,24 @@ def freeze_inside_a_chunk(rig: Rig, name: str, evidence: dict[str, Any]) -> list
         signal_all(pids, signal.SIGCONT)
         assert time.monotonic() < deadline, f"{name} was never caught inside a chunk"
         time.sleep(0.02)
+
+
+def local_ports_to(pid: int, remote_port: int) -> list[int]:
+    """The local ports of `pid`'s TCP connections to `remote_port`, read from the
+    process's own view of the network (/proc/PID/net/tcp: its network namespace, which
+    psutil, reading the caller's, would miss for a process on another test host)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                ports.append(int(local.rsplit(":", 1)[1], 16))
+    return ports

@@ -24,9 +24,11 @@ API_PORT = 8000
 
 @dataclass
 class Database:
-    """What tests/chaos/checks.py needs of the database: the URL `tally reconcile` uses."""
+    """What the chaos suite's checks and faults need of the database: the URL `tally
+    reconcile` uses, and the port tally's connections go to."""
 
     url: str
+    port: int = 5432
 
 
 @dataclass

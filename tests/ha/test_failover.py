@@ -12,15 +12,20 @@ running the configuration of deploy/.
 from __future__ import annotations
 
 import secrets
+import signal
 import time
 from typing import Any
 
 import psycopg
 import pytest
 import requests
+from redis import Redis
+from sqlalchemy import text
 
+from tests.chaos.faults import freeze_inside_a_chunk, signal_all
 from tests.chaos.scenario import run_scenario
 from tests.ha.conftest import HaRig
+from tests.ha.hosts import Host
 
 pytestmark = pytest.mark.ha
 
@@ -31,6 +36,9 @@ REDIS_FAILOVER_LIMIT = 10.0
 # How long a probe keeps trying before the test gives up on the cluster.
 PROBE_LIMIT = 60.0
 WORKER_PARTITION_SECONDS = 30.0
+# The relay hands a stale account over after TALLY_RELAY_DELAY (3 s here), checking
+# every second; the Redis failover takes about 3 s before that.
+LOCK_HANDOVER_LIMIT = 20.0
 # Longer than the load's 15 s timeout per try: answers in flight are lost.
 LINK_DOWN_SECONDS = 20.0
 
@@ -202,3 +210,72 @@ def wait_read_only(cluster: Any, host: Any) -> float:
             return time.monotonic()
         time.sleep(0.2)
     raise AssertionError(f"{host.name} still takes writes {PROBE_LIMIT:.0f} s on")
+
+
+# Backends waiting for a lock another transaction holds (here: the frozen worker's rows).
+WAITING_BEHIND_ROW_LOCKS = text("""
+    SELECT COUNT(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0
+""")
+
+
+@pytest.mark.ha_long
+def test_a_redis_failover_loses_a_held_lock_and_the_row_lock_holds(ha_rig: HaRig) -> None:
+    """The Redis replica is cut off from the master, so what the master takes from now
+    on is not replicated; a worker is frozen inside a chunk, holding its accounts' Redis
+    locks and row locks; the master's host dies and the stale replica is promoted: the
+    locks are gone. The other worker gets to those accounts' requests and must wait at
+    the frozen transaction's row locks until it goes on; the ledger stays exact."""
+    cluster = ha_rig.ha
+
+    def lose_a_held_lock(evidence: dict[str, Any]) -> None:
+        master = cluster.redis_master()
+        replica = next(host for host in cluster.redises if host is not master)
+        replica.isolate(master)
+        time.sleep(0.5)  # what the master takes from now on stays there
+        pids = freeze_inside_a_chunk(ha_rig, "worker1", evidence)
+        try:
+            held = account_locks(master)
+            master.kill()
+            replica.heal()
+            evidence["new_master"] = wait_for_master(cluster, replica).name
+            # The frozen worker's locks (and any taken since the cut) are gone.
+            evidence["locks_lost"] = len(held - account_locks(replica))
+            deadline = time.monotonic() + LOCK_HANDOVER_LIMIT
+            waiting = 0
+            while not waiting:
+                assert time.monotonic() < deadline, "no worker waited behind the row locks"
+                with ha_rig.sessions() as session:
+                    waiting = session.scalar(WAITING_BEHIND_ROW_LOCKS)
+                time.sleep(0.1)
+            evidence["waiting_at_row_locks"] = waiting
+        finally:
+            signal_all(pids, signal.SIGCONT)
+        cluster.start_redis(master, replica)
+        cluster.start_sentinel(master, replica)
+
+    run, _ = run_scenario(ha_rig, lose_a_held_lock, clients_see_it=True, after=3.0)
+    assert run.evidence["frozen_in_transaction"] >= 1
+    assert run.evidence["locks_lost"] >= 1
+    assert run.evidence["waiting_at_row_locks"] >= 1
+
+
+def account_locks(host: Host) -> set[bytes]:
+    """The per-account lock keys in the Redis on `host`."""
+    client = Redis(host=host.address, port=6379, socket_timeout=2)
+    try:
+        return set(client.scan_iter("tally:*:lock:account:*"))
+    finally:
+        client.close()
+
+
+def wait_for_master(cluster: Any, host: Any) -> Any:
+    """Until the sentinels name `host` master."""
+    deadline = time.monotonic() + PROBE_LIMIT
+    while True:
+        try:
+            if cluster.redis_master() is host:
+                return host
+        except Exception:  # no master while the sentinels decide
+            pass
+        assert time.monotonic() < deadline, f"{host.name} never became master"
+        time.sleep(0.2)
