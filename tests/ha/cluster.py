@@ -233,10 +233,6 @@ class Cluster:
         if host not in self.sentinel_hosts:
             self.sentinel_hosts.append(host)
 
-    def restart_patroni(self, host: Host) -> None:
-        """A replaced or rebooted database host: Patroni again on its old data folder."""
-        self.start_patroni(host)
-
     def prepare_database(self) -> None:
         """Migrate the `tally` database (deploy/patroni/post_bootstrap.sh made it)."""
         subprocess.run(
