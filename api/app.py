@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Before the limits: a body the front could not read costs no token lookup.
     refuse_unread_bodies(app, settings)
     # Before the limits, whose token lookup may write.
-    health.refuse_unreplicated_writes(app)
+    health.refuse_unreplicated_writes(app, settings)
     init_limits(app, settings, lambda: celery.resources.keys.limits)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

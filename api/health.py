@@ -8,6 +8,7 @@ from api.openapi import documented
 from api.problems import RETRY_AFTER_SECONDS, Problem
 from api.resources import resources
 from api.schemas import Health, NotReady
+from shared.platform.config import Settings
 from shared.platform.health import readiness_problems
 
 bp = Blueprint("health", __name__)
@@ -44,6 +45,7 @@ def readyz() -> Response:
     an unreplicated primary is ready, and `checks.replication` says what is wrong."""
     problems = readiness_problems(resources().engine, resources().redis)
     replication = resources().replication
+    names = CHECKS if replication.watched else CHECKS[:-1]  # replication is the last
     unreplicated = replication.problem()
     if unreplicated and replication.mode == "required":
         problems["replication"] = unreplicated
@@ -52,29 +54,26 @@ def readyz() -> Response:
             503,
             "not-ready",
             "; ".join(f"{name}: {reason}" for name, reason in problems.items()),
-            extra={
-                "checks": {name: problems.get(name, "ok") for name in _checks(replication.watched)}
-            },
+            extra={"checks": {name: problems.get(name, "ok") for name in names}},
         )
-    checks = {name: "ok" for name in _checks(replication.watched)}
+    checks = dict.fromkeys(names, "ok")
     if unreplicated:
         checks["replication"] = f"acknowledgements are not replicated: {unreplicated}"
     return jsonify(status="ready", checks=checks)
 
 
-def _checks(replication_watched: bool) -> tuple[str, ...]:
-    return CHECKS if replication_watched else CHECKS[:-1]
-
-
-def refuse_unreplicated_writes(app: Flask) -> None:
+def refuse_unreplicated_writes(app: Flask, settings: Settings) -> None:
     """Under TALLY_REPLICATION=required, no write starts while no synchronous standby
-    streams: a 503 at once, rather than a commit that would wait for one."""
+    streams: a 503 at once, rather than a commit that would wait for one. Otherwise no
+    hook at all: nothing is added to a request's path."""
+    if settings.replication != "required":
+        return
 
     @app.before_request
     def _refuse() -> None:
         if request.method not in WRITES:
             return
-        problem = resources().replication.refuses_writes()
+        problem = resources().replication.problem()
         if problem:
             raise Problem(
                 503,

@@ -61,10 +61,6 @@ class ReplicationWatch:
                 self._read_at = time.monotonic()
             return self._problem
 
-    def refuses_writes(self) -> str | None:
-        """Why a write must be refused now (mode "required" only), else None."""
-        return self.problem() if self.mode == "required" else None
-
     def _read(self) -> str | None:
         try:
             with self.engine.connect() as connection:
