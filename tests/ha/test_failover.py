@@ -11,14 +11,12 @@ running the configuration of deploy/.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import time
 from typing import Any
 
 import psycopg
 import pytest
-import requests
 from redis import Redis
 from sqlalchemy import text
 
@@ -26,6 +24,7 @@ from tests.chaos.faults import freeze_inside_a_chunk, signal_all
 from tests.chaos.scenario import run_scenario
 from tests.ha.conftest import HaRig
 from tests.ha.hosts import Host
+from tests.ha.probes import PROBE_LIMIT, first_adjustment
 
 pytestmark = pytest.mark.ha
 
@@ -33,57 +32,12 @@ pytestmark = pytest.mark.ha
 # adjustment after the fault.
 DATABASE_FAILOVER_LIMIT = 15.0
 REDIS_FAILOVER_LIMIT = 10.0
-# How long a probe keeps trying before the test gives up on the cluster.
-PROBE_LIMIT = 60.0
 WORKER_PARTITION_SECONDS = 30.0
 # The relay hands a stale account over after TALLY_RELAY_DELAY (3 s here), checking
 # every second; the Redis failover takes about 3 s before that.
 LOCK_HANDOVER_LIMIT = 20.0
 # Longer than the load's 15 s timeout per try: answers in flight are lost.
 LINK_DOWN_SECONDS = 20.0
-
-
-def first_adjustment(rig: HaRig, since: float, evidence: dict[str, Any]) -> float:
-    """Post one new adjustment, answered at once (`respond-async`) and retried with its
-    key as a careful client does, until it is accepted; then follow it until it is
-    applied. Seconds from `since` to each go into `evidence`; returns those to applied."""
-    key = "probe-" + secrets.token_hex(4)
-    body = {"user_id": rig.quiet_user_id, "score": 1, "comment": key}
-    headers = {"Authorization": f"Bearer {rig.caller.token}", "Prefer": "respond-async"}
-    deadline = time.monotonic() + PROBE_LIMIT
-    location = None
-    while location is None:
-        assert time.monotonic() < deadline, f"nothing accepted {PROBE_LIMIT:.0f} s after the fault"
-        try:
-            answer = requests.post(
-                rig.stack.base_url + "/api/v2/score/",
-                json=body,
-                headers=headers | {"Idempotency-Key": key},
-                # Room for a try that reaches a silent host first (2 s) and then the
-                # primary: a shorter one would cut off tries that succeed.
-                timeout=5,
-            )
-        except requests.RequestException:
-            answer = None
-        # 201: a replay of a try whose answer was lost, and which is applied since.
-        if answer is not None and answer.status_code in (201, 202):
-            location = answer.headers["Location"]
-            evidence["probes"] = {key: int(location.rsplit("/", 1)[1])}
-            evidence["first_accepted_after_s"] = round(time.monotonic() - since, 1)
-        else:
-            time.sleep(0.2)
-    while True:
-        assert time.monotonic() < deadline, f"nothing applied {PROBE_LIMIT:.0f} s after the fault"
-        try:
-            answer = requests.get(rig.stack.base_url + location, headers=headers, timeout=2)
-            status = answer.json().get("status")
-        except (requests.RequestException, ValueError):
-            status = None
-        if status == "completed":
-            applied = time.monotonic() - since
-            evidence["first_applied_after_s"] = round(applied, 1)
-            return applied
-        time.sleep(0.1)
 
 
 def test_the_primary_database_host_dies(ha_rig: HaRig) -> None:
