@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from redis import Redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.flow.locks import AccountLocks
@@ -70,13 +70,23 @@ def drain_accounts(
 def note_transient_error(
     sessions: sessionmaker[Session], account_ids: Sequence[str], error: str
 ) -> None:
-    """Record a transient failure on the accounts' pending requests, if the database lets us."""
+    """Record a transient failure on the accounts' pending requests, if the database lets us.
+
+    Rows another transaction holds are skipped, not waited for: an applier holding them
+    is deciding them now, and a worker's error path must not hang behind it (say, behind
+    a worker whose Redis lock a failover lost and who still holds the row locks).
+    """
+    free = (
+        select(AdjustmentRequest.id)
+        .where(
+            AdjustmentRequest.account_id.in_(account_ids),
+            AdjustmentRequest.status.in_(PENDING_STATUSES),
+        )
+        .with_for_update(skip_locked=True)
+    )
     with transaction(sessions) as session:
         session.execute(
             update(AdjustmentRequest)
-            .where(
-                AdjustmentRequest.account_id.in_(account_ids),
-                AdjustmentRequest.status.in_(PENDING_STATUSES),
-            )
+            .where(AdjustmentRequest.id.in_(free.scalar_subquery()))
             .values(attempts=AdjustmentRequest.attempts + 1, last_error=error[:1000])
         )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_failure, task_retry
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
 from shared.flow.dispatch import Lane
+from shared.flow.processing import note_transient_error
 from shared.models import Account, AdjustmentRequest
 from shared.platform.config import Settings
 from shared.platform.keys import RedisKeys
@@ -86,3 +88,29 @@ def test_insufficient_balance_is_a_final_rejection_with_a_code(
         assert rows[after].status == "completed"
         assert session.get_one(Account, account_id).balance == 0
         assert_ledger_consistent(session, account_id)
+
+
+def test_a_transient_error_is_noted_on_free_rows_without_waiting_for_held_ones(
+    factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    """The error path must not hang behind an applier that holds some of the rows (say,
+    one whose Redis lock a failover lost): it notes the error on the rest and goes on."""
+    account_id, (held, free) = queue_requests(sessions, moderator, factory.user().id, [1, 2])
+    noted = threading.Thread(
+        target=note_transient_error, args=(sessions, [account_id], "ConnectionError()")
+    )
+    with sessions.begin() as applier:
+        applier.execute(
+            select(AdjustmentRequest.id).where(AdjustmentRequest.id == held).with_for_update()
+        )
+        noted.start()
+        noted.join(timeout=10)
+        assert not noted.is_alive(), "the error path waited for the applier's row lock"
+    with sessions() as session:
+        rows = {
+            r.id: (r.attempts, r.last_error)
+            for r in session.query(AdjustmentRequest).filter(
+                AdjustmentRequest.account_id == account_id
+            )
+        }
+    assert rows == {held: (0, None), free: (1, "ConnectionError()")}
