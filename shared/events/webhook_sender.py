@@ -1,15 +1,15 @@
 """Sending webhook deliveries: signed, at least once, in order per account.
 
-One run per endpoint at a time (a session-level advisory lock on the endpoint), so
-several workers never reorder an account's events. A run works in rounds: it reads the
-endpoint's oldest due deliveries (at most WINDOW), which hold a prefix of each due
-queue (an account's pending deliveries in event order; tenant-wide events are one
-queue of their own: see shared.events.webhooks), sends each queue's in order on one of
-the pool's threads, queues side by side, and stops a queue at its first failure; then
-it records the round in three statements and goes again. A later event of an account
-is never sent while an earlier one is pending: the failed one's queue waits, as a
-whole, for its retry, with exponential backoff and jitter, until the retry window from
-its first attempt has passed; it is then kept as `failed` (redeliverable) and the
+One run per endpoint at a time (an advisory lock on the endpoint, held by a transaction
+open for the run), so several workers never reorder an account's events. A run works in
+rounds: it reads the endpoint's oldest due deliveries (at most WINDOW), which hold a
+prefix of each due queue (an account's pending deliveries in event order; tenant-wide
+events are one queue of their own: see shared.events.webhooks), sends each queue's in
+order on one of the pool's threads, queues side by side, and stops a queue at its first
+failure; then it records the round in three statements and goes again. A later event of
+an account is never sent while an earlier one is pending: the failed one's queue waits,
+as a whole, for its retry, with exponential backoff and jitter, until the retry window
+from its first attempt has passed; it is then kept as `failed` (redeliverable) and the
 queue goes on. Other accounts go on meanwhile.
 """
 
@@ -201,24 +201,17 @@ class WebhookSender:
 
     def run(self, endpoint_id: str, seconds: float) -> Run:
         """Deliver the endpoint's due heads, round after round, for about `seconds`."""
+        # The lock is a transaction's, held open on a connection of its own for the run
+        # and gone with it however the run ends: a session-level lock would stay behind
+        # a transaction-mode PgBouncer, on whichever server connection took it.
         with self.engine.connect() as lock:
-            key = {"key": DELIVERY_LOCK, "endpoint": endpoint_id}
             taken = lock.execute(
-                text("SELECT pg_try_advisory_lock(:key, hashtext(:endpoint))"), key
+                text("SELECT pg_try_advisory_xact_lock(:key, hashtext(:endpoint))"),
+                {"key": DELIVERY_LOCK, "endpoint": endpoint_id},
             ).scalar()
-            lock.commit()
             if not taken:
                 return Run(busy=True)
-            try:
-                return self._rounds(endpoint_id, time.monotonic() + seconds)
-            finally:
-                try:
-                    lock.execute(text("SELECT pg_advisory_unlock(:key, hashtext(:endpoint))"), key)
-                    lock.commit()
-                except Exception:
-                    # Never hand a connection that may still hold the lock back to the pool.
-                    lock.invalidate()
-                    raise
+            return self._rounds(endpoint_id, time.monotonic() + seconds)
 
     def _rounds(self, endpoint_id: str, deadline: float) -> Run:
         sent = 0

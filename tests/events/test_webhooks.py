@@ -680,16 +680,23 @@ def test_one_run_per_endpoint_at_a_time(
     sender = sender_with()
     with celery_app.resources.engine.connect() as other_run:
         other_run.execute(
-            text("SELECT pg_advisory_lock(:key, hashtext(:endpoint))"),
+            text("SELECT pg_advisory_xact_lock(:key, hashtext(:endpoint))"),
             {"key": DELIVERY_LOCK, "endpoint": endpoint["id"]},
         )
         assert sender.run(endpoint["id"], 0.2) == Run(busy=True)
         assert receiver.requests() == []
         other_run.rollback()
-        other_run.execute(text("SELECT pg_advisory_unlock_all()"))
-        other_run.commit()
     assert sender.run(endpoint["id"], 0.2) == Run(sent=1)
     assert len(receiver.delivered()) == 1
+    # No run's lock outlives it, on any server connection (a session-level lock would,
+    # behind a transaction-mode PgBouncer: `make test-pgbouncer`).
+    with sessions() as session:
+        assert session.scalar(DELIVERY_LOCKS_HELD) == 0
+
+
+DELIVERY_LOCKS_HELD = text(f"""
+    SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {DELIVERY_LOCK}
+""")
 
 
 def test_retention_takes_the_finished_deliveries_of_events_gone(
