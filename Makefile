@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-ha tools-ha soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
+.PHONY: install lock run test test-ha test-pgbouncer tools-ha soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -35,6 +35,11 @@ test: $(STAMP) tools
 test-ha: $(STAMP) tools tools-ha
 	$(BIN)/pytest tests/ha -s $(ARGS)
 
+## test-pgbouncer: the API and event suites through PgBouncer in transaction pooling mode
+## (tests/pgbouncer.py)
+test-pgbouncer: $(STAMP) tools
+	TALLY_TEST_PGBOUNCER=1 $(BIN)/pytest tests/api tests/events $(ARGS)
+
 ## soak: the model tests at length (points, periods and caps), shrinking what they find
 soak: $(STAMP)
 	TALLY_MODEL_EXAMPLES=$${TALLY_MODEL_EXAMPLES:-2000} TALLY_MODEL_SHRINK=1 \
@@ -58,9 +63,11 @@ bench-reads: $(STAMP)
 	$(BIN)/python bench/reads.py $(ARGS)
 
 # Debian packages, as command:package: docker-compose validates the compose files, wrk
-# drives `make bench`, promtool (package prometheus) checks monitoring/. Without their
-# recommendations: neither a Docker engine nor a node exporter is needed for that.
-TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server
+# drives `make bench`, promtool (package prometheus) checks monitoring/, pgbouncer runs
+# `make test-pgbouncer`. Without their recommendations: neither a Docker engine nor a
+# node exporter is needed for that.
+TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server \
+	pgbouncer:pgbouncer
 # tests/ha runs PostgreSQL under Patroni with etcd, Redis under Sentinel, and partitions
 # hosts with nftables.
 HA_TOOLS := pg_ctlcluster:postgresql patroni:patroni etcd:etcd-server \

@@ -113,7 +113,10 @@ def database() -> Iterator[Session]:
     from shared.platform.config import load_settings
     from shared.platform.db import make_engine, make_session_factory, transaction
 
-    engine = make_engine(load_settings().database_url)
+    settings = load_settings()
+    engine = make_engine(
+        settings.database_url, prepared_statements=settings.database_prepared_statements
+    )
     try:
         with transaction(make_session_factory(engine)) as session:
             yield session

@@ -3,7 +3,9 @@
 TALLY_TEST_DATABASE_URL names a server (any database on it); the suite creates a
 fresh database there, migrates it once and drops it at the end. TALLY_TEST_REDIS_URL
 names a Redis database that the suite flushes. Without them the embedded servers
-start. With CI=true an unreachable server fails the run instead of falling back.
+start. With CI=true an unreachable server fails the run instead of falling back. With
+TALLY_TEST_PGBOUNCER=1 the tests reach that database through PgBouncer in transaction
+pooling mode (tests/pgbouncer.py).
 
 The fixtures at the bottom (worker, apply_account, sessions, factory, moderator) are
 shared by the packages that define a `celery_app` fixture (tests/api: the Flask app's;
@@ -44,6 +46,14 @@ os.environ["TALLY_ENV_FILE"] = os.devnull
 class Services:
     database_url: str
     redis_url: str
+    # False when database_url goes through a transaction-mode PgBouncer.
+    prepared_statements: bool = True
+
+    def engine(self, pool_size: int = 5) -> Engine:
+        """An engine of the test's own on the suite's database."""
+        return make_engine(
+            self.database_url, pool_size=pool_size, prepared_statements=self.prepared_statements
+        )
 
 
 def _reachable_or_fail(name: str, check: object) -> None:
@@ -93,8 +103,14 @@ def services() -> Iterator[Services]:
         except psycopg.OperationalError as error:
             pytest.exit(f"PostgreSQL at {database_server} is unreachable: {error}", returncode=3)
         stack.callback(_drop_database, database_server, name)
+        prepared_statements = True
+        if os.environ.get("TALLY_TEST_PGBOUNCER"):
+            from tests.pgbouncer import pgbouncer
+
+            database_url = stack.enter_context(pgbouncer(database_url))
+            prepared_statements = False
         upgrade(database_url)
-        yield Services(database_url=database_url, redis_url=redis_url)
+        yield Services(database_url, redis_url, prepared_statements)
         redis.flushdb()
         redis.close()
 
@@ -111,7 +127,7 @@ def own_database(services: Services) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def suite_engine(services: Services) -> Iterator[Engine]:
     """A small engine on the suite's database, for tests that need no app."""
-    engine = make_engine(services.database_url, pool_size=2)
+    engine = services.engine(pool_size=2)
     yield engine
     engine.dispose()
 
@@ -134,6 +150,7 @@ def scratch_session(suite_engine: Engine) -> Iterator[Session]:
 def base_settings(services: Services) -> Settings:
     return Settings(
         database_url=services.database_url,
+        database_prepared_statements=services.prepared_statements,
         redis_url=services.redis_url,
         default_wait=5.0,
         relay_delay=1.0,

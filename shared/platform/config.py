@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # One host, or several for a replicated cluster: libpq's multi-host form
     # (`...@/tally?host=db1:5432&host=db2:5432&target_session_attrs=read-write`).
     database_url: str = DEFAULT_DATABASE_URL
+    # psycopg prepares a statement on a connection once it has run five times there. Off
+    # behind a transaction-mode PgBouncer older than 1.21, whose server connections do not
+    # follow a client's session (README, "Through PgBouncer").
+    database_prepared_statements: bool = True
     # redis://..., or redis+sentinel://host:port,.../master[/db] (shared.platform.redis_url).
     redis_url: str = DEFAULT_REDIS_URL
     # Whether an acknowledgement (201/202) needs the commit on a synchronous standby too:

@@ -32,7 +32,12 @@ READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 def make_engine(
-    database_url: str, *, pool_size: int = 5, pool_timeout: float = 5.0, pre_ping: bool = True
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    pool_timeout: float = 5.0,
+    pre_ping: bool = True,
+    prepared_statements: bool = True,
 ) -> Engine:
     """An engine whose pool holds `pool_size` connections and never more.
 
@@ -42,18 +47,23 @@ def make_engine(
     workers go without (it was one round trip in four on the accept path): after a
     PostgreSQL restart the first statement on a dead connection fails (a 503, or a
     task retry) and SQLAlchemy then discards the whole pool's older connections.
+    Without `prepared_statements` psycopg never prepares one (a transaction-mode PgBouncer
+    before 1.21 would run it on a server connection that lacks it).
     """
+    connect_args: dict[str, object] = {
+        name: value
+        for name, value in CONNECTION_DEFAULTS.items()
+        if name not in make_url(database_url).query  # the URL's own choice wins
+    }
+    if not prepared_statements:
+        connect_args["prepare_threshold"] = None
     engine = create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=pre_ping,
         pool_timeout=pool_timeout,
-        connect_args={
-            name: value
-            for name, value in CONNECTION_DEFAULTS.items()
-            if name not in make_url(database_url).query  # the URL's own choice wins
-        },
+        connect_args=connect_args,
     )
     event.listen(engine, "handle_error", _demoted_primary_is_gone)
     trace_engine(engine)  # if an OTLP endpoint is configured

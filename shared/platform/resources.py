@@ -34,6 +34,7 @@ class Resources:
             pool_size=self.settings.pool_size,
             pool_timeout=self.settings.db_pool_timeout,
             pre_ping=False,
+            prepared_statements=self.settings.database_prepared_statements,
         )
 
     @cached_property

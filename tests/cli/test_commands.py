@@ -49,7 +49,7 @@ def test_users_and_tokens_round_trip(run, services: Services) -> None:  # type: 
     token = created["token"]
     assert token.startswith("tly_") and len(token) >= 4 + 43  # 256 bits, base64url
 
-    engine = make_engine(services.database_url)
+    engine = services.engine()
     try:
         with make_session_factory(engine)() as session:
             stored = session.scalars(select(Token).where(Token.id == created["id"])).one()
@@ -82,7 +82,7 @@ def test_a_token_may_expire_and_the_list_shows_its_state_and_last_use(
     created = run("tokens", "create", "--username", "cli.expiring", "--expires-in", "30d")
     expires = datetime.fromisoformat(created["expires_at"])
     assert timedelta(days=29, hours=23) < expires - datetime.now(UTC) <= timedelta(days=30)
-    engine = make_engine(services.database_url)
+    engine = services.engine()
     try:
         with make_session_factory(engine).begin() as session:
             record_use(session, created["id"])
@@ -133,7 +133,7 @@ def test_the_demo_token_expires_in_30_days_and_an_expired_one_is_replaced(
     expires_at = _demo_tokens(services.database_url)[hash_token(first)].expires_at
     assert expires_at is not None
     assert timedelta(days=29, hours=23) < expires_at - datetime.now(UTC) <= timedelta(days=30)
-    engine = make_engine(services.database_url)
+    engine = services.engine()
     try:
         with make_session_factory(engine).begin() as session:
             session.execute(
@@ -163,7 +163,7 @@ def test_the_demo_user_has_the_external_id_the_readme_uses_even_in_an_older_fold
 ) -> None:  # type: ignore[no-untyped-def]
     from shared.models import DEFAULT_TENANT, User
 
-    engine = make_engine(services.database_url)
+    engine = services.engine()
     try:
         demo_token(services.database_url, tmp_path / "demo-token")
         mario = (User.tenant_id == DEFAULT_TENANT) & (User.username == "mario.rossi")

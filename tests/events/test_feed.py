@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 from api.events import REREAD_SECONDS
 from shared.events.log import number_events, read_events
 from shared.models import Role
-from shared.platform.db import make_engine, make_session_factory
+from shared.platform.db import make_session_factory
 from tests.conftest import Services
 from tests.factories import Caller, Factory, reputation
 from worker.app import TallyCelery
@@ -227,7 +227,7 @@ def test_a_wait_above_the_servers_cap_is_cut_to_it(
 @pytest.fixture
 def engine(services: Services) -> Iterator[Engine]:
     """An engine of its own, with a connection for each writer thread and the reader."""
-    engine = make_engine(services.database_url, pool_size=WRITERS + 2)
+    engine = services.engine(pool_size=WRITERS + 2)
     yield engine
     engine.dispose()
 

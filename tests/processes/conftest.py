@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.platform.db import make_engine, make_session_factory
+from shared.platform.db import make_session_factory
 from tests.conftest import Services
 from tests.factories import Factory
 from tests.stack import Stack, running_stack
@@ -16,7 +16,7 @@ from tests.stack import Stack, running_stack
 
 @pytest.fixture
 def stack_sessions(services: Services) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(services.database_url)
+    engine = services.engine()
     yield make_session_factory(engine)
     engine.dispose()
 
