@@ -71,13 +71,21 @@ class Host:
         return [int(pid) for pid in found.stdout.split()]
 
     def kill(self) -> None:
-        """The machine dies: SIGKILL to every process in its namespace, at once."""
+        """The machine dies: SIGKILL to every process in its namespace, at once, and its
+        kernel's sockets with them. Killed processes leave their sockets to the kernel,
+        which would go on sending what they had written (say, a Redis master's last
+        replication stream, once a partition heals); a dead machine sends nothing."""
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for process in self.processes:
             process.wait()
         self.processes.clear()
+        subprocess.run(
+            ["ip", "netns", "exec", self.namespace, "ss", "--kill", "--all", "--tcp"],
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self, timeout: float = 10) -> None:
         """A clean shutdown: SIGTERM to every process, SIGKILL to any left after `timeout`."""

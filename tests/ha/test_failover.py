@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -20,11 +21,15 @@ import pytest
 from redis import Redis
 from sqlalchemy import text
 
+from shared.ledger.apply import Applied
+from shared.platform.config import Settings
+from tests.chaos.conftest import STACK_ENV
 from tests.chaos.faults import freeze_inside_a_chunk, signal_all
 from tests.chaos.scenario import run_scenario
 from tests.ha.conftest import HaRig
 from tests.ha.hosts import Host
 from tests.ha.probes import PROBE_LIMIT, first_adjustment
+from worker.app import make_celery
 
 pytestmark = pytest.mark.ha
 
@@ -166,9 +171,13 @@ def wait_read_only(cluster: Any, host: Any) -> float:
     raise AssertionError(f"{host.name} still takes writes {PROBE_LIMIT:.0f} s on")
 
 
-# Backends waiting for a lock another transaction holds (here: the frozen worker's rows).
-WAITING_BEHIND_ROW_LOCKS = text("""
-    SELECT COUNT(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0
+# Backends held up at an applier's first statement, the one that reads (and locks) its
+# accounts, by a transaction that holds them: here, the frozen worker's. A plain read
+# would not wait; an applier that got past it would wait later, or not at all.
+WAITING_AT_ACCOUNT_LOCKS = text("""
+    SELECT COUNT(*) FROM pg_stat_activity
+    WHERE cardinality(pg_blocking_pids(pid)) > 0
+      AND query LIKE '%SELECT id, balance, frozen_balance,%FROM accounts%'
 """)
 
 
@@ -176,9 +185,11 @@ WAITING_BEHIND_ROW_LOCKS = text("""
 def test_a_redis_failover_loses_a_held_lock_and_the_row_lock_holds(ha_rig: HaRig) -> None:
     """The Redis replica is cut off from the master, so what the master takes from now
     on is not replicated; a worker is frozen inside a chunk, holding its accounts' Redis
-    locks and row locks; the master's host dies and the stale replica is promoted: the
-    locks are gone. The other worker gets to those accounts' requests and must wait at
-    the frozen transaction's row locks until it goes on; the ledger stays exact."""
+    locks (taken after the cut) and row locks; the master's host dies and the stale
+    replica is promoted: those locks are gone. A second applier of those accounts (the
+    worker's own path: Redis locks, then the chunk) gets the Redis locks and must wait at
+    its first statement, the account row locks, until the frozen one goes on; the ledger
+    stays exact."""
     cluster = ha_rig.ha
 
     def lose_a_held_lock(evidence: dict[str, Any]) -> None:
@@ -186,40 +197,94 @@ def test_a_redis_failover_loses_a_held_lock_and_the_row_lock_holds(ha_rig: HaRig
         replica = next(host for host in cluster.redises if host is not master)
         replica.isolate(master)
         time.sleep(0.5)  # what the master takes from now on stays there
-        pids = freeze_inside_a_chunk(ha_rig, "worker1", evidence)
+        pids, accounts = freeze_holding_unreplicated_locks(master, replica, evidence)
+        second = ThreadPoolExecutor(1)
         try:
-            held = account_locks(master)
             master.kill()
             replica.heal()
             evidence["new_master"] = wait_for_master(cluster, replica).name
-            # The frozen worker's locks (and any taken since the cut) are gone.
-            evidence["locks_lost"] = len(held - account_locks(replica))
+            # The frozen chunk's Redis locks that the new master does not hold (a lock
+            # taken since, by another worker, has another token).
+            now = account_locks(replica)
+            evidence["locks_lost"] = sum(now.get(a) != token for a, token in accounts.items())
+            applied = second.submit(apply_as_a_worker, cluster, sorted(accounts))
             deadline = time.monotonic() + LOCK_HANDOVER_LIMIT
             waiting = 0
             while not waiting:
-                assert time.monotonic() < deadline, "no worker waited behind the row locks"
+                assert time.monotonic() < deadline, f"none waited at the account locks: {applied}"
                 with ha_rig.sessions() as session:
-                    waiting = session.scalar(WAITING_BEHIND_ROW_LOCKS)
+                    waiting = session.scalar(WAITING_AT_ACCOUNT_LOCKS)
                 time.sleep(0.1)
             evidence["waiting_at_row_locks"] = waiting
         finally:
             signal_all(pids, signal.SIGCONT)
+        # Once the frozen chunk commits, the second applier finds its requests applied.
+        evidence["second_applied"] = len(applied.result(timeout=PROBE_LIMIT).outcomes)
+        second.shutdown()
         cluster.start_redis(master, replica)
         cluster.start_sentinel(master, replica)
 
+    def freeze_holding_unreplicated_locks(
+        master: Host, replica: Host, evidence: dict[str, Any]
+    ) -> tuple[list[int], dict[str, bytes]]:
+        """worker1 frozen inside a chunk whose accounts' row locks it holds and whose Redis
+        locks the replica lacks; returns its pids and those locks (account -> token). A
+        chunk caught at once may have taken its Redis locks before the cut: then the next."""
+        deadline = time.monotonic() + PROBE_LIMIT
+        while True:
+            pids = freeze_inside_a_chunk(ha_rig, "worker1", evidence)
+            copied = account_locks(replica)
+            unreplicated = {a: t for a, t in account_locks(master).items() if copied.get(a) != t}
+            with ha_rig.sessions() as session:
+                free = set(session.scalars(UNLOCKED_ACCOUNTS, {"ids": sorted(unreplicated)}))
+            held = {a: t for a, t in unreplicated.items() if a not in free}
+            if held:
+                return pids, held
+            signal_all(pids, signal.SIGCONT)
+            assert time.monotonic() < deadline, "no chunk held a lock taken after the cut"
+            time.sleep(0.1)
+
     run, _ = run_scenario(ha_rig, lose_a_held_lock, clients_see_it=True, after=3.0)
     assert run.evidence["frozen_in_transaction"] >= 1
-    assert run.evidence["locks_lost"] >= 1
+    assert run.evidence["locks_lost"] >= 1, run.evidence
     assert run.evidence["waiting_at_row_locks"] >= 1
 
 
-def account_locks(host: Host) -> set[bytes]:
-    """The per-account lock keys in the Redis on `host`."""
+# Of these accounts, those whose rows no transaction holds (FOR UPDATE conflicts with
+# every row lock an applier takes, the account lock's and a foreign key check's).
+UNLOCKED_ACCOUNTS = text("SELECT id FROM accounts WHERE id = ANY(:ids) FOR UPDATE SKIP LOCKED")
+
+
+def apply_as_a_worker(cluster: Any, accounts: list[str]) -> Applied:
+    """One chunk of these accounts, applied as a worker does, with the stack's settings."""
+    settings = Settings(
+        database_url=cluster.database_url,
+        redis_url=cluster.redis_url,
+        queue_name="tally-ha",
+        lock_ttl=float(STACK_ENV["TALLY_LOCK_TTL"]),
+        lock_wait=float(STACK_ENV["TALLY_LOCK_TTL"]) * 2,
+    )
+    app = make_celery(settings)
+    try:
+        return app.apply(accounts)
+    finally:
+        app.resources.close()
+
+
+def account_locks(host: Host) -> dict[str, bytes]:
+    """The account locks in the Redis on `host`: account id -> its holder's token (keys
+    `tally:<deployment>:lock:account:<id>`)."""
     client = Redis(host=host.address, port=6379, socket_timeout=2)
     try:
-        return set(client.scan_iter("tally:*:lock:account:*"))
+        keys = list(client.scan_iter("tally:*:lock:account:*"))
+        tokens = client.mget(keys) if keys else []
     finally:
         client.close()
+    return {
+        key.decode().rsplit(":", 1)[1]: token
+        for key, token in zip(keys, tokens, strict=True)
+        if token is not None  # released meanwhile
+    }
 
 
 def wait_for_master(cluster: Any, host: Any) -> Any:
