@@ -16,7 +16,7 @@ from api.body import read_query
 from api.links import this_url
 from api.openapi import documented
 from api.problems import validation_problem
-from api.resources import db_session, resources
+from api.resources import read_engine, read_session
 from shared.fields import format_timestamp
 from shared.intake.validation import FieldError
 from shared.models import Account, User
@@ -54,7 +54,7 @@ def statement_object(
 ) -> dict[str, Any]:
     """The statement `query` asks for, of the user's account of `points_type`."""
     begins, ends = _bounds(query.from_, query.to)
-    session = db_session()
+    session = read_session()
     account_id = session.scalar(
         select(Account.id).where(Account.user_id == user.id, Account.points_type == points_type)
     )
@@ -129,7 +129,7 @@ def export_rows() -> Response:
     query = read_query(ExportQuery)
     begins, ends = _bounds(query.from_, query.to)
     tenant = current_principal().tenant_id
-    engine = resources().engine
+    engine = read_engine()
 
     def blocks() -> Iterator[bytes]:
         with engine.connect() as connection:

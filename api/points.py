@@ -15,7 +15,7 @@ from api.body import read_input, read_object, read_query
 from api.history import statement_object
 from api.openapi import documented
 from api.problems import HANDLED, Problem, as_problem, validation_problem
-from api.resources import db_session, resources
+from api.resources import db_session, read_session, resources
 from api.serializers import account_object, public_user_id, transaction_object
 from api.structured import idempotency_key_header
 from shared.fields import BIGINT_MAX, ShortText, format_timestamp
@@ -318,7 +318,7 @@ def transactions(user_ref: str) -> Response:
     """A page of the user's ledger entries as PointTransactionResponse objects."""
     query = read_query(TransactionsQuery)
     user = user_named(user_ref)
-    session = db_session()
+    session = read_session()
     scope = (
         select(LedgerEntry, AdjustmentRequest)
         .join(AdjustmentRequest, AdjustmentRequest.id == LedgerEntry.request_id)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import sqlalchemy.exc
-from flask import Flask, current_app, g
+from flask import Flask, Response, current_app, g
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from shared.flow.notify import AnnouncementListener, CompletionListener
 from shared.intake.auth import TokenCache
+from shared.platform.replicas import ReadTarget
 from shared.platform.resources import Resources
 from worker.app import TallyCelery
 
@@ -18,6 +21,9 @@ WAIT_SLOTS = "tally.wait_slots"
 TOKEN_CACHE = "tally.token_cache"
 COMPLETIONS = "tally.completions"
 EVENT_ANNOUNCEMENTS = "tally.event_announcements"
+# On an answer read from a replica, or from the primary while replicas are configured:
+# seconds behind the primary its data may be (0.0 from the primary).
+STALENESS_HEADER = "Tally-Staleness"
 
 
 def resources() -> Resources:
@@ -35,6 +41,29 @@ def db_session() -> Session:
     if "db_session" not in g:
         g.db_session = resources().sessions()
     session: Session = g.db_session
+    return session
+
+
+def read_engine() -> Engine:
+    """Where a route that only reads, deciding nothing, reads: a read replica within
+    TALLY_READ_MAX_LAG when replicas are configured (the answer's Tally-Staleness header
+    says how many seconds behind the primary it may be), else the primary."""
+    replicas = resources().read_replicas
+    if replicas is None:
+        return resources().engine
+    if "read_target" not in g:
+        g.read_target = replicas.choose()
+    target: ReadTarget = g.read_target
+    return target.engine
+
+
+def read_session() -> Session:
+    """A session on read_engine(); without replicas, this request's own session."""
+    if resources().read_replicas is None:
+        return db_session()
+    if "read_session" not in g:
+        g.read_session = Session(read_engine())
+    session: Session = g.read_session
     return session
 
 
@@ -89,15 +118,24 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
         name="events-listener",
     )
 
+    @app.after_request
+    def _say_how_fresh(response: Response) -> Response:
+        target: ReadTarget | None = g.get("read_target")
+        if target is not None:
+            # An upper bound, in tenths of a second.
+            response.headers[STALENESS_HEADER] = f"{math.ceil(target.lag * 10) / 10:.1f}"
+        return response
+
     @app.teardown_appcontext
-    def _close_session(_: BaseException | None) -> None:
-        session = g.pop("db_session", None)
-        if session is None:
-            return
-        try:
-            session.close()
-        except sqlalchemy.exc.DBAPIError as error:
-            # The answer is already made; a connection PostgreSQL cut must not turn it
-            # into a 500. Invalidating hands the broken connection back for discarding.
-            current_app.logger.warning("closing a session failed: %s", error)
-            session.invalidate()
+    def _close_sessions(_: BaseException | None) -> None:
+        for name in ("db_session", "read_session"):
+            session = g.pop(name, None)
+            if session is None:
+                continue
+            try:
+                session.close()
+            except sqlalchemy.exc.DBAPIError as error:
+                # The answer is already made; a connection PostgreSQL cut must not turn it
+                # into a 500. Invalidating hands the broken connection back for discarding.
+                current_app.logger.warning("closing a session failed: %s", error)
+                session.invalidate()

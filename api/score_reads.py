@@ -10,7 +10,7 @@ from api.body import read_query
 from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem
-from api.resources import db_session, resources
+from api.resources import read_session, resources
 from api.serializers import entry_score, leaderboard_object, period_object
 from shared.models import ReputationType, User
 from shared.reads.boards import leaderboard, own_rank
@@ -36,7 +36,7 @@ def list_score() -> Response:
     """A page of the tenant's ledger entries as Score objects, filtered and ordered."""
     query = read_query(ScoreListQuery)
     points_type = resources().settings.default_points_type
-    count, rows = list_scores(db_session(), current_principal().tenant_id, points_type, query)
+    count, rows = list_scores(read_session(), current_principal().tenant_id, points_type, query)
     results = [entry_score(entry, user, creator) for entry, user, creator in rows]
     return jsonify(page(results, count, query))
 
@@ -57,7 +57,7 @@ def score_leaderboard() -> Response:
     """A page of users by their total over the entries that pass the filters."""
     query = read_query(LeaderboardQuery)
     points_type = resources().settings.default_points_type
-    found = leaderboard(db_session(), current_principal().tenant_id, points_type, query)
+    found = leaderboard(read_session(), current_principal().tenant_id, points_type, query)
     body = page([leaderboard_object(row) for row in found.rows], found.count, query)
     return jsonify(body | {"period": period_object(found.window)})
 
@@ -78,7 +78,7 @@ def own_rank_on_board() -> Response:
     """Where a user stands on the board the filters describe (rank null when not on it)."""
     query = read_query(OwnRankQuery)
     principal = current_principal()
-    session = db_session()
+    session = read_session()
     user = session.get(User, query.user_id if query.user_id is not None else principal.user_id)
     if user is None or user.tenant_id != principal.tenant_id:
         raise Problem(404, "not-found", f"no user {query.user_id}")

@@ -16,7 +16,7 @@ from api.history import statement_object
 from api.openapi import documented
 from api.pagination import page
 from api.problems import Problem, validation_problem
-from api.resources import db_session, resources
+from api.resources import db_session, read_session, resources
 from shared.fields import BIGINT_MAX, format_timestamp
 from shared.intake.users import balance_of, create_user, list_users
 from shared.intake.validation import InvalidInput, UserInput, validate_user
@@ -73,7 +73,7 @@ def list_all() -> Response:
     query = read_query(UserListQuery)
     points_type = resources().settings.default_points_type
     count, rows = list_users(
-        db_session(), current_principal().tenant_id, points_type,
+        read_session(), current_principal().tenant_id, points_type,
         limit=query.limit, offset=query.offset,
         username=query.username, external_id=query.external_id,
     )  # fmt: skip

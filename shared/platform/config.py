@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # behind a transaction-mode PgBouncer older than 1.21, whose server connections do not
     # follow a client's session (README, "Through PgBouncer").
     database_prepared_statements: bool = True
+    # Streaming replicas for the routes that only read (lists, boards, statements, the
+    # export), separated by spaces; a replica further behind the primary than
+    # read_max_lag seconds is not used (shared.platform.replicas). Empty: the primary.
+    read_database_url: str = ""
+    read_max_lag: float = 5.0
     # redis://..., or redis+sentinel://host:port,.../master[/db] (shared.platform.redis_url).
     redis_url: str = DEFAULT_REDIS_URL
     # Whether an acknowledgement (201/202) needs the commit on a synchronous standby too:
@@ -218,6 +223,10 @@ class Settings(BaseSettings):
     @property
     def redis(self) -> RedisTarget:
         return RedisTarget.parse(self.redis_url)
+
+    @property
+    def read_database_urls(self) -> list[str]:
+        return self.read_database_url.split()
 
     @property
     def pool_size(self) -> int:

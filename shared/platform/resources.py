@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.platform.config import Settings
 from shared.platform.db import make_engine, make_session_factory
 from shared.platform.keys import RedisKeys
+from shared.platform.replicas import ReadReplicas
 from shared.platform.replication import ReplicationWatch
 
 # Made by migration 0008; read once per process, on first use.
@@ -54,19 +55,43 @@ class Resources:
         return ReplicationWatch(self.engine, self.settings.replication)
 
     @cached_property
+    def read_replicas(self) -> ReadReplicas | None:
+        """Where the read routes read (None: no replica configured, the primary)."""
+        if not self.settings.read_database_urls:
+            return None
+        replicas = [
+            make_engine(
+                url,
+                pool_size=self.settings.pool_size,
+                pool_timeout=self.settings.db_pool_timeout,
+                pre_ping=False,
+                prepared_statements=self.settings.database_prepared_statements,
+            )
+            for url in self.settings.read_database_urls
+        ]
+        return ReadReplicas(self.engine, replicas, self.settings.read_max_lag)
+
+    @cached_property
     def keys(self) -> RedisKeys:
         """This deployment's Redis key and channel names (its id is in the database)."""
         with self.engine.connect() as connection:
             return RedisKeys(connection.execute(DEPLOYMENT_ID).scalar_one())
 
+    def _engines(self) -> list[Engine]:
+        engines = [self.engine] if "engine" in self.__dict__ else []
+        if self.__dict__.get("read_replicas") is not None:
+            engines += self.read_replicas.replicas  # type: ignore[union-attr]
+        return engines
+
     def after_fork(self) -> None:
         """Drop the parent's pooled connections without closing them (SQLAlchemy's advice)."""
-        if os.getpid() != self._pid and "engine" in self.__dict__:
-            self.engine.dispose(close=False)
+        if os.getpid() != self._pid:
+            for engine in self._engines():
+                engine.dispose(close=False)
         self._pid = os.getpid()
 
     def close(self) -> None:
-        if "engine" in self.__dict__:
-            self.engine.dispose()
+        for engine in self._engines():
+            engine.dispose()
         if "redis" in self.__dict__:
             self.redis.close()

@@ -1,4 +1,5 @@
-"""Servers the chaos suite may break: a throwaway PostgreSQL cluster and a redis-server."""
+"""Servers the chaos suite may break: a throwaway PostgreSQL cluster (and a streaming
+standby of one, which the read-replica tests use) and a redis-server."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _as_postgres_user() -> dict[str, object]:
 class ThrowawayPostgres:
     """`initdb` into a temporary folder, served on a spare TCP port; restartable."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, initdb: bool = True) -> None:
         self.data = folder / "pgdata"
         self.log = folder / "postgres.log"
         self.port = free_port()
@@ -52,9 +53,30 @@ class ThrowawayPostgres:
             ensure_prefix_permissions(self.data)  # let that user reach the folder
             shutil.chown(self.data, POSTGRES_OS_USER)
             folder.chmod(0o777)  # and write its log beside it
-        self._pg(
-            ["initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=utf8"]
-        )
+        if initdb:
+            self._pg(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.data),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=utf8",
+                ]
+            )
+
+    @classmethod
+    def standby_of(cls, primary: ThrowawayPostgres, folder: Path) -> ThrowawayPostgres:
+        """A streaming standby of the running `primary` (a base backup of it, set to follow
+        it with -R), taking reads; start() it."""
+        standby = cls(folder, initdb=False)
+        standby.data.chmod(0o700)
+        standby._pg(
+            ["pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+             "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast"]
+        )  # fmt: skip
+        return standby
 
     def _pg(self, argv: list[str], check: bool = True) -> None:
         subprocess.run(
