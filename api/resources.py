@@ -58,11 +58,12 @@ def read_engine() -> Engine:
 
 
 def read_session() -> Session:
-    """A session on read_engine(); without replicas, this request's own session."""
-    if resources().read_replicas is None:
+    """A session on read_engine(): this request's own when that is the primary."""
+    engine = read_engine()
+    if engine is resources().engine:
         return db_session()
     if "read_session" not in g:
-        g.read_session = Session(read_engine())
+        g.read_session = Session(engine)
     session: Session = g.read_session
     return session
 

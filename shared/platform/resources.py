@@ -78,10 +78,10 @@ class Resources:
             return RedisKeys(connection.execute(DEPLOYMENT_ID).scalar_one())
 
     def _engines(self) -> list[Engine]:
+        """The engines built so far."""
         engines = [self.engine] if "engine" in self.__dict__ else []
-        if self.__dict__.get("read_replicas") is not None:
-            engines += self.read_replicas.replicas  # type: ignore[union-attr]
-        return engines
+        replicas: ReadReplicas | None = self.__dict__.get("read_replicas")
+        return engines + (replicas.replicas if replicas else [])
 
     def after_fork(self) -> None:
         """Drop the parent's pooled connections without closing them (SQLAlchemy's advice)."""
