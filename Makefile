@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-ha test-pgbouncer tools-ha soak contract chaos-webhooks tools lint typecheck bench bench-reads clean
+.PHONY: install lock run test test-ha test-pgbouncer tools-ha soak contract chaos-webhooks tools lint typecheck bench bench-scaling bench-reads clean
 
 # Exactly the locked versions (requirements/dev.txt, with hashes), then tally itself.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -57,6 +57,11 @@ chaos-webhooks: $(STAMP)
 ## bench: single adjustments against a running stack (TALLY_DATABASE_URL, TALLY_BENCH_URL)
 bench: $(STAMP) tools
 	$(BIN)/python bench/adjustments.py $(ARGS)
+
+## bench-scaling: 1 and 2 API and worker processes, and the bulk lane busy; the measured part
+## of PERFORMANCE.md's capacity model (TALLY_DATABASE_URL, a migrated database; TALLY_REDIS_URL)
+bench-scaling: $(STAMP) tools
+	$(BIN)/python bench/scaling.py $(ARGS)
 
 ## bench-reads: history reads at 10M entries while adjustments flow (TALLY_DATABASE_URL, a migrated database)
 bench-reads: $(STAMP)

@@ -1,0 +1,286 @@
+"""Scaling on one machine: accepted and applied rates, and CPU per adjustment by role, for
+1 and 2 API processes and 1 and 2 worker processes, and with the bulk lane busy
+(`make bench-scaling`). The measured part of PERFORMANCE.md's capacity model.
+
+For each configuration it starts tally's processes itself on TALLY_DATABASE_URL (a
+migrated database) and TALLY_REDIS_URL: `tally api` with TALLY_API_PROCESSES=N, the
+interactive worker with --concurrency M, the bulk and events workers, and beat, as the
+Procfile does. It then drives bench/adjustments.py's scenario a (Prefer: respond-async,
+random user of 1,000, as fast as it goes) for --seconds, waits for the backlog to
+drain, and stops them. In the "bulk" configuration a batch of --bulk awards (another
+tenant's, posted to /api/v2/score/bulk as the load starts) keeps the bulk lane busy.
+
+It prints, per configuration: accepted/s and applied/s (during the load), p99, the CPU
+milliseconds per adjustment of the API, the workers, the bulk workers, PostgreSQL and
+Redis, what one core of each does per second at that cost, and PostgreSQL's WAL bytes
+and Redis's commands per adjustment; then a calibration figure, and the same as JSON.
+
+Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/scaling.py [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+from adjustments import TENANT, Result, provision, run  # bench/adjustments.py, beside this
+from common import aligned, calibration_ms  # bench/common.py
+from redis import Redis
+from sqlalchemy import select, text
+
+from shared.intake.auth import create_token
+from shared.intake.users import ensure_tenant
+from shared.models import Role, User
+from shared.platform.config import load_settings
+from shared.platform.resources import Resources
+
+PORT = 18_100
+BULK_TENANT = "bench-bulk"
+# (API processes, interactive worker processes, bulk lane busy)
+CONFIGURATIONS = ((1, 1, False), (2, 1, False), (1, 2, False), (2, 2, False), (2, 2, True))
+ROLE_CORES = ("api", "workers", "bulk workers", "postgres", "redis")
+
+
+@dataclass
+class Scaled:
+    api_processes: int
+    worker_processes: int
+    bulk_busy: bool
+    load: Result
+    wal_bytes_per_adjustment: float
+    redis_commands_per_adjustment: float
+    bulk_applied_per_s: float
+
+    def per_core(self) -> dict[str, float]:
+        """Adjustments one core of each role handles per second at the measured cost."""
+        costs = self.load.cpu_ms_per_adjustment
+        return {role: round(1000 / costs[role]) if costs[role] else 0 for role in ROLE_CORES}
+
+
+@contextmanager
+def stack(api_processes: int, worker_processes: int, folder: Path) -> Iterator[str]:
+    """tally's processes as the Procfile runs them; yields the API's URL."""
+    tally = [sys.executable, "-m", "cli"]
+    env = os.environ | {"TALLY_API_PROCESSES": str(api_processes), "TALLY_ENV_FILE": os.devnull}
+    commands = {
+        "api": [*tally, "api", "--bind", f"127.0.0.1:{PORT}"],
+        "worker": [*tally, "worker", "--lanes", "interactive,relay",
+                   "--concurrency", str(worker_processes), "--metrics-bind", ""],
+        "bulk-worker": [*tally, "worker", "--lanes", "bulk", "--concurrency", "2",
+                        "--metrics-bind", ""],
+        "events-worker": [*tally, "worker", "--lanes", "events,webhooks", "--concurrency", "2",
+                          "--metrics-bind", ""],
+        "beat": [*tally, "beat", "--schedule", str(folder / "beat-schedule")],
+    }  # fmt: skip
+    processes = []
+    try:
+        for name, argv in commands.items():
+            with (folder / f"{name}.log").open("ab") as log:
+                processes.append(
+                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
+        url = f"http://127.0.0.1:{PORT}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"the stack did not come up; see {folder}")
+            time.sleep(0.2)
+        time.sleep(2.0)  # the workers' consumers, past the API's readiness
+        yield url
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def bulk_token(resources: Resources) -> str:
+    with resources.sessions.begin() as session:
+        ensure_tenant(session, BULK_TENANT)
+        moderator = session.scalars(
+            select(User).where(User.tenant_id == BULK_TENANT, User.username == "bulk_moderator")
+        ).one_or_none()
+        if moderator is None:
+            moderator = User(tenant_id=BULK_TENANT, username="bulk_moderator", role=Role.MODERATOR)
+            session.add(moderator)
+            session.flush()
+        _, token = create_token(session, moderator, "bench")
+        session.execute(
+            text(
+                "INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
+                " role) SELECT :t, 'bulk_' || g, '', '', '', '', 'user'"
+                " FROM generate_series(1, 200) g ON CONFLICT DO NOTHING"
+            ),
+            {"t": BULK_TENANT},
+        )
+    return token
+
+
+def post_bulk(url: str, token: str, resources: Resources, awards: int) -> None:
+    with resources.engine.connect() as connection:
+        users = connection.scalars(
+            text("SELECT id FROM users WHERE tenant_id = :t AND role = 'user'"),
+            {"t": BULK_TENANT},
+        ).all()
+    items = [
+        {"user_id": users[n % len(users)], "score": 1, "comment": f"award {n}"}
+        for n in range(awards)
+    ]
+    answer = requests.post(
+        f"{url}/api/v2/score/bulk",
+        data=json.dumps({"items": items}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                 "Idempotency-Key": "scaling-" + secrets.token_hex(6)},
+        timeout=300,
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text[:500]
+
+
+def completed(resources: Resources, tenant: str) -> int:
+    with resources.engine.connect() as connection:
+        return int(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM adjustment_requests"
+                    " WHERE tenant_id = :t AND status IN ('completed', 'rejected')"
+                ),
+                {"t": tenant},
+            )
+        )
+
+
+def wal_position(resources: Resources) -> int:
+    with resources.engine.connect() as connection:
+        return int(connection.scalar(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
+
+
+def redis_commands(redis: Redis) -> int:
+    return int(redis.info("stats")["total_commands_processed"])
+
+
+def measure(
+    resources: Resources,
+    redis: Redis,
+    configuration: tuple[int, int, bool],
+    args: argparse.Namespace,
+    folder: Path,
+) -> Scaled:
+    api_processes, worker_processes, bulk = configuration
+    _, token, users = provision(resources)
+    with stack(api_processes, worker_processes, folder) as url:
+        bulk_before = completed(resources, BULK_TENANT)
+        singles_before = completed(resources, TENANT)
+        wal, commands = wal_position(resources), redis_commands(redis)
+        poster = None
+        if bulk:
+            poster = threading.Thread(
+                target=post_bulk, args=(url, bulk_token(resources), resources, args.bulk)
+            )
+            poster.start()
+        started = time.monotonic()
+        name = f"{api_processes} api x {worker_processes} worker{' + bulk' if bulk else ''}"
+        result = run(resources, name, url=url, token=token, users=users,
+                     prefer="respond-async", seconds=args.seconds,
+                     connections=args.connections)  # fmt: skip
+        elapsed = time.monotonic() - started
+        if poster is not None:
+            poster.join()
+        bulk_applied = completed(resources, BULK_TENANT) - bulk_before
+        adjustments = completed(resources, TENANT) - singles_before + bulk_applied
+        scaled = Scaled(
+            api_processes,
+            worker_processes,
+            bulk,
+            result,
+            round((wal_position(resources) - wal) / max(adjustments, 1)),
+            round((redis_commands(redis) - commands) / max(adjustments, 1), 1),
+            round(bulk_applied / elapsed, 1),
+        )
+    # What the bulk batch still has to do is left to finish before the next configuration.
+    return scaled
+
+
+def table(results: list[Scaled]) -> str:
+    rows = [("configuration", "accepted/s", "applied/s", "p99 ms", "bulk applied/s",
+             *(f"{role} ms" for role in ROLE_CORES), *(f"{role}/core/s" for role in ROLE_CORES),
+             "WAL B/adj", "redis cmd/adj")]  # fmt: skip
+    for r in results:
+        costs = r.load.cpu_ms_per_adjustment
+        per_core = r.per_core()
+        rows.append((r.load.scenario, f"{r.load.accepted_per_s:.0f}",
+                     f"{r.load.applied_per_s:.0f}", f"{r.load.p99_ms:.0f}",
+                     f"{r.bulk_applied_per_s:.0f}", *(f"{costs[role]:.2f}" for role in ROLE_CORES),
+                     *(str(per_core[role]) for role in ROLE_CORES),
+                     f"{r.wal_bytes_per_adjustment:.0f}",
+                     f"{r.redis_commands_per_adjustment:.1f}"))  # fmt: skip
+    return aligned(rows)
+
+
+def wait_for_bulk(resources: Resources) -> None:
+    with resources.engine.connect() as connection:
+        while connection.scalar(
+            text(
+                "SELECT count(*) FROM adjustment_requests"
+                " WHERE tenant_id = :t AND status IN ('queued', 'processing')"
+            ),
+            {"t": BULK_TENANT},
+        ):
+            connection.rollback()
+            time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--bulk", type=int, default=50_000, help="awards in the busy bulk batch")
+    parser.add_argument("--only", default="", help="configurations by index, e.g. 0,3")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: `make tools` installs it (Debian package wrk)")
+    settings = load_settings()
+    resources = Resources(settings)
+    redis = settings.redis.client()
+    chosen = [int(i) for i in args.only.split(",")] if args.only else range(len(CONFIGURATIONS))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tally-scaling-") as name:
+        for index in chosen:
+            folder = Path(name) / str(index)
+            folder.mkdir()
+            results.append(measure(resources, redis, CONFIGURATIONS[index], args, folder))
+            print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            if CONFIGURATIONS[index][2]:
+                with stack(2, 2, folder):  # let the batch finish, not measured
+                    wait_for_bulk(resources)
+    resources.close()
+    calibration = calibration_ms()
+    print(table(results))
+    print(f"calibration: a fixed CPU loop took {calibration} ms (best of 3)")
+    print(json.dumps({"calibration_ms": calibration,
+                      "results": [asdict(r) | {"per_core": r.per_core()} for r in results]},
+                     indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
