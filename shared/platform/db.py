@@ -15,16 +15,18 @@ from shared.platform.tracing import trace_engine
 # from the network (a dead machine, a partition: no answer at all), must cost a caller
 # seconds, not the kernel's minutes: the connect gives up after 2 s per host (a
 # multi-host URL tries the next), and on a connection in use, data unacknowledged for
-# 5 s (tcp_user_timeout; on a LAN that is a peer gone, however busy the server) or an
-# idle peer silent for 5 + 3 x 2 s (keepalives) drops it. A database failover takes
-# about 10 s: a connection to the old primary must be given up well within it.
+# 3 s (tcp_user_timeout; on a LAN that is a peer gone, however busy the server: its
+# kernel acknowledges) or an idle peer silent for 3 + 3 x 1 s (keepalives) drops it. A
+# database failover takes about 10 s: a connection to the old primary must be given up
+# well within it, and each process's pool finds its connections gone one by one (the
+# first failure drops the rest), each request on one waiting out these timeouts.
 CONNECTION_DEFAULTS = {
     "connect_timeout": 2,
     "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
+    "keepalives_idle": 3,
+    "keepalives_interval": 1,
     "keepalives_count": 3,
-    "tcp_user_timeout": 5_000,
+    "tcp_user_timeout": 3_000,
 }
 
 # SQLSTATE of a write on a server that is read-only: a primary demoted to standby.
