@@ -86,16 +86,18 @@ class Result:
     webhooks: Lag | None = None
 
 
-def provision(resources: Resources) -> tuple[int, str, list[int]]:
-    """The moderator's id, a fresh token of it and the ids of 1,000 users of the bench
-    tenant."""
+def provision(
+    resources: Resources, tenant: str = TENANT, users: int = USERS
+) -> tuple[int, str, list[int]]:
+    """The moderator's id, a fresh token of it and the ids of `users` users of `tenant`
+    (made the first time)."""
     with resources.sessions.begin() as session:
-        ensure_tenant(session, TENANT)
+        ensure_tenant(session, tenant)
         moderator = session.scalars(
-            select(User).where(User.tenant_id == TENANT, User.username == "bench_moderator")
+            select(User).where(User.tenant_id == tenant, User.username == "bench_moderator")
         ).one_or_none()
         if moderator is None:
-            moderator = User(tenant_id=TENANT, username="bench_moderator", role=Role.MODERATOR)
+            moderator = User(tenant_id=tenant, username="bench_moderator", role=Role.MODERATOR)
             session.add(moderator)
             session.flush()
         _, token = create_token(session, moderator, "bench")
@@ -105,12 +107,12 @@ def provision(resources: Resources) -> tuple[int, str, list[int]]:
                 " role) SELECT :t, 'bench_' || g, '', '', '', '', 'user'"
                 " FROM generate_series(1, :n) g ON CONFLICT DO NOTHING"
             ),
-            {"t": TENANT, "n": USERS},
+            {"t": tenant, "n": users},
         )
         ids = session.scalars(
             text("SELECT id FROM users WHERE tenant_id = :t AND username LIKE 'bench\\_%'"
                  " AND role = 'user' ORDER BY id LIMIT :n"),
-            {"t": TENANT, "n": USERS},
+            {"t": tenant, "n": users},
         ).all()  # fmt: skip
     return moderator.id, token, list(ids)
 

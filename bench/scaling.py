@@ -39,11 +39,8 @@ import requests
 from adjustments import TENANT, Result, provision, run  # bench/adjustments.py, beside this
 from common import aligned, calibration_ms  # bench/common.py
 from redis import Redis
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from shared.intake.auth import create_token
-from shared.intake.users import ensure_tenant
-from shared.models import Role, User
 from shared.platform.config import load_settings
 from shared.platform.resources import Resources
 
@@ -118,34 +115,9 @@ def stack(api_processes: int, worker_processes: int, folder: Path) -> Iterator[s
                 process.kill()
 
 
-def bulk_token(resources: Resources) -> str:
-    with resources.sessions.begin() as session:
-        ensure_tenant(session, BULK_TENANT)
-        moderator = session.scalars(
-            select(User).where(User.tenant_id == BULK_TENANT, User.username == "bulk_moderator")
-        ).one_or_none()
-        if moderator is None:
-            moderator = User(tenant_id=BULK_TENANT, username="bulk_moderator", role=Role.MODERATOR)
-            session.add(moderator)
-            session.flush()
-        _, token = create_token(session, moderator, "bench")
-        session.execute(
-            text(
-                "INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
-                " role) SELECT :t, 'bulk_' || g, '', '', '', '', 'user'"
-                " FROM generate_series(1, 200) g ON CONFLICT DO NOTHING"
-            ),
-            {"t": BULK_TENANT},
-        )
-    return token
-
-
-def post_bulk(url: str, token: str, resources: Resources, awards: int) -> None:
-    with resources.engine.connect() as connection:
-        users = connection.scalars(
-            text("SELECT id FROM users WHERE tenant_id = :t AND role = 'user'"),
-            {"t": BULK_TENANT},
-        ).all()
+def post_bulk(url: str, resources: Resources, awards: int) -> None:
+    """One batch of `awards` over 200 users of another tenant than the load's."""
+    _, token, users = provision(resources, BULK_TENANT, 200)
     items = [
         {"user_id": users[n % len(users)], "score": 1, "comment": f"award {n}"}
         for n in range(awards)
@@ -199,9 +171,7 @@ def measure(
         wal, commands = wal_position(resources), redis_commands(redis)
         poster = None
         if bulk:
-            poster = threading.Thread(
-                target=post_bulk, args=(url, bulk_token(resources), resources, args.bulk)
-            )
+            poster = threading.Thread(target=post_bulk, args=(url, resources, args.bulk))
             poster.start()
         started = time.monotonic()
         name = f"{api_processes} api x {worker_processes} worker{' + bulk' if bulk else ''}"
