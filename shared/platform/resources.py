@@ -30,8 +30,13 @@ class Resources:
 
     @cached_property
     def engine(self) -> Engine:
+        return self._engine_on(self.settings.database_url)
+
+    def _engine_on(self, database_url: str) -> Engine:
+        """An engine on this server (the primary, or a read replica) with the process's
+        pool settings."""
         return make_engine(
-            self.settings.database_url,
+            database_url,
             pool_size=self.settings.pool_size,
             pool_timeout=self.settings.db_pool_timeout,
             pre_ping=False,
@@ -59,16 +64,7 @@ class Resources:
         """Where the read routes read (None: no replica configured, the primary)."""
         if not self.settings.read_database_urls:
             return None
-        replicas = [
-            make_engine(
-                url,
-                pool_size=self.settings.pool_size,
-                pool_timeout=self.settings.db_pool_timeout,
-                pre_ping=False,
-                prepared_statements=self.settings.database_prepared_statements,
-            )
-            for url in self.settings.read_database_urls
-        ]
+        replicas = [self._engine_on(url) for url in self.settings.read_database_urls]
         return ReadReplicas(self.engine, replicas, self.settings.read_max_lag)
 
     @cached_property
