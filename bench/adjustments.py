@@ -122,8 +122,8 @@ def last_request_id(resources: Resources) -> int:
         return int(connection.scalar(text("SELECT COALESCE(max(id), 0) FROM adjustment_requests")))
 
 
-def counts(resources: Resources, after_id: int = 0) -> tuple[int, int]:
-    """(completed or rejected, still pending) requests of the bench tenant past `after_id`.
+def counts(resources: Resources, after_id: int = 0, tenant: str = TENANT) -> tuple[int, int]:
+    """(completed or rejected, still pending) requests of `tenant` past `after_id`.
 
     Counting only the scenario's own rows keeps this quick (it is polled every 20 ms
     to time the drain) however large the database has grown.
@@ -135,7 +135,7 @@ def counts(resources: Resources, after_id: int = 0) -> tuple[int, int]:
                 " count(*) FILTER (WHERE status IN ('queued', 'processing'))"
                 " FROM adjustment_requests WHERE tenant_id = :t AND id > :after"
             ),
-            {"t": TENANT, "after": after_id},
+            {"t": tenant, "after": after_id},
         ).one()
     return row[0], row[1]
 

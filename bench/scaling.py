@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
-from adjustments import TENANT, Result, provision, run  # bench/adjustments.py, beside this
+from adjustments import Result, counts, provision, run  # bench/adjustments.py, beside this
 from common import aligned, calibration_ms  # bench/common.py
 from redis import Redis
 from sqlalchemy import text
@@ -132,19 +132,6 @@ def post_bulk(url: str, resources: Resources, awards: int) -> None:
     assert answer.status_code == 202, answer.text[:500]
 
 
-def completed(resources: Resources, tenant: str) -> int:
-    with resources.engine.connect() as connection:
-        return int(
-            connection.scalar(
-                text(
-                    "SELECT count(*) FROM adjustment_requests"
-                    " WHERE tenant_id = :t AND status IN ('completed', 'rejected')"
-                ),
-                {"t": tenant},
-            )
-        )
-
-
 def wal_position(resources: Resources) -> int:
     with resources.engine.connect() as connection:
         return int(connection.scalar(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
@@ -166,8 +153,8 @@ def measure(
     with resources.engine.begin() as connection:
         connection.execute(text("ANALYZE users, accounts, adjustment_requests, tokens"))
     with stack(api_processes, worker_processes, folder) as url:
-        bulk_before = completed(resources, BULK_TENANT)
-        singles_before = completed(resources, TENANT)
+        bulk_before = counts(resources, tenant=BULK_TENANT)[0]
+        singles_before = counts(resources)[0]
         wal, commands = wal_position(resources), redis_commands(redis)
         poster = None
         if bulk:
@@ -181,8 +168,8 @@ def measure(
         elapsed = time.monotonic() - started
         if poster is not None:
             poster.join()
-        bulk_applied = completed(resources, BULK_TENANT) - bulk_before
-        adjustments = completed(resources, TENANT) - singles_before + bulk_applied
+        bulk_applied = counts(resources, tenant=BULK_TENANT)[0] - bulk_before
+        adjustments = counts(resources)[0] - singles_before + bulk_applied
         scaled = Scaled(
             api_processes,
             worker_processes,
@@ -213,16 +200,8 @@ def table(results: list[Scaled]) -> str:
 
 
 def wait_for_bulk(resources: Resources) -> None:
-    with resources.engine.connect() as connection:
-        while connection.scalar(
-            text(
-                "SELECT count(*) FROM adjustment_requests"
-                " WHERE tenant_id = :t AND status IN ('queued', 'processing')"
-            ),
-            {"t": BULK_TENANT},
-        ):
-            connection.rollback()
-            time.sleep(0.5)
+    while counts(resources, tenant=BULK_TENANT)[1]:
+        time.sleep(0.5)
 
 
 def main() -> None:
