@@ -5,6 +5,7 @@ from sqlalchemy import create_engine
 
 from shared.models import Base
 from shared.platform.config import load_settings
+from shared.platform.migrate import include_object
 
 url = context.config.get_main_option("sqlalchemy.url") or load_settings().database_url
 
@@ -15,7 +16,9 @@ if context.is_offline_mode():
 else:
     engine = create_engine(url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata)
+        context.configure(
+            connection=connection, target_metadata=Base.metadata, include_object=include_object
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

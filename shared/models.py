@@ -17,6 +17,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -31,8 +32,9 @@ from ulid import ULID
 DEFAULT_TENANT = "default"
 
 
-def new_ulid() -> str:
-    return str(ULID())
+def new_ulid(at: datetime | None = None) -> str:
+    """A new ULID; made at `at` if given, so that it sorts (and partitions) by that time."""
+    return str(ULID.from_datetime(at) if at else ULID())
 
 
 class Role(enum.StrEnum):
@@ -228,6 +230,12 @@ class AdjustmentRequest(Base):
             postgresql_where="status IN ('queued', 'processing')",
         ),
         Index("ix_adjustment_requests_batch", "batch_id", "status"),
+        # Retention's scan: the final adjustments, oldest first (shared/intake/idempotency.py).
+        Index(
+            "ix_adjustment_requests_final",
+            "id",
+            postgresql_where="entry_type = 'adjust' AND status IN ('completed', 'rejected')",
+        ),
         CheckConstraint("cut >= 0 AND (cut = 0 OR cut < amount)", name="cut_within_amount"),
         # One live request per subject: an entry is reversed, a lot expired and a hold
         # timed out at most once (a rejected request, say a reversal refused for want of
@@ -274,7 +282,14 @@ class AdjustmentRequest(Base):
 
 
 class LedgerEntry(Base):
-    """One applied adjustment; rows are never updated or deleted (a trigger refuses it)."""
+    """One applied adjustment; rows are never updated or deleted (a trigger refuses it).
+
+    Partitioned by month on its ULID, which begins with the entry's `created_at`
+    (migration 0011, docs/storage.md). PostgreSQL enforces uniqueness across
+    partitions only for the ULID, so the id, the request and the one reversal, expiry or
+    closing per subject are unique within each partition, by the indexes that
+    `ledger_entries_partition()` makes on each.
+    """
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
@@ -291,29 +306,16 @@ class LedgerEntry(Base):
             name="type_known",
         ),
         Index("ix_ledger_entries_account_id", "account_id", "id"),
-        # Each names its subject in related_id: an entry is reversed at most once, a lot
-        # expires at most once, and a hold is closed (captured or released) at most once.
-        Index(
-            "ix_ledger_entries_one_reversal",
-            "related_id",
-            unique=True,
-            postgresql_where="type = 'reversal'",
-        ),
-        Index(
-            "ix_ledger_entries_one_expiry",
-            "related_id",
-            unique=True,
-            postgresql_where="type = 'expire'",
-        ),
-        Index(
-            "ix_ledger_entries_one_closing",
-            "related_id",
-            unique=True,
-            postgresql_where="type IN ('capture', 'release')",
-        ),
+        {"postgresql_partition_by": "RANGE (ulid)"},
     )
+    # The table has no primary key (a partitioned table's must hold the ULID, and the
+    # first partition's is its id); the ORM knows an entry by its id, which the sequence
+    # makes unique.
+    __mapper_args__ = {"primary_key": ["id"]}  # noqa: RUF012 (read once, by the mapper)
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # From a sequence of its own: a partitioned table has no identity column before
+    # PostgreSQL 17.
+    id: Mapped[int] = mapped_column(BigInteger, Sequence("ledger_entries_id_seq"))
     ulid: Mapped[str] = mapped_column(String(26), unique=True, default=new_ulid)
     # Account, tenant and creator are copied from the request, whose foreign keys hold
     # them (migration 0006); `tally reconcile` checks that each entry agrees with it.
@@ -321,8 +323,9 @@ class LedgerEntry(Base):
     account_id: Mapped[str] = mapped_column(String(26))
     # The account's points type, kept on the entry so that reads need not join accounts.
     points_type: Mapped[str] = mapped_column(String(64))
-    # At most one entry per request, however often its task runs.
-    request_id: Mapped[int] = mapped_column(ForeignKey("adjustment_requests.id"), unique=True)
+    # At most one entry per request, however often its task runs. Not a foreign key: the
+    # request of an adjustment is deleted after the idempotency window.
+    request_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
     # What the entry moved into (+) or out of (-) the account's frozen_balance.
     frozen_amount: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)

@@ -340,9 +340,11 @@ class _Walk:
 
     def __init__(
         self, accounts: dict[str, Account], related: _Related, caps: dict[str, Cap],
-        used: dict[str, int],
+        used: dict[str, int], at: datetime,
     ) -> None:  # fmt: skip
         self.accounts = accounts
+        # When the entries are made: their ULIDs begin with it (it picks their partition).
+        self.at = at
         # The cap of each capped account, and what it has counted towards it this period.
         self.caps = caps
         self.used = used
@@ -369,7 +371,7 @@ class _Walk:
             self.decided.append((request, decided))
             return
         self.decided.append((request, None))
-        ulid = new_ulid()
+        ulid = new_ulid(self.at)
         if operation == Operation.ADJUST and decided.amount > 0 and request.expires_at:
             lot = Lot(ulid, decided.amount, 0, request.expires_at, new=True)
             account.lots[ulid] = lot
@@ -491,7 +493,9 @@ def apply_pending(
         return Applied([], more=False)
     at = at or pending[0].now
 
-    walk = _Walk(accounts, _load(session, accounts, pending), capped, _used(session, capped, at))
+    walk = _Walk(
+        accounts, _load(session, accounts, pending), capped, _used(session, capped, at), at
+    )
     for request in pending:
         walk.request(request)
 
