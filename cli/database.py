@@ -35,6 +35,33 @@ def db_upgrade(as_json: bool) -> None:
     emit(as_json, {"status": "ok"}, "database is at the latest revision")
 
 
+@db.command("partitions")
+@click.option(
+    "--make-ahead",
+    "months",
+    type=click.IntRange(0, 120),
+    default=None,
+    help="First make the partitions of this month and the MONTHS after it (the beat keeps 3).",
+)
+@json_option
+def db_partitions(months: int | None, as_json: bool) -> None:
+    """The ledger's monthly partitions: bounds (ULIDs), estimated rows, size."""
+    from shared.ledger.partitions import make_partitions_ahead, partitions
+
+    with database() as session:
+        if months is not None:
+            make_partitions_ahead(session, datetime.now(UTC), months)
+        listed = partitions(session)
+    emit(
+        as_json,
+        [vars(partition) for partition in listed],
+        "\n".join(
+            f"{p.name:24} {p.bounds:70} {max(p.rows, 0):>12} rows {p.bytes / 2**20:10.1f} MiB"
+            for p in listed
+        ),
+    )
+
+
 @click.group()
 def tenants() -> None:
     """Tenants' settings."""

@@ -26,10 +26,11 @@ def reconcile(as_json: bool) -> None:
 
     Exit 3 (not 1) when the database cannot be reached: nothing was checked.
     """
-    resources = Resources(load_settings())
+    settings = load_settings()
+    resources = Resources(settings)
     try:
         with resources.sessions() as session:
-            report = check_ledger(session)
+            report = check_ledger(session, settings.idempotency_window_days)
     finally:
         resources.close()
     lines = [

@@ -24,8 +24,17 @@ WARN_EXPIRING_TASK = "tally.warn_expiring"
 PRUNE_EVENTS_TASK = "tally.prune_events"
 DELIVER_WEBHOOKS_TASK = "tally.deliver_webhooks"
 MAINTAIN_TASK = "tally.maintain_tables"
+PARTITION_LEDGER_TASK = "tally.partition_ledger"
+FORGET_REQUESTS_TASK = "tally.forget_requests"
 # The tasks beat starts; they run on the relay lane, never behind single adjustments.
-SCHEDULED_TASKS = (RELAY_OUTBOX_TASK, EXPIRE_LOTS_TASK, TIME_OUT_HOLDS_TASK, MAINTAIN_TASK)
+SCHEDULED_TASKS = (
+    RELAY_OUTBOX_TASK,
+    EXPIRE_LOTS_TASK,
+    TIME_OUT_HOLDS_TASK,
+    MAINTAIN_TASK,
+    PARTITION_LEDGER_TASK,
+    FORGET_REQUESTS_TASK,
+)
 # The event log's tasks (docs/events.md) on the events lane, whose workers also run the
 # pump (worker.pump); webhook deliveries on a lane of their own.
 EVENTS_TASKS = (WARN_EXPIRING_TASK, PRUNE_EVENTS_TASK)
@@ -137,6 +146,8 @@ def make_celery(settings: Settings) -> TallyCelery:
                 "schedule": timedelta(seconds=settings.expiry_interval),
             },
             "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
+            "partition-ledger": {"task": PARTITION_LEDGER_TASK, "schedule": timedelta(hours=1)},
+            "forget-requests": {"task": FORGET_REQUESTS_TASK, "schedule": timedelta(hours=1)},
             **(
                 {
                     "maintain-tables": {

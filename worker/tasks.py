@@ -20,7 +20,9 @@ from shared.events.webhooks import delivery_finished, prune_deliveries, requeue_
 from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
 from shared.flow.outbox import stale_accounts
 from shared.flow.processing import AccountBusy, note_transient_error
+from shared.intake.idempotency import forget_requests
 from shared.ledger.apply import Outcome
+from shared.ledger.partitions import make_partitions_ahead
 from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import AdjustmentStatus
 from shared.platform import logs
@@ -39,7 +41,9 @@ from worker.app import (
     DELIVER_WEBHOOKS_TASK,
     DRAIN_TASK,
     EXPIRE_LOTS_TASK,
+    FORGET_REQUESTS_TASK,
     MAINTAIN_TASK,
+    PARTITION_LEDGER_TASK,
     PRUNE_EVENTS_TASK,
     RELAY_OUTBOX_TASK,
     TIME_OUT_HOLDS_TASK,
@@ -235,6 +239,35 @@ def prune_old_events(self: Task) -> int:
         pruned = prune_events(session, app.resources.settings.events_retention_days)
         prune_deliveries(session)
         return pruned
+
+
+@shared_task(name=PARTITION_LEDGER_TASK, bind=True, acks_late=True)
+def partition_ledger(self: Task) -> list[str]:
+    """Make the ledger's partitions for this month and the next three where missing."""
+    with transaction(_app(self).resources.sessions) as session:
+        return make_partitions_ahead(session, datetime.now(UTC))
+
+
+# Request rows deleted per transaction by the idempotency window's retention.
+FORGET_PER_TRANSACTION = 5_000
+
+
+@shared_task(name=FORGET_REQUESTS_TASK, bind=True, acks_late=True)
+def forget_old_requests(self: Task) -> int:
+    """Delete the request rows of adjustments accepted before the idempotency window
+    (TALLY_IDEMPOTENCY_WINDOW_DAYS; 0 keeps them), a few thousand per transaction."""
+    resources = _app(self).resources
+    window = resources.settings.idempotency_window_days
+    forgotten, more = 0, window > 0
+    while more:
+        with transaction(resources.sessions) as session:
+            deleted, more = forget_requests(
+                session, window, datetime.now(UTC), FORGET_PER_TRANSACTION
+            )
+        forgotten += deleted
+    if forgotten:
+        log.info("forgot %d request rows past the idempotency window", forgotten)
+    return forgotten
 
 
 @shared_task(name=MAINTAIN_TASK, bind=True, acks_late=True)

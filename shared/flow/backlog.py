@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.flow.dispatch import Lane, queue_of
+from shared.ledger.partitions import PARTITIONS_AHEAD_SECONDS
 
 # kombu's Redis transport keeps one list per priority step: "name", "name\x06\x163", ...
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -30,15 +31,19 @@ def queue_depths(redis: Redis, base: str) -> dict[str, int]:
 class Outbox:
     pending: int
     oldest_age_seconds: float
+    # How long until the ledger's last partition ends (shared.ledger.partitions): entries
+    # after that are refused. Read with the backlog: one round trip per scrape.
+    partitions_ahead_seconds: float = 0.0
 
 
-OUTBOX = text("""
-    SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)
+OUTBOX = text(f"""
+    SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0),
+           ({PARTITIONS_AHEAD_SECONDS})
     FROM adjustment_requests WHERE status IN ('queued', 'processing')
 """)
 
 
 def outbox(session: Session) -> Outbox:
     """Requests accepted but not yet applied or rejected, and the age of the oldest."""
-    pending, age = session.execute(OUTBOX).one()
-    return Outbox(int(pending), float(age))
+    pending, age, ahead = session.execute(OUTBOX).one()
+    return Outbox(int(pending), float(age), float(ahead))

@@ -48,6 +48,8 @@ CHAIN_BREAKS = text("""
 """)
 
 # Invariant 1 for batches: the counts a batch keeps equal its requests' final statuses.
+# The request rows of a batch accepted before the idempotency window (:window days; 0:
+# kept forever) may be deleted: its counts are all that is left of them, unchecked.
 BATCH_MISMATCHES = text("""
     SELECT b.id, b.completed, COALESCE(c.completed, 0), b.rejected, COALESCE(c.rejected, 0)
     FROM batches b
@@ -57,7 +59,8 @@ BATCH_MISMATCHES = text("""
                COUNT(*) FILTER (WHERE status = 'rejected') AS rejected
         FROM adjustment_requests WHERE batch_id IS NOT NULL GROUP BY batch_id
     ) c ON c.batch_id = b.id
-    WHERE b.completed <> COALESCE(c.completed, 0) OR b.rejected <> COALESCE(c.rejected, 0)
+    WHERE (b.completed <> COALESCE(c.completed, 0) OR b.rejected <> COALESCE(c.rejected, 0))
+      AND (:window = 0 OR b.created_at >= now() - make_interval(days => :window))
 """)
 
 # Invariant 2: at most one entry per request, and entries match request outcomes.
@@ -303,8 +306,13 @@ class Report:
     violations: list[Violation]
 
 
-def reconcile(session: Session) -> Report:
-    """Check invariants 1, 2, 5 and 7 to 13 of the whole ledger; list every violation."""
+def reconcile(session: Session, window_days: int = 0) -> Report:
+    """Check invariants 1, 2, 5 and 7 to 13 of the whole ledger; list every violation.
+
+    `window_days` is the idempotency window (TALLY_IDEMPOTENCY_WINDOW_DAYS; 0: none):
+    the batches accepted before it are not compared with their requests, which may be
+    gone.
+    """
     violations: list[Violation] = []
     for row in session.execute(BALANCE_MISMATCHES):
         account, balance, total, earned, sum_earned, spent, sum_spent, expired, sum_expired = row
@@ -326,7 +334,9 @@ def reconcile(session: Session) -> Report:
                 f"entry {entry}: balance_before {before} but previous balance_after {previous}",
             )
         )
-    for batch, completed, counted, rejected, counted_rejected in session.execute(BATCH_MISMATCHES):
+    for batch, completed, counted, rejected, counted_rejected in session.execute(
+        BATCH_MISMATCHES, {"window": window_days}
+    ):
         violations.append(
             Violation(
                 1,

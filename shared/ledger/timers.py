@@ -42,11 +42,11 @@ _INSERT = """
 DUE_LOTS = text(
     _INSERT.format(
         due="""
-        SELECT l.tenant_id, l.account_id, r.user_id, r.created_by, l.entry_ulid AS subject,
+        SELECT l.tenant_id, l.account_id, a.user_id, e.created_by, l.entry_ulid AS subject,
                l.expires_at
         FROM lots l
         JOIN ledger_entries e ON e.ulid = l.entry_ulid
-        JOIN adjustment_requests r ON r.id = e.request_id
+        JOIN accounts a ON a.id = l.account_id
         WHERE l.expired_at IS NULL AND l.expires_at <= now()
     """
     )

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     # plus the delivery), and how long events are kept.
     events_interval: float = 0.25
     events_retention_days: int = 30
+    # The idempotency window (docs/storage.md): an adjustment's request row, and so its
+    # key and its status URL, are kept this many days after it was accepted, then
+    # deleted; a key sent again after that is a new adjustment. 0 keeps them forever.
+    idempotency_window_days: int = Field(default=30, ge=0)
     # Webhooks: the receiver's time to answer, how long a delivery is retried before it
     # is kept as failed, and how long an endpoint may fail (no 2xx at all) before it is
     # disabled. Receivers on private, loopback or link-local addresses are refused

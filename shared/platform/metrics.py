@@ -147,6 +147,11 @@ class BacklogCollector(Collector):
                 "Age of the oldest pending request",
                 value=outbox.oldest_age_seconds,
             )
+            yield GaugeMetricFamily(
+                "tally_ledger_partitions_ahead_seconds",
+                "Time until the ledger's last partition ends (entries after it are refused)",
+                value=outbox.partitions_ahead_seconds,
+            )
         yield up
 
     @staticmethod
