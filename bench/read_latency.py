@@ -65,11 +65,26 @@ FILL = [
            18, '0')
        CROSS JOIN (SELECT id FROM users WHERE username = 'bench_admin'
                    AND tenant_id = 'bench') admin""",
+    # A fresh database: its ledger partitioned by month from the first day filled (the
+    # migration's first partition, empty, makes way); an existing ledger keeps its own.
+    """DO $$
+       BEGIN
+           IF to_regclass('ledger_entries_initial') IS NOT NULL
+              AND NOT EXISTS (SELECT FROM ledger_entries) THEN
+               ALTER TABLE ledger_entries DETACH PARTITION ledger_entries_initial;
+               DROP TABLE ledger_entries_initial;
+           END IF;
+       END
+       $$""",
+    """SELECT ledger_entries_partition(CAST(month AS date))
+       FROM generate_series(now() - :days * interval '1 day' - interval '1 month',
+                            now() + interval '3 months', interval '1 month') AS month""",
     """INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id, amount,
               balance_before, balance_after, negative_allowed, type, reputation_type,
               reputation_context, comment, reason, source, related_id, idempotency_key,
               created_by, created_at)
-       SELECT 'BENCH' || lpad(r.id::text, 21, '0'), 'bench', r.account_id, 'reputation', r.id,
+       SELECT left(ulid_floor(r.created_at), 10) || lpad(r.id::text, 16, '0'), 'bench',
+              r.account_id, 'reputation', r.id,
               r.amount,
               SUM(r.amount) OVER w - r.amount, SUM(r.amount) OVER w, true, 'adjust', 10,
               r.reputation_context, r.comment, '', '', '', r.idempotency_key,

@@ -87,6 +87,32 @@ class Writer(threading.Thread):
             time.sleep(max(next_tick - time.monotonic(), 0))
 
 
+# Bytes on disk per row: the heap (with TOAST) and the indexes of every partition.
+STORAGE = text("""
+    SELECT t.name, count(*) FILTER (WHERE c.relkind = 'r') AS partitions,
+           sum(pg_table_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
+    FROM (VALUES ('ledger_entries'), ('adjustment_requests'), ('events')) AS t(name)
+    JOIN pg_class c ON c.oid = CAST(t.name AS regclass)
+        OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = CAST(t.name AS regclass))
+    GROUP BY t.name ORDER BY t.name
+""")
+
+
+def storage(resources: Resources) -> None:
+    """Print the bytes per row of the ledger, the requests and the events."""
+    with resources.engine.connect() as connection:
+        for name, partitions, heap, indexes in connection.execute(STORAGE):
+            count = connection.scalar(text(f"SELECT count(*) FROM {name}")) or 1
+            print(f"storage {name:<20} {count:>12,} rows in {partitions:>3} partition(s):"
+                  f" heap {heap / count:6.0f} B/row, indexes {indexes / count:6.0f} B/row"
+                  f" ({(heap + indexes) / 2**30:.2f} GiB)")  # fmt: skip
+
+
+def wal_position(resources: Resources) -> int:
+    with resources.engine.connect() as connection:
+        return int(connection.scalar(text("SELECT pg_current_wal_lsn() - '0/0'")))
+
+
 def percentiles(timings: list[float]) -> str:
     ordered = sorted(timings)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -124,6 +150,8 @@ def main() -> None:
         assert response.status_code == 200, response.get_data(as_text=True)[:300]
         return elapsed
 
+    storage(resources)
+    wal_before = wal_position(resources)
     writer = Writer(resources, admin, users, args.rate)
     writer.start()
     started = time.monotonic()
@@ -182,8 +210,11 @@ def main() -> None:
     writer.stop.set()
     writer.join()
     elapsed = time.monotonic() - started
+    wal = wal_position(resources) - wal_before
     print(f"writes meanwhile: {writer.applied:,} applied in {elapsed:.0f} s"
-          f" ({writer.applied / elapsed:.0f}/s)")  # fmt: skip
+          f" ({writer.applied / elapsed:.0f}/s); WAL {wal / 2**20:.0f} MiB,"
+          f" {wal / max(writer.applied, 1) / 1024:.1f} kB per adjustment (with the"
+          f" maintenance's vacuums and the reads' hint bits)")  # fmt: skip
     resources.close()
 
 
