@@ -13,6 +13,9 @@ scenarios:
      event type, or --webhook-types) on a receiver on loopback (bench/receiver.py): also
      the delivery lag, from the event's transaction to its arrival, p50/p95/p99 (the
      stack needs TALLY_WEBHOOK_ALLOW_PRIVATE=true)
+  n  the naive synchronous peer (bench/peer.py: a Flask route that validates the body
+     and inserts one row, under granian like tally's API) with b's load: the ratio of
+     tally's CPU per adjustment (a, b) to the peer's is printed
 
 For each it prints accepted/s, applied/s (during the load), the backlog when the
 load stops and the time it takes to drain, latency p50/p95/p99, and the CPU
@@ -55,6 +58,8 @@ LUA = Path(__file__).with_name("adjust.lua")
 DRAIN_LIMIT = 120.0
 WEBHOOK_RATE = 500
 RECEIVER_PORT = 18_998
+PEER_PORT = 18_997
+PEER = Path(__file__).with_name("peer.py")
 
 
 @dataclass
@@ -211,6 +216,48 @@ def run(
     )
 
 
+def run_peer(resources: Resources, *, seconds: int, connections: int, users: list[int]) -> Result:
+    """Scenario n: b's load on the naive peer, started here and stopped after."""
+    peer = subprocess.Popen([sys.executable, PEER.name, "--port", str(PEER_PORT)],
+                            cwd=PEER.parent, stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{PEER_PORT}"
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["curl", "-s", "-o", "/dev/null", url]).returncode != 0:
+            if time.monotonic() > deadline or peer.poll() is not None:
+                sys.exit("the peer did not start")
+            time.sleep(0.2)
+        rows = text("SELECT count(*) FROM bench_peer_adjustments")
+        with resources.engine.connect() as connection:
+            before = int(connection.scalar(rows))
+        cpu_before = cpu_seconds()
+        env = {"BENCH_TOKEN": "none", "BENCH_USERS": ",".join(map(str, users)),
+               "BENCH_PREFER": "", "BENCH_RUN": f"n-{secrets.token_hex(4)}",
+               "BENCH_DELAY": "0"}  # fmt: skip
+        load = wrk(url, seconds, connections, env)
+        cpu_after = cpu_seconds()
+        with resources.engine.connect() as connection:
+            inserted = int(connection.scalar(rows)) - before
+    finally:
+        peer.terminate()
+        peer.wait(timeout=30)
+        with resources.engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS bench_peer_adjustments"))
+    answers = {str(status): int(n) for status, n in load["statuses"].items()}
+    duration = float(load["seconds"])
+    return Result(
+        scenario="n", connections=connections,
+        accepted_per_s=round(answers.get("201", 0) / duration, 1), answers=answers,
+        applied_per_s=round(inserted / duration, 1), backlog_at_stop=0, drain_s=0.0,
+        p50_ms=float(load["p50_ms"]), p95_ms=float(load["p95_ms"]),
+        p99_ms=float(load["p99_ms"]),
+        cpu_ms_per_adjustment={
+            role: round(1000 * (cpu_after[role] - cpu_before[role]) / max(inserted, 1), 3)
+            for role in cpu_after
+        },
+    )  # fmt: skip
+
+
 def with_webhook(
     resources: Resources, moderator_id: int, types: list[str], run_load: Any
 ) -> Result:
@@ -268,16 +315,17 @@ def with_webhook(
 
 def table(results: list[Result]) -> str:
     header = ("scenario", "conns", "accepted/s", "applied/s", "backlog", "drain s", "p50 ms",
-              "p95 ms", "p99 ms", "cpu ms: api", "workers", "postgres", "redis",
+              "p95 ms", "p99 ms", "cpu ms: api", "workers", "postgres", "redis", "peer",
               "total")  # fmt: skip
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for r in results:
         cpu = r.cpu_ms_per_adjustment
         rows.append((
             r.scenario, str(r.connections), f"{r.accepted_per_s:.0f}", f"{r.applied_per_s:.0f}",
             str(r.backlog_at_stop), f"{r.drain_s:.2f}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
             f"{r.p99_ms:.1f}", f"{cpu['api']:.2f}", f"{cpu['workers'] + cpu['bulk workers']:.2f}",
-            f"{cpu['postgres']:.2f}", f"{cpu['redis']:.2f}", f"{sum(cpu.values()):.2f}",
+            f"{cpu['postgres']:.2f}", f"{cpu['redis']:.2f}", f"{cpu['peer']:.2f}",
+            f"{sum(cpu.values()):.2f}",
         ))  # fmt: skip
     return aligned(rows)
 
@@ -313,6 +361,9 @@ def main() -> None:
         elif scenario == "c":
             result = run(resources, "c", users=users[:1], prefer="respond-async",
                          connections=args.connections, **common)  # fmt: skip
+        elif scenario == "n":
+            result = run_peer(resources, seconds=args.seconds, connections=args.connections,
+                              users=users)  # fmt: skip
         elif scenario == "e":
             # Each connection waits so that all together send --webhook-rate a second.
             delay = round(1000 * args.connections / args.webhook_rate)
@@ -337,6 +388,14 @@ def main() -> None:
             print(f"webhooks ({r.scenario}): {w.events} events, {w.delivered} delivered "
                   f"({w.duplicates} twice); lag commit to receiver p50 {w.p50_ms} ms, "
                   f"p95 {w.p95_ms} ms, p99 {w.p99_ms} ms, max {w.max_ms} ms")  # fmt: skip
+    peer = next((r for r in results if r.scenario == "n"), None)
+    for r in results:
+        if peer is not None and r is not peer:
+            # While the peer runs, tally's stack idles: its own processes' CPU is left out.
+            ours = sum(r.cpu_ms_per_adjustment.values())
+            theirs = peer.cpu_ms_per_adjustment["peer"] + peer.cpu_ms_per_adjustment["postgres"]
+            print(f"CPU per adjustment, tally ({r.scenario}) / the naive peer (n):"
+                  f" {ours:.2f} / {theirs:.2f} ms = {ours / theirs:.1f}x")  # fmt: skip
     print(f"calibration: a fixed CPU loop took {calibration} ms (best of 3)")
     print(json.dumps({"calibration_ms": calibration, "results": [asdict(r) for r in results]},
                      indent=2))  # fmt: skip

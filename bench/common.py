@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-ROLES = ("api", "workers", "bulk workers", "postgres", "redis")
+ROLES = ("api", "workers", "bulk workers", "postgres", "redis", "peer")
 
 
 def groups() -> dict[str, list[psutil.Process]]:
@@ -20,6 +20,8 @@ def groups() -> dict[str, list[psutil.Process]]:
             found["postgres"].append(process)
         elif name.startswith("redis-server"):
             found["redis"].append(process)
+        elif "peer.py" in cmdline:
+            found["peer"].append(process)
         elif _worker(cmdline):
             bulk = ".bulk" in cmdline or "--lanes bulk" in cmdline
             found["bulk workers" if bulk else "workers"].append(process)
