@@ -296,3 +296,45 @@ def test_tally_db_partitions_lists_and_makes_them(own_database: str) -> None:
         "ledger_entries_initial",
         *months,
     ]
+
+
+COPY_ENTRY = """
+    INSERT INTO ledger_entries (ulid, tenant_id, account_id, points_type, request_id, amount,
+                                balance_before, balance_after, negative_allowed, type,
+                                reputation_type, reputation_context, comment, reason, source,
+                                related_id, created_by, created_at)
+    SELECT ulid_floor(created_at) || '', tenant_id, account_id, points_type, {request},
+           amount, balance_before, balance_after, negative_allowed, type, reputation_type,
+           reputation_context, comment, reason, source, related_id, created_by, created_at
+    FROM ledger_entries WHERE request_id = :id
+"""
+
+
+@pytest.mark.parametrize(
+    ("copied", "request_id", "index"),
+    [("entry", "request_id", "request"), ("reversal", "request_id + 1000000", "one_reversal")],
+)
+def test_a_monthly_partition_refuses_a_second_entry_of_a_request_or_subject(
+    app: TallyCelery, copied: str, request_id: str, index: str
+) -> None:
+    """The indexes ledger_entries_partition() makes on each month: one entry per request,
+    one reversal per entry (as the first partition's, kept from the table it was)."""
+    desk = Desk(app.resources.sessions)
+    month = months_after(datetime.now(UTC), 1)
+    earned, _ = desk.submit(5)
+    desk.apply(at=month + timedelta(days=1))
+    with desk.sessions() as session:
+        original = session.scalars(
+            text("SELECT id FROM ledger_entries WHERE request_id = :id"), {"id": earned}
+        ).one()
+        entry = session.get_one(LedgerEntry, original)
+    reversal, _ = desk.submit_adjustment(reversal_of(entry, desk.user.id), None)
+    desk.apply(at=month + timedelta(days=2))
+    assert desk.partition_of(reversal) == month_name(month)
+    subject = earned if copied == "entry" else reversal
+    copy = text(COPY_ENTRY.format(request=request_id))
+    with (
+        pytest.raises(IntegrityError, match=f"{month_name(month)}_{index}"),
+        transaction(desk.sessions) as session,
+    ):
+        session.execute(copy, {"id": subject})
