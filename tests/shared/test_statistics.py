@@ -44,6 +44,45 @@ def test_a_table_loaded_since_its_last_analyze_is_analyzed_once(own_database: st
         engine.dispose()
 
 
+def test_the_partitioned_ledger_is_analyzed_once_its_partitions_changed(
+    own_database: str,
+) -> None:
+    """The ledger's own counters are its partitions': once they changed by a tenth, the
+    whole table is analyzed (its inherited statistics, which autovacuum never makes, and
+    each partition's), once."""
+    from shared.ledger.apply import apply_pending
+    from shared.platform.db import transaction
+
+    engine = make_engine(own_database, pool_size=2)
+    try:
+        sessions = make_session_factory(engine)
+        factory = Factory(sessions)
+        caller, user = factory.caller(), factory.user()
+        (account, *_) = queue_adjustments(
+            sessions, caller,
+            [Adjustment(user_id=user.id, points_type="reputation", amount=1, comment=str(n))
+             for n in range(300)],
+        )  # fmt: skip
+        with transaction(sessions) as session:
+            apply_pending(session, [account], 1000)
+        with engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            deadline = time.monotonic() + 10
+            analyzed: list[str] = []
+            while "analyze ledger_entries" not in analyzed and time.monotonic() < deadline:
+                analyzed += maintain(autocommit)
+                time.sleep(0.1)
+            assert "analyze ledger_entries" in analyzed
+            inherited = autocommit.scalar(
+                text("SELECT count(*) FROM pg_stats WHERE tablename = 'ledger_entries'"
+                     " AND inherited")
+            )  # fmt: skip
+            assert inherited > 0
+            assert "analyze ledger_entries" not in maintain(autocommit)
+    finally:
+        engine.dispose()
+
+
 def test_period_totals_with_many_dead_rows_are_vacuumed(own_database: str) -> None:
     """Every applied chunk updates an account's six period rows: 250 chunks leave 1,500
     dead rows, which the maintenance vacuums away (the boards' index-only scans then
