@@ -37,6 +37,7 @@ from shared.intake.adjustments import Adjustment, submit
 from shared.intake.auth import Principal
 from shared.intake.validation import UserRef
 from shared.ledger.apply import apply_pending
+from shared.ledger.partitions import make_partitions_ahead
 from shared.ledger.reconcile import reconcile
 from shared.models import Account, LedgerEntry, Operation, Role, Tenant
 from shared.platform.config import DEFAULT_POINTS_TYPES, Cap
@@ -54,10 +55,19 @@ PERIODS = ("day", "week", "month", "quarter", "year", "all")
 START = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 
 
+# How far the model's clock may run: 30 steps of at most 100 days.
+FURTHEST_MONTHS = 30 * 100 // 28 + 1
+
+
 @pytest.fixture
 def sessions(own_database: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(own_database, pool_size=4)
-    yield make_session_factory(engine)
+    factory = make_session_factory(engine)
+    # The ledger takes entries only in months with a partition (docs/storage.md): the
+    # clock runs years ahead of the beat's three months.
+    with transaction(factory) as session:
+        make_partitions_ahead(session, START, FURTHEST_MONTHS)
+    yield factory
     engine.dispose()
 
 
