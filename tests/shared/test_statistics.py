@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from shared.intake.adjustments import Adjustment
 from shared.platform.db import make_engine, make_session_factory
 from shared.platform.statistics import maintain
 from tests.factories import Factory, queue_adjustments
+
+
+def maintain_until(connection: Connection, wanted: str) -> list[str]:
+    """Run the maintenance until it did `wanted` or 10 s passed (the statistics counters
+    reach PostgreSQL's views a moment after the commit); what it did, in all."""
+    deadline = time.monotonic() + 10
+    done: list[str] = []
+    while wanted not in done and time.monotonic() < deadline:
+        done += maintain(connection)
+        time.sleep(0.1)
+    return done
 
 
 def test_a_table_loaded_since_its_last_analyze_is_analyzed_once(own_database: str) -> None:
@@ -27,12 +38,7 @@ def test_a_table_loaded_since_its_last_analyze_is_analyzed_once(own_database: st
         )  # fmt: skip
         with engine.connect() as connection:
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            # The counters reach the statistics a moment after the commit.
-            deadline = time.monotonic() + 10
-            analyzed: list[str] = []
-            while "analyze adjustment_requests" not in analyzed and time.monotonic() < deadline:
-                analyzed += maintain(autocommit)
-                time.sleep(0.1)
+            analyzed = maintain_until(autocommit, "analyze adjustment_requests")
             assert "analyze adjustment_requests" in analyzed
             assert "analyze ledger_entries" not in analyzed  # nothing written there
             planned = autocommit.scalar(
@@ -67,11 +73,7 @@ def test_the_partitioned_ledger_is_analyzed_once_its_partitions_changed(
             apply_pending(session, [account], 1000)
         with engine.connect() as connection:
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            deadline = time.monotonic() + 10
-            analyzed: list[str] = []
-            while "analyze ledger_entries" not in analyzed and time.monotonic() < deadline:
-                analyzed += maintain(autocommit)
-                time.sleep(0.1)
+            analyzed = maintain_until(autocommit, "analyze ledger_entries")
             assert "analyze ledger_entries" in analyzed
             inherited = autocommit.scalar(
                 text("SELECT count(*) FROM pg_stats WHERE tablename = 'ledger_entries'"
@@ -104,11 +106,7 @@ def test_period_totals_with_many_dead_rows_are_vacuumed(own_database: str) -> No
                 apply_pending(session, [account], 10)
         with engine.connect() as connection:
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            deadline = time.monotonic() + 10
-            done: list[str] = []
-            while "vacuum period_totals" not in done and time.monotonic() < deadline:
-                done += maintain(autocommit)
-                time.sleep(0.1)
+            done = maintain_until(autocommit, "vacuum period_totals")
             assert "vacuum period_totals" in done
             dead = autocommit.scalar(
                 text("SELECT n_dead_tup FROM pg_stat_user_tables"
