@@ -147,7 +147,10 @@ def make_celery(settings: Settings) -> TallyCelery:
             },
             "prune-events": {"task": PRUNE_EVENTS_TASK, "schedule": timedelta(hours=1)},
             "partition-ledger": {"task": PARTITION_LEDGER_TASK, "schedule": timedelta(hours=1)},
-            "forget-requests": {"task": FORGET_REQUESTS_TASK, "schedule": timedelta(hours=1)},
+            "forget-requests": {
+                "task": FORGET_REQUESTS_TASK,
+                "schedule": timedelta(minutes=5),
+            },
             **(
                 {
                     "maintain-tables": {

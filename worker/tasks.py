@@ -248,18 +248,23 @@ def partition_ledger(self: Task) -> list[str]:
         return make_partitions_ahead(session, datetime.now(UTC))
 
 
-# Request rows deleted per transaction by the idempotency window's retention.
+# The idempotency window's retention: request rows deleted per transaction, and how
+# long one run may go on (it shares the relay lane with the outbox relay; beat runs it
+# every five minutes, and the next run goes on where this one stopped).
 FORGET_PER_TRANSACTION = 5_000
+FORGET_SECONDS = 30.0
 
 
 @shared_task(name=FORGET_REQUESTS_TASK, bind=True, acks_late=True)
 def forget_old_requests(self: Task) -> int:
     """Delete the request rows of adjustments accepted before the idempotency window
-    (TALLY_IDEMPOTENCY_WINDOW_DAYS; 0 keeps them), a few thousand per transaction."""
+    (TALLY_IDEMPOTENCY_WINDOW_DAYS; 0 keeps them), a few thousand per transaction, for
+    at most FORGET_SECONDS."""
     resources = _app(self).resources
     window = resources.settings.idempotency_window_days
     forgotten, more = 0, window > 0
-    while more:
+    deadline = time.monotonic() + FORGET_SECONDS
+    while more and time.monotonic() < deadline:
         with transaction(resources.sessions) as session:
             deleted, more = forget_requests(
                 session, window, datetime.now(UTC), FORGET_PER_TRANSACTION

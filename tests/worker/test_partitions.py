@@ -197,14 +197,16 @@ def ahead(app: TallyCelery) -> float:
 def test_retention_forgets_only_adjustments_past_the_idempotency_window(
     app: TallyCelery,
 ) -> None:
-    """Beat's hourly retention deletes the request rows of final adjustments accepted
-    more than TALLY_IDEMPOTENCY_WINDOW_DAYS ago, and nothing else: within the window a key
-    sent again finds its first request; after it, the key makes a new adjustment. Pending
-    requests, the requests of reversals (one live request per subject) and of holds stay;
-    a lot whose request is gone still expires; the ledger still reconciles."""
+    """Beat's retention (every five minutes) deletes the request rows of final
+    adjustments accepted more than TALLY_IDEMPOTENCY_WINDOW_DAYS ago, and nothing else:
+    within the window a key sent again finds its first request; after it, the key makes
+    a new adjustment. Pending requests, the requests of reversals (one live request per
+    subject) and of holds stay; a lot whose request is gone still expires; the ledger
+    still reconciles."""
     assert app.resources.settings.idempotency_window_days == 30
     schedule = app.conf.beat_schedule["forget-requests"]
     assert schedule["task"] == FORGET_REQUESTS_TASK
+    assert schedule["schedule"] == timedelta(minutes=5)
     desk = Desk(app.resources.sessions)
     old, _ = desk.submit(10, "old")
     expiring, _ = desk.submit(20, "expiring", expires_at=datetime.now(UTC) + timedelta(days=1))
