@@ -80,11 +80,35 @@ END
 $$;
 """
 
+# The ledger's read indexes and triggers, made on the partitioned table (which gives
+# each partition its indexes and its row trigger) and, going back, on the plain one.
+READ_INDEXES = """
+CREATE INDEX ix_ledger_entries_account_id ON ledger_entries (account_id, id);
+CREATE INDEX ix_ledger_entries_account_created
+    ON ledger_entries (account_id, created_at DESC, id DESC);
+CREATE INDEX ix_ledger_entries_tenant_created
+    ON ledger_entries (tenant_id, created_at DESC, id DESC)
+    INCLUDE (account_id, amount, reputation_type, type);
+CREATE INDEX ix_ledger_entries_tenant_context
+    ON ledger_entries (tenant_id, points_type, reputation_context text_pattern_ops);
+"""
+TRIGGERS = """
+CREATE TRIGGER ledger_entries_immutable
+    BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change();
+CREATE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
+CREATE TRIGGER events_entries
+    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION events_of_entries();
+"""
+
 # The table as it was becomes the first partition: its indexes and constraints are
 # renamed out of the way of the parent's, its id sequence passes to the parent (a
 # partitioned table has no identity column before PostgreSQL 17) and its triggers move
 # to the parent, which clones the row trigger onto every partition.
-PARTITION = """
+PARTITION = f"""
 ALTER TABLE ledger_entries RENAME TO ledger_entries_initial;
 ALTER TABLE ledger_entries_initial DROP CONSTRAINT ledger_entries_request_id_fkey;
 ALTER TABLE ledger_entries_initial RENAME CONSTRAINT ledger_entries_pkey
@@ -120,15 +144,7 @@ CREATE TABLE ledger_entries (LIKE ledger_entries_initial INCLUDING DEFAULTS INCL
 ALTER TABLE ledger_entries ALTER COLUMN id SET DEFAULT nextval('ledger_entries_id_seq');
 ALTER SEQUENCE ledger_entries_id_seq OWNED BY ledger_entries.id;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_ulid_key UNIQUE (ulid);
-CREATE INDEX ix_ledger_entries_account_id ON ledger_entries (account_id, id);
-CREATE INDEX ix_ledger_entries_account_created
-    ON ledger_entries (account_id, created_at DESC, id DESC);
-CREATE INDEX ix_ledger_entries_tenant_created
-    ON ledger_entries (tenant_id, created_at DESC, id DESC)
-    INCLUDE (account_id, amount, reputation_type, type);
-CREATE INDEX ix_ledger_entries_tenant_context
-    ON ledger_entries (tenant_id, points_type, reputation_context text_pattern_ops);
-
+{READ_INDEXES}
 DO $$
 BEGIN
     EXECUTE format(
@@ -139,16 +155,7 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER ledger_entries_immutable
-    BEFORE UPDATE OR DELETE ON ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change();
-CREATE TRIGGER ledger_entries_no_truncate
-    BEFORE TRUNCATE ON ledger_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
-CREATE TRIGGER events_entries
-    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION events_of_entries();
-
+{TRIGGERS}
 ALTER TABLE lots DROP CONSTRAINT lots_entry_ulid_fkey,
     ADD CONSTRAINT lots_entry_ulid_fkey FOREIGN KEY (entry_ulid) REFERENCES ledger_entries (ulid);
 ALTER TABLE lot_moves DROP CONSTRAINT lot_moves_entry_ulid_fkey,
@@ -164,7 +171,7 @@ CREATE INDEX ix_adjustment_requests_final ON adjustment_requests (id)
 """
 
 # Back to one table: the entries are copied into a table shaped as 0010 left it.
-UNPARTITION = """
+UNPARTITION = f"""
 DROP INDEX ix_adjustment_requests_final;
 ALTER TABLE lots DROP CONSTRAINT lots_entry_ulid_fkey;
 ALTER TABLE lot_moves DROP CONSTRAINT lot_moves_entry_ulid_fkey;
@@ -192,29 +199,14 @@ ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_pkey PRIMARY KEY (id),
     ADD CONSTRAINT ledger_entries_request_id_key UNIQUE (request_id),
     ADD CONSTRAINT ledger_entries_request_id_fkey
         FOREIGN KEY (request_id) REFERENCES adjustment_requests (id);
-CREATE INDEX ix_ledger_entries_account_id ON ledger_entries (account_id, id);
-CREATE INDEX ix_ledger_entries_account_created
-    ON ledger_entries (account_id, created_at DESC, id DESC);
-CREATE INDEX ix_ledger_entries_tenant_created
-    ON ledger_entries (tenant_id, created_at DESC, id DESC)
-    INCLUDE (account_id, amount, reputation_type, type);
-CREATE INDEX ix_ledger_entries_tenant_context
-    ON ledger_entries (tenant_id, points_type, reputation_context text_pattern_ops);
+{READ_INDEXES}
 CREATE UNIQUE INDEX ix_ledger_entries_one_reversal ON ledger_entries (related_id)
     WHERE type = 'reversal';
 CREATE UNIQUE INDEX ix_ledger_entries_one_expiry ON ledger_entries (related_id)
     WHERE type = 'expire';
 CREATE UNIQUE INDEX ix_ledger_entries_one_closing ON ledger_entries (related_id)
     WHERE type IN ('capture', 'release');
-CREATE TRIGGER ledger_entries_immutable
-    BEFORE UPDATE OR DELETE ON ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change();
-CREATE TRIGGER ledger_entries_no_truncate
-    BEFORE TRUNCATE ON ledger_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
-CREATE TRIGGER events_entries
-    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION events_of_entries();
+{TRIGGERS}
 ALTER TABLE lots
     ADD CONSTRAINT lots_entry_ulid_fkey FOREIGN KEY (entry_ulid) REFERENCES ledger_entries (ulid);
 ALTER TABLE lot_moves ADD CONSTRAINT lot_moves_entry_ulid_fkey
