@@ -20,11 +20,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from read_latency import FILL  # bench/read_latency.py, beside this script
+from read_latency import FILL, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import Connection, create_engine, text
 
 from shared.platform.config import load_settings
 from shared.platform.migrate import upgrade
+from shared.platform.resources import Resources
 
 MIGRATION = Path(__file__).parents[1] / "migrations/versions/0011_partitioned_ledger.py"
 FINGERPRINT = text("""
@@ -53,13 +54,12 @@ def main() -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text(ulid_floor.group(1)))
-        for statement in FILL:
-            if "ledger_entries_partition" in statement or "DETACH PARTITION" in statement:
-                continue  # the partitions are 0011's
-            started = time.perf_counter()
-            values = {"users": args.users, "entries": args.entries, "days": args.days}
-            connection.execute(text(statement), values)
-            print(f"  {time.perf_counter() - started:7.1f} s  {statement.split()[0:3]}")
+    # The partitions are 0011's: the fill's statements that make them are left out.
+    statements = [s for s in FILL if "ledger_entries_partition" not in s and "DETACH" not in s]
+    resources = Resources(load_settings())
+    fill(resources, args.users, args.entries, args.days, statements)
+    resources.close()
+    with engine.begin() as connection:
         connection.execute(text("DROP FUNCTION ulid_floor(timestamptz)"))
     with engine.connect() as connection:
         before = fingerprint(connection)

@@ -116,7 +116,11 @@ FILL = [
 ]
 
 
-def fill(resources: Resources, users: int, entries: int, days: int = 365) -> None:
+def fill(
+    resources: Resources, users: int, entries: int, days: int = 365, statements: list[str] = FILL
+) -> None:
+    """Run the fill's statements (by default all of FILL) unless the bench tenant has
+    entries already."""
     with resources.engine.begin() as connection:
         have = connection.scalar(
             text("SELECT count(*) FROM ledger_entries WHERE tenant_id='bench'")
@@ -125,7 +129,7 @@ def fill(resources: Resources, users: int, entries: int, days: int = 365) -> Non
             print(f"reusing {have} bench ledger entries")
             return
         started = time.perf_counter()
-        for statement in FILL:
+        for statement in statements:
             step = time.perf_counter()
             connection.execute(text(statement), {"users": users, "entries": entries, "days": days})
             print(f"  {time.perf_counter() - step:7.1f} s  {statement.split()[0:3]}", flush=True)
