@@ -10,12 +10,18 @@ the gauge `tally_ledger_partitions_ahead_seconds` (alert TallyLedgerPartitionsRu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
+from ulid import ULID
 
 MONTHS_AHEAD = 3
+
+# Entries made before migration 0011 carry a ULID of the application's clock, taken a
+# moment apart from their `created_at` (the database's clock, in the same transaction);
+# the ULID bounds of a read are widened by this much so that they never leave one out.
+SLACK = timedelta(days=1)
 
 # ledger_entries_partition() (migration 0011) makes a month's partition if missing; it
 # gives NULL for a month that another partition already holds.
@@ -42,6 +48,25 @@ PARTITIONS = text("""
     WHERE i.inhparent = 'ledger_entries'::regclass
     ORDER BY pg_get_expr(c.relpartbound, c.oid) LIKE '%MINVALUE%' DESC, c.relname
 """)
+
+
+def ulid_floor(at: datetime, shift: timedelta = timedelta(0)) -> str:
+    """The least ULID made at `at` + `shift` (the twin of the SQL function ulid_floor()),
+    held within the ULIDs' range of time."""
+    milliseconds = int((at.timestamp() + shift.total_seconds()) * 1000)
+    return str(ULID.from_timestamp(min(max(milliseconds, 0), 2**48 - 1)))[:10] + "0" * 16
+
+
+def ulids_from(at: datetime) -> str:
+    """A ULID at or below that of every entry made at or after `at`: a read's lower bound
+    on `ulid`, beside its bound on `created_at`, lets PostgreSQL skip the earlier
+    partitions (and plan only the others)."""
+    return ulid_floor(at, -SLACK)
+
+
+def ulids_before(at: datetime) -> str:
+    """A ULID above that of every entry made before `at`: a read's upper bound."""
+    return ulid_floor(at, SLACK)
 
 
 @dataclass(frozen=True)

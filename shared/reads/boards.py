@@ -31,7 +31,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from shared.models import Account, LedgerEntry, Period, PeriodTotal, ReputationType, User
-from shared.reads.ledger_reads import account_of, context_matches, entry_conditions
+from shared.reads.ledger_reads import (
+    account_of,
+    context_matches,
+    entry_conditions,
+    made_within,
+)
 from shared.reads.query_params import BoardQuery, LeaderboardQuery, PageQuery, Ranking
 
 # The first day of the all-time period.
@@ -167,13 +172,9 @@ def _board_of_entries(
         conditions.append(literal(False))
     if query.reputation_context is not None:
         conditions.append(context_matches(query.reputation_context))
-    if query.reputed_at_from is not None:
-        conditions.append(LedgerEntry.created_at >= query.reputed_at_from)
-    if query.reputed_at_to is not None:
-        conditions.append(LedgerEntry.created_at <= query.reputed_at_to)
+    conditions += made_within(since=query.reputed_at_from, through=query.reputed_at_to)
     if span.begins is not None and span.ends is not None:
-        conditions.append(LedgerEntry.created_at >= span.begins)
-        conditions.append(LedgerEntry.created_at < span.ends)
+        conditions += made_within(since=span.begins, before=span.ends)
     totals: Subquery = (
         select(
             Account.user_id.label("user_id"),

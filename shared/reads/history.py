@@ -16,6 +16,8 @@ from typing import Any, Literal
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from shared.ledger.partitions import ulids_before, ulids_from
+
 # Each account as its entries made before :before left it (without any: all zero).
 AS_OF = text("""
     SELECT a.id, COALESCE(last.balance_after, 0) AS balance,
@@ -25,7 +27,7 @@ AS_OF = text("""
     FROM accounts a
     LEFT JOIN LATERAL (
         SELECT balance_after FROM ledger_entries e
-        WHERE e.account_id = a.id AND e.created_at < :before
+        WHERE e.account_id = a.id AND e.created_at < :before AND e.ulid < :ulid_before
         ORDER BY e.created_at DESC, e.id DESC LIMIT 1
     ) last ON true
     LEFT JOIN LATERAL (
@@ -34,7 +36,7 @@ AS_OF = text("""
                -sum(amount + expired) FILTER (WHERE amount + expired < 0) AS spent,
                count(*) AS entries
         FROM ledger_entries e
-        WHERE e.account_id = a.id AND e.created_at < :before
+        WHERE e.account_id = a.id AND e.created_at < :before AND e.ulid < :ulid_before
     ) s ON true
     WHERE a.id = ANY(:ids)
 """)
@@ -54,6 +56,17 @@ class Standing:
 
 
 ZERO = Standing(0, 0, 0, 0, 0, 0)
+
+
+def _within(begins: datetime, ends: datetime) -> dict[str, Any]:
+    """The parameters of entries made in [begins, ends): the times, and the ULID bounds
+    that let PostgreSQL plan and read only the partitions of those months."""
+    return {
+        "begins": begins, "ends": ends,
+        "ulid_from": ulids_from(begins), "ulid_before": ulids_before(ends),
+    }  # fmt: skip
+
+
 MICROSECOND = timedelta(microseconds=1)
 
 
@@ -64,7 +77,9 @@ def standings(session: Session, account_ids: Sequence[str], at: datetime) -> dic
 
 
 def _before(session: Session, account_ids: Sequence[str], before: datetime) -> dict[str, Standing]:
-    rows = session.execute(AS_OF, {"ids": list(account_ids), "before": before})
+    rows = session.execute(
+        AS_OF, {"ids": list(account_ids), "before": before, "ulid_before": ulids_before(before)}
+    )
     return {row.id: _standing(row) for row in rows}
 
 
@@ -76,6 +91,7 @@ STATEMENT_ENTRIES = text("""
            idempotency_key, created_at
     FROM ledger_entries
     WHERE account_id = :account AND created_at >= :begins AND created_at < :ends
+      AND ulid >= :ulid_from AND ulid < :ulid_before
       AND (created_at, id) > (:after_at, :after)
     ORDER BY created_at, id
     LIMIT :limit
@@ -89,6 +105,7 @@ STATEMENT_TOTALS = text("""
     SELECT type, sum(amount) AS amount, count(*) AS entries
     FROM ledger_entries
     WHERE account_id = :account AND created_at >= :begins AND created_at < :ends
+      AND ulid >= :ulid_from AND ulid < :ulid_before
     GROUP BY type ORDER BY type
 """)
 
@@ -118,7 +135,7 @@ def statement(
     totals = {
         row.type: (int(row.amount), int(row.entries))
         for row in session.execute(
-            STATEMENT_TOTALS, {"account": account_id, "begins": begins, "ends": ends}
+            STATEMENT_TOTALS, {"account": account_id, **_within(begins, ends)}
         )
     }
     after_at = begins
@@ -128,7 +145,7 @@ def statement(
             raise ValueError(f"entry {after} is not one of this account's")
     rows = session.execute(
         STATEMENT_ENTRIES,
-        {"account": account_id, "begins": begins, "ends": ends, "after": after,
+        {"account": account_id, **_within(begins, ends), "after": after,
          "after_at": after_at, "limit": limit + 1},
     ).all()  # fmt: skip
     more = len(rows) > limit
@@ -159,6 +176,11 @@ EXPORT_COLUMNS: dict[str, str] = {
         e.ledger_entry_id, e.created_by, e.created_at, e.completed_at""",
 }
 EXPORT_TABLES = {"entries": "ledger_entries", "requests": "adjustment_requests"}
+# The ledger's months to read (the requests are not partitioned).
+EXPORT_BOUNDS = {
+    "entries": " AND e.ulid >= %(ulid_from)s AND e.ulid < %(ulid_before)s",
+    "requests": "",
+}
 
 
 def _export_query(kind: ExportKind, as_json: bool) -> str:
@@ -169,7 +191,7 @@ def _export_query(kind: ExportKind, as_json: bool) -> str:
         JOIN accounts a ON a.id = e.account_id
         JOIN users u ON u.id = a.user_id
         WHERE e.tenant_id = %(tenant)s AND e.id > %(after)s
-          AND e.created_at >= %(begins)s AND e.created_at < %(ends)s
+          AND e.created_at >= %(begins)s AND e.created_at < %(ends)s{EXPORT_BOUNDS[kind]}
         ORDER BY e.id
     """
     if not as_json:
@@ -199,7 +221,7 @@ def export(
         options = "FORMAT csv, HEADER"
     else:
         options = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
-    params = {"tenant": tenant_id, "after": after, "begins": begins, "ends": ends}
+    params = {"tenant": tenant_id, "after": after, **_within(begins, ends)}
     raw = connection.connection.driver_connection
     assert raw is not None
     with (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from shared.ledger.partitions import ulids_before, ulids_from
 from shared.models import Account, LedgerEntry, User
 from shared.reads.query_params import (
     Ordering,
@@ -89,6 +91,23 @@ def entry_conditions(
     return conditions
 
 
+def made_within(
+    since: datetime | None = None, before: datetime | None = None,
+    through: datetime | None = None,
+) -> list[ColumnElement[bool]]:  # fmt: skip
+    """Entries made at or after `since`, and before `before` or at the latest `through`:
+    on `created_at`, and on the ULID too, so that PostgreSQL plans and reads only the
+    partitions of those months."""
+    conditions = []
+    if since is not None:
+        conditions += [LedgerEntry.created_at >= since, LedgerEntry.ulid >= ulids_from(since)]
+    if before is not None:
+        conditions += [LedgerEntry.created_at < before, LedgerEntry.ulid < ulids_before(before)]
+    if through is not None:
+        conditions += [LedgerEntry.created_at <= through, LedgerEntry.ulid < ulids_before(through)]
+    return conditions
+
+
 def _list_conditions(
     tenant_id: str, points_type: str, query: ScoreListQuery
 ) -> list[ColumnElement[bool]]:
@@ -102,11 +121,12 @@ def _list_conditions(
         )
     if query.reputation_context is not None:
         conditions.append(context_matches(query.reputation_context))
-    if query.created_after is not None:
-        conditions.append(LedgerEntry.created_at >= query.created_after)
-    if query.created_before is not None:
-        conditions.append(LedgerEntry.created_at <= query.created_before)
+    conditions += _made(query)
     return conditions
+
+
+def _made(query: ScoreListQuery) -> list[ColumnElement[bool]]:
+    return made_within(since=query.created_after, through=query.created_before)
 
 
 def list_scores(
@@ -129,7 +149,8 @@ def list_scores(
         .join(Account, Account.id == LedgerEntry.account_id)
         .join(User, User.id == Account.user_id)
         .join(creator, creator.id == LedgerEntry.created_by)
-        .where(LedgerEntry.id.in_(page_ids.scalar_subquery()))
+        # The span again: the page's entries are looked up in its months only.
+        .where(LedgerEntry.id.in_(page_ids.scalar_subquery()), *_made(query))
         .order_by(*ordering)
     )
     return count, [(entry, user, created_by) for entry, user, created_by in rows]

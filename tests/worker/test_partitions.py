@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,10 @@ from shared.ledger.timers import request_expiries
 from shared.models import AdjustmentStatus, Batch, LedgerEntry, Role, new_ulid
 from shared.platform.config import DEFAULT_POINTS_TYPES, Settings
 from shared.platform.db import transaction
+from shared.reads.boards import leaderboard
+from shared.reads.history import export, standings, statement
+from shared.reads.ledger_reads import list_scores
+from shared.reads.query_params import LeaderboardQuery, ScoreListQuery
 from tests.factories import Factory, assert_ledger_consistent
 from worker.app import FORGET_REQUESTS_TASK, PARTITION_LEDGER_TASK, TallyCelery, make_celery
 
@@ -340,3 +345,56 @@ def test_a_monthly_partition_refuses_a_second_entry_of_a_request_or_subject(
         transaction(desk.sessions) as session,
     ):
         session.execute(copy, {"id": subject})
+
+
+@contextmanager
+def locked(sessions: sessionmaker[Session], *tables: str) -> Iterator[None]:
+    """Hold ACCESS EXCLUSIVE locks on `tables` in a transaction of their own: a query that
+    plans one of them waits for it; one that pruned it at planning does not."""
+    with sessions() as holder:
+        for table in tables:
+            holder.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        yield
+        holder.rollback()
+
+
+def test_reads_of_a_span_plan_only_the_partitions_of_its_months(app: TallyCelery) -> None:
+    """The history and the boards bound the entries' ULIDs as well as their times, so
+    PostgreSQL plans (and locks, and reads) only the partitions of the months asked for:
+    with the other months' partitions locked, the reads of a span still answer, and
+    answer what its entries made (a statement and a balance as of a moment read the
+    months before, never those after)."""
+    desk = Desk(app.resources.sessions)
+    now = datetime.now(UTC)
+    month, later = months_after(now, 1), months_after(now, 2)
+    for amount, at in ((5, None), (7, month + timedelta(days=10)), (11, later)):
+        desk.submit(amount)
+        desk.apply(at=at)
+    begins, ends = month + timedelta(days=5), month + timedelta(days=20)
+    tenant = desk.factory.tenant_id
+    sessions = app.resources.sessions
+
+    with sessions() as session:
+        account = desk.account(session)
+        session.execute(text("SET lock_timeout = '2s'"))
+        with locked(sessions, "ledger_entries_initial", month_name(later)):
+            _, rows = list_scores(
+                session, tenant, POINTS.name,
+                ScoreListQuery(created_after=begins, created_before=ends),
+            )  # fmt: skip
+            assert [entry.amount for entry, _, _ in rows] == [7]
+            board = leaderboard(
+                session, tenant, POINTS.name,
+                LeaderboardQuery(reputed_at_from=begins, reputed_at_to=ends),
+            )  # fmt: skip
+            assert [row.total_score for row in board.rows] == [7]
+            exported = b"".join(
+                export(session.connection(), tenant, "entries", "csv", begins, ends, 0)
+            )
+            assert len(exported.splitlines()) == 2
+        # What an account was, and its statement's opening, need the months before.
+        with locked(sessions, month_name(later)):
+            assert standings(session, [account], ends)[account].balance == 12
+            found = statement(session, account, begins, ends, after=0, limit=10)
+            assert [entry.amount for entry in found.entries] == [7]
+            assert (found.opening.balance, found.closing.balance) == (5, 12)
