@@ -50,6 +50,7 @@ from shared.models import (
     new_ulid,
 )
 from shared.platform.config import Cap
+from shared.platform.db import UNPREPARED
 
 __all__ = ["REJECTION_MESSAGES", "Applied", "Outcome", "Rejection", "apply_pending"]
 
@@ -140,13 +141,18 @@ LOCK_ACCOUNTS = text("""
 # and counted in the periods (and against the caps) it falls in. Read once the accounts
 # are locked, it is later than every entry of theirs already committed, so an account's
 # entries are in time order as well as in id order, which balances as of a moment rely on.
+#
+# Never prepared: a generic plan made while the table was nearly empty (the first
+# singles on a new database) scanned the whole table for every chunk once a bulk batch
+# had filled it: 129 chunks of 40 ms, PostgreSQL 15.3-16.0 s of CPU for a batch of
+# 100,000 awards, 11.6-12.1 s planned with the values (PERFORMANCE.md).
 PENDING = text("""
     SELECT id, account_id, entry_type, amount, allow_negative, related_id, expires_at,
            created_at, batch_id, reputation_context, source, clock_timestamp() AS now
     FROM adjustment_requests
     WHERE account_id = ANY(:ids) AND status IN ('queued', 'processing')
     ORDER BY id LIMIT :limit
-""")
+""").execution_options(**UNPREPARED)
 # What the capped accounts have counted towards their cap in the period the chunk is in.
 CAP_USED = text("""
     SELECT v.account_id, COALESCE(t.capped, 0) AS used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
@@ -31,6 +32,9 @@ CONNECTION_DEFAULTS = {
 
 # SQLSTATE of a write on a server that is read-only: a primary demoted to standby.
 READ_ONLY_SQL_TRANSACTION = "25006"
+
+# The execution option of a statement psycopg must never prepare (see _unprepared).
+UNPREPARED = {"tally_unprepared": True}
 
 
 def make_engine(
@@ -68,6 +72,7 @@ def make_engine(
         connect_args=connect_args,
     )
     event.listen(engine, "handle_error", _demoted_primary_is_gone)
+    event.listen(engine, "do_execute", _unprepared)
     trace_engine(engine)  # if an OTLP endpoint is configured
     return engine
 
@@ -79,6 +84,19 @@ def _demoted_primary_is_gone(context: ExceptionContext) -> None:
     URL with target_session_attrs=read-write, or a proxy that routes to the primary)."""
     if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION:
         context.is_disconnect = True
+
+
+def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    """Run a statement with the UNPREPARED option unprepared: PostgreSQL plans it with each
+    run's values and the table as it is then. psycopg prepares a statement on its fifth
+    run on a connection, and PostgreSQL may then keep one generic plan for it; one made
+    while a table was nearly empty (a new database) stays a sequential scan after a bulk
+    batch has filled it, until the next ANALYZE. (Inside SQLAlchemy's execute, whose
+    error handling stays.)"""
+    if not context.execution_options.get("tally_unprepared"):
+        return False
+    cursor.execute(statement, parameters, prepare=False)
+    return True
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
