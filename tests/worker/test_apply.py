@@ -8,11 +8,14 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.flow.dispatch import Lane
+from shared.ledger.apply import apply_pending
 from shared.models import Account, AdjustmentRequest, LedgerEntry
+from shared.platform.db import make_session_factory, transaction
+from tests.conftest import Services
 from tests.factories import (
     Caller,
     Factory,
@@ -193,3 +196,28 @@ def test_a_chunk_cut_short_leaves_nothing_and_is_applied_whole_later(
         for account_id in accounts:
             assert_ledger_consistent(session, account_id)
             assert session.get_one(Account, account_id).balance == 6
+
+
+def test_the_pending_requests_are_read_unprepared_and_planned_with_their_values(
+    services: Services, factory: Factory, moderator: Caller, sessions: sessionmaker[Session]
+) -> None:
+    """psycopg prepares a statement on its fifth run on a connection, and PostgreSQL may
+    then keep one generic plan for it: the applier's read of the pending requests must
+    not be one of them (a plan made while the table was nearly empty kept scanning it
+    whole once a bulk batch had filled it). The chunk's own write is prepared."""
+    if not services.prepared_statements:
+        pytest.fail("run without PgBouncer: this test is about prepared statements")
+    engine = services.engine(pool_size=1)  # one connection: the one psycopg prepares on
+    one_connection = make_session_factory(engine)
+    user = factory.user()
+    try:
+        for amount in range(1, 9):
+            account_id, _ = queue_requests(sessions, moderator, user.id, [amount])
+            with transaction(one_connection) as session:
+                assert len(apply_pending(session, [account_id], 10).outcomes) == 1
+        with one_connection() as session:
+            prepared = session.scalars(text("SELECT statement FROM pg_prepared_statements")).all()
+    finally:
+        engine.dispose()
+    assert any("INSERT INTO ledger_entries" in statement for statement in prepared)
+    assert not [s for s in prepared if "FROM adjustment_requests" in s and "ORDER BY id" in s]
