@@ -144,8 +144,9 @@ LOCK_ACCOUNTS = text("""
 #
 # Never prepared: a generic plan made while the table was nearly empty (the first
 # singles on a new database) scanned the whole table for every chunk once a bulk batch
-# had filled it: 129 chunks of 40 ms, PostgreSQL 15.3-16.0 s of CPU for a batch of
-# 100,000 awards, 11.6-12.1 s planned with the values (PERFORMANCE.md).
+# had filled it: 129 chunks of 30-46 ms; PostgreSQL spent 14.7-16.0 s of CPU on a batch
+# of 100,000 awards, and 10.9-12.1 s planning this read with each chunk's values
+# (PERFORMANCE.md, "A fresh database").
 PENDING = text("""
     SELECT id, account_id, entry_type, amount, allow_negative, related_id, expires_at,
            created_at, batch_id, reputation_context, source, clock_timestamp() AS now

@@ -91,8 +91,7 @@ def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> b
     run's values and the table as it is then. psycopg prepares a statement on its fifth
     run on a connection, and PostgreSQL may then keep one generic plan for it; one made
     while a table was nearly empty (a new database) stays a sequential scan after a bulk
-    batch has filled it, until the next ANALYZE. (Inside SQLAlchemy's execute, whose
-    error handling stays.)"""
+    batch has filled it. (Run inside SQLAlchemy's execute, whose error handling stays.)"""
     if not context.execution_options.get("tally_unprepared"):
         return False
     cursor.execute(statement, parameters, prepare=False)
