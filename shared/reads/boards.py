@@ -193,9 +193,15 @@ def board(
     session: Session, tenant_id: str, points_type: str, query: BoardQuery, user_id: int | None
 ) -> tuple[Board, Window]:
     span = window(session, tenant_id, query.period, query.at)
+    return _board_in(span, tenant_id, points_type, query, user_id), span
+
+
+def _board_in(
+    span: Window, tenant_id: str, points_type: str, query: BoardQuery, user_id: int | None
+) -> Board:
     if _from_entries(query):
-        return _board_of_entries(tenant_id, points_type, query, span, user_id), span
-    return _board_of_totals(tenant_id, points_type, kind_of(query), span, user_id), span
+        return _board_of_entries(tenant_id, points_type, query, span, user_id)
+    return _board_of_totals(tenant_id, points_type, kind_of(query), span, user_id)
 
 
 RANKINGS: dict[str, Callable[[], FunctionElement[Any]]] = {
@@ -268,20 +274,22 @@ def own_rank(
     the period: counted, never ranked row by row."""
     found, span = board(session, tenant_id, points_type, query, None)
     rows = found.rows.subquery()
-    own, _ = board(session, tenant_id, points_type, query, user_id)
+    own = _board_in(span, tenant_id, points_type, query, user_id)
     mine = session.execute(own.rows).one_or_none()
-    count = session.scalar(select(func.count()).select_from(rows)) or 0
     if mine is None:
+        count = session.scalar(select(func.count()).select_from(rows)) or 0
         return None, count, span
     score = int(mine.score)
     above = rows.c.score > score
+    # The board's size and the rows ahead of the user in one pass over the period's rows.
     if query.ranking == "dense_rank":
-        distinct = select(func.count(rows.c.score.distinct())).select_from(rows).where(above)
-        place = 1 + (session.scalar(distinct) or 0)
+        ahead = func.count(rows.c.score.distinct()).filter(above)
+    elif query.ranking == "row_number":
+        ties_before = (rows.c.score == score) & (rows.c.user_id < user_id)
+        ahead = func.count().filter(above | ties_before)
     else:
-        ahead = above
-        if query.ranking == "row_number":
-            ahead = above | ((rows.c.score == score) & (rows.c.user_id < user_id))
-        place = 1 + (session.scalar(select(func.count()).select_from(rows).where(ahead)) or 0)
+        ahead = func.count().filter(above)
+    count, before = session.execute(select(func.count(), ahead).select_from(rows)).one()
+    place = 1 + before
     user = session.get_one(User, user_id)
     return LeaderboardRow(user.id, user.username, user.real_name, score, place), count, span
