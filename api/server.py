@@ -101,7 +101,7 @@ def serve(settings: Settings) -> None:
         # No lifespan events: the app opens its connections on first use.
         interface=Interfaces.ASGINL,
         # The front's hand-overs (a body read, a thread's answer back) are event loop
-        # work, done in C by uvloop: 8-9 % less API CPU per adjustment than asyncio's
+        # work, done in C by uvloop: 7-9 % less API CPU per adjustment than asyncio's
         # loop on a busy machine, within the noise on a quiet one (PERFORMANCE.md,
         # "Where the API's core goes").
         loop=Loops.uvloop,
