@@ -199,6 +199,7 @@ def board(
 def _board_in(
     span: Window, tenant_id: str, points_type: str, query: BoardQuery, user_id: int | None
 ) -> Board:
+    """The board of a period already read (see `window`)."""
     if _from_entries(query):
         return _board_of_entries(tenant_id, points_type, query, span, user_id)
     return _board_of_totals(tenant_id, points_type, kind_of(query), span, user_id)
