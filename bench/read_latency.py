@@ -112,6 +112,16 @@ FILL = [
        CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year', 'all']) AS p(period)
        WHERE e.tenant_id = 'bench'
        GROUP BY 1, 2, 3, 6""",
+    # And how many of them stand at each score (shared/ledger/periods.py's SCORES).
+    """INSERT INTO period_scores (tenant_id, points_type, period, starts, kind, score, shard,
+                                 users)
+       SELECT t.tenant_id, t.points_type, t.period, t.starts, k.kind, k.score,
+              period_score_shard(t.account_id), count(*)
+       FROM period_totals t
+       CROSS JOIN LATERAL period_score_kinds(t.total, t.entries, t.reversal_total,
+                                             t.reversal_entries) k
+       WHERE t.tenant_id = 'bench'
+       GROUP BY 1, 2, 3, 4, 5, 6, 7""",
     "ANALYZE",
 ]
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Sequence,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -444,6 +445,29 @@ class PeriodTotal(Base):
     reversal_entries: Mapped[int] = mapped_column(BigInteger)
     # What counted towards the points type's cap (positive adjustments not exempt).
     capped: Mapped[int] = mapped_column(BigInteger)
+
+
+class PeriodScore(Base):
+    """How many accounts stand at one score on one period's board (of one kind: `all`,
+    `manual`, `reversals`): what a board's size and a rank are summed from.
+
+    The applier moves each account it writes from its old score to its new one in the
+    statement that updates its period totals; `period_score_kinds()` says where a
+    period total stands (migration 0012). A score's count is split in shards by
+    account (`period_score_shard()`) so that concurrent appliers seldom share a row.
+    """
+
+    __tablename__ = "period_scores"
+    __table_args__ = (CheckConstraint("kind IN ('all', 'manual', 'reversals')", name="kind_known"),)
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    points_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    starts: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    score: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    users: Mapped[int] = mapped_column(BigInteger)
 
 
 class Lot(Base):

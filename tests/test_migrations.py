@@ -35,6 +35,7 @@ from shared.intake.adjustments import Adjustment, reversal_of, submit
 from shared.intake.auth import authenticate, hash_token
 from shared.intake.validation import UserRef
 from shared.ledger.apply import apply_pending
+from shared.ledger.periods import recount_scores
 from shared.ledger.reconcile import reconcile
 from shared.models import Base, LedgerEntry, Operation, new_ulid
 from shared.platform.config import DEFAULT_POINTS_TYPES
@@ -227,6 +228,12 @@ class Seeder:
                 ),
                 {"entry": entry_id},
             )
+        if reached(self.revision, "0012"):
+            # And each board's scores counted afresh from them.
+            tenant = self.connection.scalar(
+                text("SELECT tenant_id FROM ledger_entries WHERE id = :entry"), {"entry": entry_id}
+            )
+            recount_scores(self.connection, tenant)
 
 
 def reputation(amount: int, context: str = "", comment: str = "") -> Adjustment:

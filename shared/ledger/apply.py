@@ -195,7 +195,9 @@ MOVES_OF = text("""
 # follow request ids, so each account's chain reads in entry-id order. A hold's entry
 # names its hold, whose id is the hold request's. An entry that takes no points may
 # end below zero (points coming into an account an admin took below zero), as may one a
-# negative-allowing rule applied.
+# negative-allowing rule applied. Each period total changed moves its account from its
+# old scores to its new ones in `period_scores` (what board sizes and ranks are summed
+# from, migration 0012).
 WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
@@ -232,28 +234,61 @@ WRITE_ENTRIES = text("""
             started_at = COALESCE(r.started_at, now()), completed_at = now(), cut = c.cut
         FROM entries e JOIN chain c ON c.request_id = e.request_id
         WHERE r.id = e.request_id
-    ), totals AS (
-        INSERT INTO period_totals AS t (account_id, period, starts, tenant_id, points_type,
-                                        user_id, total, entries, reversal_total,
-                                        reversal_entries, capped)
+    ), added AS (
         SELECT e.account_id, p.period,
                CASE p.period WHEN 'all' THEN DATE '1970-01-01'
                     ELSE date_trunc(p.period, CAST(:at AS timestamptz)
-                                              AT TIME ZONE tn.time_zone)::date END,
-               e.tenant_id, e.points_type, a.user_id, sum(e.amount), count(*),
-               COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0),
-               count(*) FILTER (WHERE e.type = 'reversal'), sum(c.capped)
+                                              AT TIME ZONE tn.time_zone)::date END AS starts,
+               e.tenant_id, e.points_type, a.user_id, CAST(sum(e.amount) AS bigint) AS total,
+               count(*) AS entries,
+               CAST(COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS bigint)
+                   AS reversal_total,
+               count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries,
+               sum(c.capped) AS capped
         FROM entries e
         JOIN chain c ON c.request_id = e.request_id
         JOIN accounts a ON a.id = e.account_id
         JOIN tenants tn ON tn.id = e.tenant_id
         CROSS JOIN unnest(CAST(:periods AS text[])) AS p(period)
         GROUP BY 1, 2, 3, 4, 5, 6
+    ), totals AS (
+        INSERT INTO period_totals AS t (account_id, period, starts, tenant_id, points_type,
+                                        user_id, total, entries, reversal_total,
+                                        reversal_entries, capped)
+        SELECT * FROM added
         ON CONFLICT (account_id, period, starts) DO UPDATE
         SET total = t.total + excluded.total, entries = t.entries + excluded.entries,
             reversal_total = t.reversal_total + excluded.reversal_total,
             reversal_entries = t.reversal_entries + excluded.reversal_entries,
             capped = t.capped + excluded.capped
+        RETURNING t.account_id, t.period, t.starts, t.tenant_id, t.points_type, t.total,
+                  t.entries, t.reversal_total, t.reversal_entries
+    ), moves AS (
+        -- Each period total leaves the scores it stood at and takes its new ones.
+        SELECT t.tenant_id, t.points_type, t.period, t.starts, k.kind, k.score,
+               period_score_shard(t.account_id) AS shard, -1 AS users
+        FROM totals t
+        JOIN added d USING (account_id, period, starts)
+        CROSS JOIN LATERAL period_score_kinds(t.total - d.total, t.entries - d.entries,
+                                              t.reversal_total - d.reversal_total,
+                                              t.reversal_entries - d.reversal_entries) k
+        UNION ALL
+        SELECT t.tenant_id, t.points_type, t.period, t.starts, k.kind, k.score,
+               period_score_shard(t.account_id), 1
+        FROM totals t
+        CROSS JOIN LATERAL period_score_kinds(t.total, t.entries, t.reversal_total,
+                                              t.reversal_entries) k
+    ), scores AS (
+        -- In key order, so two appliers sharing scores take their rows in one order.
+        INSERT INTO period_scores AS s (tenant_id, points_type, period, starts, kind, score,
+                                        shard, users)
+        SELECT tenant_id, points_type, period, starts, kind, score, shard, sum(users)
+        FROM moves
+        GROUP BY 1, 2, 3, 4, 5, 6, 7
+        HAVING sum(users) <> 0
+        ORDER BY 1, 2, 3, 4, 5, 6, 7
+        ON CONFLICT (tenant_id, points_type, period, starts, kind, score, shard) DO UPDATE
+        SET users = s.users + excluded.users
     )
     SELECT e.request_id, e.id AS entry_id, e.balance_after, e.created_at
     FROM entries e JOIN chain c ON c.request_id = e.request_id

@@ -2,12 +2,13 @@
 
 The applier adds each chunk's entries to `period_totals` (shared/ledger/apply.py);
 the sums here are what those rows must equal (reconcile's invariant 13), and what a
-change of time zone rebuilds them from.
+change of time zone rebuilds them from; likewise the scores' counts (`period_scores`)
+from the period totals.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 # Every period of every entry of the tenants named (all of them when :tenants is NULL),
@@ -48,6 +49,34 @@ REBUILD = text(f"""
 """)
 
 
+# How many accounts of the tenants named (all when :tenant is NULL) stand at each score
+# of each period's board, as the applier counts them in `period_scores`.
+SCORES = """
+    SELECT t.tenant_id, t.points_type, t.period, t.starts, k.kind, k.score,
+           period_score_shard(t.account_id) AS shard, count(*) AS users
+    FROM period_totals t
+    CROSS JOIN LATERAL period_score_kinds(t.total, t.entries, t.reversal_total,
+                                          t.reversal_entries) k
+    WHERE CAST(:tenant AS text) IS NULL OR t.tenant_id = :tenant
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+
+# After the old rows are deleted: in one statement the insert would still see them.
+COUNT_SCORES = text(f"""
+    INSERT INTO period_scores (tenant_id, points_type, period, starts, kind, score, shard,
+                               users)
+    {SCORES}
+""")
+
+
+def recount_scores(connection: Connection | Session, tenant_id: str) -> None:
+    """Count the tenant's board scores afresh from its period totals."""
+    connection.execute(
+        text("DELETE FROM period_scores WHERE tenant_id = :tenant"), {"tenant": tenant_id}
+    )
+    connection.execute(COUNT_SCORES, {"tenant": tenant_id})
+
+
 class UnknownZone(ValueError):
     pass
 
@@ -67,6 +96,7 @@ def set_time_zone(session: Session, tenant_id: str, zone: str) -> int:
         {"zone": zone, "tenant": tenant_id},
     )
     session.execute(REBUILD, {"tenant": tenant_id})
+    recount_scores(session, tenant_id)
     count = session.scalar(
         text("SELECT count(*) FROM period_totals WHERE tenant_id = :tenant"), {"tenant": tenant_id}
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.ledger.periods import SUMS
+from shared.ledger.periods import SCORES, SUMS
 
 # Invariant 1: balance and totals equal the sums of the ledger; no gap in the chain.
 # An entry's expired points count as expired_points; the rest it moved (its gross) as
@@ -280,6 +280,22 @@ PERIOD_MISMATCHES = text(f"""
        OR s.reversal_entries <> t.reversal_entries
 """)
 
+# Invariant 13 too: each score of each period's board counts, shard by shard, the period
+# totals that stand there (a row left at zero users is kept and means none).
+SCORE_MISMATCHES = text(f"""
+    WITH counted AS ({SCORES})
+    SELECT COALESCE(c.tenant_id, p.tenant_id), COALESCE(c.period, p.period),
+           COALESCE(c.starts, p.starts), COALESCE(c.kind, p.kind),
+           COALESCE(c.score, p.score), COALESCE(c.shard, p.shard), COALESCE(c.users, 0),
+           COALESCE(p.users, 0)
+    FROM counted c
+    FULL JOIN period_scores p
+        ON p.tenant_id = c.tenant_id AND p.points_type = c.points_type
+       AND p.period = c.period AND p.starts = c.starts AND p.kind = c.kind
+       AND p.score = c.score AND p.shard = c.shard
+    WHERE COALESCE(c.users, 0) <> COALESCE(p.users, 0)
+""")
+
 # Invariant 5: the triggers that refuse UPDATE, DELETE and TRUNCATE are in place and enabled.
 IMMUTABILITY_TRIGGERS = text("""
     SELECT tgname FROM pg_trigger
@@ -292,7 +308,8 @@ EXPECTED_TRIGGERS = {"ledger_entries_immutable", "ledger_entries_no_truncate"}
 class Violation:
     invariant: int
     # The check that found it: balance, chain, batch, request, entry, immutability,
-    # frozen_balance, lot, hold, reversal, lot_moves, given_back, period_totals.
+    # frozen_balance, lot, hold, reversal, lot_moves, given_back, period_totals,
+    # period_scores.
     check: str
     subject: str
     detail: str
@@ -432,6 +449,18 @@ def reconcile(session: Session, window_days: int = 0) -> Report:
                 "period_totals",
                 f"account {account}",
                 f"{period} from {starts}: entries sum to {summed}, period_totals keeps {kept}",
+            )
+        )
+    for tenant, period, starts, kind, score, shard, counted, kept in session.execute(
+        SCORE_MISMATCHES, {"tenant": None}
+    ):
+        violations.append(
+            Violation(
+                13,
+                "period_scores",
+                f"tenant {tenant}",
+                f"{period} from {starts}, {kind} board, score {score} (shard {shard}):"
+                f" {counted} period totals stand there, period_scores keeps {kept}",
             )
         )
     triggers = set(session.scalars(IMMUTABILITY_TRIGGERS))

@@ -8,11 +8,13 @@ still small: sequential scans and nested loops that cost seconds on millions of 
 more than autovacuum's default threshold (50 rows plus a tenth of the table) since its
 last analyze, by anyone.
 
-It also vacuums `period_totals` once a hundredth of its rows are dead: every entry
-updates six of its rows, and the boards count them with index-only scans, which must
-visit the table for every row of a page the visibility map does not mark all-visible
-(on ten million entries, a year's board counted in 640 ms before a vacuum and 22 ms
-after it). Beat asks for both every TALLY_ANALYZE_INTERVAL seconds.
+It also vacuums `period_totals` and `period_scores` once a hundredth of their rows are
+dead: every entry updates six period totals and moves their scores. The boards' pages
+are index-only scans of `period_totals`, which must visit the table for every row of a
+page the visibility map does not mark all-visible (on ten million entries, a year's
+board counted in 640 ms before a vacuum and 22 ms after it, when boards still counted
+their rows); `period_scores` is small, and a vacuum keeps it so. Beat asks for both
+every TALLY_ANALYZE_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ TABLES = (
     "adjustment_requests",
     "ledger_entries",
     "period_totals",
+    "period_scores",
     "lots",
     "lot_moves",
     "holds",
@@ -32,8 +35,8 @@ TABLES = (
     "events",
     "webhook_deliveries",
 )
-# The tables read by index-only scans while their rows are updated.
-VACUUMED = ("period_totals",)
+# The tables read on every board while their rows are updated.
+VACUUMED = ("period_totals", "period_scores")
 
 # A partitioned table (the ledger, migration 0011) has no counters of its own: its
 # partitions' are summed, and its ANALYZE samples them all (autovacuum analyzes the

@@ -2,7 +2,10 @@
 
 Most boards are read from `period_totals`, which the applier keeps in the transaction
 that writes the entries (docs/periods.md): the rows of one period are one range of an
-index ordered by total, so a page or a rank reads only what it shows or counts. A board
+index ordered by total, so a page reads only what it shows. Their sizes and ranks are
+summed from `period_scores`, how many users stand at each score, which the applier
+keeps in the same statement: a sum over the period's distinct scores rather than a
+count of its rows, most of which writes keep sending back to the table. A board
 that filters entries by their text (`search`, `reputation_context`) or by an arbitrary
 time range sums the matching entries instead; both give the same totals.
 """
@@ -30,7 +33,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
-from shared.models import Account, LedgerEntry, Period, PeriodTotal, ReputationType, User
+from shared.models import (
+    Account,
+    LedgerEntry,
+    Period,
+    PeriodScore,
+    PeriodTotal,
+    ReputationType,
+    User,
+)
 from shared.reads.ledger_reads import (
     account_of,
     context_matches,
@@ -120,11 +131,14 @@ def _from_entries(query: BoardQuery) -> bool:
 
 @dataclass(frozen=True)
 class Board:
-    """A board's rows as a selectable: (user_id, score), one row per user on the board."""
+    """A board's rows as a selectable: (user_id, score), one row per user on the board;
+    for a board of period totals, also its places: (score, users), how many users stand
+    at a score (one row per score and shard)."""
 
     rows: Select[Any, Any]
     score: SQLColumnExpression[Any]
     user_id: SQLColumnExpression[Any]
+    places: Select[Any, Any] | None = None
 
 
 def _board_of_totals(
@@ -155,7 +169,16 @@ def _board_of_totals(
             PeriodTotal.account_id == account_of(Account.user_id == user_id, points_type)
         )
     rows = select(PeriodTotal.user_id, score.label("score")).where(*conditions)
-    return Board(rows, score, PeriodTotal.user_id)
+    if user_id is not None or kind == Kind.NONE:
+        return Board(rows, score, PeriodTotal.user_id)
+    places = select(PeriodScore.score, PeriodScore.users).where(
+        PeriodScore.tenant_id == tenant_id,
+        PeriodScore.points_type == points_type,
+        PeriodScore.period == str(span.period),
+        PeriodScore.starts == span.starts,
+        PeriodScore.kind == kind.value,
+    )
+    return Board(rows, score, PeriodTotal.user_id, places)
 
 
 def _board_of_entries(
@@ -235,10 +258,18 @@ def leaderboard(
 ) -> Leaderboard:
     """How many users are on the board, and its page by total descending, then user id."""
     found, span = board(session, tenant_id, points_type, query, query.user_id)
-    count = session.scalar(select(func.count()).select_from(found.rows.subquery())) or 0
+    count = _size(session, found)
     if query.offset >= count:
         return Leaderboard(count, [], span)
     return Leaderboard(count, _page(session, found, query, query.ranking), span)
+
+
+def _size(session: Session, found: Board) -> int:
+    """How many users are on the board: its places summed, else its rows counted."""
+    if found.places is None:
+        return session.scalar(select(func.count()).select_from(found.rows.subquery())) or 0
+    places = found.places.subquery()
+    return int(session.scalar(select(func.coalesce(func.sum(places.c.users), 0))) or 0)
 
 
 def _page(
@@ -274,23 +305,54 @@ def own_rank(
     """The user's row on the board (None if not on it), how many users are on it, and
     the period: counted, never ranked row by row."""
     found, span = board(session, tenant_id, points_type, query, None)
-    rows = found.rows.subquery()
     own = _board_in(span, tenant_id, points_type, query, user_id)
     mine = session.execute(own.rows).one_or_none()
     if mine is None:
-        count = session.scalar(select(func.count()).select_from(rows)) or 0
-        return None, count, span
+        return None, _size(session, found), span
     score = int(mine.score)
+    if found.places is None:
+        count, before = _ahead_in_rows(session, found, query.ranking, score, user_id)
+    else:
+        count, before = _ahead_in_places(session, found, query.ranking, score, user_id)
+    place = 1 + before
+    user = session.get_one(User, user_id)
+    return LeaderboardRow(user.id, user.username, user.real_name, score, place), count, span
+
+
+def _ahead_in_rows(
+    session: Session, found: Board, ranking: Ranking, score: int, user_id: int
+) -> tuple[int, int]:
+    """The board's size and the places ahead of a user's, in one pass over its rows."""
+    rows = found.rows.subquery()
     above = rows.c.score > score
-    # The board's size and the rows ahead of the user in one pass over the period's rows.
-    if query.ranking == "dense_rank":
+    if ranking == "dense_rank":
         ahead = func.count(rows.c.score.distinct()).filter(above)
-    elif query.ranking == "row_number":
+    elif ranking == "row_number":
         ties_before = (rows.c.score == score) & (rows.c.user_id < user_id)
         ahead = func.count().filter(above | ties_before)
     else:
         ahead = func.count().filter(above)
     count, before = session.execute(select(func.count(), ahead).select_from(rows)).one()
-    place = 1 + before
-    user = session.get_one(User, user_id)
-    return LeaderboardRow(user.id, user.username, user.real_name, score, place), count, span
+    return int(count), int(before)
+
+
+def _ahead_in_places(
+    session: Session, found: Board, ranking: Ranking, score: int, user_id: int
+) -> tuple[int, int]:
+    """The board's size and the places ahead of a user's, summed from the users at each
+    score; row_number adds the users tied with it whose id is smaller (an index range)."""
+    assert found.places is not None
+    places = found.places.subquery()
+    above = places.c.score > score
+    ahead: ColumnElement[Any]
+    if ranking == "dense_rank":
+        ahead = func.count(places.c.score.distinct()).filter(above & (places.c.users > 0))
+    else:
+        ahead = func.coalesce(func.sum(places.c.users).filter(above), 0)
+    count, before = session.execute(select(func.coalesce(func.sum(places.c.users), 0), ahead)).one()
+    if ranking == "row_number":
+        rows = found.rows.subquery()
+        before += session.scalar(
+            select(func.count()).where((rows.c.score == score) & (rows.c.user_id < user_id))
+        )
+    return int(count), int(before)

@@ -163,6 +163,7 @@ class Healthy:
     reversal_entry: int
     # An entry of the same account that the reversal does not reverse.
     other_ulid: str
+    tenant_id: str
 
 
 def healthy_ledger(book: Book) -> Healthy:
@@ -188,6 +189,7 @@ def healthy_ledger(book: Book) -> Healthy:
         captured_hold=held,
         reversal_entry=book.entry(undone).id,
         other_ulid=book.entry(plain).ulid,
+        tenant_id=account.tenant_id,
     )
 
 
@@ -244,6 +246,16 @@ CORRUPTIONS = [
         "reversal",
         "entry {reversal_entry}",
         id="reversal",
+    ),
+    pytest.param(
+        # The board of all time counts the account twice at its score.
+        [
+            "UPDATE period_scores SET users = users + 1"
+            " WHERE tenant_id = :tenant_id AND period = 'all' AND kind = 'all' AND users > 0"
+        ],
+        "period_scores",
+        "tenant {tenant_id}",
+        id="period-scores",
     ),
 ]
 

@@ -5,8 +5,8 @@ reversals and bulk-style chunks for three users of a capped points type, moves a
 across days, weeks, months and years (in a tenant time zone with daylight saving or a
 half-hour offset), and applies each chunk with `apply_pending` at that clock. After every
 chunk: each request's outcome and cut equal the model's; `period_totals` equals a SQL
-GROUP BY over the entries and the model's sums; every period's board and each user's
-rank equal the model's, for each ranking.
+GROUP BY over the entries and the model's sums, and `period_scores` counts them; every
+period's board and each user's rank equal the model's, for each ranking.
 """
 
 from __future__ import annotations
@@ -107,6 +107,22 @@ def ranked(totals: dict[int, int], ranking: str) -> list[tuple[int, int, int]]:
             place = out[-1][2]
         out.append((user, total, place))
     return out
+
+
+def scores_of(totals: list) -> dict[tuple, int]:
+    """How many period totals stand at each (period, starts, kind, score, shard): every
+    total on the `all` board, its total without reversals on the `manual` one once it
+    has an entry that is not a reversal, its reversals' total on the `reversals` one."""
+    counted: dict[tuple, int] = defaultdict(int)
+    for account, period, day, total, entries, reversal_total, reversal_entries in totals:
+        shard = ord(account[-1]) & 3
+        places = [("all", total, entries > 0),
+                  ("manual", total - reversal_total, entries > reversal_entries),
+                  ("reversals", reversal_total, reversal_entries > 0)]  # fmt: skip
+        for kind, score, present in places:
+            if present:
+                counted[(period, day, kind, score, shard)] += 1
+    return dict(counted)
 
 
 class PeriodMachine(RuleBasedStateMachine):
@@ -271,6 +287,14 @@ class PeriodMachine(RuleBasedStateMachine):
                 {"t": self.tenant},
             ).all()  # fmt: skip
         assert [tuple(row) for row in stored] == [tuple(row) for row in grouped]
+        # And each board's scores count the period totals standing at them.
+        with self.sessions() as session:
+            kept = session.execute(
+                text("SELECT period, starts, kind, score, shard, users FROM period_scores"
+                     " WHERE tenant_id = :t AND users <> 0"),
+                {"t": self.tenant},
+            ).all()  # fmt: skip
+        assert {tuple(row[:5]): row[5] for row in kept} == scores_of(stored)
 
     @invariant()
     def boards_and_ranks_equal_the_model(self) -> None:
@@ -329,6 +353,66 @@ def test_period_totals_boards_and_caps_follow_the_model(
             phases=list(Phase) if SHRINK else [Phase.explicit, Phase.generate],
         ),
     )
+
+
+def test_concurrent_appliers_moving_accounts_between_shared_scores_count_them_exactly(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Four appliers at once, each on its own accounts, all moving between the same few
+    scores of every board, round after round: none deadlocks, and each score counts
+    exactly the period totals standing at it."""
+    factory = Factory(sessions)
+    caller = factory.caller(Role.MODERATOR)
+    principal = Principal(caller.user_id, caller.tenant_id, caller.username, "", Role.MODERATOR)
+    users = [factory.user().id for _ in range(16)]
+    accounts: dict[int, str] = {}
+    moment = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    failures: list[BaseException] = []
+    for _ in range(8):
+        for index, user in enumerate(users):
+            with transaction(sessions) as session:
+                recorded = submit(
+                    session.connection(), principal, UserRef("user_id", user_id=user),
+                    Adjustment(user_id=user, points_type=POINTS, amount=10 * (index % 3 + 1)),
+                    DEFAULT_POINTS_TYPES[POINTS], None,
+                )  # fmt: skip
+            accounts[user] = recorded.account_id
+        barrier = threading.Barrier(4)
+
+        def chunk(mine: list[str], barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait()
+                with transaction(sessions) as session:
+                    apply_pending(session, mine, 100, {}, at=moment)
+            except BaseException as failure:  # reported by the main thread
+                failures.append(failure)
+
+        ids = [accounts[user] for user in users]
+        threads = [threading.Thread(target=chunk, args=(ids[n::4],)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    with sessions() as session:
+        totals = session.execute(
+            text(
+                "SELECT account_id, period, starts, total, entries, reversal_total,"
+                " reversal_entries FROM period_totals WHERE tenant_id = :t"
+            ),
+            {"t": caller.tenant_id},
+        ).all()
+        kept = session.execute(
+            text("SELECT period, starts, kind, score, shard, users FROM period_scores"
+                 " WHERE tenant_id = :t AND users <> 0"),
+            {"t": caller.tenant_id},
+        ).all()  # fmt: skip
+        board = leaderboard(
+            session, caller.tenant_id, POINTS, LeaderboardQuery(period="day", at=moment)
+        )
+    assert len(totals) == 16 * len(PERIODS)
+    assert {tuple(row[:5]): row[5] for row in kept} == scores_of(totals)
+    assert board.count == 16 and {row.total_score for row in board.rows} == {80, 160, 240}
 
 
 def test_concurrent_requests_for_one_account_never_pass_its_cap(
