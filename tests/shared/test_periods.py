@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -109,7 +110,30 @@ def ranked(totals: dict[int, int], ranking: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def scores_of(totals: list) -> dict[tuple, int]:
+def stored_totals(session: Session, tenant: str) -> list[Any]:
+    """The tenant's period totals: (account, period, starts, total, entries, reversal
+    total, reversal entries)."""
+    return session.execute(
+        text(
+            "SELECT account_id, period, starts, total, entries, reversal_total,"
+            " reversal_entries FROM period_totals WHERE tenant_id = :t ORDER BY 1, 2, 3"
+        ),
+        {"t": tenant},
+    ).all()
+
+
+def kept_scores(session: Session, tenant: str) -> dict[tuple, int]:
+    """The tenant's `period_scores` that count someone: (period, starts, kind, score,
+    shard) -> users."""
+    rows = session.execute(
+        text("SELECT period, starts, kind, score, shard, users FROM period_scores"
+             " WHERE tenant_id = :t AND users <> 0"),
+        {"t": tenant},
+    )  # fmt: skip
+    return {tuple(row[:5]): row[5] for row in rows}
+
+
+def scores_of(totals: list[Any]) -> dict[tuple, int]:
     """How many period totals stand at each (period, starts, kind, score, shard): every
     total on the `all` board, its total without reversals on the `manual` one once it
     has an entry that is not a reversal, its reversals' total on the `reversals` one."""
@@ -265,14 +289,7 @@ class PeriodMachine(RuleBasedStateMachine):
         if not hasattr(self, "tenant"):
             return
         with self.sessions() as session:
-            stored = session.execute(
-                text(
-                    "SELECT account_id, period, starts, total, entries, reversal_total,"
-                    " reversal_entries FROM period_totals WHERE tenant_id = :t"
-                    " ORDER BY 1, 2, 3"
-                ),
-                {"t": self.tenant},
-            ).all()
+            stored = stored_totals(session, self.tenant)
             grouped = session.execute(
                 text("SELECT e.account_id, p.period,"
                      " CASE p.period WHEN 'all' THEN DATE '1970-01-01' ELSE"
@@ -289,12 +306,7 @@ class PeriodMachine(RuleBasedStateMachine):
         assert [tuple(row) for row in stored] == [tuple(row) for row in grouped]
         # And each board's scores count the period totals standing at them.
         with self.sessions() as session:
-            kept = session.execute(
-                text("SELECT period, starts, kind, score, shard, users FROM period_scores"
-                     " WHERE tenant_id = :t AND users <> 0"),
-                {"t": self.tenant},
-            ).all()  # fmt: skip
-        assert {tuple(row[:5]): row[5] for row in kept} == scores_of(stored)
+            assert kept_scores(session, self.tenant) == scores_of(stored)
 
     @invariant()
     def boards_and_ranks_equal_the_model(self) -> None:
@@ -395,23 +407,13 @@ def test_concurrent_appliers_moving_accounts_between_shared_scores_count_them_ex
             thread.join()
     assert failures == []
     with sessions() as session:
-        totals = session.execute(
-            text(
-                "SELECT account_id, period, starts, total, entries, reversal_total,"
-                " reversal_entries FROM period_totals WHERE tenant_id = :t"
-            ),
-            {"t": caller.tenant_id},
-        ).all()
-        kept = session.execute(
-            text("SELECT period, starts, kind, score, shard, users FROM period_scores"
-                 " WHERE tenant_id = :t AND users <> 0"),
-            {"t": caller.tenant_id},
-        ).all()  # fmt: skip
+        totals = stored_totals(session, caller.tenant_id)
+        kept = kept_scores(session, caller.tenant_id)
         board = leaderboard(
             session, caller.tenant_id, POINTS, LeaderboardQuery(period="day", at=moment)
         )
     assert len(totals) == 16 * len(PERIODS)
-    assert {tuple(row[:5]): row[5] for row in kept} == scores_of(totals)
+    assert kept == scores_of(totals)
     assert board.count == 16 and {row.total_score for row in board.rows} == {80, 160, 240}
 
 
