@@ -445,6 +445,11 @@ class PeriodTotal(Base):
     reversal_entries: Mapped[int] = mapped_column(BigInteger)
     # What counted towards the points type's cap (positive adjustments not exempt).
     capped: Mapped[int] = mapped_column(BigInteger)
+    # The account's other figures over the period (migration 0013): what as-of reads.
+    frozen_total: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    expired_total: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    earned_total: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
+    spent_total: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
 
 
 class PeriodScore(Base):

@@ -210,24 +210,29 @@ class Seeder:
             {"entry": entry_id, "id": request_id},
         )
         if reached(self.revision, "0010"):
-            # Counted in its periods (adjustments, in UTC), as the applier does.
+            # Counted in its periods (adjustments, in UTC), as the applier does; from 0013
+            # with what it earned or spent (nothing frozen or expired).
+            figures = reached(self.revision, "0013")
             self.connection.execute(
                 text(
                     "INSERT INTO period_totals AS t (account_id, period, starts, tenant_id,"
                     " points_type, user_id, total, entries, reversal_total, reversal_entries,"
-                    " capped)"
+                    " capped" + (", earned_total, spent_total)" if figures else ")") +
                     " SELECT e.account_id, p.period, CASE p.period WHEN 'all'"
                     " THEN DATE '1970-01-01' ELSE date_trunc(p.period,"
                     " e.created_at AT TIME ZONE 'UTC')::date END, e.tenant_id, e.points_type,"
-                    " a.user_id, e.amount, 1, 0, 0, 0"
+                    " a.user_id, e.amount, 1, 0, 0, 0" +
+                    (", greatest(e.amount, 0), greatest(-e.amount, 0)" if figures else "") +
                     " FROM ledger_entries e JOIN accounts a ON a.id = e.account_id"
                     " CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year',"
                     " 'all']) AS p(period) WHERE e.id = :entry"
                     " ON CONFLICT (account_id, period, starts) DO UPDATE"
-                    " SET total = t.total + excluded.total, entries = t.entries + 1"
+                    " SET total = t.total + excluded.total, entries = t.entries + 1" +
+                    (", earned_total = t.earned_total + excluded.earned_total,"
+                     " spent_total = t.spent_total + excluded.spent_total" if figures else "")
                 ),
                 {"entry": entry_id},
-            )
+            )  # fmt: skip
         if reached(self.revision, "0012"):
             # And each board's scores counted afresh from them.
             tenant = self.connection.scalar(
@@ -303,14 +308,16 @@ def tables_and_columns(connection: Connection) -> dict[str, list[str]]:
 
 
 def snapshot(connection: Connection, tables: dict[str, list[str]]) -> dict[str, list[Any]]:
-    """Every row of these tables, in these columns (those of the older revision)."""
+    """Every row of these tables, in these columns (those of the older revision), in an
+    order that does not depend on where the rows lie (a backfill moves them)."""
     return {
-        table: [
-            tuple(row)
-            for row in connection.execute(
-                text(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}")
-            )
-        ]
+        table: sorted(
+            (
+                tuple(row)
+                for row in connection.execute(text(f"SELECT {', '.join(columns)} FROM {table}"))
+            ),
+            key=repr,
+        )
         for table, columns in tables.items()
     }
 

@@ -244,7 +244,13 @@ WRITE_ENTRIES = text("""
                CAST(COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS bigint)
                    AS reversal_total,
                count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries,
-               sum(c.capped) AS capped
+               sum(c.capped) AS capped,
+               CAST(sum(c.frozen_amount) AS bigint) AS frozen_total,
+               CAST(sum(c.expired) AS bigint) AS expired_total,
+               CAST(COALESCE(sum(c.amount + c.expired) FILTER (WHERE c.amount + c.expired > 0),
+                             0) AS bigint) AS earned_total,
+               CAST(COALESCE(-sum(c.amount + c.expired) FILTER (WHERE c.amount + c.expired < 0),
+                             0) AS bigint) AS spent_total
         FROM entries e
         JOIN chain c ON c.request_id = e.request_id
         JOIN accounts a ON a.id = e.account_id
@@ -254,13 +260,18 @@ WRITE_ENTRIES = text("""
     ), totals AS (
         INSERT INTO period_totals AS t (account_id, period, starts, tenant_id, points_type,
                                         user_id, total, entries, reversal_total,
-                                        reversal_entries, capped)
+                                        reversal_entries, capped, frozen_total,
+                                        expired_total, earned_total, spent_total)
         SELECT * FROM added
         ON CONFLICT (account_id, period, starts) DO UPDATE
         SET total = t.total + excluded.total, entries = t.entries + excluded.entries,
             reversal_total = t.reversal_total + excluded.reversal_total,
             reversal_entries = t.reversal_entries + excluded.reversal_entries,
-            capped = t.capped + excluded.capped
+            capped = t.capped + excluded.capped,
+            frozen_total = t.frozen_total + excluded.frozen_total,
+            expired_total = t.expired_total + excluded.expired_total,
+            earned_total = t.earned_total + excluded.earned_total,
+            spent_total = t.spent_total + excluded.spent_total
         RETURNING t.account_id, t.period, t.starts, t.tenant_id, t.points_type, t.total,
                   t.entries, t.reversal_total, t.reversal_entries
     ), moves AS (

@@ -12,7 +12,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 # Every period of every entry of the tenants named (all of them when :tenants is NULL),
-# in their tenant's time zone, summed as the applier sums them.
+# in their tenant's time zone, summed as the applier sums them: the amounts, and the
+# account's other figures as reconcile counts them (its earned and spent points are
+# each entry's `amount + expired` when above and below zero).
 SUMS = """
     SELECT e.account_id, p.period,
            CASE p.period WHEN 'all' THEN DATE '1970-01-01'
@@ -21,7 +23,12 @@ SUMS = """
            e.tenant_id, e.points_type, a.user_id,
            sum(e.amount) AS total, count(*) AS entries,
            COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS reversal_total,
-           count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries
+           count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries,
+           sum(e.frozen_amount) AS frozen_total, sum(e.expired) AS expired_total,
+           COALESCE(sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired > 0), 0)
+               AS earned_total,
+           COALESCE(-sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired < 0), 0)
+               AS spent_total
     FROM ledger_entries e
     JOIN accounts a ON a.id = e.account_id
     JOIN tenants tn ON tn.id = e.tenant_id
@@ -40,9 +47,11 @@ REBUILD = text(f"""
         RETURNING account_id, period, starts, capped
     )
     INSERT INTO period_totals (account_id, period, starts, tenant_id, points_type, user_id,
-                               total, entries, reversal_total, reversal_entries, capped)
+                               total, entries, reversal_total, reversal_entries, capped,
+                               frozen_total, expired_total, earned_total, spent_total)
     SELECT s.account_id, s.period, s.starts, s.tenant_id, s.points_type, s.user_id, s.total,
-           s.entries, s.reversal_total, s.reversal_entries, COALESCE(o.capped, 0)
+           s.entries, s.reversal_total, s.reversal_entries, COALESCE(o.capped, 0),
+           s.frozen_total, s.expired_total, s.earned_total, s.spent_total
     FROM ({SUMS}) s
     LEFT JOIN old o
         ON o.account_id = s.account_id AND o.period = s.period AND o.starts = s.starts

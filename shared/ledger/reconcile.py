@@ -266,18 +266,28 @@ REVERSAL_MISMATCHES = text("""
     WHERE mismatched OR reversals > 1
 """)
 
+# A period row's figures, to name them in a violation.
+FIGURES = (
+    "CASE WHEN {row}.account_id IS NULL THEN 'no row' ELSE format("
+    "'total %s, entries %s, reversals %s in %s, frozen %s, expired %s, earned %s, spent %s',"
+    " {row}.total, {row}.entries, {row}.reversal_total, {row}.reversal_entries,"
+    " {row}.frozen_total, {row}.expired_total, {row}.earned_total, {row}.spent_total) END"
+)
+
 # Invariant 13: each account's period totals are the sums of its entries in the period
 # (its tenant's calendar), every period with an entry has its row, and no other row is kept.
 PERIOD_MISMATCHES = text(f"""
     WITH summed AS ({SUMS})
     SELECT COALESCE(s.account_id, t.account_id), COALESCE(s.period, t.period),
-           COALESCE(s.starts, t.starts), s.total, t.total
+           COALESCE(s.starts, t.starts), {FIGURES.format(row="s")}, {FIGURES.format(row="t")}
     FROM summed s
     FULL JOIN period_totals t
         ON t.account_id = s.account_id AND t.period = s.period AND t.starts = s.starts
     WHERE s.account_id IS NULL OR t.account_id IS NULL OR s.total <> t.total
        OR s.entries <> t.entries OR s.reversal_total <> t.reversal_total
-       OR s.reversal_entries <> t.reversal_entries
+       OR s.reversal_entries <> t.reversal_entries OR s.frozen_total <> t.frozen_total
+       OR s.expired_total <> t.expired_total OR s.earned_total <> t.earned_total
+       OR s.spent_total <> t.spent_total
 """)
 
 # Invariant 13 too: each score of each period's board counts, shard by shard, the period
@@ -448,7 +458,7 @@ def reconcile(session: Session, window_days: int = 0) -> Report:
                 13,
                 "period_totals",
                 f"account {account}",
-                f"{period} from {starts}: entries sum to {summed}, period_totals keeps {kept}",
+                f"{period} from {starts}: the entries give {summed}; period_totals keeps {kept}",
             )
         )
     for tenant, period, starts, kind, score, shard, counted, kept in session.execute(
