@@ -2,8 +2,8 @@
 
 An account's entries are made in time order (the applier stamps a chunk once its
 accounts are locked), so the state at a moment is what its entries up to that moment
-made: the balance is the last one's `balance_after` (the chain), and the other
-figures are their sums, as reconcile counts them today.
+made: the sums of their figures, as reconcile counts them. Whole months are read from
+the month rows the applier keeps in `period_totals`, the rest from the entries.
 """
 
 from __future__ import annotations
@@ -18,28 +18,49 @@ from sqlalchemy.orm import Session
 
 from shared.ledger.partitions import ulids_before, ulids_from
 
-# Each account as its entries made before :before left it (without any: all zero).
+# Each account as its entries made before :before left it (without any: all zero): the
+# figures its month rows of `period_totals` keep for the months before the one :before
+# falls in (in its tenant's time zone), plus what that month's entries made up to :before.
+# The balance is a sum like the others: the chain makes it one (reconcile's invariant 1).
+# :ulid_from lies before the month's first moment in any time zone, so that only the
+# ledger's partitions of that month and the one before are planned and read.
 AS_OF = text("""
-    SELECT a.id, COALESCE(last.balance_after, 0) AS balance,
-           COALESCE(s.frozen, 0) AS frozen_balance, COALESCE(s.expired, 0) AS expired_points,
-           COALESCE(s.earned, 0) AS total_earned, COALESCE(s.spent, 0) AS total_spent,
-           COALESCE(s.entries, 0) AS entries
+    SELECT a.id,
+           COALESCE(m.total, 0) + COALESCE(e.total, 0) AS balance,
+           COALESCE(m.frozen, 0) + COALESCE(e.frozen, 0) AS frozen_balance,
+           COALESCE(m.expired, 0) + COALESCE(e.expired, 0) AS expired_points,
+           COALESCE(m.earned, 0) + COALESCE(e.earned, 0) AS total_earned,
+           COALESCE(m.spent, 0) + COALESCE(e.spent, 0) AS total_spent,
+           COALESCE(m.entries, 0) + COALESCE(e.entries, 0) AS entries
     FROM accounts a
+    JOIN tenants tn ON tn.id = a.tenant_id
+    CROSS JOIN LATERAL (
+        SELECT date_trunc('month', CAST(:before AS timestamptz) AT TIME ZONE tn.time_zone)
+            AS starts
+    ) this_month
     LEFT JOIN LATERAL (
-        SELECT balance_after FROM ledger_entries e
-        WHERE e.account_id = a.id AND e.created_at < :before AND e.ulid < :ulid_before
-        ORDER BY e.created_at DESC, e.id DESC LIMIT 1
-    ) last ON true
+        SELECT sum(total) AS total, sum(frozen_total) AS frozen, sum(expired_total) AS expired,
+               sum(earned_total) AS earned, sum(spent_total) AS spent, sum(entries) AS entries
+        FROM period_totals t
+        WHERE t.account_id = a.id AND t.period = 'month'
+          AND t.starts < CAST(this_month.starts AS date)
+    ) m ON true
     LEFT JOIN LATERAL (
-        SELECT sum(frozen_amount) AS frozen, sum(expired) AS expired,
+        SELECT sum(amount) AS total, sum(frozen_amount) AS frozen, sum(expired) AS expired,
                sum(amount + expired) FILTER (WHERE amount + expired > 0) AS earned,
                -sum(amount + expired) FILTER (WHERE amount + expired < 0) AS spent,
                count(*) AS entries
-        FROM ledger_entries e
-        WHERE e.account_id = a.id AND e.created_at < :before AND e.ulid < :ulid_before
-    ) s ON true
+        FROM ledger_entries x
+        WHERE x.account_id = a.id
+          AND x.created_at >= this_month.starts AT TIME ZONE tn.time_zone
+          AND x.created_at < :before AND x.ulid >= :ulid_from AND x.ulid < :ulid_before
+    ) e ON true
     WHERE a.id = ANY(:ids)
 """)
+
+# How far before a moment its month may begin, in any time zone (a month of 31 days,
+# and a zone 14 hours behind UTC).
+MONTH_REACH = timedelta(days=32)
 
 
 @dataclass(frozen=True)
@@ -78,8 +99,10 @@ def standings(session: Session, account_ids: Sequence[str], at: datetime) -> dic
 
 def _before(session: Session, account_ids: Sequence[str], before: datetime) -> dict[str, Standing]:
     rows = session.execute(
-        AS_OF, {"ids": list(account_ids), "before": before, "ulid_before": ulids_before(before)}
-    )
+        AS_OF,
+        {"ids": list(account_ids), "before": before,
+         "ulid_from": ulids_from(before - MONTH_REACH), "ulid_before": ulids_before(before)},
+    )  # fmt: skip
     return {row.id: _standing(row) for row in rows}
 
 

@@ -1,12 +1,14 @@
 """Period totals, period leaderboards, own ranks and caps, against a reference model.
 
-A Hypothesis state machine records adjustments (some under an exempt context),
-reversals and bulk-style chunks for three users of a capped points type, moves a clock
-across days, weeks, months and years (in a tenant time zone with daylight saving or a
-half-hour offset), and applies each chunk with `apply_pending` at that clock. After every
-chunk: each request's outcome and cut equal the model's; `period_totals` equals a SQL
-GROUP BY over the entries and the model's sums, and `period_scores` counts them; every
-period's board and each user's rank equal the model's, for each ranking.
+A Hypothesis state machine records adjustments (some under an exempt context), reversals
+and bulk-style chunks for three users of a capped points type, moves a clock across
+days, weeks, months and years and to either side of a local month's first moment (in a
+tenant time zone with daylight saving or a half-hour offset), and applies each chunk
+with `apply_pending` at that clock. After every chunk: each request's outcome and cut
+equal the model's; `period_totals` equals a SQL GROUP BY over the entries and the
+model's sums, and `period_scores` counts them; every period's board and each user's rank
+equal the model's, for each ranking, and each account as of every moment an entry was
+made (and just before) equals replaying the model's entries up to it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from shared.models import Account, LedgerEntry, Operation, Role, Tenant
 from shared.platform.config import DEFAULT_POINTS_TYPES, Cap
 from shared.platform.db import make_engine, make_session_factory, transaction
 from shared.reads.boards import leaderboard, own_rank
+from shared.reads.history import Standing, standings
 from shared.reads.query_params import LeaderboardQuery, OwnRankQuery
 from tests.factories import Factory
 
@@ -220,7 +223,22 @@ class PeriodMachine(RuleBasedStateMachine):
 
     @rule(hours=st.sampled_from([0, 1, 5, 23, 24, 49, 24 * 8, 24 * 40, 24 * 100]))
     def advance(self, hours: int) -> None:
-        self.clock += timedelta(hours=hours, minutes=7)
+        self.advance_to(self.clock + timedelta(hours=hours, minutes=7))
+
+    @rule(minutes=st.sampled_from([-61, -1, 0, 1, 59, 61, 299]))
+    def advance_to_a_month_boundary(self, minutes: int) -> None:
+        """To a few minutes either side of the tenant's next local month: where its month
+        and its UTC month differ."""
+        local = self.clock.astimezone(self.zone)
+        first = (local.replace(day=28) + timedelta(days=4)).replace(
+            day=1, hour=0, minute=0, second=0, microsecond=0
+        )
+        moment = (first + timedelta(minutes=minutes)).astimezone(UTC)
+        if moment > self.clock:
+            self.advance_to(moment)
+
+    def advance_to(self, moment: datetime) -> None:
+        self.clock = moment
         # The ledger takes entries only in months with a partition (docs/storage.md): as
         # the beat does, keep them ahead of the clock, which runs years into the future.
         with transaction(self.sessions) as session:
@@ -343,6 +361,31 @@ class PeriodMachine(RuleBasedStateMachine):
                 assert count == len(expected)
                 got = None if row is None else (row.total_score, row.rank)
                 assert got == places.get(user), (period, kind, ranking, user)
+
+    @invariant()
+    def standings_as_of_each_moment_equal_replaying_the_model(self) -> None:
+        """An account as of each moment an entry was made, and just before it: its month
+        rows before that moment's local month plus that month's entries, against the
+        model's entries up to the moment."""
+        if not hasattr(self, "tenant") or self.pending:
+            return
+        with self.sessions() as session:
+            accounts: dict[int, str] = {
+                user: account
+                for user, account in session.execute(
+                    select(Account.user_id, Account.id).where(Account.tenant_id == self.tenant)
+                )
+            }
+            for moment in sorted({entry.at for entry in self.entries}):
+                for at in (moment - timedelta(microseconds=1), moment):
+                    got = standings(session, list(accounts.values()), at)
+                    for user, account in accounts.items():
+                        made = [e.amount for e in self.entries if e.user == user and e.at <= at]
+                        expected = Standing(
+                            sum(made), 0, 0, sum(a for a in made if a > 0),
+                            -sum(a for a in made if a < 0), len(made),
+                        )  # fmt: skip
+                        assert got[account] == expected, (at, user)
 
     def teardown(self) -> None:
         if hasattr(self, "tenant"):
