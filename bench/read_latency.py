@@ -32,6 +32,18 @@ CONTEXTS = [
     "moderation|warning",
 ]
 
+# Each coarser period and a finer one it nests in.
+ROLLUPS = [("week", "day"), ("month", "day"), ("quarter", "month"), ("year", "month"),
+           ("all", "year")]  # fmt: skip
+
+
+def _starts(period: str) -> str:
+    """The first day of the period a finer period's row (its `starts`) falls in."""
+    if period == "all":
+        return "DATE '1970-01-01'"
+    return f"date_trunc('{period}', starts::timestamp)::date"
+
+
 FILL = [
     "INSERT INTO tenants (id, name) VALUES ('bench', 'bench') ON CONFLICT DO NOTHING",
     """INSERT INTO users (tenant_id, username, real_name, email, avatar, description, role)
@@ -101,17 +113,31 @@ FILL = [
                     COALESCE(-SUM(amount) FILTER (WHERE amount < 0), 0) spent, COUNT(*) n
              FROM ledger_entries WHERE tenant_id = 'bench' GROUP BY account_id) s
        WHERE a.id = s.account_id""",
-    # The period totals the applier would have kept (UTC).
+    # The period totals the applier would have kept (UTC): the days summed from the
+    # entries, each coarser period from a finer one it nests in (a week from its days, a
+    # quarter and a year from their months, all time from the years), so no statement
+    # groups more rows than the ledger has.
     """INSERT INTO period_totals (account_id, period, starts, tenant_id, points_type, user_id,
-                                 total, entries, reversal_total, reversal_entries, capped)
-       SELECT e.account_id, p.period,
-              CASE p.period WHEN 'all' THEN DATE '1970-01-01'
-                   ELSE date_trunc(p.period, e.created_at AT TIME ZONE 'UTC')::date END,
-              'bench', 'reputation', a.user_id, sum(e.amount), count(*), 0, 0, 0
+                                 total, entries, reversal_total, reversal_entries, capped,
+                                 frozen_total, expired_total, earned_total, spent_total)
+       SELECT e.account_id, 'day', (e.created_at AT TIME ZONE 'UTC')::date, 'bench',
+              'reputation', a.user_id, sum(e.amount), count(*), 0, 0, 0, 0, 0,
+              COALESCE(sum(e.amount) FILTER (WHERE e.amount > 0), 0),
+              COALESCE(-sum(e.amount) FILTER (WHERE e.amount < 0), 0)
        FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
-       CROSS JOIN unnest(ARRAY['day', 'week', 'month', 'quarter', 'year', 'all']) AS p(period)
        WHERE e.tenant_id = 'bench'
-       GROUP BY 1, 2, 3, 6""",
+       GROUP BY 1, 3, 6""",
+    *(
+        f"""INSERT INTO period_totals (account_id, period, starts, tenant_id, points_type,
+                                      user_id, total, entries, reversal_total,
+                                      reversal_entries, capped, frozen_total, expired_total,
+                                      earned_total, spent_total)
+            SELECT account_id, '{period}', {_starts(period)}, 'bench', 'reputation', user_id,
+                   sum(total), sum(entries), 0, 0, 0, 0, 0, sum(earned_total), sum(spent_total)
+            FROM period_totals WHERE tenant_id = 'bench' AND period = '{finer}'
+            GROUP BY 1, 3, 6"""
+        for period, finer in ROLLUPS
+    ),
     # And how many of them stand at each score (shared/ledger/periods.py's SCORES).
     """INSERT INTO period_scores (tenant_id, points_type, period, starts, kind, score, shard,
                                  users)
