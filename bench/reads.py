@@ -2,7 +2,7 @@
 
 Fills (once) 10,000,000 entries over 100,000 users of one tenant, spread over 730 days
 (bench/read_latency.py's set-based fill, with the period totals the applier keeps, then
-ANALYZE), then, while a writer thread records and applies adjustments at --rate a
+ANALYZE), then, while a writer process records and applies adjustments at --rate a
 second through the real applier (a chunk of rate/10 requests on as many accounts every
 0.1 s, so the period totals are written as reads run; the table maintenance beat asks
 for runs before the reads and every 60 s, as TALLY_ANALYZE_INTERVAL's default), prints
@@ -20,11 +20,13 @@ Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/reads.py [--entri
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import statistics
-import threading
 import time
 from datetime import UTC, datetime, timedelta
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
 
 import psutil
 from common import calibration_ms  # bench/common.py, beside this script
@@ -51,40 +53,39 @@ def maintain_now(resources: Resources) -> list[str]:
         return maintain(connection.execution_options(isolation_level="AUTOCOMMIT"))
 
 
-class Writer(threading.Thread):
-    """Adjustments at `rate` a second through the real accept and apply functions."""
-
-    def __init__(self, resources: Resources, admin: User, users: list[int], rate: int) -> None:
-        super().__init__(daemon=True)
-        self.resources, self.users, self.rate = resources, users, rate
-        self.principal = Principal(admin.id, TENANT, admin.username, "", Role.ADMIN)
-        self.stop = threading.Event()
-        self.applied = 0
-
-    def run(self) -> None:
-        points_type = DEFAULT_POINTS_TYPES["reputation"]
-        per_tick = max(self.rate // 10, 1)
-        next_tick = time.monotonic()
-        next_maintenance = next_tick + MAINTENANCE_SECONDS
-        while not self.stop.is_set():
-            if time.monotonic() >= next_maintenance:  # as beat asks for it
-                next_maintenance += MAINTENANCE_SECONDS
-                print(f"  (maintenance: {maintain_now(self.resources)})", flush=True)
-            accounts = []
-            with self.resources.sessions.begin() as session:
-                for user in random.sample(self.users, per_tick):
-                    amount = random.choice([-2, 1, 5, 10])
-                    adjustment = Adjustment(
-                        user_id=user, points_type="reputation", amount=amount, comment="w"
-                    )
-                    recorded = submit(session.connection(), self.principal,
-                                      UserRef("user_id", user_id=user), adjustment,
-                                      points_type, None)  # fmt: skip
-                    accounts.append(recorded.account_id)
-            with self.resources.sessions.begin() as session:
-                self.applied += len(apply_pending(session, accounts, len(accounts)).outcomes)
-            next_tick += 0.1
-            time.sleep(max(next_tick - time.monotonic(), 0))
+def write(rate: int, users: list[int], stop: Event, applied: Synchronized[int]) -> None:
+    """Adjustments at `rate` a second through the real accept and apply functions, in a
+    process of their own (as the API and the workers are), until `stop` is set."""
+    resources = Resources(load_settings())
+    with resources.sessions.begin() as session:
+        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
+        principal = Principal(admin.id, TENANT, admin.username, "", Role.ADMIN)
+    points_type = DEFAULT_POINTS_TYPES["reputation"]
+    per_tick = max(rate // 10, 1)
+    next_tick = time.monotonic()
+    next_maintenance = next_tick + MAINTENANCE_SECONDS
+    while not stop.is_set():
+        if time.monotonic() >= next_maintenance:  # as beat asks for it
+            next_maintenance += MAINTENANCE_SECONDS
+            print(f"  (maintenance: {maintain_now(resources)})", flush=True)
+        accounts = []
+        with resources.sessions.begin() as session:
+            for user in random.sample(users, per_tick):
+                amount = random.choice([-2, 1, 5, 10])
+                adjustment = Adjustment(
+                    user_id=user, points_type="reputation", amount=amount, comment="w"
+                )
+                recorded = submit(session.connection(), principal,
+                                  UserRef("user_id", user_id=user), adjustment,
+                                  points_type, None)  # fmt: skip
+                accounts.append(recorded.account_id)
+        with resources.sessions.begin() as session:
+            done = len(apply_pending(session, accounts, len(accounts)).outcomes)
+        with applied.get_lock():
+            applied.value += done
+        next_tick += 0.1
+        time.sleep(max(next_tick - time.monotonic(), 0))
+    resources.close()
 
 
 # Bytes on disk per row: the heap (with TOAST) and the indexes of every partition.
@@ -152,7 +153,9 @@ def main() -> None:
 
     storage(resources)
     wal_before = wal_position(resources)
-    writer = Writer(resources, admin, users, args.rate)
+    spawn = multiprocessing.get_context("spawn")
+    stop, applied = spawn.Event(), spawn.Value("q", 0)
+    writer = spawn.Process(target=write, args=(args.rate, users, stop, applied), daemon=True)
     writer.start()
     started = time.monotonic()
     now = datetime.now(UTC)
@@ -207,13 +210,13 @@ def main() -> None:
         f"export (ndjson, {rows:,} rows)           {rows / seconds:,.0f} rows/s,"
         f" RSS growth {(peak - rss_before) / 2**20:.1f} MB"
     )
-    writer.stop.set()
+    stop.set()
     writer.join()
     elapsed = time.monotonic() - started
     wal = wal_position(resources) - wal_before
-    print(f"writes meanwhile: {writer.applied:,} applied in {elapsed:.0f} s"
-          f" ({writer.applied / elapsed:.0f}/s); WAL {wal / 2**20:.0f} MiB,"
-          f" {wal / max(writer.applied, 1) / 1024:.1f} kB per adjustment (with the"
+    print(f"writes meanwhile: {applied.value:,} applied in {elapsed:.0f} s"
+          f" ({applied.value / elapsed:.0f}/s); WAL {wal / 2**20:.0f} MiB,"
+          f" {wal / max(applied.value, 1) / 1024:.1f} kB per adjustment (with the"
           f" maintenance's vacuums and the reads' hint bits)")  # fmt: skip
     resources.close()
 
