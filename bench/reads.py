@@ -194,6 +194,8 @@ def main() -> None:
         timings = [timed(url()) for _ in range(args.runs)]
         print(f"{name:<36} {percentiles(timings)}", flush=True)
 
+    reads_took = time.monotonic() - started
+    print(f"writes during the reads: {applied.value / reads_took:.0f}/s", flush=True)
     process = psutil.Process()
     rss_before = process.memory_info().rss
     peak = rss_before
