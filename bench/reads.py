@@ -11,8 +11,8 @@ p50 / p99 of:
   - a user's own rank (a random user, week),
   - a balance as of a random moment,
   - a statement page (a random user, a random 30 days),
-and the export's rate (every entry as NDJSON through the streaming route) with the
-process's RSS growth. A calibration figure (a fixed CPU loop) is printed beside them.
+and the export's rate (every entry as NDJSON, then as CSV, through the streaming route)
+with the process's RSS growth. A calibration figure (a fixed CPU loop) is printed beside them.
 
 Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/reads.py [--entries N]
 """
@@ -30,6 +30,7 @@ from multiprocessing.synchronize import Event
 
 import psutil
 from common import calibration_ms  # bench/common.py, beside this script
+from flask.testing import FlaskClient
 from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
@@ -114,6 +115,25 @@ def wal_position(resources: Resources) -> int:
         return int(connection.scalar(text("SELECT pg_current_wal_lsn() - '0/0'")))
 
 
+def export_rate(client: FlaskClient, headers: dict[str, str], form: str) -> None:
+    """Every entry through the streaming export route: its rate, and the RSS growth."""
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    peak = rss_before
+    started = time.perf_counter()
+    rows = 0
+    response = client.get(f"/api/v2/export?format={form}", headers=headers, buffered=False)
+    for block in response.response:
+        rows += block.count(b"\n")
+        if rows % 65536 < 200:
+            peak = max(peak, process.memory_info().rss)
+    seconds = time.perf_counter() - started
+    peak = max(peak, process.memory_info().rss)
+    label = f"export ({form}, {rows:,} rows)"
+    growth = (peak - rss_before) / 2**20
+    print(f"{label:<36} {rows / seconds:,.0f} rows/s, RSS growth {growth:.1f} MB", flush=True)
+
+
 def percentiles(timings: list[float]) -> str:
     ordered = sorted(timings)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -196,22 +216,8 @@ def main() -> None:
 
     reads_took = time.monotonic() - started
     print(f"writes during the reads: {applied.value / reads_took:.0f}/s", flush=True)
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
-    peak = rss_before
-    started_export = time.perf_counter()
-    rows = 0
-    response = client.get("/api/v2/export?format=ndjson", headers=headers, buffered=False)
-    for block in response.response:
-        rows += block.count(b"\n")
-        if rows % 65536 < 200:
-            peak = max(peak, process.memory_info().rss)
-    seconds = time.perf_counter() - started_export
-    peak = max(peak, process.memory_info().rss)
-    print(
-        f"export (ndjson, {rows:,} rows)           {rows / seconds:,.0f} rows/s,"
-        f" RSS growth {(peak - rss_before) / 2**20:.1f} MB"
-    )
+    for form in ("ndjson", "csv"):
+        export_rate(client, headers, form)
     stop.set()
     writer.join()
     elapsed = time.monotonic() - started
