@@ -11,24 +11,28 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+# What a set of entries `e` sums to, in the columns of `period_totals`: its amounts and
+# count, and the account's other figures as reconcile counts them (earned and spent
+# points are each entry's `amount + expired` when above and below zero).
+ENTRY_FIGURES = """
+    sum(e.amount) AS total, count(*) AS entries,
+    sum(e.frozen_amount) AS frozen_total, sum(e.expired) AS expired_total,
+    COALESCE(sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired > 0), 0)
+        AS earned_total,
+    COALESCE(-sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired < 0), 0)
+        AS spent_total
+"""
+
 # Every period of every entry of the tenants named (all of them when :tenants is NULL),
-# in their tenant's time zone, summed as the applier sums them: the amounts, and the
-# account's other figures as reconcile counts them (its earned and spent points are
-# each entry's `amount + expired` when above and below zero).
-SUMS = """
+# in their tenant's time zone, summed as the applier sums them.
+SUMS = f"""
     SELECT e.account_id, p.period,
            CASE p.period WHEN 'all' THEN DATE '1970-01-01'
                 ELSE date_trunc(p.period, e.created_at AT TIME ZONE tn.time_zone)::date
            END AS starts,
-           e.tenant_id, e.points_type, a.user_id,
-           sum(e.amount) AS total, count(*) AS entries,
+           e.tenant_id, e.points_type, a.user_id, {ENTRY_FIGURES},
            COALESCE(sum(e.amount) FILTER (WHERE e.type = 'reversal'), 0) AS reversal_total,
-           count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries,
-           sum(e.frozen_amount) AS frozen_total, sum(e.expired) AS expired_total,
-           COALESCE(sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired > 0), 0)
-               AS earned_total,
-           COALESCE(-sum(e.amount + e.expired) FILTER (WHERE e.amount + e.expired < 0), 0)
-               AS spent_total
+           count(*) FILTER (WHERE e.type = 'reversal') AS reversal_entries
     FROM ledger_entries e
     JOIN accounts a ON a.id = e.account_id
     JOIN tenants tn ON tn.id = e.tenant_id

@@ -17,21 +17,23 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from shared.ledger.partitions import ulids_before, ulids_from
+from shared.ledger.periods import ENTRY_FIGURES
 
 # Each account as its entries made before :before left it (without any: all zero): the
 # figures its month rows of `period_totals` keep for the months before the one :before
-# falls in (in its tenant's time zone), plus what that month's entries made up to :before.
+# falls in, in its tenant's time zone (`past`), plus what that month's entries made up to
+# :before (`part`, summed as the period totals are).
 # The balance is a sum like the others: the chain makes it one (reconcile's invariant 1).
 # :ulid_from lies before the month's first moment in any time zone, so that only the
 # ledger's partitions of that month and the one before are planned and read.
-AS_OF = text("""
+AS_OF = text(f"""
     SELECT a.id,
-           COALESCE(m.total, 0) + COALESCE(e.total, 0) AS balance,
-           COALESCE(m.frozen, 0) + COALESCE(e.frozen, 0) AS frozen_balance,
-           COALESCE(m.expired, 0) + COALESCE(e.expired, 0) AS expired_points,
-           COALESCE(m.earned, 0) + COALESCE(e.earned, 0) AS total_earned,
-           COALESCE(m.spent, 0) + COALESCE(e.spent, 0) AS total_spent,
-           COALESCE(m.entries, 0) + COALESCE(e.entries, 0) AS entries
+           COALESCE(past.total, 0) + COALESCE(part.total, 0) AS balance,
+           COALESCE(past.frozen_total, 0) + COALESCE(part.frozen_total, 0) AS frozen_balance,
+           COALESCE(past.expired_total, 0) + COALESCE(part.expired_total, 0) AS expired_points,
+           COALESCE(past.earned_total, 0) + COALESCE(part.earned_total, 0) AS total_earned,
+           COALESCE(past.spent_total, 0) + COALESCE(part.spent_total, 0) AS total_spent,
+           COALESCE(past.entries, 0) + COALESCE(part.entries, 0) AS entries
     FROM accounts a
     JOIN tenants tn ON tn.id = a.tenant_id
     CROSS JOIN LATERAL (
@@ -39,22 +41,20 @@ AS_OF = text("""
             AS starts
     ) this_month
     LEFT JOIN LATERAL (
-        SELECT sum(total) AS total, sum(frozen_total) AS frozen, sum(expired_total) AS expired,
-               sum(earned_total) AS earned, sum(spent_total) AS spent, sum(entries) AS entries
+        SELECT sum(total) AS total, sum(entries) AS entries,
+               sum(frozen_total) AS frozen_total, sum(expired_total) AS expired_total,
+               sum(earned_total) AS earned_total, sum(spent_total) AS spent_total
         FROM period_totals t
         WHERE t.account_id = a.id AND t.period = 'month'
           AND t.starts < CAST(this_month.starts AS date)
-    ) m ON true
+    ) past ON true
     LEFT JOIN LATERAL (
-        SELECT sum(amount) AS total, sum(frozen_amount) AS frozen, sum(expired) AS expired,
-               sum(amount + expired) FILTER (WHERE amount + expired > 0) AS earned,
-               -sum(amount + expired) FILTER (WHERE amount + expired < 0) AS spent,
-               count(*) AS entries
-        FROM ledger_entries x
-        WHERE x.account_id = a.id
-          AND x.created_at >= this_month.starts AT TIME ZONE tn.time_zone
-          AND x.created_at < :before AND x.ulid >= :ulid_from AND x.ulid < :ulid_before
-    ) e ON true
+        SELECT {ENTRY_FIGURES}
+        FROM ledger_entries e
+        WHERE e.account_id = a.id
+          AND e.created_at >= this_month.starts AT TIME ZONE tn.time_zone
+          AND e.created_at < :before AND e.ulid >= :ulid_from AND e.ulid < :ulid_before
+    ) part ON true
     WHERE a.id = ANY(:ids)
 """)
 
