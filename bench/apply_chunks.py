@@ -10,7 +10,7 @@ and the part spent in PL/pgSQL trigger functions (the event log's; read from
 `pg_stat_xact_user_functions` with `track_functions = 'pl'`, a superuser's setting as
 the suite's and the benchmarks' databases give). Run it on two commits to compare.
 
-Usage: TALLY_DATABASE_URL=... python bench/apply_chunks.py [--runs 200]
+Usage: TALLY_DATABASE_URL=... python bench/apply_chunks.py [--runs 200] [--warm]
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ TENANT = "applybench"
 SIZES = (1, 4, 16, 64)
 
 
-def provision(resources: Resources, count: int) -> list[str]:
-    """The accounts of `count` users, each with one queued adjustment of 5 points."""
+def provision(resources: Resources, count: int, warm: bool) -> list[str]:
+    """The accounts of `count` users, each with one queued adjustment of 5 points; `warm`:
+    each has had one applied first, so that applying updates its period rows (as on an
+    account active today) rather than inserting them."""
     with resources.sessions.begin() as session:
         ensure_tenant(session, TENANT)
         session.execute(
@@ -57,12 +59,22 @@ def provision(resources: Resources, count: int) -> list[str]:
     principal = Principal(ids[0], TENANT, "apply_0", "", Role.MODERATOR)
     points = resources.settings.points_type(resources.settings.default_points_type)
     assert points is not None
-    with resources.engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        for user_id in ids[1:]:
-            adjustment = Adjustment(None, points.name, 5, comment="apply bench")
-            target = UserRef("user_id", user_id=user_id)
-            submit(connection, principal, target, adjustment, points, f"apply-bench-{user_id}")
+    for round in ("first", "timed") if warm else ("timed",):
+        with resources.engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for user_id in ids[1:]:
+                adjustment = Adjustment(None, points.name, 5, comment="apply bench")
+                target = UserRef("user_id", user_id=user_id)
+                key = f"apply-bench-{round}-{user_id}"
+                submit(connection, principal, target, adjustment, points, key)
+        if round == "first":
+            with resources.sessions.begin() as session:
+                accounts = session.scalars(
+                    text("SELECT DISTINCT account_id FROM adjustment_requests"
+                         " WHERE tenant_id = :t AND status = 'queued'"),
+                    {"t": TENANT},
+                ).all()  # fmt: skip
+                apply_pending(session, accounts, len(accounts))
     with resources.engine.connect() as connection:
         accounts = connection.scalars(
             text("SELECT account_id FROM adjustment_requests WHERE tenant_id = :t"
@@ -90,6 +102,13 @@ def time_chunk(resources: Resources, accounts: list[str]) -> tuple[float, float]
             elapsed = time.perf_counter() - started
         assert len(applied.outcomes) == len(accounts)
         in_triggers += float(connection.scalar(IN_TRIGGERS))
+        # Rolled back through libpq: psycopg's own rollback() forgets the connection's
+        # prepared statements, which a worker's connection, whose transactions commit,
+        # keeps (it prepares a statement on its fifth run). Then SQLAlchemy's rollback
+        # finds the connection idle.
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.pgconn.exec_(b"ROLLBACK")
         connection.rollback()
     return elapsed * 1000, in_triggers
 
@@ -97,11 +116,15 @@ def time_chunk(resources: Resources, accounts: list[str]) -> tuple[float, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument(
+        "--warm", action="store_true",
+        help="the accounts have an entry already: their period rows are updated",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = load_settings()
     upgrade(settings.database_url)
     resources = Resources(settings)
-    accounts = provision(resources, max(SIZES))
+    accounts = provision(resources, max(SIZES), args.warm)
     print(f"calibration (fixed CPU loop): {calibration_ms():.1f} ms")
     rows = [("chunk", "ms per chunk", "of it in triggers", "ms per adjustment")]
     figures = []
