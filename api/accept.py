@@ -27,6 +27,7 @@ from shared.intake.idempotency import IdempotencyConflict
 from shared.intake.validation import FieldError, UserRef
 from shared.models import FINAL_STATUSES
 from shared.platform.config import PointsType
+from shared.platform.db import autocommit
 from shared.platform.metrics import ADJUSTMENTS_ACCEPTED
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,8 @@ def submit(
     # is then as safe as with the caller's own.
     idempotency_key = idempotency_key or new_idempotency_key()
     try:
-        with resources().engine.connect() as connection:
-            # One statement, its own transaction: committed when it returns.
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        # One statement, its own transaction: committed when it returns.
+        with autocommit(resources().engine) as connection:
             recorded = record(
                 connection, principal, target, adjustment, points_type, idempotency_key
             )
@@ -165,7 +165,7 @@ FINAL_STATE = text("""
 
 def final_state(request_id: int) -> Completion | None:
     """The request's outcome as stored, or None while it is pending."""
-    with resources().engine.connect() as connection:
+    with autocommit(resources().engine) as connection:
         row = connection.execute(FINAL_STATE, {"id": request_id}).one()
     if row.status not in FINAL_STATUSES:
         return None

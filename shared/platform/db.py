@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,6 +100,19 @@ def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> b
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection on which each statement is its own transaction, committed when it
+    returns: for work that needs no transaction around its statements.
+
+    Closing it rolls nothing back. psycopg's rollback() of an open transaction forgets
+    every statement the connection prepared (and counts their runs again from zero), so
+    a pooled connection whose transactions often end in a rollback, as a read's does,
+    has its statements parsed and planned again on nearly every run."""
+    with engine.connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextmanager
