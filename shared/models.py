@@ -453,8 +453,10 @@ class PeriodTotal(Base):
 
 
 class PeriodScore(Base):
-    """How many accounts stand at one score on one period's board (of one kind: `all`,
-    `manual`, `reversals`): what a board's size and a rank are summed from.
+    """How many accounts stand at one score on one period's boards: what a board's size
+    and a rank are summed from. Of one kind: `plain` (totals without reversals, on the
+    `all` and `manual` boards alike), or `all`, `manual`, `reversals` (totals with
+    reversals, on that board; migration 0014).
 
     The applier moves each account it writes from its old score to its new one in the
     statement that updates its period totals; `period_score_kinds()` says where a
@@ -463,7 +465,9 @@ class PeriodScore(Base):
     """
 
     __tablename__ = "period_scores"
-    __table_args__ = (CheckConstraint("kind IN ('all', 'manual', 'reversals')", name="kind_known"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('plain', 'all', 'manual', 'reversals')", name="kind_known"),
+    )
 
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     points_type: Mapped[str] = mapped_column(String(64), primary_key=True)

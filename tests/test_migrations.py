@@ -56,6 +56,8 @@ HISTORY = [
 ]
 HEAD = HISTORY[-1]
 TENANT = "mig"
+# Tables a migration fills afresh from others (0014: the board scores, from the totals).
+RECOUNTED = {"period_scores"}
 TOKEN = "tly_migration-test-token"
 REPUTATION = DEFAULT_POINTS_TYPES["reputation"]
 POINTS = DEFAULT_POINTS_TYPES["points"]
@@ -331,6 +333,13 @@ class Before:
     rows: dict[str, list[Any]]
 
 
+def assert_rows_kept(connection: Connection, before: Before) -> None:
+    """The rows seeded are all there, unchanged in the older revision's columns, but those
+    of RECOUNTED, which reconcile checks against the tables they are counted from."""
+    compared = {t: columns for t, columns in before.tables.items() if t not in RECOUNTED}
+    assert snapshot(connection, compared) == {t: before.rows[t] for t in compared}
+
+
 def url_of(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
@@ -360,7 +369,7 @@ def test_a_database_at_each_revision_upgrades_to_head_and_keeps_working(
     assert current_revision(engine) == HEAD
 
     with engine.connect() as connection:
-        assert snapshot(connection, before.tables) == before.rows
+        assert_rows_kept(connection, before)
         # Columns added since: their defaults, or (0005) counted from the requests.
         assert connection.execute(
             text("SELECT DISTINCT frozen_amount FROM ledger_entries")
@@ -444,7 +453,7 @@ def test_tally_db_upgrade_twice_on_a_database_with_rows(engine: Engine, revision
         assert json.loads(result.stdout) == {"status": "ok"}
         assert current_revision(engine) == HEAD
         with engine.connect() as connection:
-            assert snapshot(connection, before.tables) == before.rows
+            assert_rows_kept(connection, before)
     with make_session_factory(engine)() as session:
         assert reconcile(session).violations == []
 

@@ -3,9 +3,10 @@
 Most boards are read from `period_totals`, which the applier keeps in the transaction
 that writes the entries (docs/periods.md): the rows of one period are one range of an
 index ordered by total, so a page reads only what it shows. Their sizes and ranks are
-summed from `period_scores`, how many users stand at each score, which the applier
-keeps in the same statement: a sum over the period's distinct scores rather than a
-count of its rows, most of which writes keep sending back to the table. A board
+summed from `period_scores`, how many users stand at each score (in one or two kinds of
+row: SCORE_KINDS), which the applier keeps in the same statement: a sum over the
+period's distinct scores rather than a count of its rows, most of which writes keep
+sending back to the table. A board
 that filters entries by their text (`search`, `reputation_context`) or by an arbitrary
 time range sums the matching entries instead; both give the same totals.
 """
@@ -106,6 +107,15 @@ class Kind(Enum):
     NONE = "none"
 
 
+# The kinds of `period_scores` each board sums (migration 0014): a period total without
+# reversals stands once, as `plain`, at the same score on the `all` and `manual` boards.
+SCORE_KINDS = {
+    Kind.ALL: ("plain", "all"),
+    Kind.MANUAL: ("plain", "manual"),
+    Kind.REVERSALS: ("reversals",),
+}
+
+
 def kind_of(query: BoardQuery) -> Kind:
     """The entries that count: reputation types and exclusions narrow {manual, reversals}."""
     manual, reversals = True, True
@@ -176,7 +186,7 @@ def _board_of_totals(
         PeriodScore.points_type == points_type,
         PeriodScore.period == str(span.period),
         PeriodScore.starts == span.starts,
-        PeriodScore.kind == kind.value,
+        PeriodScore.kind.in_(SCORE_KINDS[kind]),
     )
     return Board(rows, score, PeriodTotal.user_id, places)
 

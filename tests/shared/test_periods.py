@@ -137,15 +137,18 @@ def kept_scores(session: Session, tenant: str) -> dict[tuple, int]:
 
 
 def scores_of(totals: list[Any]) -> dict[tuple, int]:
-    """How many period totals stand at each (period, starts, kind, score, shard): every
-    total on the `all` board, its total without reversals on the `manual` one once it
-    has an entry that is not a reversal, its reversals' total on the `reversals` one."""
+    """How many period totals stand at each (period, starts, kind, score, shard): a total
+    without reversals once, as `plain`; one with reversals on the `all` board, on the
+    `manual` one at its total without them (if it has another entry), and on the
+    `reversals` one at theirs."""
     counted: dict[tuple, int] = defaultdict(int)
     for account, period, day, total, entries, reversal_total, reversal_entries in totals:
         shard = ord(account[-1]) & 3
-        places = [("all", total, entries > 0),
-                  ("manual", total - reversal_total, entries > reversal_entries),
-                  ("reversals", reversal_total, reversal_entries > 0)]  # fmt: skip
+        reversed_ = reversal_entries > 0
+        places = [("plain", total, entries > 0 and not reversed_),
+                  ("all", total, reversed_),
+                  ("manual", total - reversal_total, reversed_ and entries > reversal_entries),
+                  ("reversals", reversal_total, reversed_)]  # fmt: skip
         for kind, score, present in places:
             if present:
                 counted[(period, day, kind, score, shard)] += 1
