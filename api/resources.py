@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.flow.notify import AnnouncementListener, CompletionListener
 from shared.intake.auth import TokenCache
+from shared.platform.db import end_unwritten
 from shared.platform.replicas import ReadTarget
 from shared.platform.resources import Resources
 from worker.app import TallyCelery
@@ -69,10 +70,11 @@ def read_session() -> Session:
 
 
 def release_session() -> None:
-    """End this request's transaction, if one is open, so its connection goes back to the pool."""
+    """End this request's transaction, if one is open, so its connection goes back to the
+    pool: what it did not commit is not kept."""
     session: Session | None = g.get("db_session")
     if session is not None:
-        session.rollback()
+        end_unwritten(session)
 
 
 def wait_slots() -> threading.BoundedSemaphore:
@@ -134,6 +136,7 @@ def init_app(app: Flask, celery: TallyCelery) -> None:
             if session is None:
                 continue
             try:
+                end_unwritten(session)
                 session.close()
             except sqlalchemy.exc.DBAPIError as error:
                 # The answer is already made; a connection PostgreSQL cut must not turn it

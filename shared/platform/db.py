@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from psycopg.pq import TransactionStatus
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -113,6 +114,31 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
     has its statements parsed and planned again on nearly every run."""
     with engine.connect() as connection:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+# Whether the transaction has written: PostgreSQL gives it an id on its first write.
+WROTE = text("SELECT txid_current_if_assigned() IS NOT NULL")
+
+
+def end_unwritten(session: Session) -> None:
+    """End the session's transaction, keeping nothing it did not commit: one that wrote
+    nothing is committed, which for it is the same as a rollback but keeps psycopg's
+    prepared statements (see autocommit); any other is rolled back."""
+    transaction = session.get_transaction()
+    if (
+        transaction is not None
+        and transaction.is_active
+        and not (session.new or session.dirty or session.deleted)
+    ):
+        connection = session.connection()
+        raw = connection.connection.driver_connection
+        assert raw is not None  # a connection checked out of the pool
+        keeps_statements = raw.prepare_threshold is not None  # None: never prepares
+        in_transaction = raw.info.transaction_status == TransactionStatus.INTRANS
+        if keeps_statements and in_transaction and not connection.scalar(WROTE):
+            session.commit()
+            return
+    session.rollback()
 
 
 @contextmanager

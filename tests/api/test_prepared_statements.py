@@ -1,4 +1,4 @@
-"""A waited adjustment leaves its connection's prepared statements in place.
+"""Requests leave their connection's prepared statements in place.
 
 psycopg prepares a statement on its fifth run on a connection, and forgets every
 statement it prepared there when a transaction on the connection is rolled back. The
@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 from flask import Flask
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from api.accept import FINAL_STATE
 from shared.intake.adjustments import SUBMIT_BY_ID
+from shared.platform.db import end_unwritten, make_engine
 from tests.factories import Caller, Factory
 
 RUNS = 8  # psycopg prepares on the fifth
@@ -36,12 +38,50 @@ def test_waited_adjustments_keep_their_statements_prepared(
         )
         assert response.status_code == 201, response.json
 
-    engine = app.extensions["tally"].resources.engine
-    with engine.connect() as connection:
-        prepared = connection.scalars(text("SELECT statement FROM pg_prepared_statements")).all()
     # psycopg sends a statement with its placeholders numbered: compare the words before
     # the first one.
-    held = [" ".join(statement.split()) for statement in prepared]
+    held = prepared_statements(app)
     for statement in (SUBMIT_BY_ID, str(FINAL_STATE)):
         head = " ".join(statement.split()[:12])
         assert any(sql.startswith(head) for sql in held), (head, held)
+
+
+def prepared_statements(app: Flask) -> list[str]:
+    """The statements PostgreSQL holds prepared on the app's (one) connection, their words
+    joined by single spaces."""
+    engine = app.extensions["tally"].resources.engine
+    with engine.connect() as connection:
+        held = connection.scalars(text("SELECT statement FROM pg_prepared_statements")).all()
+    return [" ".join(statement.split()) for statement in held]
+
+
+def test_a_read_route_keeps_its_statements_prepared(
+    app_with: Callable[..., Flask], factory: Factory, moderator: Caller
+) -> None:
+    """A request that only reads ends its transaction with a commit (db.end_unwritten)."""
+    app = app_with(db_pool_size=1)
+    client = app.test_client()
+    for _ in range(RUNS):
+        response = client.get("/api/v2/score/leaderboard/", headers=moderator.headers)
+        assert response.status_code == 200, response.json
+    assert any("FROM period_scores" in sql for sql in prepared_statements(app))
+
+
+def test_a_session_ended_unwritten_keeps_no_write_it_did_not_commit(
+    own_database: str,
+) -> None:
+    engine = make_engine(own_database, pool_size=1)
+    try:
+        with Session(engine) as session:
+            session.execute(text("INSERT INTO tenants (id, name) VALUES ('unkept', 'x')"))
+            end_unwritten(session)
+        with Session(engine) as session:
+            for _ in range(RUNS):
+                session.scalar(text("SELECT count(*) FROM tenants WHERE id = :id"), {"id": "x"})
+            end_unwritten(session)
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT count(*) FROM tenants WHERE id = 'unkept'")) == 0
+            held = connection.scalars(text("SELECT statement FROM pg_prepared_statements")).all()
+        assert any("FROM tenants WHERE id" in sql for sql in held), held
+    finally:
+        engine.dispose()
