@@ -26,7 +26,7 @@ from shared.ledger.partitions import make_partitions_ahead
 from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import AdjustmentStatus
 from shared.platform import logs
-from shared.platform.db import transaction
+from shared.platform.db import autocommit, transaction
 from shared.platform.metrics import (
     ADJUSTMENTS_APPLIED,
     ADJUSTMENTS_REJECTED,
@@ -280,8 +280,8 @@ def maintain_tables(self: Task) -> list[str]:
     """ANALYZE the tables whose statistics the writes made stale, VACUUM the period totals
     once many of their rows are dead (shared.platform.statistics)."""
     engine = _app(self).resources.engine
-    with engine.connect() as connection:
-        done = maintain(connection.execution_options(isolation_level="AUTOCOMMIT"))
+    with autocommit(engine) as connection:
+        done = maintain(connection)
     if done:
         log.info("table maintenance: %s", ", ".join(done))
     return done

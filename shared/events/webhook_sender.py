@@ -203,8 +203,10 @@ class WebhookSender:
         """Deliver the endpoint's due heads, round after round, for about `seconds`."""
         # The lock is a transaction's, held open on a connection of its own for the run
         # and gone with it however the run ends: a session-level lock would stay behind
-        # a transaction-mode PgBouncer, on whichever server connection took it.
-        with self.engine.connect() as lock:
+        # a transaction-mode PgBouncer, on whichever server connection took it. The
+        # transaction ends in a commit (it writes nothing), which unlike a rollback keeps
+        # the connection's prepared statements (shared.platform.db.autocommit).
+        with self.engine.begin() as lock:
             taken = lock.execute(
                 text("SELECT pg_try_advisory_xact_lock(:key, hashtext(:endpoint))"),
                 {"key": DELIVERY_LOCK, "endpoint": endpoint_id},

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from shared.platform.db import autocommit
+
 # At most once a second per process: a choice is made from a cached reading.
 CHECK_INTERVAL = 1.0
 
@@ -89,7 +91,7 @@ class ReadReplicas:
 
     def _measure(self, now: float) -> list[float]:
         try:
-            with self.primary.connect() as connection:
+            with autocommit(self.primary) as connection:
                 position = int(connection.scalar(PRIMARY_POSITION))
         except Exception:  # the primary's own outage is reported as such elsewhere
             return [float("inf")] * len(self.replicas)
@@ -101,7 +103,7 @@ class ReadReplicas:
 
     def _lag(self, replica: Engine, now: float) -> float:
         try:
-            with replica.connect() as connection:
+            with autocommit(replica) as connection:
                 replayed = connection.scalar(REPLAYED_POSITION)
         except Exception:  # a replica that does not answer is not used
             return float("inf")

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import Engine, text
 
+from shared.platform.db import autocommit
+
 # At most once a second per process: the answer is a cached reading.
 CHECK_INTERVAL = 1.0
 
@@ -63,7 +65,7 @@ class ReplicationWatch:
 
     def _read(self) -> str | None:
         try:
-            with self.engine.connect() as connection:
+            with autocommit(self.engine) as connection:
                 state = connection.execute(SYNCHRONOUS_STANDBYS).one()
         except Exception as error:  # the database's own outage is reported as such elsewhere
             return f"cannot read the replication state: {type(error).__name__}"
