@@ -31,6 +31,7 @@ from shared.intake.validation import UserRef
 from shared.ledger.apply import apply_pending
 from shared.models import Role
 from shared.platform.config import load_settings
+from shared.platform.db import autocommit
 from shared.platform.migrate import upgrade
 from shared.platform.resources import Resources
 
@@ -60,8 +61,7 @@ def provision(resources: Resources, count: int, warm: bool) -> list[str]:
     points = resources.settings.points_type(resources.settings.default_points_type)
     assert points is not None
     for round in ("first", "timed") if warm else ("timed",):
-        with resources.engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        with autocommit(resources.engine) as connection:
             for user_id in ids[1:]:
                 adjustment = Adjustment(None, points.name, 5, comment="apply bench")
                 target = UserRef("user_id", user_id=user_id)

@@ -41,6 +41,7 @@ from shared.intake.validation import UserRef
 from shared.ledger.apply import apply_pending
 from shared.models import Role, User
 from shared.platform.config import DEFAULT_POINTS_TYPES, load_settings
+from shared.platform.db import autocommit
 from shared.platform.resources import Resources
 from shared.platform.statistics import maintain
 
@@ -50,8 +51,8 @@ MAINTENANCE_SECONDS = 60.0
 
 def maintain_now(resources: Resources) -> list[str]:
     """What beat's tally.maintain_tables does (shared.platform.statistics)."""
-    with resources.engine.connect() as connection:
-        return maintain(connection.execution_options(isolation_level="AUTOCOMMIT"))
+    with autocommit(resources.engine) as connection:
+        return maintain(connection)
 
 
 def write(rate: int, users: list[int], stop: Event, applied: Synchronized[int]) -> None:

@@ -8,7 +8,7 @@ import time
 from sqlalchemy import Connection, text
 
 from shared.intake.adjustments import Adjustment
-from shared.platform.db import make_engine, make_session_factory
+from shared.platform.db import autocommit, make_engine, make_session_factory
 from shared.platform.statistics import maintain
 from tests.factories import Factory, queue_adjustments
 
@@ -36,16 +36,15 @@ def test_a_table_loaded_since_its_last_analyze_is_analyzed_once(own_database: st
             [Adjustment(user_id=user.id, points_type="reputation", amount=1, comment=str(n))
              for n in range(300)],
         )  # fmt: skip
-        with engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            analyzed = maintain_until(autocommit, "analyze adjustment_requests")
+        with autocommit(engine) as connection:
+            analyzed = maintain_until(connection, "analyze adjustment_requests")
             assert "analyze adjustment_requests" in analyzed
             assert "analyze ledger_entries" not in analyzed  # nothing written there
-            planned = autocommit.scalar(
+            planned = connection.scalar(
                 text("SELECT reltuples FROM pg_class WHERE relname = 'adjustment_requests'")
             )
             assert planned == 300
-            assert "analyze adjustment_requests" not in maintain(autocommit)
+            assert "analyze adjustment_requests" not in maintain(connection)
     finally:
         engine.dispose()
 
@@ -71,16 +70,15 @@ def test_the_partitioned_ledger_is_analyzed_once_its_partitions_changed(
         )  # fmt: skip
         with transaction(sessions) as session:
             apply_pending(session, [account], 1000)
-        with engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            analyzed = maintain_until(autocommit, "analyze ledger_entries")
+        with autocommit(engine) as connection:
+            analyzed = maintain_until(connection, "analyze ledger_entries")
             assert "analyze ledger_entries" in analyzed
-            inherited = autocommit.scalar(
+            inherited = connection.scalar(
                 text("SELECT count(*) FROM pg_stats WHERE tablename = 'ledger_entries'"
                      " AND inherited")
             )  # fmt: skip
             assert inherited > 0
-            assert "analyze ledger_entries" not in maintain(autocommit)
+            assert "analyze ledger_entries" not in maintain(connection)
     finally:
         engine.dispose()
 
@@ -104,11 +102,10 @@ def test_period_totals_with_many_dead_rows_are_vacuumed(own_database: str) -> No
             (account,) = queue_adjustments(sessions, caller, [adjustment])
             with transaction(sessions) as session:
                 apply_pending(session, [account], 10)
-        with engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            done = maintain_until(autocommit, "vacuum period_totals")
+        with autocommit(engine) as connection:
+            done = maintain_until(connection, "vacuum period_totals")
             assert "vacuum period_totals" in done
-            dead = autocommit.scalar(
+            dead = connection.scalar(
                 text("SELECT n_dead_tup FROM pg_stat_user_tables"
                      " WHERE relname = 'period_totals'")
             )  # fmt: skip
