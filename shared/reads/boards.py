@@ -350,7 +350,8 @@ def _ahead_in_places(
     session: Session, found: Board, ranking: Ranking, score: int, user_id: int
 ) -> tuple[int, int]:
     """The board's size and the places ahead of a user's, summed from the users at each
-    score; row_number adds the users tied with it whose id is smaller (an index range)."""
+    score; row_number adds the users tied with it whose id is smaller (see _tie_count),
+    read in the same statement, so that both are of one moment."""
     assert found.places is not None
     places = found.places.subquery()
     above = places.c.score > score
@@ -359,10 +360,33 @@ def _ahead_in_places(
         ahead = func.count(places.c.score.distinct()).filter(above & (places.c.users > 0))
     else:
         ahead = func.coalesce(func.sum(places.c.users).filter(above), 0)
-    count, before = session.execute(select(func.coalesce(func.sum(places.c.users), 0), ahead)).one()
-    if ranking == "row_number":
-        rows = found.rows.subquery()
-        before += session.scalar(
-            select(func.count()).where((rows.c.score == score) & (rows.c.user_id < user_id))
-        )
-    return int(count), int(before)
+    size = func.coalesce(func.sum(places.c.users), 0)
+    if ranking != "row_number":
+        count, before = session.execute(select(size, ahead)).one()
+        return int(count), int(before)
+    tied = func.coalesce(func.sum(places.c.users).filter(places.c.score == score), 0)
+    earlier, counted = _tie_count(session, found, score, user_id)
+    count, before, ties, counted_ties = (
+        int(value)
+        for value in session.execute(select(size, ahead, tied, counted.scalar_subquery())).one()
+    )
+    # The user is one of the ties: those after it are the others that are not before it.
+    return count, before + (counted_ties if earlier else ties - 1 - counted_ties)
+
+
+def _tie_count(
+    session: Session, found: Board, score: int, user_id: int
+) -> tuple[bool, Select[Any]]:
+    """Which of the users tied with `user_id` at `score` to count, those with a smaller
+    id (True) or a larger one, and the count: the side with fewer of them, judged by where
+    its id lies between the ties' lowest and highest. The ties are one range of the
+    board's index, but counting them reads their rows' pages, which writes keep from
+    being all-visible: thousands of users can share a score of a young period."""
+    rows = found.rows.subquery()
+    tied = rows.c.score == score
+    lowest, highest = session.execute(
+        select(func.min(rows.c.user_id), func.max(rows.c.user_id)).where(tied)
+    ).one()
+    earlier = lowest is None or user_id - lowest <= highest - user_id
+    side = rows.c.user_id < user_id if earlier else rows.c.user_id > user_id
+    return earlier, select(func.count()).where(tied & side)
