@@ -148,6 +148,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument(
+        "--export", default="ndjson,csv",
+        help="the export's formats to time, comma-separated (empty: none)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     settings = load_settings()
@@ -217,7 +221,7 @@ def main() -> None:
 
     reads_took = time.monotonic() - started
     print(f"writes during the reads: {applied.value / reads_took:.0f}/s", flush=True)
-    for form in ("ndjson", "csv"):
+    for form in filter(None, args.export.split(",")):
         export_rate(client, headers, form)
     stop.set()
     writer.join()
