@@ -6,9 +6,9 @@ index ordered by total, so a page reads only what it shows. Their sizes and rank
 summed from `period_scores`, how many users stand at each score (in one or two kinds of
 row: SCORE_KINDS), which the applier keeps in the same statement: a sum over the
 period's distinct scores rather than a count of its rows, most of which writes keep
-sending back to the table. A board
-that filters entries by their text (`search`, `reputation_context`) or by an arbitrary
-time range sums the matching entries instead; both give the same totals.
+sending back to the table. A board that filters entries by their text (`search`,
+`reputation_context`) or by an arbitrary time range sums the matching entries instead;
+both give the same totals.
 """
 
 from __future__ import annotations
