@@ -9,6 +9,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.platform.tracing import trace_engine
@@ -118,27 +119,56 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 
 # Whether the transaction has written: PostgreSQL gives it an id on its first write.
 WROTE = text("SELECT txid_current_if_assigned() IS NOT NULL")
+# In a session's `info` while its transaction holds a connection.
+ON_A_CONNECTION = "tally_on_a_connection"
+
+
+@event.listens_for(Session, "after_begin")
+def _began_on_a_connection(session: Session, _transaction: Any, _connection: Any) -> None:
+    session.info[ON_A_CONNECTION] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost: its connection goes back to the pool
+        session.info.pop(ON_A_CONNECTION, None)
 
 
 def end_unwritten(session: Session) -> None:
-    """End the session's transaction, keeping nothing it did not commit: one that wrote
-    nothing is committed, which for it is the same as a rollback but keeps psycopg's
-    prepared statements (see autocommit); any other is rolled back."""
+    """End the session's transaction, keeping nothing it did not commit: one that surely
+    wrote nothing is committed, which for it is the same as a rollback but keeps
+    psycopg's prepared statements (see autocommit); any other is rolled back."""
+    if _wrote_nothing(session):
+        session.commit()
+    else:
+        session.rollback()
+
+
+def _wrote_nothing(session: Session) -> bool:
+    """Whether the session's transaction holds a connection, on which statements are
+    prepared, and has written nothing. Any doubt is a no: a transaction that never got a
+    connection (the pool had none to give), one a lost connection ended, pending changes
+    of the session's objects, or an error while asking."""
     transaction = session.get_transaction()
     if (
-        transaction is not None
-        and transaction.is_active
-        and not (session.new or session.dirty or session.deleted)
+        transaction is None
+        or not transaction.is_active
+        or not session.info.get(ON_A_CONNECTION)
+        or session.new
+        or session.dirty
+        or session.deleted
     ):
+        return False
+    try:
         connection = session.connection()
         raw = connection.connection.driver_connection
-        assert raw is not None  # a connection checked out of the pool
-        keeps_statements = raw.prepare_threshold is not None  # None: never prepares
-        in_transaction = raw.info.transaction_status == TransactionStatus.INTRANS
-        if keeps_statements and in_transaction and not connection.scalar(WROTE):
-            session.commit()
-            return
-    session.rollback()
+        if raw is None or raw.prepare_threshold is None:  # None: it never prepares
+            return False
+        if raw.info.transaction_status != TransactionStatus.INTRANS:
+            return False
+        return not connection.scalar(WROTE)
+    except SQLAlchemyError:
+        return False
 
 
 @contextmanager
