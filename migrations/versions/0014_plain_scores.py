@@ -3,8 +3,8 @@
 `period_scores` counted every period total on the `all` board and again on the `manual`
 board, at the same score unless the total had reversals, which most never have. So
 each entry moved its account out of and into two scores on each of its six periods:
-some 24 score rows per adjustment, about a tenth of the applier's time for a chunk of
-one (PERFORMANCE.md, "What the scores cost the applier").
+some 24 score moves per adjustment where 12 now do, 3-9 % of the applier's time for
+chunks of 16 and 64 adjustments (PERFORMANCE.md, "The period upkeep alone").
 
 Now a total without reversals stands once, as `plain`, which both the `all` and the
 `manual` board sum (shared/reads/boards.py); `all`, `manual` and `reversals` count the
