@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from psycopg import Copy
+from psycopg.abc import Buffer
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
@@ -186,30 +188,76 @@ def _standing(row: Any) -> Standing:
 ExportKind = Literal["entries", "requests"]
 ExportFormat = Literal["ndjson", "csv"]
 
-# The columns of each export, in order (the CSV header).
-EXPORT_COLUMNS: dict[str, str] = {
-    "entries": """e.id, e.ulid, e.request_id, e.account_id, a.user_id, u.external_id,
-        e.points_type, e.type, e.amount, e.frozen_amount, e.expired, e.balance_before,
-        e.balance_after, e.reputation_type, e.reputation_context, e.comment, e.reason,
-        e.source, e.related_id, e.idempotency_key, e.expires_at, e.created_by,
-        e.created_at""",
-    "requests": """e.id, e.idempotency_key, e.account_id, a.user_id, u.external_id,
-        a.points_type, e.entry_type AS operation, e.amount, e.cut, e.status, e.error_code,
-        e.reputation_context, e.comment, e.reason, e.source, e.related_id, e.batch_id,
-        e.ledger_entry_id, e.created_by, e.created_at, e.completed_at""",
-}
+# How NDJSON writes a column: a number as its digits; a name (a ULID, or a word that a
+# CHECK constraint picks from a list) between quotes, as no character of it needs
+# escaping; any other text as `to_json` escapes it (a time as `row_to_json` wrote it).
+# Any column may be NULL: JSON's null.
+JsonKind = Literal["number", "name", "text"]
+
+# The columns of each export, in order (the CSV header and the NDJSON keys).
+EXPORT_COLUMNS: dict[str, tuple[tuple[str, JsonKind], ...]] = {
+    "entries": (
+        ("e.id", "number"), ("e.ulid", "name"), ("e.request_id", "number"),
+        ("e.account_id", "name"), ("a.user_id", "number"), ("u.external_id", "text"),
+        ("e.points_type", "text"), ("e.type", "name"), ("e.amount", "number"),
+        ("e.frozen_amount", "number"), ("e.expired", "number"),
+        ("e.balance_before", "number"), ("e.balance_after", "number"),
+        ("e.reputation_type", "number"), ("e.reputation_context", "text"),
+        ("e.comment", "text"), ("e.reason", "text"), ("e.source", "text"),
+        ("e.related_id", "text"), ("e.idempotency_key", "text"),
+        ("e.expires_at", "text"), ("e.created_by", "number"), ("e.created_at", "text"),
+    ),
+    "requests": (
+        ("e.id", "number"), ("e.idempotency_key", "text"), ("e.account_id", "name"),
+        ("a.user_id", "number"), ("u.external_id", "text"), ("a.points_type", "text"),
+        ("e.entry_type AS operation", "name"), ("e.amount", "number"), ("e.cut", "number"),
+        ("e.status", "name"), ("e.error_code", "text"),
+        ("e.reputation_context", "text"), ("e.comment", "text"), ("e.reason", "text"),
+        ("e.source", "text"), ("e.related_id", "text"), ("e.batch_id", "name"),
+        ("e.ledger_entry_id", "number"), ("e.created_by", "number"),
+        ("e.created_at", "text"), ("e.completed_at", "text"),
+    ),
+}  # fmt: skip
 EXPORT_TABLES = {"entries": "ledger_entries", "requests": "adjustment_requests"}
 # The ledger's months to read (the requests are not partitioned).
 EXPORT_BOUNDS = {
     "entries": " AND e.ulid >= %(ulid_from)s AND e.ulid < %(ulid_before)s",
     "requests": "",
 }
+JSON_VALUES: dict[JsonKind, str] = {
+    "number": "{}::text",
+    "name": """'"' || {} || '"'""",
+    "text": "to_json({})::text",
+}
+# The bytes gathered before the stream passes them on.
+EXPORT_BLOCK = 64 * 1024
+# A binary COPY: the header before the first row, each row's framing (its count of
+# fields, then the one field's length), and the trailer after the last.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+COPY_HEADER = len(COPY_SIGNATURE) + 8
+COPY_ROW_FRAMING = 6
+COPY_TRAILER = b"\xff\xff"
+
+
+def _json_object(columns: tuple[tuple[str, JsonKind], ...]) -> str:
+    """One row's JSON object as a concatenation of text, the keys in the columns' order:
+    unlike `row_to_json` over a subquery, PostgreSQL's parallel workers build it (and
+    it does not look up each column's type again for every row).
+    """
+    parts = []
+    for place, (column, kind) in enumerate(columns):
+        expression, _, alias = column.partition(" AS ")
+        key = alias or expression.rpartition(".")[2]
+        value = JSON_VALUES[kind].format(expression)
+        parts.append(f"""'{"{" if place == 0 else ","}"{key}":' || coalesce({value}, 'null')""")
+    return " || ".join(parts) + " || '}'"
 
 
 def _export_query(kind: ExportKind, as_json: bool) -> str:
     columns = EXPORT_COLUMNS[kind]
-    select = f"""
-        SELECT {columns}
+    listed = ", ".join(column for column, _ in columns)
+    return f"""
+        SELECT {_json_object(columns) if as_json else listed}
         FROM {EXPORT_TABLES[kind]} e
         JOIN accounts a ON a.id = e.account_id
         JOIN users u ON u.id = a.user_id
@@ -217,10 +265,16 @@ def _export_query(kind: ExportKind, as_json: bool) -> str:
           AND e.created_at >= %(begins)s AND e.created_at < %(ends)s{EXPORT_BOUNDS[kind]}
         ORDER BY e.id
     """
-    if not as_json:
-        return select
-    # One JSON object per row, the columns in order.
-    return f"SELECT row_to_json(r)::text FROM ({select}) r"
+
+
+def _json_lines(copy: Copy) -> Iterator[Buffer]:
+    """Each row's JSON text from a binary COPY of the one column, its framing cut off."""
+    for data in copy:
+        row = memoryview(data)
+        if row[: len(COPY_SIGNATURE)] == COPY_SIGNATURE:
+            row = row[COPY_HEADER:]
+        if row != COPY_TRAILER:
+            yield row[COPY_ROW_FRAMING:]
 
 
 def export(
@@ -233,23 +287,31 @@ def export(
     after: int,
 ) -> Iterator[bytes]:
     """The tenant's entries (or requests) of [begins, ends) with an id above `after`, in
-    id order, as CSV with a header or NDJSON: streamed by PostgreSQL's COPY in blocks,
-    so memory stays flat and no row passes through Python one by one.
+    id order, as CSV with a header or NDJSON: streamed by PostgreSQL's COPY, its rows
+    gathered into blocks of EXPORT_BLOCK bytes, so memory stays flat and what serves
+    the stream handles a block, not a row, at a time.
 
-    NDJSON is copied as CSV with a quote and a delimiter that JSON text never holds
-    raw (it escapes control characters), so each line is the JSON object unquoted.
+    NDJSON is copied in binary: each row is the JSON text as it is, where CSV or text
+    would scan it for characters to quote or escape.
     """
-    query = _export_query(kind, form == "ndjson")
-    if form == "csv":
-        options = "FORMAT csv, HEADER"
-    else:
-        options = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
+    as_json = form == "ndjson"
+    query = f"COPY ({_export_query(kind, as_json)}) TO STDOUT"
+    query += " (FORMAT binary)" if as_json else " (FORMAT csv, HEADER)"
     params = {"tenant": tenant_id, "after": after, **_within(begins, ends)}
     raw = connection.connection.driver_connection
     assert raw is not None
-    with (
-        raw.cursor() as cursor,
-        cursor.copy(f"COPY ({query}) TO STDOUT ({options})", params) as copy,
-    ):
-        for block in copy:
-            yield bytes(block)
+    with raw.cursor() as cursor:
+        # JIT compiling the row's expressions cost more than it saved (8 % of the rate
+        # over a million rows).
+        cursor.execute("SET LOCAL jit = off")
+        with cursor.copy(query, params) as copy:
+            block = bytearray()
+            for line in _json_lines(copy) if as_json else copy:
+                block += line
+                if as_json:
+                    block += b"\n"
+                if len(block) >= EXPORT_BLOCK:
+                    yield bytes(block)
+                    block.clear()
+            if block:
+                yield bytes(block)

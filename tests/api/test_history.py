@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.fields import format_timestamp
 from shared.intake.adjustments import Adjustment
 from shared.models import Role, User
+from shared.reads.history import ExportKind, _export_query, _within
 from tests.factories import Caller, Factory, ledger_of, reputation
 
 Award = Callable[..., None]
@@ -153,6 +154,44 @@ def test_the_export_streams_every_entry_in_id_order_and_resumes_after_a_cursor(
                           headers=admin.headers)  # fmt: skip
     lines = [json.loads(line) for line in requests.get_data(as_text=True).splitlines()]
     assert {row["status"] for row in lines if row["user_id"] == user.id} == {"completed"}
+
+
+AWKWARD = 'a "quote", a \\ backslash, a\nnewline, a tab\t, \x01 and \u00e9\u20ac\U0001f600'
+
+
+@pytest.mark.parametrize("kind", ["entries", "requests"])
+def test_each_ndjson_line_is_the_text_row_to_json_writes(
+    client: FlaskClient, factory: Factory, admin: Caller, award: Award,
+    sessions: sessionmaker[Session], kind: ExportKind,
+) -> None:  # fmt: skip
+    """The export builds its JSON by concatenation: it must be the very text PostgreSQL's
+    own `row_to_json` writes for the same columns, escapes, nulls and times included."""
+    plain = factory.user(external_id=AWKWARD)
+    award(admin, points(plain, 5))
+    odd = factory.user()  # no external id: null
+    award(admin, Adjustment(
+        user_id=odd.id, points_type="points", amount=3, reputation_context=AWKWARD,
+        comment=AWKWARD, reason="\\", source='"', related_id="\u2028",
+        expires_at=datetime(2031, 1, 2, 3, 4, 5, 600, tzinfo=UTC),
+    ))  # fmt: skip
+    response = client.get("/api/v2/export", query_string={"kind": kind, "format": "ndjson"},
+                          headers=admin.headers)  # fmt: skip
+    # Lines end at "\n" alone: JSON text may hold U+2028, which str.splitlines() splits at.
+    lines = response.get_data().decode().removesuffix("\n").split("\n")
+    reference = _export_query(kind, as_json=False)
+    with sessions() as session:
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        rows = raw.execute(
+            f"SELECT row_to_json(r)::text FROM ({reference}) r",
+            {"tenant": plain.tenant_id, "after": 0,
+             **_within(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))},
+        ).fetchall()  # fmt: skip
+    assert lines == [row[0] for row in rows]
+    mine = [json.loads(line) for line in lines]
+    assert {row["user_id"] for row in mine} >= {plain.id, odd.id}
+    assert AWKWARD in {row["external_id"] for row in mine}
+    assert None in {row["external_id"] for row in mine}
 
 
 def test_the_export_is_for_admins_and_names_a_bad_format(
