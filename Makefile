@@ -26,9 +26,12 @@ run: $(STAMP)
 	$(BIN)/tally run $(ARGS)
 
 ## test: the whole suite (TALLY_TEST_DATABASE_URL / TALLY_TEST_REDIS_URL, else embedded servers)
-## but the several-machine faults of tests/ha (make test-ha)
+## but the several-machine faults of tests/ha (make test-ha), in TEST_PROCESSES processes
+## (pytest-xdist; a file's tests in one process)
+TEST_PROCESSES ?= 2
+XDIST = -n $(TEST_PROCESSES) --dist loadfile
 test: $(STAMP) tools
-	$(BIN)/pytest -m "not ha" $(ARGS)
+	$(BIN)/pytest -m "not ha" $(XDIST) $(ARGS)
 
 ## test-ha: the several-machine faults (tests/ha: network namespaces, Patroni, etcd, Sentinel;
 ## root); CI runs those not marked ha_long: ARGS='-m "not ha_long"'
@@ -38,7 +41,7 @@ test-ha: $(STAMP) tools tools-ha
 ## test-pgbouncer: the API and event suites through PgBouncer in transaction pooling mode
 ## (tests/pgbouncer.py)
 test-pgbouncer: $(STAMP) tools
-	TALLY_TEST_PGBOUNCER=1 $(BIN)/pytest tests/api tests/events $(ARGS)
+	TALLY_TEST_PGBOUNCER=1 $(BIN)/pytest tests/api tests/events $(XDIST) $(ARGS)
 
 ## soak: the model tests at length (points, periods and caps), shrinking what they find
 soak: $(STAMP)

@@ -2,8 +2,10 @@
 
 TALLY_TEST_DATABASE_URL names a server (any database on it); the suite creates a
 fresh database there, migrates it once and drops it at the end. TALLY_TEST_REDIS_URL
-names a Redis database that the suite flushes. Without them the embedded servers
-start. With CI=true an unreachable server fails the run instead of falling back. With
+names a Redis database that the suite flushes (and the next one, for tests of two
+deployments on one server). Under pytest-xdist (`-n 2`) each worker process is a suite
+of its own: its own database on the server and, by its index k, the Redis databases
+2k and 2k + 1 after the URL's (modulo 16). Without them the embedded servers start. With CI=true an unreachable server fails the run instead of falling back. With
 TALLY_TEST_PGBOUNCER=1 the tests reach that database through PgBouncer in transaction
 pooling mode (tests/pgbouncer.py).
 
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -46,6 +49,8 @@ os.environ["TALLY_ENV_FILE"] = os.devnull
 class Services:
     database_url: str
     redis_url: str
+    # Another Redis database on the same server, the suite's too.
+    spare_redis_url: str
     # False when database_url goes through a transaction-mode PgBouncer.
     prepared_statements: bool = True
 
@@ -61,6 +66,23 @@ def _reachable_or_fail(name: str, check: object) -> None:
         check()  # type: ignore[operator]
     except Exception as error:
         pytest.exit(f"{name} is unreachable: {error}", returncode=3)
+
+
+def redis_database(url: str, offset: int) -> str:
+    """The Redis database `offset` after the URL's, on the same server (modulo 16; a
+    redis:// path or a unix:// `db` query)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(item.split("=", 1) for item in parts.query.split("&") if item)
+        query["db"] = str((int(query.get("db", "0")) + offset) % 16)
+        return urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query.items())))
+    database = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(database + offset) % 16}"))
+
+
+def _xdist_worker() -> int:
+    """This process's index among pytest-xdist's workers (0 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 def _create_database(server_url: str, prefix: str = "tally_test") -> tuple[str, str]:
@@ -95,9 +117,13 @@ def services() -> Iterator[Services]:
                 embedded_postgres(folder / "postgres", database="postgres")
             )
             redis_url = redis_url or stack.enter_context(embedded_redis(folder / "redis"))
+        redis_url = redis_database(redis_url, 2 * _xdist_worker())
+        spare_redis_url = redis_database(redis_url, 1)
         redis = Redis.from_url(redis_url, socket_connect_timeout=5)
         _reachable_or_fail(f"Redis at {redis_url}", redis.ping)
         redis.flushdb()
+        spare = stack.enter_context(Redis.from_url(spare_redis_url))
+        spare.flushdb()
         try:
             database_url, name = _create_database(database_server)
         except psycopg.OperationalError as error:
@@ -110,9 +136,10 @@ def services() -> Iterator[Services]:
             database_url = stack.enter_context(pgbouncer(database_url))
             prepared_statements = False
         upgrade(database_url)
-        yield Services(database_url, redis_url, prepared_statements)
+        yield Services(database_url, redis_url, spare_redis_url, prepared_statements)
         redis.flushdb()
         redis.close()
+        spare.flushdb()
 
 
 @pytest.fixture

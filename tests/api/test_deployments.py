@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -28,17 +27,6 @@ from shared.platform.migrate import upgrade
 from tests.conftest import Services, _create_database, _drop_database
 from tests.factories import Caller, Factory, apply_now
 from worker.app import TallyCelery
-
-
-def other_redis_database(url: str) -> str:
-    """The same Redis server, the next database (redis:// path or unix:// `db` query)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        query = dict(item.split("=", 1) for item in parts.query.split("&") if item)
-        query["db"] = str((int(query.get("db", "0")) + 1) % 16)
-        return urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query.items())))
-    database = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(database + 1) % 16}"))
 
 
 @dataclass
@@ -79,8 +67,8 @@ def deploy(
 
 
 SHARING = {
-    "two-redis-databases-one-queue-name": lambda settings: {
-        "redis_url": other_redis_database(settings.redis_url)
+    "two-redis-databases-one-queue-name": lambda services: {
+        "redis_url": services.spare_redis_url
     },
     "one-redis-database-two-queue-names": lambda _: {"queue_name": "tally-other"},
 }
@@ -88,10 +76,10 @@ SHARING = {
 
 @pytest.mark.parametrize("sharing", list(SHARING))
 def test_neither_deployment_answers_the_others_waiters(
-    deploy: Callable[..., Deployment], base_settings: Settings, sharing: str
+    deploy: Callable[..., Deployment], services: Services, sharing: str
 ) -> None:
     mine = deploy()
-    theirs = deploy(**SHARING[sharing](base_settings))
+    theirs = deploy(**SHARING[sharing](services))
     assert mine.celery.resources.keys != theirs.celery.resources.keys
 
     # Mine has no worker: its request 1 stays queued while theirs applies its requests
