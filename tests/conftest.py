@@ -3,11 +3,14 @@
 TALLY_TEST_DATABASE_URL names a server (any database on it); the suite creates a
 fresh database there, migrates it once and drops it at the end. TALLY_TEST_REDIS_URL
 names a Redis database that the suite flushes (and the next one, for tests of two
-deployments on one server). Under pytest-xdist (`-n 2`) each worker process is a suite
-of its own: its own database on the server and, by its index k, the Redis databases
-2k and 2k + 1 after the URL's (modulo 16). Without them the embedded servers start. With CI=true an unreachable server fails the run instead of falling back. With
-TALLY_TEST_PGBOUNCER=1 the tests reach that database through PgBouncer in transaction
-pooling mode (tests/pgbouncer.py).
+deployments on one server). Without them the embedded servers start. With CI=true an
+unreachable server fails the run instead of falling back. With TALLY_TEST_PGBOUNCER=1
+the tests reach that database through PgBouncer in transaction pooling mode
+(tests/pgbouncer.py).
+
+Under pytest-xdist (`make test` runs `-n 2`) each worker process is a suite of its own:
+its own database on the server and, by its index k, the Redis databases 2k and 2k + 1
+after the URL's (modulo 16).
 
 The fixtures at the bottom (worker, apply_account, sessions, factory, moderator) are
 shared by the packages that define a `celery_app` fixture (tests/api: the Flask app's;

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cli.embedded import free_port
 from shared.models import Role
+from shared.platform.db import make_engine, make_session_factory
 from shared.platform.metrics import API_SERIES, WORKER_SERIES
 from shared.platform.migrate import upgrade
 from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis
@@ -194,11 +195,21 @@ def _free(port: int) -> bool:
 
 
 @pytest.fixture
-def launch_env(services: Services, tmp_path: Path) -> dict[str, str]:
-    """The environment of a whole launched stack, on the test servers and a queue of its own."""
+def launch_factory(own_database: str, services: Services) -> Iterator[Factory]:
+    """Users and tokens in the launched stack's database: a fresh one, so that no request
+    another test left pending reaches the stack's relay and its workers' counts."""
+    engine = make_engine(own_database, prepared_statements=services.prepared_statements)
+    yield Factory(make_session_factory(engine))
+    engine.dispose()
+
+
+@pytest.fixture
+def launch_env(own_database: str, services: Services, tmp_path: Path) -> dict[str, str]:
+    """The environment of a whole launched stack, on the test servers (a database of its
+    own) and a queue of its own."""
     env = os.environ | {
         "TMPDIR": str(tmp_path),
-        "TALLY_DATABASE_URL": services.database_url,
+        "TALLY_DATABASE_URL": own_database,
         "TALLY_REDIS_URL": services.redis_url,
         "TALLY_QUEUE_NAME": "tally-launch-" + secrets.token_hex(4),
         # The console scripts of this environment, as a user's shell would find them.
@@ -244,10 +255,10 @@ def _one_adjustment_is_counted(api: str, workers: list[str], token: str, user: s
 
 
 def test_procfile_under_honcho(
-    launch_env: dict[str, str], stack_factory: Factory, tmp_path: Path
+    launch_env: dict[str, str], launch_factory: Factory, tmp_path: Path
 ) -> None:
-    caller = stack_factory.caller(Role.MODERATOR)
-    user = stack_factory.user()
+    caller = launch_factory.caller(Role.MODERATOR)
+    user = launch_factory.user()
     base = _ports_apart(3, 100)  # honcho: api on base, worker base+100, bulk-worker base+200
     log = tmp_path / "honcho.log"
     argv = [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-p", str(base),
@@ -262,7 +273,7 @@ def test_procfile_under_honcho(
 
 @pytest.mark.parametrize("servers", ["given", "embedded"])
 def test_tally_run(
-    launch_env: dict[str, str], stack_factory: Factory, tmp_path: Path, servers: str
+    launch_env: dict[str, str], launch_factory: Factory, tmp_path: Path, servers: str
 ) -> None:
     """`tally run` (`make run`) on the test servers, and on a machine with no services: with
     no TALLY_DATABASE_URL and TALLY_REDIS_URL it starts embedded PostgreSQL and Redis in its
@@ -291,7 +302,7 @@ def test_tally_run(
         else:
             assert not (data / "demo-token").exists()
             assert "tally tokens create --username" in log.read_text()
-            token, username = stack_factory.caller().token, stack_factory.user().username
+            token, username = launch_factory.caller().token, launch_factory.user().username
         _one_adjustment_is_counted(api, workers, token, username)
         _commands_find_the_stack(tmp_path, embedded=servers == "embedded")
     assert not (data / "env").exists()  # gone with the stack
