@@ -67,9 +67,7 @@ def deploy(
 
 
 SHARING = {
-    "two-redis-databases-one-queue-name": lambda services: {
-        "redis_url": services.spare_redis_url
-    },
+    "two-redis-databases-one-queue-name": lambda services: {"redis_url": services.spare_redis_url},
     "one-redis-database-two-queue-names": lambda _: {"queue_name": "tally-other"},
 }
 
