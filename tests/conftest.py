@@ -2,15 +2,16 @@
 
 TALLY_TEST_DATABASE_URL names a server (any database on it); the suite creates a
 fresh database there, migrates it once and drops it at the end. TALLY_TEST_REDIS_URL
-names a Redis database that the suite flushes (and the next one, for tests of two
+names a Redis database that the suite flushes (and the one below it, for tests of two
 deployments on one server). Without them the embedded servers start. With CI=true an
 unreachable server fails the run instead of falling back. With TALLY_TEST_PGBOUNCER=1
 the tests reach that database through PgBouncer in transaction pooling mode
 (tests/pgbouncer.py).
 
 Under pytest-xdist (`make test` runs `-n 2`) each worker process is a suite of its own:
-its own database on the server and, by its index k, the Redis databases 2k and 2k + 1
-after the URL's (modulo 16).
+its own database on the server and, by its index k, the two Redis databases 2k below
+the URL's (modulo 16: up to eight processes), flushed likewise. Below, not above: a
+developer's Redis keeps its data in the low numbers, and CI names 15.
 
 The fixtures at the bottom (worker, apply_account, sessions, factory, moderator) are
 shared by the packages that define a `celery_app` fixture (tests/api: the Flask app's;
@@ -72,8 +73,8 @@ def _reachable_or_fail(name: str, check: object) -> None:
 
 
 def redis_database(url: str, offset: int) -> str:
-    """The Redis database `offset` after the URL's, on the same server (modulo 16; a
-    redis:// path or a unix:// `db` query)."""
+    """The Redis database `offset` from the URL's (negative: below it), on the same
+    server (modulo 16; a redis:// path or a unix:// `db` query)."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = dict(item.split("=", 1) for item in parts.query.split("&") if item)
@@ -120,8 +121,8 @@ def services() -> Iterator[Services]:
                 embedded_postgres(folder / "postgres", database="postgres")
             )
             redis_url = redis_url or stack.enter_context(embedded_redis(folder / "redis"))
-        redis_url = redis_database(redis_url, 2 * _xdist_worker())
-        spare_redis_url = redis_database(redis_url, 1)
+        redis_url = redis_database(redis_url, -2 * _xdist_worker())
+        spare_redis_url = redis_database(redis_url, -1)
         redis = Redis.from_url(redis_url, socket_connect_timeout=5)
         _reachable_or_fail(f"Redis at {redis_url}", redis.ping)
         redis.flushdb()
