@@ -123,7 +123,7 @@ def services() -> Iterator[Services]:
             redis_url = redis_url or stack.enter_context(embedded_redis(folder / "redis"))
         redis_url = redis_database(redis_url, -2 * _xdist_worker())
         spare_redis_url = redis_database(redis_url, -1)
-        redis = Redis.from_url(redis_url, socket_connect_timeout=5)
+        redis = stack.enter_context(Redis.from_url(redis_url, socket_connect_timeout=5))
         _reachable_or_fail(f"Redis at {redis_url}", redis.ping)
         redis.flushdb()
         spare = stack.enter_context(Redis.from_url(spare_redis_url))
@@ -142,7 +142,6 @@ def services() -> Iterator[Services]:
         upgrade(database_url)
         yield Services(database_url, redis_url, spare_redis_url, prepared_statements)
         redis.flushdb()
-        redis.close()
         spare.flushdb()
 
 
