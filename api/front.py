@@ -26,8 +26,10 @@ Flask runs in the thread with the whole response collected there, then sent from
 loop: one hand-over each way per request. a2wsgi's WSGIMiddleware (whose environ
 builder is used here) crosses between the thread and the loop for every message,
 and that cost 0.33 ms of CPU per request (/healthz: 0.155 ms under granian's WSGI,
-0.484 ms through it). tally's answers are small JSON documents; a route that must
-stream will need a streaming path of its own.
+0.484 ms through it). An answer longer than WHOLE_ANSWER_BYTES (the export's stream)
+is not collected: it is sent part by part, each part taken from Flask's iterator by
+a thread, with granian's backpressure between them (a client that reads slowly holds
+no thread, only its unsent parts), and the iterator is closed when the client goes.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from a2wsgi.wsgi import build_environ
@@ -59,6 +62,24 @@ Send = Callable[[Message], Awaitable[None]]
 # A body may take this long, plus a second per BODY_MIN_RATE bytes received.
 BODY_GRACE_SECONDS = 10.0
 BODY_MIN_RATE = 16 * 1024
+# An answer up to this long is collected in Flask's thread and sent in one piece; a
+# longer one (the export's stream) is sent as Flask's iterator gives it.
+WHOLE_ANSWER_BYTES = 256 * 1024
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """Flask's answer as its thread hands it to the loop."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes  # all of it, or for a long answer the parts read so far
+    rest: Iterator[bytes] | None = None  # a long answer's parts still to read
+    close: Callable[[], None] = _nothing  # a long answer's iterator, closed once sent
 
 
 class Front:
@@ -95,7 +116,7 @@ class Front:
         declared = _declared_length(scope)
         if declared == 0:
             scope[BODY] = b""
-            await self._serve(scope, send)
+            await self._serve(scope, receive, send)
             return
         # Every route takes the smallest limit: only a larger body needs its route's.
         small = self.settings.max_body_bytes
@@ -116,18 +137,22 @@ class Front:
                 return  # nobody to answer
             finally:
                 self.buffered -= reserved
-        await self._serve(scope, send)
+        await self._serve(scope, receive, send)
 
-    async def _serve(self, scope: Scope, send: Send) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run Flask in a thread, then send what it answered."""
         environ = dict(build_environ(scope, io.BytesIO()))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
-        status, headers, body = await loop.run_in_executor(self.threads, self._call_flask, environ)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        answer = await loop.run_in_executor(self.threads, self._call_flask, environ)
+        start = {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        await send(start)
+        if answer.rest is None:
+            await send({"type": "http.response.body", "body": answer.body})
+        else:
+            await self._stream(answer, answer.rest, receive, send)
 
-    def _call_flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Flask's answer to `environ`: status, headers and the whole body."""
+    def _call_flask(self, environ: dict[str, Any]) -> _Answer:
+        """Flask's answer to `environ`: whole, or up to WHOLE_ANSWER_BYTES and the rest to come."""
         started: list[Any] = []
         chunks: list[bytes] = []
 
@@ -136,17 +161,47 @@ class Front:
             return chunks.append
 
         answer = self.flask(environ, start_response)
+        close = getattr(answer, "close", _nothing)
+        parts = iter(answer)
+        size = 0
+        long = False
         try:
-            chunks.extend(answer)
+            for part in parts:
+                chunks.append(part)
+                size += len(part)
+                if size > WHOLE_ANSWER_BYTES:
+                    long = True
+                    break
         finally:
-            close = getattr(answer, "close", None)
-            if close is not None:
+            if not long:
                 close()
         status, headers = started
         encoded = [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
         ]
-        return status, encoded, b"".join(chunks)
+        if long:
+            return _Answer(status, encoded, b"".join(chunks), parts, close)
+        return _Answer(status, encoded, b"".join(chunks))
+
+    async def _stream(
+        self, answer: _Answer, rest: Iterator[bytes], receive: Receive, send: Send
+    ) -> None:
+        """Send a long answer part by part, each taken from its iterator by a thread,
+        until it ends or the client goes; then close the iterator (in a thread too: the
+        export's closes its database connection)."""
+        loop = asyncio.get_running_loop()
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            part: bytes | None = answer.body
+            while part is not None and not gone.done():
+                if part:
+                    # Waits while granian holds as many parts as it buffers for the client.
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                part = await loop.run_in_executor(self.threads, next, rest, None)
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            gone.cancel()
+            await loop.run_in_executor(self.threads, answer.close)
 
     def _limit(self, scope: Scope) -> int:
         """The byte limit of the route the request is for (the smallest one if none)."""
@@ -180,6 +235,12 @@ class Front:
             chunks.append(chunk)
             more = message.get("more_body", False)
         scope[BODY] = b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (granian says so to a `receive` after the body)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Gone(Exception):

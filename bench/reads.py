@@ -11,8 +11,9 @@ p50 / p99 of:
   - a user's own rank (a random user, week),
   - a balance as of a random moment,
   - a statement page (a random user, a random 30 days),
-and the export's rate (every entry as NDJSON, then as CSV, through the streaming route)
-with the process's RSS growth. A calibration figure (a fixed CPU loop) is printed beside them.
+and the export's rate (every entry as NDJSON, then as CSV, from a `tally api` process
+of its own, as a client downloads it into a file) with the RSS growth of the API's
+process. A calibration figure (a fixed CPU loop) is printed beside them.
 
 Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/reads.py [--entries N]
 """
@@ -21,21 +22,27 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 
+import httpx
 import psutil
 from common import calibration_ms  # bench/common.py, beside this script
-from flask.testing import FlaskClient
 from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
 from api import create_app
+from cli.embedded import free_port
 from shared.intake.adjustments import Adjustment, submit
 from shared.intake.auth import Principal, create_token
 from shared.intake.validation import UserRef
@@ -117,26 +124,58 @@ def wal_position(resources: Resources) -> int:
         return int(connection.scalar(text("SELECT pg_current_wal_lsn() - '0/0'")))
 
 
-def export_rate(client: FlaskClient, headers: dict[str, str], form: str) -> None:
-    """Every entry through the streaming export route into a file: its rate, and the RSS
-    growth."""
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
+@contextmanager
+def api_process() -> Iterator[tuple[str, psutil.Process]]:
+    """`tally api` (one process) on a free port of this machine, with this environment's
+    settings: its base URL, and the process that serves (granian's worker)."""
+    port = free_port()
+    tally = os.path.join(os.path.dirname(sys.executable), "tally")
+    server = subprocess.Popen(
+        [tally, "api", "--bind", f"127.0.0.1:{port}"],
+        env=os.environ | {"TALLY_API_PROCESSES": "1"},
+        stdout=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the API did not start"
+            time.sleep(0.2)
+        (worker,) = psutil.Process(server.pid).children(recursive=True)
+        yield base_url, worker
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def export_rate(base_url: str, serving: psutil.Process, headers: dict[str, str], form: str) -> None:
+    """Every entry from the export route into a file, as a client downloads it: its rate,
+    and how much the serving process's RSS grew."""
+    rss_before = serving.memory_info().rss
     peak = rss_before
     started = time.perf_counter()
     rows = 0
-    response = client.get(f"/api/v2/export?format={form}", headers=headers, buffered=False)
-    with tempfile.TemporaryFile() as file:
-        for count, block in enumerate(response.response):
+    url = f"{base_url}/api/v2/export?format={form}"
+    with (
+        tempfile.TemporaryFile() as file,
+        httpx.stream("GET", url, headers=headers, timeout=60) as response,
+    ):
+        assert response.status_code == 200, response.read()[:300]
+        for count, block in enumerate(response.iter_raw(1 << 20)):
             file.write(block)
             rows += block.count(b"\n")
-            if count % 64 == 0:
-                peak = max(peak, process.memory_info().rss)
+            if count % 16 == 0:
+                peak = max(peak, serving.memory_info().rss)
     seconds = time.perf_counter() - started
-    peak = max(peak, process.memory_info().rss)
+    peak = max(peak, serving.memory_info().rss)
     label = f"export ({form}, {rows:,} rows)"
     growth = (peak - rss_before) / 2**20
-    print(f"{label:<36} {rows / seconds:,.0f} rows/s, RSS growth {growth:.1f} MB", flush=True)
+    print(f"{label:<36} {rows / seconds:,.0f} rows/s, API RSS growth {growth:.1f} MB", flush=True)
 
 
 def percentiles(timings: list[float]) -> str:
@@ -225,8 +264,9 @@ def main() -> None:
 
     reads_took = time.monotonic() - started
     print(f"writes during the reads: {applied.value / reads_took:.0f}/s", flush=True)
-    for form in filter(None, args.export.split(",")):
-        export_rate(client, headers, form)
+    with api_process() as (base_url, serving):
+        for form in filter(None, args.export.split(",")):
+            export_rate(base_url, serving, headers, form)
     stop.set()
     writer.join()
     elapsed = time.monotonic() - started

@@ -7,6 +7,7 @@ checks lives in the HTTP server and the process limits, not in the Flask app.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -22,9 +23,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
+from shared.intake.adjustments import Adjustment
 from shared.models import Role, User
 from tests.conftest import Services
-from tests.factories import Caller, Factory, count_rows
+from tests.factories import Caller, Factory, count_rows, queue_adjustments
 from tests.stack import Stack, wait_until_up
 
 # A starved server answers after its 10-30 s timeouts, a live one within milliseconds;
@@ -329,3 +331,35 @@ def test_idle_connections_past_the_soft_descriptor_limit_leave_the_server_answer
         assert "Too many open files" not in stack.logs()
     finally:
         stack.stop("api")
+
+
+def test_a_long_export_is_streamed_in_chunks_and_arrives_whole(
+    stack: Stack, stack_factory: Factory, stack_sessions: sessionmaker[Session]
+) -> None:
+    """An export longer than the front's WHOLE_ANSWER_BYTES goes out as granian's chunked
+    stream while it is read, not gathered into one body first (which held a whole ledger
+    in the API's memory)."""
+    admin = stack_factory.caller(Role.ADMIN)
+    users = [stack_factory.user() for _ in range(4)]
+    count = 1000  # about 430 bytes a row: some 430 kB, over the front's 256 KiB
+    queue_adjustments(stack_sessions, admin, [
+        Adjustment(user_id=users[n % 4].id, points_type="points", amount=1, reason=f"r{n}")
+        for n in range(count)
+    ])  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        with stack_sessions() as session:
+            if count_rows(session, stack_factory.tenant_id)[1] == count:
+                break
+        assert time.monotonic() < deadline, "the workers did not apply the adjustments"
+        time.sleep(0.2)
+
+    url = stack.base_url + "/api/v2/export"
+    with httpx.stream("GET", url, params={"format": "ndjson"}, headers=admin.headers) as answer:
+        assert answer.status_code == 200
+        assert answer.headers.get("transfer-encoding") == "chunked", answer.headers
+        assert "content-length" not in answer.headers
+        rows = [json.loads(line) for line in answer.iter_lines() if line]
+    assert len(rows) == count
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+    assert sorted(row["reason"] for row in rows) == sorted(f"r{n}" for n in range(count))
