@@ -63,7 +63,8 @@ Send = Callable[[Message], Awaitable[None]]
 BODY_GRACE_SECONDS = 10.0
 BODY_MIN_RATE = 16 * 1024
 # An answer up to this long is collected in Flask's thread and sent in one piece; a
-# longer one (the export's stream) is sent as Flask's iterator gives it.
+# longer one (the export's stream) is sent in parts of about this size, each gathered
+# by a thread from what Flask's iterator gives (the export's blocks are 64 KiB).
 WHOLE_ANSWER_BYTES = 256 * 1024
 
 
@@ -163,15 +164,10 @@ class Front:
         answer = self.flask(environ, start_response)
         close = getattr(answer, "close", _nothing)
         parts = iter(answer)
-        size = 0
         long = False
         try:
-            for part in parts:
-                chunks.append(part)
-                size += len(part)
-                if size > WHOLE_ANSWER_BYTES:
-                    long = True
-                    break
+            first = _gather(parts)
+            long = first is not None and len(first) > WHOLE_ANSWER_BYTES
         finally:
             if not long:
                 close()
@@ -179,14 +175,15 @@ class Front:
         encoded = [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
         ]
+        body = b"".join(chunks) + (first or b"")  # what start_response's `write` was given first
         if long:
-            return _Answer(status, encoded, b"".join(chunks), parts, close)
-        return _Answer(status, encoded, b"".join(chunks))
+            return _Answer(status, encoded, body, parts, close)
+        return _Answer(status, encoded, body)
 
     async def _stream(
         self, answer: _Answer, rest: Iterator[bytes], receive: Receive, send: Send
     ) -> None:
-        """Send a long answer part by part, each taken from its iterator by a thread,
+        """Send a long answer part by part, each gathered from its iterator by a thread,
         until it ends or the client goes; then close the iterator (in a thread too: the
         export's closes its database connection)."""
         loop = asyncio.get_running_loop()
@@ -197,7 +194,7 @@ class Front:
                 if part:
                     # Waits while granian holds as many parts as it buffers for the client.
                     await send({"type": "http.response.body", "body": part, "more_body": True})
-                part = await loop.run_in_executor(self.threads, next, rest, None)
+                part = await loop.run_in_executor(self.threads, _gather, rest)
             await send({"type": "http.response.body", "body": b""})
         finally:
             gone.cancel()
@@ -235,6 +232,18 @@ class Front:
             chunks.append(chunk)
             more = message.get("more_body", False)
         scope[BODY] = b"".join(chunks)
+
+
+def _gather(parts: Iterator[bytes]) -> bytes | None:
+    """The next parts of an answer, joined, up to just over WHOLE_ANSWER_BYTES (None: ended)."""
+    gathered: list[bytes] = []
+    size = 0
+    for part in parts:
+        gathered.append(part)
+        size += len(part)
+        if size > WHOLE_ANSWER_BYTES:
+            break
+    return b"".join(gathered) if gathered else None
 
 
 async def _disconnected(receive: Receive) -> None:
