@@ -1,13 +1,56 @@
-"""What the benchmarks share: the stack's processes by role, their CPU seconds read from
-/proc, and the aligned table they print."""
+"""What the benchmarks share: tally's processes started and stopped, the stack's
+processes by role, their CPU seconds read from /proc, and the aligned table they print."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import psutil
 
 ROLES = ("api", "workers", "bulk workers", "postgres", "redis", "peer")
+TALLY = [sys.executable, "-m", "cli"]
+
+
+@contextmanager
+def running(
+    commands: dict[str, list[str]], env: dict[str, str], folder: Path | None, ready_url: str
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """tally's processes, `name: argv` (each logging to `folder`/name.log, or nowhere),
+    once `ready_url` answers 200; stopped (and killed if they linger) afterwards."""
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, argv in commands.items():
+            log_path = folder / f"{name}.log" if folder is not None else Path(os.devnull)
+            with log_path.open("ab") as log:
+                processes[name] = subprocess.Popen(
+                    argv, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"tally's processes did not come up; see {folder or 'their output'}")
+            time.sleep(0.2)
+        yield processes
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def groups() -> dict[str, list[psutil.Process]]:

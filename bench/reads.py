@@ -25,8 +25,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +35,7 @@ from multiprocessing.synchronize import Event
 
 import httpx
 import psutil
-from common import calibration_ms  # bench/common.py, beside this script
+from common import TALLY, calibration_ms, running  # bench/common.py, beside this script
 from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
@@ -129,28 +127,12 @@ def api_process() -> Iterator[tuple[str, psutil.Process]]:
     """`tally api` (one process) on a free port of this machine, with this environment's
     settings: its base URL, and the process that serves (granian's worker)."""
     port = free_port()
-    tally = os.path.join(os.path.dirname(sys.executable), "tally")
-    server = subprocess.Popen(
-        [tally, "api", "--bind", f"127.0.0.1:{port}"],
-        env=os.environ | {"TALLY_API_PROCESSES": "1"},
-        stdout=subprocess.DEVNULL,
-    )
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the API did not start"
-            time.sleep(0.2)
-        (worker,) = psutil.Process(server.pid).children(recursive=True)
+    command = {"api": [*TALLY, "api", "--bind", f"127.0.0.1:{port}"]}
+    env = os.environ | {"TALLY_API_PROCESSES": "1"}
+    with running(command, env, None, f"{base_url}/healthz") as processes:
+        (worker,) = psutil.Process(processes["api"].pid).children(recursive=True)
         yield base_url, worker
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def export_rate(base_url: str, serving: psutil.Process, headers: dict[str, str], form: str) -> None:

@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import requests
 from adjustments import Result, counts, provision, run  # bench/adjustments.py, beside this
-from common import aligned, calibration_ms  # bench/common.py
+from common import TALLY, aligned, calibration_ms, running  # bench/common.py
 from redis import Redis
 from sqlalchemy import text
 
@@ -73,46 +72,21 @@ class Scaled:
 @contextmanager
 def stack(api_processes: int, worker_processes: int, folder: Path) -> Iterator[str]:
     """tally's processes as the Procfile runs them; yields the API's URL."""
-    tally = [sys.executable, "-m", "cli"]
     env = os.environ | {"TALLY_API_PROCESSES": str(api_processes), "TALLY_ENV_FILE": os.devnull}
     commands = {
-        "api": [*tally, "api", "--bind", f"127.0.0.1:{PORT}"],
-        "worker": [*tally, "worker", "--lanes", "interactive,relay",
+        "api": [*TALLY, "api", "--bind", f"127.0.0.1:{PORT}"],
+        "worker": [*TALLY, "worker", "--lanes", "interactive,relay",
                    "--concurrency", str(worker_processes), "--metrics-bind", ""],
-        "bulk-worker": [*tally, "worker", "--lanes", "bulk", "--concurrency", "2",
+        "bulk-worker": [*TALLY, "worker", "--lanes", "bulk", "--concurrency", "2",
                         "--metrics-bind", ""],
-        "events-worker": [*tally, "worker", "--lanes", "events,webhooks", "--concurrency", "2",
+        "events-worker": [*TALLY, "worker", "--lanes", "events,webhooks", "--concurrency", "2",
                           "--metrics-bind", ""],
-        "beat": [*tally, "beat", "--schedule", str(folder / "beat-schedule")],
+        "beat": [*TALLY, "beat", "--schedule", str(folder / "beat-schedule")],
     }  # fmt: skip
-    processes = []
-    try:
-        for name, argv in commands.items():
-            with (folder / f"{name}.log").open("ab") as log:
-                processes.append(
-                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-                )
-        url = f"http://127.0.0.1:{PORT}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit(f"the stack did not come up; see {folder}")
-            time.sleep(0.2)
+    url = f"http://127.0.0.1:{PORT}"
+    with running(commands, env, folder, f"{url}/readyz"):
         time.sleep(2.0)  # the workers' consumers, past the API's readiness
         yield url
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def post_bulk(url: str, resources: Resources, awards: int) -> None:
