@@ -1,4 +1,5 @@
-"""The real server under hostile or careless clients: slow heads, huge heads, big bodies, waiters.
+"""The real server under hostile or careless clients: slow heads, huge heads, big bodies, waiters;
+and a long answer, streamed.
 
 Each test runs against `tally api` (two processes) as deployed, because what it
 checks lives in the HTTP server and the process limits, not in the Flask app.
