@@ -20,26 +20,15 @@ import random
 import statistics
 import threading
 import time
-from multiprocessing.sharedctypes import Synchronized
-from multiprocessing.synchronize import Event
 
 import reads  # bench/reads.py, beside this script
 from common import calibration_ms  # bench/common.py, beside this script
-from read_latency import TENANT  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
 from api import create_app
-from shared.intake.auth import create_token
-from shared.models import User
 from shared.platform.config import load_settings
 from shared.platform.db import autocommit
 from shared.platform.resources import Resources
-
-
-def write(rate: int, users: list[int], stop: Event, applied: Synchronized[int]) -> None:
-    """bench/reads.py's writer, without its own maintenance (the vacuum is this script's)."""
-    reads.MAINTENANCE_SECONDS = float("inf")
-    reads.write(rate, users, stop, applied)
 
 
 def summary(label: str, timings: list[float]) -> str:
@@ -66,19 +55,17 @@ def main() -> None:
 
     settings = load_settings()
     resources = Resources(settings)
-    with resources.sessions.begin() as session:
-        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
-        session.expunge(admin)
-        _, token = create_token(session, admin, "bench")
-        accounts = text("SELECT user_id FROM accounts WHERE tenant_id = :tenant")
-        users = list(session.scalars(accounts, {"tenant": TENANT}))
+    token, users = reads.bench_admin(resources)
     print(f"calibration: a fixed CPU loop took {calibration_ms()} ms (bench/common.py)")
     client = create_app(settings).test_client()
     headers = {"Authorization": f"Bearer {token}"}
 
     spawn = multiprocessing.get_context("spawn")
     stop, applied = spawn.Event(), spawn.Value("q", 0)
-    writer = spawn.Process(target=write, args=(args.rate, users, stop, applied), daemon=True)
+    # bench/reads.py's writer without its own maintenance: the one vacuum is this script's.
+    writer = spawn.Process(
+        target=reads.write, args=(args.rate, users, stop, applied, float("inf")), daemon=True
+    )
     writer.start()
     time.sleep(5)  # the writer under way
 
@@ -92,7 +79,7 @@ def main() -> None:
             vacuumed[:] = [began, time.monotonic()]
             connection.execute(text("RESET vacuum_cost_delay"))
 
-    started = time.monotonic()
+    started, applied_before = time.monotonic(), applied.value
     timer = threading.Timer(args.vacuum_at, vacuum)
     timer.start()
     calls: list[tuple[float, float]] = []
@@ -108,7 +95,8 @@ def main() -> None:
     stop.set()
     writer.join()
     began, ended = vacuumed
-    print(f"writes: {applied.value / elapsed:.0f}/s; the vacuum took {ended - began:.1f} s"
+    writes = (applied.value - applied_before) / elapsed
+    print(f"writes: {writes:.0f}/s; the vacuum took {ended - began:.1f} s"
           f" (vacuum_cost_delay {args.vacuum_cost_delay:g} ms)")  # fmt: skip
     print(summary("every call", [ms for _, ms in calls]))
     print(summary("during vacuum", [ms for at, ms in calls if began <= at <= ended]))

@@ -61,9 +61,16 @@ def maintain_now(resources: Resources) -> list[str]:
         return maintain(connection)
 
 
-def write(rate: int, users: list[int], stop: Event, applied: Synchronized[int]) -> None:
+def write(
+    rate: int,
+    users: list[int],
+    stop: Event,
+    applied: Synchronized[int],
+    maintenance_seconds: float = MAINTENANCE_SECONDS,
+) -> None:
     """Adjustments at `rate` a second through the real accept and apply functions, in a
-    process of their own (as the API and the workers are), until `stop` is set."""
+    process of their own (as the API and the workers are), until `stop` is set; the
+    table maintenance every `maintenance_seconds`, as beat asks for it."""
     resources = Resources(load_settings())
     with resources.sessions.begin() as session:
         admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
@@ -71,10 +78,10 @@ def write(rate: int, users: list[int], stop: Event, applied: Synchronized[int]) 
     points_type = DEFAULT_POINTS_TYPES["reputation"]
     per_tick = max(rate // 10, 1)
     next_tick = time.monotonic()
-    next_maintenance = next_tick + MAINTENANCE_SECONDS
+    next_maintenance = next_tick + maintenance_seconds
     while not stop.is_set():
         if time.monotonic() >= next_maintenance:  # as beat asks for it
-            next_maintenance += MAINTENANCE_SECONDS
+            next_maintenance += maintenance_seconds
             print(f"  (maintenance: {maintain_now(resources)})", flush=True)
         accounts = []
         with resources.sessions.begin() as session:
@@ -115,6 +122,16 @@ def storage(resources: Resources) -> None:
             print(f"storage {name:<20} {count:>12,} rows in {partitions:>3} partition(s):"
                   f" heap {heap / count:6.0f} B/row, indexes {indexes / count:6.0f} B/row"
                   f" ({(heap + indexes) / 2**30:.2f} GiB)")  # fmt: skip
+
+
+def bench_admin(resources: Resources) -> tuple[str, list[int]]:
+    """A fresh token of the filled tenant's admin, and the tenant's users."""
+    with resources.sessions.begin() as session:
+        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
+        session.expunge(admin)
+        _, token = create_token(session, admin, "bench")
+        accounts = text("SELECT user_id FROM accounts WHERE tenant_id = :tenant")
+        return token, list(session.scalars(accounts, {"tenant": TENANT}))
 
 
 def wal_position(resources: Resources) -> int:
@@ -182,12 +199,7 @@ def main() -> None:
     settings = load_settings()
     resources = Resources(settings)
     fill(resources, args.users, args.entries, args.days)
-    with resources.sessions.begin() as session:
-        admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
-        session.expunge(admin)
-        _, token = create_token(session, admin, "bench")
-        users = list(session.scalars(text(
-            "SELECT user_id FROM accounts WHERE tenant_id = 'bench'")))  # fmt: skip
+    token, users = bench_admin(resources)
     print(f"maintenance before the reads: {maintain_now(resources)}")
     print(f"calibration: a fixed CPU loop took {calibration_ms()} ms (bench/common.py)")
 
