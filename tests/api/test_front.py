@@ -72,6 +72,7 @@ def _export_scope(caller: Caller) -> dict[str, Any]:
 @pytest.fixture
 def front(flask_app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[Front]:
     monkeypatch.setattr(shared.reads.history, "EXPORT_BLOCK", 1)  # a block per row
+    monkeypatch.setattr(shared.reads.history, "JSON_GROUP", 1)  # a row per line
     monkeypatch.setattr(api.front, "WHOLE_ANSWER_BYTES", 1)  # streamed past its first part
     served = Front(flask_app)
     yield served
