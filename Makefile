@@ -72,10 +72,10 @@ bench-reads: $(STAMP)
 
 # Debian packages, as command:package: docker-compose validates the compose files, wrk
 # drives `make bench`, promtool (package prometheus) checks monitoring/, pgbouncer runs
-# `make test-pgbouncer`. Without their recommendations: neither a Docker engine nor a
-# node exporter is needed for that.
+# `make test-pgbouncer`, curl downloads the export in `make bench-reads`. Without their
+# recommendations: neither a Docker engine nor a node exporter is needed for that.
 TOOLS := docker-compose:docker-compose wrk:wrk promtool:prometheus nats-server:nats-server \
-	pgbouncer:pgbouncer
+	pgbouncer:pgbouncer curl:curl
 # tests/ha runs PostgreSQL under Patroni with etcd, Redis under Sentinel, and partitions
 # hosts with nftables.
 HA_TOOLS := pg_ctlcluster:postgresql patroni:patroni etcd:etcd-server \
