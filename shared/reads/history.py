@@ -249,10 +249,11 @@ COPY_ROW_FRAMING = 6
 COPY_TRAILER = b"\xff\xff"
 
 
-def _json_object(columns: tuple[tuple[str, JsonKind], ...]) -> str:
-    """One row's JSON object as a concatenation of text, the keys in the columns' order:
-    unlike `row_to_json` over a subquery, PostgreSQL's parallel workers build it (and
-    it does not look up each column's type again for every row).
+def _json_line(columns: tuple[tuple[str, JsonKind], ...]) -> str:
+    """One row's NDJSON line (its JSON object, then a newline) as a concatenation of
+    text, the keys in the columns' order: unlike `row_to_json` over a subquery,
+    PostgreSQL's parallel workers build it (and it does not look up each column's type
+    again for every row).
     """
     parts = []
     for place, (column, kind) in enumerate(columns):
@@ -260,7 +261,7 @@ def _json_object(columns: tuple[tuple[str, JsonKind], ...]) -> str:
         key = alias or expression.rpartition(".")[2]
         value = JSON_VALUES[kind].format(expression)
         parts.append(f"""'{"{" if place == 0 else ","}"{key}":' || coalesce({value}, 'null')""")
-    return " || ".join(parts) + " || '}'"
+    return " || ".join(parts) + r" || E'}\n'"
 
 
 def _export_query(kind: ExportKind, as_json: bool) -> str:
@@ -269,7 +270,7 @@ def _export_query(kind: ExportKind, as_json: bool) -> str:
     columns = EXPORT_COLUMNS[kind]
     listed = ", ".join(column for column, _ in columns)
     if as_json:
-        selected = f"e.id, e.id / {JSON_GROUP} AS part, {_json_object(columns)} || E'\\n' AS line"
+        selected = f"e.id, e.id / {JSON_GROUP} AS part, {_json_line(columns)} AS line"
         order = f"e.id / {JSON_GROUP}, e.id"
     else:
         selected, order = listed, "e.id"
