@@ -8,15 +8,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.platform.db import make_session_factory
+from shared.platform.db import make_engine, make_session_factory
 from tests.conftest import Services
 from tests.factories import Factory
 from tests.stack import Stack, running_stack
 
 
 @pytest.fixture
-def stack_sessions(services: Services) -> Iterator[sessionmaker[Session]]:
-    engine = services.engine()
+def stack_database(services: Services) -> str:
+    """The stack's database: the suite's. A module whose assertions count every request
+    the stack's workers apply gives it one of its own (`own_database`)."""
+    return services.database_url
+
+
+@pytest.fixture
+def stack_sessions(services: Services, stack_database: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(stack_database, prepared_statements=services.prepared_statements)
     yield make_session_factory(engine)
     engine.dispose()
 
@@ -34,13 +41,11 @@ def stack_env() -> dict[str, str]:
 
 @pytest.fixture
 def stack_without_workers(
-    services: Services, tmp_path: Path, stack_env: dict[str, str]
+    services: Services, stack_database: str, tmp_path: Path, stack_env: dict[str, str]
 ) -> Iterator[Stack]:
     """The API (two processes) and beat; the test starts workers when it wants them."""
     env = {"TALLY_RELAY_DELAY": "2", "TALLY_RELAY_INTERVAL": "0.5", "TALLY_API_PROCESSES": "2"}
-    with running_stack(
-        tmp_path, services.database_url, services.redis_url, env | stack_env
-    ) as stack:
+    with running_stack(tmp_path, stack_database, services.redis_url, env | stack_env) as stack:
         yield stack
 
 
