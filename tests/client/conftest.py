@@ -2,6 +2,7 @@
 
 from tests.processes.conftest import (  # noqa: F401
     stack,
+    stack_database,
     stack_env,
     stack_factory,
     stack_sessions,
