@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import aligned, calibration_ms, cpu_seconds  # bench/common.py, beside this script
+from common import aligned, calibration_ms, cpu_seconds, percentile  # bench/common.py
 from receiver import Receiver  # bench/receiver.py
 from sqlalchemy import select, text
 
@@ -302,12 +302,12 @@ def with_webhook(
     lags = sorted(max(0.0, arrived - occurred) * 1000 for _, occurred, arrived in records)
     ids = [webhook_id for webhook_id, _, _ in records]
 
-    def percentile(q: float) -> float:
-        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else 0.0
+    def at(share: float) -> float:
+        return round(percentile(lags, share), 1) if lags else 0.0
 
     result.webhooks = Lag(
         events=int(events or 0), delivered=len(set(ids)), duplicates=len(ids) - len(set(ids)),
-        p50_ms=percentile(0.50), p95_ms=percentile(0.95), p99_ms=percentile(0.99),
+        p50_ms=at(0.50), p95_ms=at(0.95), p99_ms=at(0.99),
         max_ms=round(lags[-1], 1) if lags else 0.0,
     )  # fmt: skip
     return result

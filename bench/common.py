@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,6 +94,12 @@ def cpu_seconds() -> dict[str, float]:
             total += times.user + times.system + times.children_user + times.children_system
         totals[role] = total
     return totals
+
+
+def percentile(ordered: Sequence[float], share: float) -> float:
+    """The value at `share` (0.99 for p99) of `ordered`, sorted and not empty: the
+    nearest rank at or above it, as the benchmarks print their latencies."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 def aligned(rows: list[tuple[str, ...]]) -> str:

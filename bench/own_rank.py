@@ -22,7 +22,7 @@ import threading
 import time
 
 import reads  # bench/reads.py, beside this script
-from common import calibration_ms  # bench/common.py, beside this script
+from common import calibration_ms, percentile  # bench/common.py, beside this script
 from sqlalchemy import text
 
 from api import create_app
@@ -35,13 +35,10 @@ def summary(label: str, timings: list[float]) -> str:
     ordered = sorted(timings)
     if not ordered:
         return f"{label:<16} no calls"
-
-    def at(share: float) -> float:
-        return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
-
     return (
         f"{label:<16} {len(ordered):>6} calls  p50 {statistics.median(ordered):6.1f}"
-        f"  p90 {at(0.9):6.1f}  p99 {at(0.99):6.1f}  max {ordered[-1]:6.1f} ms"
+        f"  p90 {percentile(ordered, 0.9):6.1f}  p99 {percentile(ordered, 0.99):6.1f}"
+        f"  max {ordered[-1]:6.1f} ms"
     )
 
 

@@ -36,7 +36,7 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 
 import psutil
-from common import TALLY, calibration_ms, running  # bench/common.py, beside this script
+from common import TALLY, calibration_ms, percentile, running  # bench/common.py, beside this script
 from read_latency import TENANT, fill  # bench/read_latency.py, beside this script
 from sqlalchemy import text
 
@@ -179,8 +179,7 @@ def export_rate(base_url: str, serving: psutil.Process, headers: dict[str, str],
 
 def percentiles(timings: list[float]) -> str:
     ordered = sorted(timings)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {statistics.median(ordered):7.1f} ms  p99 {p99:7.1f} ms"
+    return f"p50 {statistics.median(ordered):7.1f} ms  p99 {percentile(ordered, 0.99):7.1f} ms"
 
 
 def main() -> None:
