@@ -34,12 +34,11 @@ from shared.events.log import (
     write_events,
 )
 from shared.events.notices import crossings, note_crossings, warn_expiring_lots
-from shared.intake.adjustments import Adjustment
 from shared.models import Role, new_ulid
 from shared.platform.config import PointsType
 from shared.platform.db import transaction
 from tests.api.test_points_operations import Desk
-from tests.factories import Caller, Factory, queue_adjustments, queue_requests
+from tests.factories import Caller, Factory, queue_requests
 from worker.app import TallyCelery
 from worker.pump import pump_events
 
@@ -196,35 +195,6 @@ def test_a_failed_apply_leaves_no_event_and_the_retry_writes_them_once(
     assert types_of(events_of(sessions, factory.tenant_id)) == (
         ["request.accepted"] * 2 + ["entry.created"] * 2 + ["request.applied"] * 2
     )
-
-
-def test_a_chunk_writes_its_entries_then_the_applied_then_the_rejected_each_in_request_order(
-    factory: Factory, moderator: Caller, sessions: sessionmaker[Session], apply_account
-) -> None:
-    user = factory.user()
-    amounts = [5, -20, 7, -30, 1]  # "points" may not go below zero: -20 and -30 are refused
-    adjustments = [Adjustment(user.id, "points", amount, comment="chunk") for amount in amounts]
-    [account] = queue_adjustments(sessions, moderator, adjustments)
-    assert apply_account(account) == 5  # decided: three applied, two rejected
-    events = events_of(sessions, factory.tenant_id)
-    assert types_of(events) == (
-        ["request.accepted"] * 5 + ["entry.created"] * 3
-        + ["request.applied"] * 3 + ["request.rejected"] * 2
-    )  # fmt: skip
-    accepted = [data["request_id"] for _, data in events[:5]]
-    assert accepted == sorted(accepted)
-    entries, applied, rejected = events[5:8], events[8:11], events[11:]
-    assert [data["amount"] for _, data in entries] == [5, 7, 1]
-    assert [data["balance_after"] for _, data in entries] == [5, 12, 13]
-    assert [data["request_id"] for _, data in applied] == [accepted[0], accepted[2], accepted[4]]
-    for (_, entry), (_, outcome) in zip(entries, applied, strict=True):
-        assert outcome["entry_id"] == entry["entry_id"] and outcome["cut"] == 0
-        assert outcome["operation"] == "adjust" and outcome["user_id"] == entry["user_id"]
-        assert outcome["amount"] == entry["amount"] and outcome["points_type"] == "points"
-    assert [data["request_id"] for _, data in rejected] == [accepted[1], accepted[3]]
-    assert [data["amount"] for _, data in rejected] == [-20, -30]
-    assert {data["error"]["code"] for _, data in rejected} == {"insufficient_balance"}
-    assert all("entry_id" not in data for _, data in rejected)
 
 
 def test_ids_and_account_sequences_are_numbered_after_commit_without_gaps(
