@@ -34,11 +34,12 @@ from shared.events.log import (
     write_events,
 )
 from shared.events.notices import crossings, note_crossings, warn_expiring_lots
+from shared.intake.adjustments import Adjustment
 from shared.models import Role, new_ulid
 from shared.platform.config import PointsType
 from shared.platform.db import transaction
 from tests.api.test_points_operations import Desk
-from tests.factories import Caller, Factory, queue_requests
+from tests.factories import Caller, Factory, queue_adjustments, queue_requests
 from worker.app import TallyCelery
 from worker.pump import pump_events
 
@@ -195,6 +196,33 @@ def test_a_failed_apply_leaves_no_event_and_the_retry_writes_them_once(
     assert types_of(events_of(sessions, factory.tenant_id)) == (
         ["request.accepted"] * 2 + ["entry.created"] * 2 + ["request.applied"] * 2
     )
+
+
+def test_a_chunk_writes_its_entries_then_the_applied_then_the_rejected_each_in_order(
+    factory: Factory, moderator: Caller, sessions: sessionmaker[Session], apply_account
+) -> None:
+    user = factory.user()
+    amounts = [5, -20, 7, -30, 1]  # "points" may not go below zero: -20 and -30 are refused
+    adjustments = [Adjustment(user.id, "points", amount, comment="chunk") for amount in amounts]
+    [account] = queue_adjustments(sessions, moderator, adjustments)
+    assert apply_account(account) == 5  # decided: three applied, two rejected
+    events = events_of(sessions, factory.tenant_id)
+    accepted = [data["request_id"] for _, data in events[:5]]
+    assert types_of(events[:5]) == ["request.accepted"] * 5 and accepted == sorted(accepted)
+    entries, outcomes = events[5:8], events[8:]
+    assert types_of(entries) == ["entry.created"] * 3
+    assert [data["amount"] for _, data in entries] == [5, 7, 1]
+    assert [data["balance_after"] for _, data in entries] == [5, 12, 13]
+    # The applied ones are written with the entries' statement, the rejected after it.
+    assert types_of(outcomes) == ["request.applied"] * 3 + ["request.rejected"] * 2
+    in_order = [accepted[0], accepted[2], accepted[4], accepted[1], accepted[3]]
+    assert [data["request_id"] for _, data in outcomes] == in_order
+    applied = [data for kind, data in outcomes if kind == "request.applied"]
+    for (_, entry), outcome in zip(entries, applied, strict=True):
+        assert outcome["entry_id"] == entry["entry_id"] and outcome["cut"] == 0
+    rejected = [data for kind, data in outcomes if kind == "request.rejected"]
+    assert [data["amount"] for data in rejected] == [-20, -30]
+    assert {data["error"]["code"] for data in rejected} == {"insufficient_balance"}
 
 
 def test_ids_and_account_sequences_are_numbered_after_commit_without_gaps(
