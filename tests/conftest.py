@@ -58,10 +58,13 @@ class Services:
     # False when database_url goes through a transaction-mode PgBouncer.
     prepared_statements: bool = True
 
-    def engine(self, pool_size: int = 5) -> Engine:
-        """An engine of the test's own on the suite's database."""
+    def engine(self, pool_size: int = 5, database_url: str | None = None) -> Engine:
+        """An engine of the test's own on the suite's database (or on `database_url`, on
+        the same server), with the suite's choice of prepared statements."""
         return make_engine(
-            self.database_url, pool_size=pool_size, prepared_statements=self.prepared_statements
+            database_url or self.database_url,
+            pool_size=pool_size,
+            prepared_statements=self.prepared_statements,
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.platform.db import make_engine, make_session_factory
+from shared.platform.db import make_session_factory
 from tests.conftest import Services
 from tests.factories import Factory
 from tests.stack import Stack, running_stack
@@ -23,7 +23,7 @@ def stack_database(services: Services) -> str:
 
 @pytest.fixture
 def stack_sessions(services: Services, stack_database: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(stack_database, prepared_statements=services.prepared_statements)
+    engine = services.engine(database_url=stack_database)
     yield make_session_factory(engine)
     engine.dispose()
 
