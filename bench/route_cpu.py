@@ -9,7 +9,8 @@ reads this process's CPU per request with getrusage. tally's route runs whole, t
 without one part at a time: the Redis wake-up of the workers (`api.accept.dispatch`),
 the rate limit's hooks, the metrics' hooks. The variants alternate, each twice, so
 that both runs of one share the machine's state with the others. The metrics are kept
-in a folder of files, as `tally api` keeps them.
+in a folder of files, as `tally api` keeps them. Every request is recorded in the
+database given (tenant `bench`, as `make bench` provisions it): give it one of its own.
 
 Usage: TALLY_DATABASE_URL=... TALLY_REDIS_URL=... python bench/route_cpu.py [--requests 3000]
 """
