@@ -22,7 +22,10 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 # The tables whose plans matter (names from this fixed list only: they are interpolated).
+# `users` too: the accept statement finds its user by (tenant, id), and a plan made from a
+# `users` never analyzed took the tenant's index for it and read every user of the tenant.
 TABLES = (
+    "users",
     "accounts",
     "adjustment_requests",
     "ledger_entries",
