@@ -124,8 +124,6 @@ def measure(
 ) -> Scaled:
     api_processes, worker_processes, bulk = configuration
     _, token, users = provision(resources)
-    with resources.engine.begin() as connection:
-        connection.execute(text("ANALYZE users, accounts, adjustment_requests, tokens"))
     with stack(api_processes, worker_processes, folder) as url:
         bulk_before = counts(resources, tenant=BULK_TENANT)[0]
         singles_before = counts(resources)[0]
