@@ -98,11 +98,10 @@ def provision(
     """The moderator's id, a fresh token of it and the ids of `users` users of `tenant`
     (made the first time, each with its account of the default points type).
 
-    Then the tables the accept path reads are analyzed, with their rows in them: an
-    `accounts` analyzed empty is planned as empty, and the accept statement's plan, made
-    on each connection's sixth run, then scanned every account for the one it wanted
-    until the maintenance analyzed the table again (PERFORMANCE.md, "The accept
-    statement planned on an empty table").
+    Then the tables the accept path reads are analyzed, with their rows in them: from an
+    `accounts` analyzed empty, the accept statement's plan (made once per connection)
+    walked every account for the one it wanted until the maintenance analyzed the table
+    again (PERFORMANCE.md, "PostgreSQL's share, statement by statement").
     """
     with resources.sessions.begin() as session:
         ensure_tenant(session, tenant)
