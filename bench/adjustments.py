@@ -313,6 +313,16 @@ def with_webhook(
                 text("UPDATE webhook_endpoints SET status = 'disabled' WHERE id = :id"),
                 {"id": endpoint_id},
             )
+    if events and not records:
+        with resources.sessions() as session:
+            error = session.scalar(
+                text("SELECT last_error FROM webhook_deliveries WHERE endpoint_id = :endpoint"
+                     " AND last_error IS NOT NULL ORDER BY last_attempt_at DESC LIMIT 1"),
+                {"endpoint": endpoint_id},
+            )  # fmt: skip
+        sys.exit(f"scenario e: none of {events} events reached the receiver"
+                 f" ({error or 'no attempt recorded'}); a stack that delivers to loopback"
+                 " runs with TALLY_WEBHOOK_ALLOW_PRIVATE=true")  # fmt: skip
     lags = sorted(max(0.0, arrived - occurred) * 1000 for _, occurred, arrived in records)
     ids = [webhook_id for webhook_id, _, _ in records]
 
