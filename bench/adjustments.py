@@ -126,8 +126,8 @@ def provision(
                  " AND role = 'user' ORDER BY id LIMIT :n"),
             {"t": tenant, "n": users},
         ).all()  # fmt: skip
-        points_type = resources.settings.points_type(resources.settings.default_points_type)
-        assert points_type is not None, "the default points type is configured"
+        settings = resources.settings
+        points_type = settings.points_types[settings.default_points_type]
         connection = session.connection()
         for user_id in ids:
             create_account(connection, tenant, user_id, points_type)

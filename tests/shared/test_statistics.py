@@ -126,15 +126,14 @@ def test_an_accept_reads_only_its_own_user_and_account_once_the_users_are_analyz
     table never analyzed, that plan found the user by id through the tenant's index and
     read every user of the tenant on every accept; the maintenance analyzes `users` too,
     after which the plan reads one user and one account however many the tenant has."""
-    from shared.intake.adjustments import SUBMIT_BY_ID, create_account
+    from shared.intake.adjustments import COLUMNS, SUBMIT_BY_ID, create_account
     from shared.platform.config import load_settings
 
     engine = make_engine(own_database, pool_size=2)
     try:
         factory = Factory(make_session_factory(engine))
         caller = factory.caller()
-        points_type = load_settings().points_type("reputation")
-        assert points_type is not None
+        points_type = load_settings().points_types["reputation"]
         with engine.begin() as connection:
             users = connection.scalars(
                 text("INSERT INTO users (tenant_id, username, real_name, email, avatar,"
@@ -147,12 +146,11 @@ def test_an_accept_reads_only_its_own_user_and_account_once_the_users_are_analyz
         with autocommit(engine) as connection:
             assert "analyze users" in maintain_until(connection, "analyze users")
 
-        values = {
-            "tenant": factory.tenant_id, "target": users[-1], "points_type": "reputation",
-            "key": "planned", "fingerprint": "f", "amount": 5, "entry_type": "adjust",
-            "reputation_context": "", "comment": "", "reason": "", "source": "",
-            "related_id": "", "expires_at": None, "allow_negative": False,
-            "created_by": caller.user_id,
+        # The statement's values as shared.intake.adjustments.submit gives them.
+        adjustment = Adjustment(user_id=users[-1], points_type="reputation", amount=5)
+        values = {name: getattr(adjustment, name) for name in COLUMNS} | {
+            "tenant": factory.tenant_id, "target": users[-1], "key": "planned",
+            "fingerprint": adjustment.fingerprint(), "created_by": caller.user_id,
         }  # fmt: skip
         nodes = list(plan_nodes(generic_plan(engine, SUBMIT_BY_ID, values)))
         read = {node["Relation Name"]: node["Actual Rows"] for node in nodes
