@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -16,13 +17,49 @@ from sqlalchemy.engine import make_url
 
 DATABASE_NAME = "tally"
 STARTUP_TIMEOUT = 30.0
+# free_port chooses from LOWEST_CHOSEN_PORT up to the ephemeral range, at random (not
+# seeded: processes choosing side by side do not repeat each other's choices).
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_CHOSEN_PORT = 20000
+_choices = random.SystemRandom()
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server that binds it later.
+
+    Chosen below the kernel's ephemeral range where that is known: a port from the range
+    (what binding port 0 gives) may be taken as the local port of any outgoing connection
+    before the server binds it (a test's worker lost its metrics port so, seconds after
+    it was chosen). Elsewhere, the kernel's choice.
+    """
+    low = _ephemeral_low()
+    if low is not None and low > LOWEST_CHOSEN_PORT:
+        while True:
+            port = _choices.randrange(LOWEST_CHOSEN_PORT, low)
+            if port_free(port):
+                return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could bind `port` on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int | None:
+    """The first port of the kernel's ephemeral range (Linux), or None where unknown."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextmanager

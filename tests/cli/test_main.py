@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import csv_files
-from cli.embedded import free_port
+from cli.embedded import EPHEMERAL_RANGE, LOWEST_CHOSEN_PORT, free_port, port_free
 from cli.main import API, COMMANDS, DATABASE, cli
 from shared.platform.config import METRICS_FOLDER_ENV
 from tests.conftest import Services
@@ -41,6 +41,17 @@ def test_help_lists_each_command_under_what_it_talks_to_without_importing_them()
         command = getattr(importlib.import_module(entry.module), name)
         assert command.get_short_help_str(limit=1000) == entry.summary, name
     assert "3 a server could not be reached" in help_text
+
+
+def test_a_chosen_port_is_free_and_outside_the_range_outgoing_connections_take() -> None:
+    """free_port's ports are for servers that bind them later (tally run's embedded servers,
+    the tests' stacks): none comes from the kernel's ephemeral range, whose ports any
+    outgoing connection may take in the meantime, and they are drawn at random."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(LOWEST_CHOSEN_PORT <= port < low for port in ports), sorted(ports)
+    assert all(port_free(port) for port in ports)
+    assert len(ports) > 40
 
 
 def test_version() -> None:

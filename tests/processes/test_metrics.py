@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import requests
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.embedded import free_port
+from cli.embedded import free_port, port_free
 from shared.models import Role
 from shared.platform.db import make_engine, make_session_factory
 from shared.platform.metrics import API_SERIES, WORKER_SERIES
@@ -189,17 +188,8 @@ def _ports_apart(count: int, step: int) -> int:
     """A base port such that base, base + step, ... (`count` ports) are all free."""
     while True:
         base = free_port()
-        if base + step * count < 65536 and all(_free(base + step * i) for i in range(count)):
+        if base + step * count < 65536 and all(port_free(base + step * i) for i in range(count)):
             return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture
