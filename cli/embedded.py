@@ -21,6 +21,7 @@ STARTUP_TIMEOUT = 30.0
 # seeded: processes choosing side by side do not repeat each other's choices).
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_CHOSEN_PORT = 20000
+CHOICES_BEFORE_THE_KERNELS = 100
 _choices = random.SystemRandom()
 
 
@@ -30,11 +31,11 @@ def free_port() -> int:
     Chosen below the kernel's ephemeral range where that is known: a port from the range
     (what binding port 0 gives) may be taken as the local port of any outgoing connection
     before the server binds it (a test's worker lost its metrics port so, seconds after
-    it was chosen). Elsewhere, the kernel's choice.
+    it was chosen). Elsewhere, or if none of a hundred draws is free, the kernel's choice.
     """
     low = _ephemeral_low()
     if low is not None and low > LOWEST_CHOSEN_PORT:
-        while True:
+        for _ in range(CHOICES_BEFORE_THE_KERNELS):
             port = _choices.randrange(LOWEST_CHOSEN_PORT, low)
             if port_free(port):
                 return port
