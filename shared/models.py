@@ -230,6 +230,14 @@ class AdjustmentRequest(Base):
             "id",
             postgresql_where="status IN ('queued', 'processing')",
         ),
+        # The interactive lane's scan (shared/flow/outbox.py): pending single adjustments,
+        # oldest first, with their accounts.
+        Index(
+            "ix_adjustment_requests_single_pending",
+            "id",
+            postgresql_include=["account_id"],
+            postgresql_where="status IN ('queued', 'processing') AND batch_id IS NULL",
+        ),
         Index("ix_adjustment_requests_batch", "batch_id", "status"),
         # Retention's scan: the final adjustments, oldest first (shared/intake/idempotency.py).
         Index(

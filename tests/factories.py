@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.flow.dispatch import ACCOUNTS_PER_TASK
+from shared.flow.outbox import pending_single_accounts
 from shared.intake.adjustments import Adjustment, submit
 from shared.intake.auth import Principal, create_token
 from shared.intake.validation import UserRef
@@ -114,6 +116,20 @@ def assert_ledger_consistent(session: Session, account_id: str) -> None:
 def apply_now(app: TallyCelery, account_ids: list[str]) -> int:
     """Apply these accounts' pending requests in this thread, as a drain task does."""
     return len(app.apply(account_ids).outcomes)
+
+
+def apply_leftovers(app: TallyCelery) -> None:
+    """Apply the single adjustments earlier tests left pending in this database.
+
+    The interactive lane's drain applies every pending single adjustment it finds, so a
+    test that counts a drain's transactions or tasks first settles what is not its own.
+    """
+    for _ in range(100):
+        accounts = pending_single_accounts(app.resources.engine, ACCOUNTS_PER_TASK)
+        if not accounts:
+            return
+        app.apply(accounts)
+    raise AssertionError("requests left pending by earlier tests are not applied")
 
 
 def queue_requests(

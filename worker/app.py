@@ -10,7 +10,8 @@ from celery import Celery
 from kombu.entity import Queue
 
 from shared.events.webhook_sender import WebhookSender
-from shared.flow.dispatch import Dispatcher, Lane, queue_of
+from shared.flow.dispatch import Dispatcher, Lane, Scan, queue_of
+from shared.flow.outbox import pending_single_accounts
 from shared.flow.processing import drain_accounts
 from shared.ledger.apply import Applied
 from shared.platform.config import Settings
@@ -48,17 +49,21 @@ class TallyCelery(Celery):
     @cached_property
     def dispatchers(self) -> dict[Lane, Dispatcher]:
         """The one way work reaches the workers, per lane (see shared.flow.dispatch)."""
-        settings = self.resources.settings
-        partitions = {Lane.INTERACTIVE: 1, Lane.BULK: settings.bulk_partitions}
+        resources = self.resources
+        settings = resources.settings
+
+        def dispatcher(lane: Lane, partitions: int, scan: Scan | None = None) -> Dispatcher:
+            queue = queue_of(settings.queue_name, lane)
+            send = self._sender(lane)
+            return Dispatcher(resources.redis, resources.keys, send, queue, partitions, scan)
+
         return {
-            lane: Dispatcher(
-                self.resources.redis,
-                self.resources.keys,
-                self._sender(lane),
-                queue_of(settings.queue_name, lane),
-                count,
-            )
-            for lane, count in partitions.items()
+            # Single adjustments are found in the database: the API's accept needs no
+            # round trip to Redis while the workers are busy.
+            Lane.INTERACTIVE: dispatcher(
+                Lane.INTERACTIVE, 1, lambda rows: pending_single_accounts(resources.engine, rows)
+            ),
+            Lane.BULK: dispatcher(Lane.BULK, settings.bulk_partitions),
         }
 
     @cached_property

@@ -1,4 +1,4 @@
-"""How work reaches the workers: pending accounts in Redis sets, each drained by one task at a time.
+"""How work reaches the workers: each lane's pending accounts, drained by one task at a time.
 
 Work comes in lanes, each with its own Celery queue and workers, so that one kind
 never waits behind another: single adjustments (someone may be waiting for the
@@ -7,29 +7,42 @@ never waits behind another: single adjustments (someone may be waiting for the
 tasks apply a large batch at once, never two on one account.
 
 Whoever commits requests (the API, a bulk batch, the outbox relay) calls `notify`
-with their accounts after the commit: each joins its partition's set
-`tally:<deployment>:pending:<queue>:<partition>`, and a drain task is queued for the
-partition unless its mark `tally:<deployment>:dispatch:<queue>:<partition>` (taken with
-SET NX) says one
-is queued or running. The drain task keeps the mark while it works: it pops a few
-hundred accounts at a time and applies all their pending requests in one
-transaction, again and again until the set is empty; then it `release`s the mark.
-So a busy system runs one task per partition that applies many accounts per
-transaction, and the API pays for a Celery publish only when the workers were idle.
+with their accounts after the commit, and a drain task is queued for their partition
+unless its mark `tally:<deployment>:dispatch:<queue>:<partition>` (taken with SET NX)
+says one is queued or running. The drain task keeps the mark while it works: it takes
+a few hundred accounts at a time and applies all their pending requests in one
+transaction, again and again until none is left; then it `release`s the mark. So a
+busy system runs one task per partition that applies many accounts per transaction.
 
-No wakeup is lost. An account added while the task works is popped by it. One
-added after the task found the set empty either finds the mark gone and queues a
-task itself, or was added before the release looked at the set again, in which
-case the task takes the mark back and goes on.
+Where a drain task finds its accounts depends on the lane:
 
-The sets are a hint, not the record: the committed rows are. Accounts lost with
-Redis (restarted empty, or popped by a worker killed mid-chunk) are found again by
-the outbox relay, which queues a drain whatever the mark says.
+- **In Redis** (the bulk lane): each notify adds its accounts to the partition's set
+  `tally:<deployment>:pending:<queue>:<partition>` in the same round trip, and the task
+  pops them. An account added while the task works is popped by it; one added after
+  the task found the set empty either finds the mark gone and queues a task itself, or
+  was added before the release looked at the set again, in which case the task takes
+  the mark back and goes on.
+- **In PostgreSQL** (the interactive lane, one partition): the task asks the database
+  for the accounts of the oldest pending requests (`scan`), so a notify carries no
+  accounts and is needed only to start a task. A process that saw the mark taken,
+  by its own notify or another's, skips its notifies for `QUIET_SECONDS` from the
+  moment it asked: a single adjustment then costs the API no round trip to Redis while
+  the workers are busy. No wakeup is lost: a request committed in a skipping window was
+  committed before the window ended, which was at most QUIET_SECONDS after the mark
+  was seen, so before the release of every task that held it then; and a task that
+  releases the mark keeps looking in the database for QUIET_SECONDS more (taking the
+  mark back for what it finds), its last look starting after that time.
+
+Either way the committed rows are the record; the sets and the mark are hints. Accounts
+lost with Redis (restarted empty, or popped by a worker killed mid-chunk) and a task
+lost with its message are found again by the outbox relay, which queues a drain
+whatever the mark says.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -47,6 +60,10 @@ class Lane(enum.StrEnum):
     RELAY = "relay"  # the outbox relay, run by beat
     EVENTS = "events"  # numbering new events and handing them on, run by beat
     WEBHOOKS = "webhooks"  # webhook deliveries: slow receivers never delay anything else
+
+
+# A lane's scan of the database: the accounts of up to N of its oldest pending requests.
+Scan = Callable[[int], list[str]]
 
 
 def queue_of(base: str, lane: Lane) -> str:
@@ -77,12 +94,17 @@ NOTIFY_ACCOUNTS_PER_CALL = 1000
 GATHER_SECONDS = 0.004
 # How many accounts one drain task takes at most.
 ACCOUNTS_PER_TASK = 500
+# How long a process that saw the mark taken skips its notifies of a lane that scans the
+# database, and how long a task of such a lane keeps looking after it gives the mark up.
+QUIET_SECONDS = 0.05
 
 
 class Dispatcher:
     """Hands a lane's accounts with pending requests to its workers.
 
-    `send(partition)` queues one drain task for that partition.
+    `send(partition)` queues one drain task for that partition. `scan(limit)`, given
+    for a lane of one partition, returns the accounts of up to `limit` of its oldest
+    pending requests from the database: the lane then keeps no set in Redis.
     """
 
     def __init__(
@@ -92,13 +114,19 @@ class Dispatcher:
         send: Callable[[int], None],
         queue: str,
         partitions: int = 1,
+        scan: Scan | None = None,
     ) -> None:
+        if scan is not None and partitions != 1:
+            raise ValueError("a lane that scans the database has one partition")
         self.redis = redis
         self.send = send
         self.partitions = partitions
+        self.scan = scan
         self.pending_keys = [keys.pending(queue, p) for p in range(partitions)]
         self.dispatch_keys = [keys.dispatch_mark(queue, p) for p in range(partitions)]
         self._notify = redis.register_script(NOTIFY)
+        # Until when (time.monotonic) this process skips notifies: see the module's text.
+        self._quiet_until = 0.0
 
     def partition_of(self, account_id: str) -> int:
         return zlib.crc32(account_id.encode()) % self.partitions
@@ -110,16 +138,26 @@ class Dispatcher:
         return groups
 
     def notify(self, account_ids: Iterable[str], *, force: bool = False) -> int:
-        """Mark these accounts pending and make sure a drain task is queued for each.
+        """Make sure a drain task is queued for these accounts, which must be committed.
 
-        Call it after the commit. `force` queues a task even if one seems queued (the
-        relay's choice: it only runs when something was lost). Returns how many tasks
-        this call queued.
+        `force` queues a task even if one seems queued (the relay's choice: it only runs
+        when something was lost). Returns how many tasks this call queued.
         """
+        if self.scan is not None:
+            return int(self._notify_scanned(force))
         return sum(
             self._notify_partition(partition, ids, force)
             for partition, ids in self._by_partition(account_ids).items()
         )
+
+    def _notify_scanned(self, force: bool) -> bool:
+        asked = time.monotonic()
+        if not force and asked < self._quiet_until:
+            return False
+        queued = self._notify_partition(0, [], force)
+        # Taken by this call or found taken: a task held the mark after this process asked.
+        self._quiet_until = asked + QUIET_SECONDS
+        return queued
 
     def _notify_partition(self, partition: int, ids: list[str], force: bool) -> bool:
         pending_key, dispatch_key = self.pending_keys[partition], self.dispatch_keys[partition]
@@ -139,16 +177,20 @@ class Dispatcher:
         return True
 
     def take(self, partition: int, limit: int = ACCOUNTS_PER_TASK) -> list[str]:
-        """For the drain task: pop up to `limit` pending accounts (the mark stays taken)."""
+        """For the drain task: up to `limit` pending accounts (the mark stays taken)."""
+        if self.scan is not None:
+            return self.scan(limit)
         popped = self.redis.spop(self.pending_keys[partition], limit) or []
         return sorted(account.decode() for account in popped)  # type: ignore[union-attr]
 
     def release(self, partition: int) -> bool:
-        """For the drain task that found its set empty: give up the mark.
+        """For the drain task that found nothing to take: give up the mark.
 
-        Returns False if accounts arrived meanwhile and the mark was taken back, so
-        the caller must go on draining.
+        Returns False if work arrived meanwhile and the mark was taken back, so the
+        caller must go on draining.
         """
+        if self.scan is not None:
+            return self._release_scanned()
         pending_key, dispatch_key = self.pending_keys[partition], self.dispatch_keys[partition]
         pipeline = self.redis.pipeline(transaction=True)
         pipeline.delete(dispatch_key)
@@ -156,7 +198,26 @@ class Dispatcher:
         if not pipeline.execute()[1]:
             return True
         # A notify in between saw the mark and queued nothing; whoever takes it now drains.
-        return not self.redis.set(dispatch_key, 1, nx=True, ex=DISPATCH_TTL_SECONDS)
+        return not self._take_back(partition)
+
+    def _release_scanned(self) -> bool:
+        assert self.scan is not None
+        self.redis.delete(self.dispatch_keys[0])
+        quiet_ends = time.monotonic() + QUIET_SECONDS
+        while True:
+            # The last look must start after the quiet time: decide before looking.
+            last = time.monotonic() >= quiet_ends
+            if self.scan(1):
+                # Work that a skipped notify left to us, unless a new task took the mark.
+                return not self._take_back(0)
+            if last:
+                return True
+            time.sleep(min(GATHER_SECONDS, max(quiet_ends - time.monotonic(), 0)))
+
+    def _take_back(self, partition: int) -> bool:
+        return bool(
+            self.redis.set(self.dispatch_keys[partition], 1, nx=True, ex=DISPATCH_TTL_SECONDS)
+        )
 
     def requeue(self, partition: int) -> None:
         """For a drain task out of time: keep the mark and queue the next task."""
@@ -164,12 +225,16 @@ class Dispatcher:
         self.send(partition)
 
     def return_accounts(self, account_ids: Iterable[str]) -> None:
-        """Put accounts back for the next round (one not fully applied, or failed)."""
+        """Put accounts back for the next round (one not fully applied, or failed).
+
+        A lane that scans the database finds them there again."""
+        if self.scan is not None:
+            return
         for partition, ids in self._by_partition(account_ids).items():
             self.redis.sadd(self.pending_keys[partition], *ids)
 
     def backlog(self) -> int:
-        """Accounts waiting to be drained, over every partition."""
+        """Accounts waiting in Redis to be drained, over every partition."""
         pipeline = self.redis.pipeline(transaction=False)
         for key in self.pending_keys:
             pipeline.scard(key)

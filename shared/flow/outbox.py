@@ -1,15 +1,17 @@
-"""The outbox: request rows still pending after a delay are handed to the workers again."""
+"""The outbox: the pending request rows, as the interactive lane's drain task finds them,
+and as the relay finds them when they are still pending after a delay."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.flow.dispatch import Lane
 from shared.ledger.apply import PENDING_STATUSES
 from shared.models import AdjustmentRequest
+from shared.platform.db import autocommit
 
 
 def stale_accounts(session: Session, older_than: float) -> dict[Lane, list[str]]:
@@ -34,3 +36,22 @@ def stale_accounts(session: Session, older_than: float) -> dict[Lane, list[str]]
     for account_id, bulk_only in rows:
         stale.setdefault(Lane.BULK if bulk_only else Lane.INTERACTIVE, []).append(account_id)
     return stale
+
+
+# The oldest pending requests that belong to no batch: what the interactive lane's drain
+# task applies (shared/flow/dispatch.py). Migration 0015's partial index holds exactly
+# these rows, with their accounts, so the statement reads `rows` index entries at most.
+SINGLE_PENDING = text("""
+    SELECT DISTINCT account_id FROM (
+        SELECT account_id FROM adjustment_requests
+        WHERE status IN ('queued', 'processing') AND batch_id IS NULL
+        ORDER BY id LIMIT :rows
+    ) AS oldest
+""")
+
+
+def pending_single_accounts(engine: Engine, rows: int) -> list[str]:
+    """The accounts of the `rows` oldest pending single adjustments (and of the expiries
+    and timeouts tally asks for itself), sorted."""
+    with autocommit(engine) as connection:
+        return sorted(connection.scalars(SINGLE_PENDING, {"rows": rows}))

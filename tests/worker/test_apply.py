@@ -19,6 +19,7 @@ from tests.conftest import Services
 from tests.factories import (
     Caller,
     Factory,
+    apply_leftovers,
     apply_now,
     assert_ledger_consistent,
     queue_requests,
@@ -131,6 +132,7 @@ def test_one_chunk_per_task_and_the_rest_follows(
 ) -> None:
     """One apply (one transaction) takes at most `apply_chunk` requests; the drain goes on."""
     chunk = celery_app.resources.settings.apply_chunk
+    apply_leftovers(celery_app)  # the drain's chunks are this test's requests alone
     user = factory.user()
     account_id, ids = queue_requests(sessions, moderator, user.id, [1] * (3 * chunk + 50))
 

@@ -1,14 +1,22 @@
-"""The dispatcher: pending accounts in Redis, one drain task at a time, no wakeup lost."""
+"""The dispatcher: pending accounts in Redis or in the database, one drain task at a time,
+no wakeup lost."""
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 
 import pytest
 from redis import Redis
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.flow.dispatch import Dispatcher
+from shared.flow.dispatch import QUIET_SECONDS, Dispatcher
+from shared.flow.outbox import SINGLE_PENDING, pending_single_accounts
+from shared.platform.db import transaction
 from shared.platform.keys import RedisKeys
+from tests.factories import Caller, Factory, queue_requests
 
 
 class Sends:
@@ -113,3 +121,130 @@ def test_partitions_split_accounts_and_each_gets_one_task(redis: Redis) -> None:
         assert 150 < len(part) < 350
     dispatcher.return_accounts(accounts[:3])
     assert dispatcher.backlog() == 3
+
+
+class Committed:
+    """A lane's pending accounts as its scan finds them, committed by the test."""
+
+    def __init__(self) -> None:
+        self.accounts: list[str] = []
+
+    def __call__(self, limit: int) -> list[str]:
+        return sorted(self.accounts[:limit])
+
+
+def _scanning(redis: Redis) -> tuple[Dispatcher, Sends, Committed]:
+    sends, committed = Sends(), Committed()
+    queue = "dispatch-" + secrets.token_hex(4)
+    return Dispatcher(redis, RedisKeys("tests"), sends, queue, scan=committed), sends, committed
+
+
+def test_a_scanning_lane_skips_notifies_for_a_while_after_it_saw_the_mark(redis: Redis) -> None:
+    dispatcher, sends, committed = _scanning(redis)
+    committed.accounts.append("a")
+    assert dispatcher.notify(["a"]) == 1
+    assert not redis.exists(dispatcher.pending_keys[0])  # the accounts stay in the database
+    redis.delete(dispatcher.dispatch_keys[0])
+    # Within the quiet time this process does not ask Redis at all: the mark, gone
+    # meanwhile, is not taken again.
+    assert dispatcher.notify(["b"]) == 0
+    assert not redis.exists(dispatcher.dispatch_keys[0])
+    time.sleep(QUIET_SECONDS)
+    assert dispatcher.notify(["c"]) == 1
+    assert sends.count == 2
+    # The relay's force is never skipped.
+    assert dispatcher.notify(["c"], force=True) == 1
+    assert sends.count == 3
+    assert dispatcher.take(0) == ["a"]
+
+
+def test_a_request_whose_notify_was_skipped_is_found_by_the_releasing_task(
+    redis: Redis,
+) -> None:
+    dispatcher, sends, committed = _scanning(redis)
+    assert dispatcher.notify(["a"]) == 1  # the mark taken: this process goes quiet
+    errors: list[AssertionError] = []
+
+    def commit_and_skip() -> None:
+        # Committed while the task gives up the mark; its notify skipped in the quiet time.
+        time.sleep(QUIET_SECONDS / 2)
+        committed.accounts.append("b")
+        try:
+            assert dispatcher.notify(["b"]) == 0
+        except AssertionError as error:
+            errors.append(error)
+
+    request = threading.Thread(target=commit_and_skip)
+    request.start()
+    assert dispatcher.take(0) == []
+    assert dispatcher.release(0) is False  # found b and took the mark back
+    request.join()
+    assert errors == []
+    assert redis.exists(dispatcher.dispatch_keys[0])
+    assert dispatcher.take(0) == ["b"]
+    committed.accounts.clear()
+    assert dispatcher.release(0) is True
+    assert not redis.exists(dispatcher.dispatch_keys[0])
+    assert sends.count == 1
+
+
+def test_a_releasing_task_leaves_what_it_finds_to_a_task_queued_meanwhile(redis: Redis) -> None:
+    dispatcher, sends, committed = _scanning(redis)
+    other_process, _, _ = _scanning(redis)
+    other_process.dispatch_keys = dispatcher.dispatch_keys
+    other_process.send = sends
+    assert dispatcher.notify(["a"]) == 1
+
+    def commit_and_notify() -> None:
+        time.sleep(QUIET_SECONDS / 2)
+        committed.accounts.append("b")
+        other_process.notify(["b"])  # not quiet: it takes the free mark and queues a task
+
+    request = threading.Thread(target=commit_and_notify)
+    request.start()
+    assert dispatcher.release(0) is True
+    request.join()
+    assert sends.count == 2
+
+
+def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
+    sessions: sessionmaker[Session], factory: Factory, moderator: Caller
+) -> None:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+    with sessions() as session:
+        older = session.scalar(
+            text(f"SELECT count(*) FROM ({SINGLE_PENDING.text}) s"), {"rows": 10**9}
+        )
+        older_rows = session.scalar(
+            text(
+                "SELECT count(*) FROM adjustment_requests"
+                " WHERE status IN ('queued', 'processing') AND batch_id IS NULL"
+            )
+        )
+    first, _ = queue_requests(sessions, moderator, factory.user().id, [1, 2])
+    second, _ = queue_requests(sessions, moderator, factory.user().id, [3])
+    batched, (batch_item,) = queue_requests(sessions, moderator, factory.user().id, [4])
+    with transaction(sessions) as session:
+        session.execute(
+            text("UPDATE adjustment_requests SET batch_id = :batch WHERE id = :id"),
+            {"batch": "B" * 26, "id": batch_item},
+        )
+    everything = pending_single_accounts(engine, 10**9)
+    assert len(everything) == older + 2
+    assert {first, second} <= set(everything)
+    assert batched not in everything  # a batch item is the bulk lane's
+    # The oldest rows first: the first account's two requests come before the second's.
+    oldest = pending_single_accounts(engine, older_rows + 2)
+    assert first in oldest
+    assert second not in oldest
+    # Its partial index can answer it (the statement implies the index's predicate),
+    # however many batch items are pending. On a table this small the planner may as well
+    # read any index: the other two that could serve are dropped for the question only.
+    with sessions() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        session.execute(text("DROP INDEX ix_adjustment_requests_batch"))
+        session.execute(text("DROP INDEX ix_adjustment_requests_pending"))
+        plan = session.scalar(text(f"EXPLAIN (FORMAT JSON) {SINGLE_PENDING.text}"), {"rows": 5})
+        session.rollback()
+    assert "ix_adjustment_requests_single_pending" in str(plan)

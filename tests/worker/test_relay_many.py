@@ -13,7 +13,7 @@ from celery import Task
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.flow.dispatch import ACCOUNTS_PER_TASK, NOTIFY_ACCOUNTS_PER_CALL, Lane
+from shared.flow.dispatch import ACCOUNTS_PER_TASK, NOTIFY_ACCOUNTS_PER_CALL
 from shared.intake.adjustments import Adjustment
 from shared.models import AdjustmentRequest
 from shared.platform.db import transaction
@@ -52,9 +52,6 @@ def test_the_relay_hands_over_more_accounts_than_one_task_takes(
             ),
             {"tenant": factory.tenant_id},
         )
-    pending = celery_app.dispatchers[Lane.INTERACTIVE].pending_keys[0]
-    assert not {a.encode() for a in accounts} & celery_app.resources.redis.smembers(pending)
-
     assert relay_outbox() >= ACCOUNTS
 
     def statuses() -> dict[str, int]:
