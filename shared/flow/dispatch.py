@@ -24,14 +24,16 @@ Where a drain task finds its accounts depends on the lane:
   the mark back and goes on.
 - **In PostgreSQL** (the interactive lane, one partition): the task asks the database
   for the accounts of the oldest pending requests (`scan`), so a notify carries no
-  accounts and is needed only to start a task. A process that saw the mark taken,
-  by its own notify or another's, skips its notifies for `QUIET_SECONDS` from the
-  moment it asked: a single adjustment then costs the API no round trip to Redis while
-  the workers are busy. No wakeup is lost: a request committed in a skipping window was
-  committed before the window ended, which was at most QUIET_SECONDS after the mark
-  was seen, so before the release of every task that held it then; and a task that
-  releases the mark keeps looking in the database for QUIET_SECONDS more (taking the
-  mark back for what it finds), its last look starting after that time.
+  accounts and only starts a task. A process asks Redis at most once per
+  `QUIET_SECONDS`: a notify within that time of the process's last ask skips, so a
+  single adjustment costs the API no round trip to Redis while the workers are busy.
+  No wakeup is lost. An ask finds the mark taken (by itself or by another) at a moment
+  after it started, so the task that held the mark then releases it later still; a task
+  that releases the mark keeps looking in the database for QUIET_SECONDS, its last look
+  starting after that, and takes the mark back for what it finds. A skipped notify
+  comes after its request's commit and within QUIET_SECONDS of an ask's start, so that
+  last look sees the request. If the ask fails, what was skipped meanwhile is left to
+  the relay, like what a failed notify leaves.
 
 Either way the committed rows are the record; the sets and the mark are hints. Accounts
 lost with Redis (restarted empty, or popped by a worker killed mid-chunk) and a task
@@ -154,10 +156,13 @@ class Dispatcher:
         asked = time.monotonic()
         if not force and asked < self._quiet_until:
             return False
-        queued = self._notify_partition(0, [], force)
-        # Taken by this call or found taken: a task held the mark after this process asked.
+        # This process's other notifies skip from now (see the module's text).
         self._quiet_until = asked + QUIET_SECONDS
-        return queued
+        try:
+            return self._notify_partition(0, [], force)
+        except Exception:
+            self._quiet_until = 0.0
+            raise
 
     def _notify_partition(self, partition: int, ids: list[str], force: bool) -> bool:
         pending_key, dispatch_key = self.pending_keys[partition], self.dispatch_keys[partition]

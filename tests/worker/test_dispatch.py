@@ -158,6 +158,32 @@ def test_a_scanning_lane_skips_notifies_for_a_while_after_it_saw_the_mark(redis:
     assert dispatcher.take(0) == ["a"]
 
 
+def test_a_notify_while_the_process_asks_skips_and_a_failed_ask_lets_the_next_ask(
+    redis: Redis,
+) -> None:
+    dispatcher, sends, _ = _scanning(redis)
+    inside: list[int] = []
+
+    def send_slowly(partition: int) -> None:
+        if inside:
+            raise AssertionError("a notify asked while the process's ask was on its way")
+        # While this ask is on its way, another thread's notify skips without asking,
+        # even where the mark is free again.
+        redis.delete(dispatcher.dispatch_keys[0])
+        inside.append(dispatcher.notify(["b"]))
+        raise ConnectionError("broker down")
+
+    dispatcher.send = send_slowly
+    with pytest.raises(ConnectionError):
+        dispatcher.notify(["a"])
+    assert inside == [0]
+    assert not redis.exists(dispatcher.dispatch_keys[0])
+    # Nothing was seen: the next notify asks at once.
+    dispatcher.send = sends
+    assert dispatcher.notify(["c"]) == 1
+    assert sends.count == 1
+
+
 def test_a_request_whose_notify_was_skipped_is_found_by_the_releasing_task(
     redis: Redis,
 ) -> None:
