@@ -61,7 +61,9 @@ class TallyCelery(Celery):
             # Single adjustments are found in the database: the API's accept needs no
             # round trip to Redis while the workers are busy.
             Lane.INTERACTIVE: dispatcher(
-                Lane.INTERACTIVE, 1, lambda rows: pending_single_accounts(resources.engine, rows)
+                Lane.INTERACTIVE,
+                1,
+                lambda rows, parked: pending_single_accounts(resources.engine, rows, parked),
             ),
             Lane.BULK: dispatcher(Lane.BULK, settings.bulk_partitions),
         }

@@ -17,17 +17,25 @@ from sqlalchemy.orm import Session
 from shared.events.log import prune_events
 from shared.events.notices import warn_expiring_lots
 from shared.events.webhooks import delivery_finished, prune_deliveries, requeue_delivery
-from shared.flow.dispatch import ACCOUNTS_PER_TASK, DRAIN_SECONDS, GATHER_SECONDS, Dispatcher, Lane
+from shared.flow.dispatch import (
+    ACCOUNTS_PER_TASK,
+    DRAIN_SECONDS,
+    GATHER_SECONDS,
+    PARK_SECONDS,
+    Dispatcher,
+    Lane,
+)
 from shared.flow.outbox import stale_accounts
-from shared.flow.processing import AccountBusy, note_transient_error
+from shared.flow.processing import AccountBusy, note_error
 from shared.intake.idempotency import forget_requests
-from shared.ledger.apply import Outcome
+from shared.ledger.apply import Applied, Outcome
 from shared.ledger.partitions import make_partitions_ahead
 from shared.ledger.timers import request_expiries, request_hold_timeouts
 from shared.models import AdjustmentStatus
 from shared.platform import logs
 from shared.platform.db import autocommit, transaction
 from shared.platform.metrics import (
+    ACCOUNTS_PARKED,
     ADJUSTMENTS_APPLIED,
     ADJUSTMENTS_REJECTED,
     APPLY_LATENCY,
@@ -111,6 +119,8 @@ def drain(self: Task, lane: str = Lane.INTERACTIVE, partition: int = 0) -> int:
         except TRANSIENT_ERRORS as error:
             _put_back(app, dispatcher, account_ids, error)
             raise
+        except Exception:
+            applied = _apply_apart(app, dispatcher, account_ids)
         record_outcomes(applied.outcomes)
         applied_count += len(applied.outcomes)
         if applied.more:
@@ -123,13 +133,43 @@ def drain(self: Task, lane: str = Lane.INTERACTIVE, partition: int = 0) -> int:
             return applied_count
 
 
+def _apply_apart(app: TallyCelery, dispatcher: Dispatcher, account_ids: list[str]) -> Applied:
+    """Apply the accounts one by one after their chunk failed for good, parking each that
+    fails alone: a request that cannot be applied (a fault, not a business rule: those
+    are rejections) must not hold up the others of its lane."""
+    outcomes: list[Outcome] = []
+    more = False
+    for account_id in account_ids:
+        try:
+            applied = app.apply([account_id])
+        except TRANSIENT_ERRORS as error:
+            _put_back(app, dispatcher, account_ids, error)
+            raise
+        except Exception as error:
+            log.exception(
+                "account parked for %.0f s: its pending requests failed to apply",
+                PARK_SECONDS,
+                extra={"account_id": account_id},
+            )
+            ACCOUNTS_PARKED.inc()
+            dispatcher.park(account_id)
+            try:
+                note_error(app.resources.sessions, [account_id], repr(error))
+            except TRANSIENT_ERRORS:
+                log.warning("could not record the error of account %s", account_id)
+            continue
+        outcomes += applied.outcomes
+        more = more or applied.more
+    return Applied(outcomes, more)
+
+
 def _put_back(
     app: TallyCelery, dispatcher: Dispatcher, account_ids: list[str], error: Exception
 ) -> None:
     """Best effort: note the error on the requests and return the accounts to the set."""
     if not isinstance(error, AccountBusy):
         try:
-            note_transient_error(app.resources.sessions, account_ids, repr(error))
+            note_error(app.resources.sessions, account_ids, repr(error))
         except TRANSIENT_ERRORS:
             log.warning("could not record a transient error for %d accounts", len(account_ids))
     try:

@@ -47,7 +47,7 @@ import enum
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from redis import Redis
 
@@ -64,8 +64,9 @@ class Lane(enum.StrEnum):
     WEBHOOKS = "webhooks"  # webhook deliveries: slow receivers never delay anything else
 
 
-# A lane's scan of the database: the accounts of up to N of its oldest pending requests.
-Scan = Callable[[int], list[str]]
+# A lane's scan of the database: the accounts of up to N of its oldest pending requests,
+# leaving out the accounts named.
+Scan = Callable[[int, Sequence[str]], list[str]]
 
 
 def queue_of(base: str, lane: Lane) -> str:
@@ -99,14 +100,18 @@ ACCOUNTS_PER_TASK = 500
 # How long a process that saw the mark taken skips its notifies of a lane that scans the
 # database, and how long a task of such a lane keeps looking after it gives the mark up.
 QUIET_SECONDS = 0.05
+# How long a drain task leaves an account alone whose apply failed on its own with an
+# error that is not transient (a poison request): the others go on meanwhile.
+PARK_SECONDS = 60.0
 
 
 class Dispatcher:
     """Hands a lane's accounts with pending requests to its workers.
 
-    `send(partition)` queues one drain task for that partition. `scan(limit)`, given
-    for a lane of one partition, returns the accounts of up to `limit` of its oldest
-    pending requests from the database: the lane then keeps no set in Redis.
+    `send(partition)` queues one drain task for that partition. `scan(limit, parked)`,
+    given for a lane of one partition, returns the accounts of up to `limit` of its
+    oldest pending requests from the database, leaving out `parked`: the lane then keeps
+    no set in Redis.
     """
 
     def __init__(
@@ -129,6 +134,8 @@ class Dispatcher:
         self._notify = redis.register_script(NOTIFY)
         # Until when (time.monotonic) this process skips notifies: see the module's text.
         self._quiet_until = 0.0
+        # Accounts left alone until a time (time.monotonic), by `park`.
+        self._parked: dict[str, float] = {}
 
     def partition_of(self, account_id: str) -> int:
         return zlib.crc32(account_id.encode()) % self.partitions
@@ -184,7 +191,7 @@ class Dispatcher:
     def take(self, partition: int, limit: int = ACCOUNTS_PER_TASK) -> list[str]:
         """For the drain task: up to `limit` pending accounts (the mark stays taken)."""
         if self.scan is not None:
-            return self.scan(limit)
+            return self.scan(limit, self._still_parked())
         popped = self.redis.spop(self.pending_keys[partition], limit) or []
         return sorted(account.decode() for account in popped)  # type: ignore[union-attr]
 
@@ -212,7 +219,7 @@ class Dispatcher:
         while True:
             # The last look must start after the quiet time: decide before looking.
             last = time.monotonic() >= quiet_ends
-            if self.scan(1):
+            if self.scan(1, self._still_parked()):
                 # Work that a skipped notify left to us, unless a new task took the mark.
                 return not self._take_back(0)
             if last:
@@ -223,6 +230,18 @@ class Dispatcher:
         return bool(
             self.redis.set(self.dispatch_keys[partition], 1, nx=True, ex=DISPATCH_TTL_SECONDS)
         )
+
+    def park(self, account_id: str) -> None:
+        """For the drain task whose apply of this account alone failed for good: leave it
+        for PARK_SECONDS (a lane that scans the database skips it in this process; a
+        lane of sets has popped it already, and the relay hands it over again)."""
+        self._parked[account_id] = time.monotonic() + PARK_SECONDS
+
+    def _still_parked(self) -> list[str]:
+        now = time.monotonic()
+        for account_id in [a for a, until in self._parked.items() if until <= now]:
+            del self._parked[account_id]
+        return sorted(self._parked)
 
     def requeue(self, partition: int) -> None:
         """For a drain task out of time: keep the mark and queue the next task."""

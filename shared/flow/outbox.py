@@ -3,6 +3,7 @@ and as the relay finds them when they are still pending after a delay."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, text
@@ -45,13 +46,14 @@ SINGLE_PENDING = text("""
     SELECT DISTINCT account_id FROM (
         SELECT account_id FROM adjustment_requests
         WHERE status IN ('queued', 'processing') AND batch_id IS NULL
+          AND account_id <> ALL(CAST(:parked AS text[]))
         ORDER BY id LIMIT :rows
     ) AS oldest
 """)
 
 
-def pending_single_accounts(engine: Engine, rows: int) -> list[str]:
+def pending_single_accounts(engine: Engine, rows: int, parked: Sequence[str] = ()) -> list[str]:
     """The accounts of the `rows` oldest pending single adjustments (and of the expiries
-    and timeouts tally asks for itself), sorted."""
+    and timeouts tally asks for itself) but those `parked`, sorted."""
     with autocommit(engine) as connection:
-        return sorted(connection.scalars(SINGLE_PENDING, {"rows": rows}))
+        return sorted(connection.scalars(SINGLE_PENDING, {"rows": rows, "parked": list(parked)}))

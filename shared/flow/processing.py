@@ -67,10 +67,8 @@ def drain_accounts(
             log.warning("%d account locks expired before release", expired)
 
 
-def note_transient_error(
-    sessions: sessionmaker[Session], account_ids: Sequence[str], error: str
-) -> None:
-    """Record a transient failure on the accounts' pending requests, if the database lets us.
+def note_error(sessions: sessionmaker[Session], account_ids: Sequence[str], error: str) -> None:
+    """Record a failure on the accounts' pending requests, if the database lets us.
 
     Rows another transaction holds are skipped, not waited for: an applier holding them
     is deciding them now, and a worker's error path must not hang behind it (say, behind

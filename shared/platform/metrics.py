@@ -66,6 +66,10 @@ LOCK_WAIT = Histogram(
 )
 TASK_RETRIES = Counter("tally_task_retries_total", "Task retries after transient errors", ["error"])
 RELAY_RUNS = Counter("tally_relay_runs_total", "Runs of the outbox relay")
+ACCOUNTS_PARKED = Counter(
+    "tally_accounts_parked_total",
+    "Accounts a drain task left alone for a while: their requests failed to apply for good",
+)
 RELAY_ACCOUNTS = Counter(
     "tally_relay_accounts_total",
     "Accounts the relay handed to the workers again (their requests waited past the delay)",

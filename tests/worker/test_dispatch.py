@@ -6,12 +6,14 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 from redis import Redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+import shared.flow.dispatch
 from shared.flow.dispatch import QUIET_SECONDS, Dispatcher
 from shared.flow.outbox import SINGLE_PENDING, pending_single_accounts
 from shared.platform.db import transaction
@@ -129,8 +131,8 @@ class Committed:
     def __init__(self) -> None:
         self.accounts: list[str] = []
 
-    def __call__(self, limit: int) -> list[str]:
-        return sorted(self.accounts[:limit])
+    def __call__(self, limit: int, parked: Sequence[str]) -> list[str]:
+        return sorted([a for a in self.accounts if a not in parked][:limit])
 
 
 def _scanning(redis: Redis) -> tuple[Dispatcher, Sends, Committed]:
@@ -182,6 +184,22 @@ def test_a_notify_while_the_process_asks_skips_and_a_failed_ask_lets_the_next_as
     dispatcher.send = sends
     assert dispatcher.notify(["c"]) == 1
     assert sends.count == 1
+
+
+def test_a_parked_account_is_left_out_of_takes_and_releases_for_a_while(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.flow.dispatch, "PARK_SECONDS", 0.2)
+    dispatcher, _, committed = _scanning(redis)
+    committed.accounts += ["poison", "b"]
+    assert dispatcher.notify(["b"]) == 1
+    dispatcher.park("poison")
+    assert dispatcher.take(0) == ["b"]
+    committed.accounts.remove("b")
+    assert dispatcher.take(0) == []
+    assert dispatcher.release(0) is True  # the parked account alone keeps no task looking
+    time.sleep(0.2)
+    assert dispatcher.take(0) == ["poison"]
 
 
 def test_a_request_whose_notify_was_skipped_is_found_by_the_releasing_task(
@@ -240,7 +258,7 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
     assert isinstance(engine, Engine)
     with sessions() as session:
         older = session.scalar(
-            text(f"SELECT count(*) FROM ({SINGLE_PENDING.text}) s"), {"rows": 10**9}
+            text(f"SELECT count(*) FROM ({SINGLE_PENDING.text}) s"), {"rows": 10**9, "parked": []}
         )
         older_rows = session.scalar(
             text(
@@ -260,6 +278,7 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
     assert len(everything) == older + 2
     assert {first, second} <= set(everything)
     assert batched not in everything  # a batch item is the bulk lane's
+    assert first not in pending_single_accounts(engine, 10**9, [first, "someone-else"])
     # The oldest rows first: the first account's two requests come before the second's.
     oldest = pending_single_accounts(engine, older_rows + 2)
     assert first in oldest
@@ -271,6 +290,8 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
         session.execute(text("SET LOCAL enable_seqscan = off"))
         session.execute(text("DROP INDEX ix_adjustment_requests_batch"))
         session.execute(text("DROP INDEX ix_adjustment_requests_pending"))
-        plan = session.scalar(text(f"EXPLAIN (FORMAT JSON) {SINGLE_PENDING.text}"), {"rows": 5})
+        plan = session.scalar(
+            text(f"EXPLAIN (FORMAT JSON) {SINGLE_PENDING.text}"), {"rows": 5, "parked": []}
+        )
         session.rollback()
     assert "ix_adjustment_requests_single_pending" in str(plan)

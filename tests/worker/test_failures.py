@@ -9,16 +9,24 @@ from collections.abc import Callable, Iterator
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_failure, task_retry
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.embedded import free_port
 from shared.flow.dispatch import Lane
-from shared.flow.processing import note_transient_error
+from shared.flow.processing import note_error
+from shared.ledger.apply import Applied
 from shared.models import Account, AdjustmentRequest
 from shared.platform.config import Settings
 from shared.platform.keys import RedisKeys
-from tests.factories import Caller, Factory, assert_ledger_consistent, queue_requests
+from tests.factories import (
+    Caller,
+    Factory,
+    apply_leftovers,
+    assert_ledger_consistent,
+    queue_requests,
+)
 from worker.app import TallyCelery, make_celery
 
 
@@ -96,9 +104,7 @@ def test_a_transient_error_is_noted_on_free_rows_without_waiting_for_held_ones(
     """The error path must not hang behind an applier that holds some of the rows (say,
     one whose Redis lock a failover lost): it notes the error on the rest and goes on."""
     account_id, (held, free) = queue_requests(sessions, moderator, factory.user().id, [1, 2])
-    noted = threading.Thread(
-        target=note_transient_error, args=(sessions, [account_id], "ConnectionError()")
-    )
+    noted = threading.Thread(target=note_error, args=(sessions, [account_id], "ConnectionError()"))
     with sessions.begin() as applier:
         applier.execute(
             select(AdjustmentRequest.id).where(AdjustmentRequest.id == held).with_for_update()
@@ -114,3 +120,76 @@ def test_a_transient_error_is_noted_on_free_rows_without_waiting_for_held_ones(
             )
         }
     assert rows == {held: (0, None), free: (1, "ConnectionError()")}
+
+
+def test_an_account_whose_requests_fail_for_good_is_parked_and_its_lane_goes_on(
+    celery_app: TallyCelery,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request no retry mends (a fault, not a rejection) must not stop the interactive
+    lane, whose drain would otherwise find the same oldest account first every time."""
+    apply_leftovers(celery_app)
+    poison, (stuck,) = queue_requests(sessions, moderator, factory.user().id, [7])
+    healthy = [queue_requests(sessions, moderator, factory.user().id, [1, 2]) for _ in range(3)]
+    applied_ids = [request_id for _, ids in healthy for request_id in ids]
+    apply = TallyCelery.apply
+
+    def faulty(app: TallyCelery, account_ids: list[str]) -> Applied:
+        if poison in account_ids:
+            raise RuntimeError("a fault in this account's rows")
+        return apply(app, account_ids)
+
+    monkeypatch.setattr(TallyCelery, "apply", faulty)
+    dispatcher = celery_app.dispatchers[Lane.INTERACTIVE]
+    parked_before = _sample("tally_accounts_parked_total")
+    failures: list[BaseException] = []
+
+    def on_failure(exception: BaseException, **_: object) -> None:
+        failures.append(exception)
+
+    task_failure.connect(on_failure, weak=False)
+    try:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            dispatcher.notify([poison], force=True)
+            deadline = time.monotonic() + 20
+            while _statuses(sessions, applied_ids) != {"completed"}:
+                assert time.monotonic() < deadline, _statuses(sessions, applied_ids)
+                time.sleep(0.05)
+            # Later requests are applied too while the account stays parked.
+            later, (late,) = queue_requests(sessions, moderator, factory.user().id, [3])
+            dispatcher.notify([later], force=True)
+            while _statuses(sessions, [late]) != {"completed"}:
+                assert time.monotonic() < deadline, _statuses(sessions, [late])
+                time.sleep(0.05)
+    finally:
+        task_failure.disconnect(on_failure)
+
+    assert failures == []  # no drain task failed: the fault stayed with its account
+    assert poison in dispatcher._still_parked()
+    assert _sample("tally_accounts_parked_total") == parked_before + 1
+    with sessions() as session:
+        row = session.get_one(AdjustmentRequest, stuck)
+        assert (row.status, row.last_error) == (
+            "queued",
+            'RuntimeError("a fault in this account\'s rows")',
+        )
+    # Mended, it is applied at the next try.
+    monkeypatch.setattr(TallyCelery, "apply", apply)
+    apply_leftovers(celery_app)
+    assert _statuses(sessions, [stuck]) == {"completed"}
+
+
+def _statuses(sessions: sessionmaker[Session], request_ids: list[int]) -> set[str]:
+    with sessions() as session:
+        return set(
+            session.scalars(
+                select(AdjustmentRequest.status).where(AdjustmentRequest.id.in_(request_ids))
+            )
+        )
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
