@@ -193,7 +193,9 @@ class Dispatcher:
         if self.scan is not None:
             return self.scan(limit, self._still_parked())
         popped = self.redis.spop(self.pending_keys[partition], limit) or []
-        return sorted(account.decode() for account in popped)  # type: ignore[union-attr]
+        accounts = {account.decode() for account in popped}  # type: ignore[union-attr]
+        # A parked account popped is dropped: the relay hands it over again.
+        return sorted(accounts.difference(self._still_parked()))
 
     def release(self, partition: int) -> bool:
         """For the drain task that found nothing to take: give up the mark.
@@ -233,8 +235,8 @@ class Dispatcher:
 
     def park(self, account_id: str) -> None:
         """For the drain task whose apply of this account alone failed for good: leave it
-        for PARK_SECONDS (a lane that scans the database skips it in this process; a
-        lane of sets has popped it already, and the relay hands it over again)."""
+        for PARK_SECONDS. A lane that scans the database skips it in this process; a lane
+        of sets drops it when it is popped or returned, and the relay hands it over again."""
         self._parked[account_id] = time.monotonic() + PARK_SECONDS
 
     def _still_parked(self) -> list[str]:
@@ -254,7 +256,9 @@ class Dispatcher:
         A lane that scans the database finds them there again."""
         if self.scan is not None:
             return
-        for partition, ids in self._by_partition(account_ids).items():
+        parked = set(self._still_parked())
+        returned = [a for a in account_ids if a not in parked]
+        for partition, ids in self._by_partition(returned).items():
             self.redis.sadd(self.pending_keys[partition], *ids)
 
     def backlog(self) -> int:

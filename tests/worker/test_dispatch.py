@@ -202,6 +202,16 @@ def test_a_parked_account_is_left_out_of_takes_and_releases_for_a_while(
     assert dispatcher.take(0) == ["poison"]
 
 
+def test_a_lane_of_sets_drops_a_parked_account_for_the_relay(redis: Redis) -> None:
+    dispatcher, _ = _dispatcher(redis)
+    dispatcher.notify(["poison", "b"])
+    dispatcher.park("poison")
+    assert dispatcher.take(0) == ["b"]
+    dispatcher.return_accounts(["poison", "b"])  # a chunk with more to apply
+    assert dispatcher.take(0) == ["b"]
+    assert dispatcher.backlog() == 0
+
+
 def test_a_request_whose_notify_was_skipped_is_found_by_the_releasing_task(
     redis: Redis,
 ) -> None:
