@@ -25,24 +25,32 @@ CHOICES_BEFORE_THE_KERNELS = 100
 _choices = random.SystemRandom()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, for a server that binds it later.
+def free_port(count: int = 1, step: int = 1) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server that binds it later;
+    with `count`, the first of that many free ports `step` apart (base, base + step, ...).
 
     Chosen below the kernel's ephemeral range where that is known: a port from the range
     (what binding port 0 gives) may be taken as the local port of any outgoing connection
     before the server binds it (a test's worker lost its metrics port so, seconds after
     it was chosen). Elsewhere, or if none of a hundred draws is free, the kernel's choice.
     """
+    span = step * (count - 1)
     low = _ephemeral_low()
-    if low is not None and low > LOWEST_CHOSEN_PORT:
+    if low is not None and low - span > LOWEST_CHOSEN_PORT:
         for _ in range(CHOICES_BEFORE_THE_KERNELS):
-            port = _choices.randrange(LOWEST_CHOSEN_PORT, low)
-            if port_free(port):
+            port = _choices.randrange(LOWEST_CHOSEN_PORT, low - span)
+            if _all_free(port, count, step):
                 return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        chosen: int = probe.getsockname()[1]
-        return chosen
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            chosen: int = probe.getsockname()[1]
+        if chosen + span < 65536 and _all_free(chosen, count, step):
+            return chosen
+
+
+def _all_free(base: int, count: int, step: int) -> bool:
+    return all(port_free(base + step * i) for i in range(count))
 
 
 def port_free(port: int) -> bool:

@@ -52,6 +52,10 @@ def test_a_chosen_port_is_free_and_outside_the_range_outgoing_connections_take()
     assert all(LOWEST_CHOSEN_PORT <= port < low for port in ports), sorted(ports)
     assert all(port_free(port) for port in ports)
     assert len(ports) > 40
+    # A run of ports (honcho's: api, worker and bulk worker 100 apart) ends below it too.
+    runs = [free_port(3, 100) for _ in range(200)]
+    assert all(LOWEST_CHOSEN_PORT <= base < low - 200 for base in runs), sorted(runs)
+    assert all(port_free(base + 100 * i) for base in runs for i in range(3))
 
 
 def test_version() -> None:

@@ -24,7 +24,7 @@ import requests
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.embedded import free_port, port_free
+from cli.embedded import free_port
 from shared.models import Role
 from shared.platform.db import make_engine, make_session_factory
 from shared.platform.metrics import API_SERIES, WORKER_SERIES
@@ -184,14 +184,6 @@ def test_scaled_workers_whose_pids_repeat_add_up_like_compose_containers(
     assert sum(shares) == applied_before + 30 and max(shares) < sum(shares), shares
 
 
-def _ports_apart(count: int, step: int) -> int:
-    """A base port such that base, base + step, ... (`count` ports) are all free."""
-    while True:
-        base = free_port()
-        if base + step * count < 65536 and all(port_free(base + step * i) for i in range(count)):
-            return base
-
-
 @pytest.fixture
 def launch_factory(own_database: str, services: Services) -> Iterator[Factory]:
     """Users and tokens in the launched stack's database: a fresh one, so that no request
@@ -257,7 +249,7 @@ def test_procfile_under_honcho(
 ) -> None:
     caller = launch_factory.caller(Role.MODERATOR)
     user = launch_factory.user()
-    base = _ports_apart(3, 100)  # honcho: api on base, worker base+100, bulk-worker base+200
+    base = free_port(3, 100)  # honcho: api on base, worker base+100, bulk-worker base+200
     log = tmp_path / "honcho.log"
     argv = [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-p", str(base),
             "api", "worker", "bulk-worker", "beat"]  # fmt: skip
@@ -285,7 +277,7 @@ def test_tally_run(
     env = launch_env
     if servers == "embedded":
         env = {name: value for name, value in launch_env.items() if name not in given}
-    port, metrics_port = free_port(), _ports_apart(2, 1)  # worker, bulk worker
+    port, metrics_port = free_port(), free_port(2)  # worker, bulk worker
     data = tmp_path / ".tally"
     log = tmp_path / "run.log"
     argv = [sys.executable, "-m", "cli", "run", "--data-dir", str(data), "--port", str(port),
