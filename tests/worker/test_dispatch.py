@@ -277,29 +277,32 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
     first, _ = queue_requests(sessions, moderator, factory.user().id, [1, 2])
     second, _ = queue_requests(sessions, moderator, factory.user().id, [3])
     batched, (batch_item,) = queue_requests(sessions, moderator, factory.user().id, [4])
+    made_a_batch_item = text("UPDATE adjustment_requests SET batch_id = :batch WHERE id = :id")
     with transaction(sessions) as session:
-        session.execute(
-            text("UPDATE adjustment_requests SET batch_id = :batch WHERE id = :id"),
-            {"batch": "B" * 26, "id": batch_item},
-        )
-    everything = pending_single_accounts(engine, 10**9)
-    assert len(everything) == older + 2
-    assert {first, second} <= set(everything)
-    assert batched not in everything  # a batch item is the bulk lane's
-    assert first not in pending_single_accounts(engine, 10**9, [first, "someone-else"])
-    # The oldest rows first: the first account's two requests come before the second's.
-    oldest = pending_single_accounts(engine, older_rows + 2)
-    assert first in oldest
-    assert second not in oldest
-    # Its partial index can answer it (the statement implies the index's predicate),
-    # however many batch items are pending. On a table this small the planner may as well
-    # read any index: the other two that could serve are dropped for the question only.
-    with sessions() as session:
-        session.execute(text("SET LOCAL enable_seqscan = off"))
-        session.execute(text("DROP INDEX ix_adjustment_requests_batch"))
-        session.execute(text("DROP INDEX ix_adjustment_requests_pending"))
-        plan = session.scalar(
-            text(f"EXPLAIN (FORMAT JSON) {SINGLE_PENDING.text}"), {"rows": 5, "parked": []}
-        )
-        session.rollback()
-    assert "ix_adjustment_requests_single_pending" in str(plan)
+        session.execute(made_a_batch_item, {"batch": "B" * 26, "id": batch_item})
+    try:
+        everything = pending_single_accounts(engine, 10**9)
+        assert len(everything) == older + 2
+        assert {first, second} <= set(everything)
+        assert batched not in everything  # a batch item is the bulk lane's
+        assert first not in pending_single_accounts(engine, 10**9, [first, "someone-else"])
+        # The oldest rows first: the first account's two requests come before the second's.
+        oldest = pending_single_accounts(engine, older_rows + 2)
+        assert first in oldest
+        assert second not in oldest
+        # Its partial index can answer it (the statement implies the index's predicate),
+        # however many batch items are pending. On a table this small the planner may as well
+        # read any index: the other two that could serve are dropped for the question only.
+        with sessions() as session:
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+            session.execute(text("DROP INDEX ix_adjustment_requests_batch"))
+            session.execute(text("DROP INDEX ix_adjustment_requests_pending"))
+            plan = session.scalar(
+                text(f"EXPLAIN (FORMAT JSON) {SINGLE_PENDING.text}"), {"rows": 5, "parked": []}
+            )
+            session.rollback()
+        assert "ix_adjustment_requests_single_pending" in str(plan)
+    finally:
+        # A single adjustment again, so that no later test finds a batch item of no batch.
+        with transaction(sessions) as session:
+            session.execute(made_a_batch_item, {"batch": None, "id": batch_item})
