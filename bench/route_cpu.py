@@ -48,9 +48,11 @@ from shared.platform.config import load_settings
 from shared.platform.resources import Resources
 
 WARM_UP = 200
-# tally's hooks by the name of the function each registers (api/limits.py, api/metrics.py).
-HOOKS = {"rate limit": ("_limit", "_count_failures"), "metrics": ("_start", "_count")}
-HOOK_MODULES = {"rate limit": "api.limits", "metrics": "api.metrics"}
+# tally's hooks: the module that registers them and the names of its functions.
+HOOKS = {
+    "rate limit": ("api.limits", ("_limit", "_count_failures")),
+    "metrics": ("api.metrics", ("_start", "_count")),
+}
 
 
 def own_cpu_seconds() -> float:
@@ -68,9 +70,10 @@ def without(app: Flask, part: str) -> Iterator[None]:
     if part == "dispatch":
         api.accept.dispatch = lambda account_id: None
     elif part in HOOKS:
+        module, names = HOOKS[part]
 
         def kept(hook: Callable[..., object]) -> bool:
-            return not (hook.__name__ in HOOKS[part] and hook.__module__ == HOOK_MODULES[part])
+            return not (hook.__module__ == module and hook.__name__ in names)
 
         app.before_request_funcs[None] = [hook for hook in before if kept(hook)]
         app.after_request_funcs[None] = [hook for hook in after if kept(hook)]
