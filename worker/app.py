@@ -10,7 +10,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from shared.events.webhook_sender import WebhookSender
-from shared.flow.dispatch import Dispatcher, Lane, Scan, queue_of
+from shared.flow.dispatch import Dispatcher, Lane, ScanningDispatcher, queue_of
 from shared.flow.outbox import pending_single_accounts
 from shared.flow.processing import drain_accounts
 from shared.ledger.apply import Applied
@@ -52,21 +52,21 @@ class TallyCelery(Celery):
         resources = self.resources
         settings = resources.settings
 
-        def dispatcher(lane: Lane, partitions: int, scan: Scan | None = None) -> Dispatcher:
-            queue = queue_of(settings.queue_name, lane)
-            send = self._sender(lane)
-            return Dispatcher(resources.redis, resources.keys, send, queue, partitions, scan)
+        def queue(lane: Lane) -> str:
+            return queue_of(settings.queue_name, lane)
 
+        redis, keys = resources.redis, resources.keys
         return {
             # Single adjustments are found in the database: the API's accept needs no
             # round trip to Redis while the workers are busy.
-            Lane.INTERACTIVE: dispatcher(
-                Lane.INTERACTIVE,
-                1,
+            Lane.INTERACTIVE: ScanningDispatcher(
+                redis, keys, self._sender(Lane.INTERACTIVE), queue(Lane.INTERACTIVE),
                 lambda rows, parked: pending_single_accounts(resources.engine, rows, parked),
             ),
-            Lane.BULK: dispatcher(Lane.BULK, settings.bulk_partitions),
-        }
+            Lane.BULK: Dispatcher(
+                redis, keys, self._sender(Lane.BULK), queue(Lane.BULK), settings.bulk_partitions
+            ),
+        }  # fmt: skip
 
     @cached_property
     def webhooks(self) -> WebhookSender:

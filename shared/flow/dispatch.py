@@ -106,12 +106,10 @@ PARK_SECONDS = 60.0
 
 
 class Dispatcher:
-    """Hands a lane's accounts with pending requests to its workers.
+    """Hands a lane's accounts with pending requests to its workers, through a set of
+    accounts in Redis per partition (the bulk lane; see ScanningDispatcher for the other).
 
-    `send(partition)` queues one drain task for that partition. `scan(limit, parked)`,
-    given for a lane of one partition, returns the accounts of up to `limit` of its
-    oldest pending requests from the database, leaving out `parked`: the lane then keeps
-    no set in Redis.
+    `send(partition)` queues one drain task for that partition.
     """
 
     def __init__(
@@ -121,19 +119,13 @@ class Dispatcher:
         send: Callable[[int], None],
         queue: str,
         partitions: int = 1,
-        scan: Scan | None = None,
     ) -> None:
-        if scan is not None and partitions != 1:
-            raise ValueError("a lane that scans the database has one partition")
         self.redis = redis
         self.send = send
         self.partitions = partitions
-        self.scan = scan
         self.pending_keys = [keys.pending(queue, p) for p in range(partitions)]
         self.dispatch_keys = [keys.dispatch_mark(queue, p) for p in range(partitions)]
         self._notify = redis.register_script(NOTIFY)
-        # Until when (time.monotonic) this process skips notifies: see the module's text.
-        self._quiet_until = 0.0
         # Accounts left alone until a time (time.monotonic), by `park`.
         self._parked: dict[str, float] = {}
 
@@ -152,24 +144,10 @@ class Dispatcher:
         `force` queues a task even if one seems queued (the relay's choice: it only runs
         when something was lost). Returns how many tasks this call queued.
         """
-        if self.scan is not None:
-            return int(self._notify_scanned(force))
         return sum(
             self._notify_partition(partition, ids, force)
             for partition, ids in self._by_partition(account_ids).items()
         )
-
-    def _notify_scanned(self, force: bool) -> bool:
-        asked = time.monotonic()
-        if not force and asked < self._quiet_until:
-            return False
-        # This process's other notifies skip from now (see the module's text).
-        self._quiet_until = asked + QUIET_SECONDS
-        try:
-            return self._notify_partition(0, [], force)
-        except Exception:
-            self._quiet_until = 0.0
-            raise
 
     def _notify_partition(self, partition: int, ids: list[str], force: bool) -> bool:
         pending_key, dispatch_key = self.pending_keys[partition], self.dispatch_keys[partition]
@@ -190,8 +168,6 @@ class Dispatcher:
 
     def take(self, partition: int, limit: int = ACCOUNTS_PER_TASK) -> list[str]:
         """For the drain task: up to `limit` pending accounts (the mark stays taken)."""
-        if self.scan is not None:
-            return self.scan(limit, self._still_parked())
         popped = self.redis.spop(self.pending_keys[partition], limit) or []
         accounts = {account.decode() for account in popped}  # type: ignore[union-attr]
         # A parked account popped is dropped: the relay hands it over again.
@@ -203,8 +179,6 @@ class Dispatcher:
         Returns False if work arrived meanwhile and the mark was taken back, so the
         caller must go on draining.
         """
-        if self.scan is not None:
-            return self._release_scanned()
         pending_key, dispatch_key = self.pending_keys[partition], self.dispatch_keys[partition]
         pipeline = self.redis.pipeline(transaction=True)
         pipeline.delete(dispatch_key)
@@ -214,20 +188,6 @@ class Dispatcher:
         # A notify in between saw the mark and queued nothing; whoever takes it now drains.
         return not self._take_back(partition)
 
-    def _release_scanned(self) -> bool:
-        assert self.scan is not None
-        self.redis.delete(self.dispatch_keys[0])
-        quiet_ends = time.monotonic() + QUIET_SECONDS
-        while True:
-            # The last look must start after the quiet time: decide before looking.
-            last = time.monotonic() >= quiet_ends
-            if self.scan(1, self._still_parked()):
-                # Work that a skipped notify left to us, unless a new task took the mark.
-                return not self._take_back(0)
-            if last:
-                return True
-            time.sleep(min(GATHER_SECONDS, max(quiet_ends - time.monotonic(), 0)))
-
     def _take_back(self, partition: int) -> bool:
         return bool(
             self.redis.set(self.dispatch_keys[partition], 1, nx=True, ex=DISPATCH_TTL_SECONDS)
@@ -235,8 +195,8 @@ class Dispatcher:
 
     def park(self, account_id: str) -> None:
         """For the drain task whose apply of this account alone failed for good: leave it
-        for PARK_SECONDS. A lane that scans the database skips it in this process; a lane
-        of sets drops it when it is popped or returned, and the relay hands it over again."""
+        for PARK_SECONDS. A lane of sets drops it when it is popped or returned, and the
+        relay hands it over again; a lane that scans the database skips it in this process."""
         self._parked[account_id] = time.monotonic() + PARK_SECONDS
 
     def _still_parked(self) -> list[str]:
@@ -251,11 +211,7 @@ class Dispatcher:
         self.send(partition)
 
     def return_accounts(self, account_ids: Iterable[str]) -> None:
-        """Put accounts back for the next round (one not fully applied, or failed).
-
-        A lane that scans the database finds them there again."""
-        if self.scan is not None:
-            return
+        """Put accounts back for the next round (one not fully applied, or failed)."""
         parked = set(self._still_parked())
         returned = [a for a in account_ids if a not in parked]
         for partition, ids in self._by_partition(returned).items():
@@ -267,3 +223,55 @@ class Dispatcher:
         for key in self.pending_keys:
             pipeline.scard(key)
         return sum(int(count) for count in pipeline.execute())
+
+
+class ScanningDispatcher(Dispatcher):
+    """A lane of one partition whose drain tasks find their accounts in PostgreSQL (the
+    interactive lane): `scan(limit, parked)` returns the accounts of up to `limit` of its
+    oldest pending requests, leaving out `parked`. It keeps no set in Redis, so a notify
+    carries no accounts and only makes sure that a task runs (see the module's text).
+    """
+
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, send: Callable[[int], None], queue: str, scan: Scan
+    ) -> None:
+        super().__init__(redis, keys, send, queue)
+        self.scan = scan
+        # Until when (time.monotonic) this process skips notifies: see the module's text.
+        self._quiet_until = 0.0
+
+    def notify(self, account_ids: Iterable[str], *, force: bool = False) -> int:
+        """Make sure a drain task is queued, unless this process asked within QUIET_SECONDS
+        (the requests, which must be committed, are then found by the release's looks)."""
+        asked = time.monotonic()
+        if not force and asked < self._quiet_until:
+            return 0
+        # This process's other notifies skip from now (see the module's text).
+        self._quiet_until = asked + QUIET_SECONDS
+        try:
+            return int(self._notify_partition(0, [], force))
+        except Exception:
+            self._quiet_until = 0.0
+            raise
+
+    def take(self, partition: int, limit: int = ACCOUNTS_PER_TASK) -> list[str]:
+        """The accounts of up to `limit` of the oldest pending requests, none parked."""
+        return self.scan(limit, self._still_parked())
+
+    def release(self, partition: int) -> bool:
+        """Give up the mark, then look in the database for QUIET_SECONDS (see the module's
+        text); False if work was found and the mark taken back."""
+        self.redis.delete(self.dispatch_keys[partition])
+        quiet_ends = time.monotonic() + QUIET_SECONDS
+        while True:
+            # The last look must start after the quiet time: decide before looking.
+            last = time.monotonic() >= quiet_ends
+            if self.scan(1, self._still_parked()):
+                # Work that a skipped notify left to us, unless a new task took the mark.
+                return not self._take_back(partition)
+            if last:
+                return True
+            time.sleep(min(GATHER_SECONDS, max(quiet_ends - time.monotonic(), 0)))
+
+    def return_accounts(self, account_ids: Iterable[str]) -> None:
+        """Nothing to put back: the database has them, and the next take finds them."""

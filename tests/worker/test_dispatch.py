@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared.flow.dispatch
-from shared.flow.dispatch import QUIET_SECONDS, Dispatcher
+from shared.flow.dispatch import QUIET_SECONDS, Dispatcher, ScanningDispatcher
 from shared.flow.outbox import SINGLE_PENDING, pending_single_accounts
 from shared.platform.db import transaction
 from shared.platform.keys import RedisKeys
@@ -135,10 +135,10 @@ class Committed:
         return sorted([a for a in self.accounts if a not in parked][:limit])
 
 
-def _scanning(redis: Redis) -> tuple[Dispatcher, Sends, Committed]:
+def _scanning(redis: Redis) -> tuple[ScanningDispatcher, Sends, Committed]:
     sends, committed = Sends(), Committed()
     queue = "dispatch-" + secrets.token_hex(4)
-    return Dispatcher(redis, RedisKeys("tests"), sends, queue, scan=committed), sends, committed
+    return ScanningDispatcher(redis, RedisKeys("tests"), sends, queue, committed), sends, committed
 
 
 def test_a_scanning_lane_skips_notifies_for_a_while_after_it_saw_the_mark(redis: Redis) -> None:
