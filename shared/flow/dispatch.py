@@ -16,24 +16,24 @@ busy system runs one task per partition that applies many accounts per transacti
 
 Where a drain task finds its accounts depends on the lane:
 
-- **In Redis** (the bulk lane): each notify adds its accounts to the partition's set
-  `tally:<deployment>:pending:<queue>:<partition>` in the same round trip, and the task
-  pops them. An account added while the task works is popped by it; one added after
-  the task found the set empty either finds the mark gone and queues a task itself, or
-  was added before the release looked at the set again, in which case the task takes
-  the mark back and goes on.
-- **In PostgreSQL** (the interactive lane, one partition): the task asks the database
-  for the accounts of the oldest pending requests (`scan`), so a notify carries no
-  accounts and only starts a task. A process asks Redis at most once per
-  `QUIET_SECONDS`: a notify within that time of the process's last ask skips, so a
-  single adjustment costs the API no round trip to Redis while the workers are busy.
-  No wakeup is lost. An ask finds the mark taken (by itself or by another) at a moment
+- **In Redis** (`Dispatcher`, the bulk lane): each notify adds its accounts to the
+  partition's set `tally:<deployment>:pending:<queue>:<partition>` in the same round
+  trip, and the task pops them. An account added while the task works is popped by it;
+  one added after the task found the set empty either finds the mark gone and queues a
+  task itself, or was added before the release looked at the set again, in which case
+  the task takes the mark back and goes on.
+- **In PostgreSQL** (`ScanningDispatcher`, the interactive lane, one partition): the
+  task asks the database for the accounts of the oldest pending requests (`scan`), so a
+  notify carries no accounts and only starts a task. A process asks Redis at most once
+  per `QUIET_SECONDS`: a notify within that time of the process's last ask skips, so a
+  single adjustment costs the API no round trip to Redis while the workers are busy. No
+  wakeup is lost. An ask finds the mark taken (by itself or by another) at a moment
   after it started, so the task that held the mark then releases it later still; a task
   that releases the mark keeps looking in the database for QUIET_SECONDS, its last look
-  starting after that, and takes the mark back for what it finds. A skipped notify
-  comes after its request's commit and within QUIET_SECONDS of an ask's start, so that
-  last look sees the request. If the ask fails, what was skipped meanwhile is left to
-  the relay, like what a failed notify leaves.
+  starting after that, and takes the mark back for what it finds. A skipped notify comes
+  after its request's commit and within QUIET_SECONDS of an ask's start, so that last
+  look sees the request. If the ask fails, what was skipped meanwhile is left to the
+  relay, like what a failed notify leaves.
 
 Either way the committed rows are the record; the sets and the mark are hints. Accounts
 lost with Redis (restarted empty, or popped by a worker killed mid-chunk) and a task
