@@ -277,9 +277,9 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
     first, _ = queue_requests(sessions, moderator, factory.user().id, [1, 2])
     second, _ = queue_requests(sessions, moderator, factory.user().id, [3])
     batched, (batch_item,) = queue_requests(sessions, moderator, factory.user().id, [4])
-    made_a_batch_item = text("UPDATE adjustment_requests SET batch_id = :batch WHERE id = :id")
+    set_batch_id = text("UPDATE adjustment_requests SET batch_id = :batch WHERE id = :id")
     with transaction(sessions) as session:
-        session.execute(made_a_batch_item, {"batch": "B" * 26, "id": batch_item})
+        session.execute(set_batch_id, {"batch": "B" * 26, "id": batch_item})
     try:
         everything = pending_single_accounts(engine, 10**9)
         assert len(everything) == older + 2
@@ -305,4 +305,4 @@ def test_the_scan_finds_single_adjustments_oldest_first_and_no_batch_items(
     finally:
         # A single adjustment again, so that no later test finds a batch item of no batch.
         with transaction(sessions) as session:
-            session.execute(made_a_batch_item, {"batch": None, "id": batch_item})
+            session.execute(set_batch_id, {"batch": None, "id": batch_item})
