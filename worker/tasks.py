@@ -143,6 +143,8 @@ def _apply_apart(app: TallyCelery, dispatcher: Dispatcher, account_ids: list[str
         try:
             applied = app.apply([account_id])
         except TRANSIENT_ERRORS as error:
+            # What the accounts before it applied is committed: counted before the retry.
+            record_outcomes(outcomes)
             _put_back(app, dispatcher, account_ids, error)
             raise
         except Exception as error:

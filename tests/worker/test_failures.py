@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis.exceptions
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_failure, task_retry
 from prometheus_client import REGISTRY
@@ -28,6 +29,7 @@ from tests.factories import (
     queue_requests,
 )
 from worker.app import TallyCelery, make_celery
+from worker.tasks import _apply_apart
 
 
 @pytest.fixture
@@ -180,6 +182,35 @@ def test_an_account_whose_requests_fail_for_good_is_parked_and_its_lane_goes_on(
     monkeypatch.setattr(TallyCelery, "apply", apply)
     apply_leftovers(celery_app)
     assert _statuses(sessions, [stuck]) == {"completed"}
+
+
+def test_what_the_accounts_applied_one_by_one_committed_is_counted_before_a_retry(
+    celery_app: TallyCelery,
+    factory: Factory,
+    moderator: Caller,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transient error on a later account of a chunk applied apart sends the task to its
+    retry; the earlier accounts' outcomes are committed and must be counted all the same."""
+    apply_leftovers(celery_app)
+    first, _ = queue_requests(sessions, moderator, factory.user().id, [1, 2])
+    second, _ = queue_requests(sessions, moderator, factory.user().id, [3])
+    apply = TallyCelery.apply
+
+    def flaky(app: TallyCelery, account_ids: list[str]) -> Applied:
+        if second in account_ids:
+            raise redis.exceptions.ConnectionError("Redis went away")
+        return apply(app, account_ids)
+
+    monkeypatch.setattr(TallyCelery, "apply", flaky)
+    applied_before = _sample("tally_adjustments_applied_total")
+    dispatcher = celery_app.dispatchers[Lane.INTERACTIVE]
+    with pytest.raises(redis.exceptions.ConnectionError):
+        _apply_apart(celery_app, dispatcher, [first, second])
+    assert _sample("tally_adjustments_applied_total") == applied_before + 2
+    monkeypatch.setattr(TallyCelery, "apply", apply)
+    apply_leftovers(celery_app)
 
 
 def _statuses(sessions: sessionmaker[Session], request_ids: list[int]) -> set[str]:
