@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-import urllib3
+import certifi
+import pycurl
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
@@ -168,26 +170,17 @@ def due_queues(session: Session, endpoint_id: str, limit: int) -> list[list[Head
 
 
 class WebhookSender:
-    """Runs deliveries for endpoints: one urllib3 pool (kept-alive connections; httpx cost
-    twice its CPU per request, half of a delivery's) and a
-    small thread pool per process, built on first use."""
+    """Runs deliveries for endpoints: a few libcurl handles (each keeps its connections
+    alive; a delivery cost 5 to 8 times its CPU with urllib3, and httpx twice urllib3's:
+    PERFORMANCE.md, bench/webhook_sender.py) and a small thread pool per process, built
+    on first use."""
 
     def __init__(self, settings: Settings, engine: Engine, sessions: sessionmaker[Session]):
         self.settings = settings
         self.engine = engine
         self.sessions = sessions
-
-    @cached_property
-    def http(self) -> urllib3.PoolManager:
-        # No redirects nor retries: a receiver must not send tally's requests on to another
-        # address, and a failed attempt is retried by the queue, with its backoff.
-        return urllib3.PoolManager(
-            num_pools=16,
-            maxsize=SENDER_THREADS,
-            block=False,
-            timeout=urllib3.Timeout(total=self.settings.webhook_timeout),
-            retries=False,
-        )
+        # Idle handles: a thread takes one for a queue and puts it back after.
+        self.handles: queue.SimpleQueue[pycurl.Curl] = queue.SimpleQueue()
 
     @cached_property
     def pool(self) -> ThreadPoolExecutor:
@@ -196,8 +189,8 @@ class WebhookSender:
     def close(self) -> None:
         if "pool" in self.__dict__:
             self.pool.shutdown(wait=True)
-        if "http" in self.__dict__:
-            self.http.clear()
+        while not self.handles.empty():
+            self.handles.get_nowait().close()
 
     def run(self, endpoint_id: str, seconds: float) -> Run:
         """Deliver the endpoint's due heads, round after round, for about `seconds`."""
@@ -252,16 +245,26 @@ class WebhookSender:
             ]  # fmt: skip
 
         def send_queue(queue: list[Head]) -> list[Attempt]:
-            tried = []
-            for head in queue:
-                tried.append(self.send(url, secrets, head))
-                if not tried[-1].ok:
-                    break
-            return tried
+            handle = self._take_handle()
+            try:
+                tried = []
+                for head in queue:
+                    tried.append(self.send(handle, url, secrets, head))
+                    if not tried[-1].ok:
+                        break
+                return tried
+            finally:
+                self.handles.put(handle)
 
         return [attempt for tried in self.pool.map(send_queue, queues) for attempt in tried]
 
-    def send(self, url: str, secrets: list[str], head: Head) -> Attempt:
+    def _take_handle(self) -> pycurl.Curl:
+        try:
+            return self.handles.get_nowait()
+        except queue.Empty:
+            return new_handle(self.settings.webhook_timeout)
+
+    def send(self, handle: pycurl.Curl, url: str, secrets: list[str], head: Head) -> Attempt:
         """POST one event, signed; what the receiver answered."""
         if head.event is None:
             return Attempt(head.event_id, None, 0, "the event is no longer in the log", True)
@@ -269,47 +272,72 @@ class WebhookSender:
         body = json.dumps(event_document(head.event), separators=(",", ":"))
         msg_id = str(head.event_id)
         timestamp = datetime.now(UTC)
-        headers = {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": sign(secrets, msg_id, timestamp, body),
-            "content-type": "application/json",
-            "user-agent": "tally-webhooks",
-        }
+        headers = [
+            f"webhook-id: {msg_id}",
+            f"webhook-timestamp: {int(timestamp.timestamp())}",
+            f"webhook-signature: {sign(secrets, msg_id, timestamp, body)}",
+            "content-type: application/json",
+            "user-agent: tally-webhooks",
+            # No `Expect: 100-continue`, which libcurl sends before a large body (over 1 MiB
+            # from 8.0, 1 KiB before) and then waits up to a second for the receiver's 100.
+            "expect:",
+        ]
         started = time.monotonic()
         try:
-            answer = self.http.request(
-                "POST", url, body=body.encode(), headers=headers, preload_content=False,
-                redirect=False,
-            )  # fmt: skip
-            try:
-                start_of_body = _read_answer(answer)
-            finally:
-                answer.release_conn()
+            status, start_of_body = post(handle, url, headers, body.encode())
+        except pycurl.error as failure:
+            code, message = failure.args
+            error = (
+                f"no answer within {self.settings.webhook_timeout} s"
+                if code == pycurl.E_OPERATION_TIMEDOUT
+                else f"curl error {code}: {message}"[:ERROR_MAX]
+            )
             latency = int((time.monotonic() - started) * 1000)
-            error = None
-            if not 200 <= answer.status < 300:
-                error = f"answered {answer.status}: {start_of_body}"
-            return Attempt(head.event_id, answer.status, latency, error, attempts_before=tried)
-        except urllib3.exceptions.TimeoutError:
-            error = f"no answer within {self.settings.webhook_timeout} s"
-        except urllib3.exceptions.HTTPError as failure:
-            error = f"{type(failure).__name__}: {failure}"[:ERROR_MAX]
+            return Attempt(head.event_id, None, latency, error, attempts_before=tried)
         latency = int((time.monotonic() - started) * 1000)
-        return Attempt(head.event_id, None, latency, error, attempts_before=tried)
+        refused = None if 200 <= status < 300 else f"answered {status}: {start_of_body}"
+        return Attempt(head.event_id, status, latency, refused, attempts_before=tried)
 
 
-def _read_answer(answer: urllib3.BaseHTTPResponse) -> str:
-    """The start of the answer's body (ERROR_MAX bytes), after reading up to ANSWER_READ_MAX
-    of it: a body read to its end lets the connection serve the next delivery (one left
-    unread closes it), and a longer one is cut off there."""
+def new_handle(timeout: float) -> pycurl.Curl:
+    """A libcurl handle for deliveries: POST over HTTP(S) only, no redirects, no proxy
+    from the environment, the whole exchange within `timeout`."""
+    handle = pycurl.Curl()
+    handle.setopt(pycurl.POST, 1)
+    handle.setopt(pycurl.TIMEOUT_MS, int(timeout * 1000))
+    # Timeouts without signals: the handles are used from threads.
+    handle.setopt(pycurl.NOSIGNAL, 1)
+    # A receiver must not send tally's requests on to another address.
+    handle.setopt(pycurl.FOLLOWLOCATION, 0)
+    handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    handle.setopt(pycurl.PROXY, "")
+    handle.setopt(pycurl.CAINFO, certifi.where())
+    return handle
+
+
+def post(handle: pycurl.Curl, url: str, headers: list[str], body: bytes) -> tuple[int, str]:
+    """POST `body`: the answer's status and the start of its body (ERROR_MAX bytes). At
+    most ANSWER_READ_MAX bytes of the answer are read: a body read to its end lets the
+    connection serve the next delivery, and a longer one is cut off there (its connection
+    closed). Raises pycurl.error for an exchange that failed."""
     start, read = b"", 0
-    for chunk in answer.stream(16 * 1024):
+
+    def take(chunk: bytes) -> int | None:
+        nonlocal start, read
         start = start or chunk[:ERROR_MAX]
         read += len(chunk)
-        if read > ANSWER_READ_MAX:
-            break
-    return start.decode(errors="replace")
+        return 0 if read > ANSWER_READ_MAX else None  # 0: libcurl ends the transfer
+
+    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.HTTPHEADER, headers)
+    handle.setopt(pycurl.POSTFIELDS, body)
+    handle.setopt(pycurl.WRITEFUNCTION, take)
+    try:
+        handle.perform()
+    except pycurl.error as failure:
+        if not (failure.args[0] == pycurl.E_WRITE_ERROR and read > ANSWER_READ_MAX):
+            raise
+    return int(handle.getinfo(pycurl.RESPONSE_CODE)), start.decode(errors="replace")
 
 
 def record_attempts(

@@ -1,6 +1,7 @@
 """A real webhook receiver for tests: a threaded HTTP server on 127.0.0.1 that records every
-request and answers as the test says (a status, a hang past the sender's timeout), and can
-be taken down and brought back on its port."""
+request and answers as the test says (a status, a hang past the sender's timeout, a body
+and headers), counts the connections it accepted, and can be taken down and brought back
+on its port."""
 
 from __future__ import annotations
 
@@ -57,7 +58,14 @@ class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.behaviour: Behaviour = always(200)
+        # What every answer carries besides its status.
+        self.answer_body = b"ok"
+        self.answer_headers: dict[str, str] = {}
+        # The Content-Length declared, if not the body's: more than the body leaves the
+        # answer unfinished, as from a receiver that stalls while it answers.
+        self.answer_length: int | None = None
         self.received: list[Received] = []
+        self.connections_accepted = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         # Cleared by `stop` first: a request still being read then is never answered.
@@ -79,6 +87,7 @@ class Receiver:
                 super().setup()
                 with receiver._lock:
                     receiver._connections.add(self.connection)
+                    receiver.connections_accepted += 1
 
             def finish(self) -> None:
                 with receiver._lock:
@@ -105,9 +114,12 @@ class Receiver:
                     time.sleep(delay)
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Length", "2")
+                    for name, value in receiver.answer_headers.items():
+                        self.send_header(name, value)
+                    length = receiver.answer_length or len(receiver.answer_body)
+                    self.send_header("Content-Length", str(length))
                     self.end_headers()
-                    self.wfile.write(b"ok")
+                    self.wfile.write(receiver.answer_body)
                 except OSError:
                     pass  # the sender gave up waiting
 

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,10 +23,14 @@ from standardwebhooks.webhooks import WebhookVerificationError as LibraryRefused
 from tally_client import WebhookVerificationError, verify_webhook
 
 from cli.main import cli
-from shared.events.log import DELIVERY_LOCK, number_events, write_events
+from shared.events.log import DELIVERY_LOCK, Event, number_events, write_events
 from shared.events.webhook_sender import (
+    ANSWER_READ_MAX,
     DISABLED_EVENT,
+    ERROR_MAX,
+    SENDER_THREADS,
     Attempt,
+    Head,
     Run,
     WebhookSender,
     backoff_delay,
@@ -720,3 +725,88 @@ def test_retention_takes_the_finished_deliveries_of_events_gone(
     left = [(d.event_id, d.status) for d in deliveries(sessions, endpoint["id"])]
     assert [status for _, status in left] == ["pending", "pending"]  # its own, and the gone one
     assert left[1][0] == gone + 2
+
+
+# The HTTP exchange itself (libcurl's handles): sent straight from `send_round`, each
+# queue one account's events, with no database in between.
+
+
+def queue_of(account: str, count: int, payload: dict[str, Any] | None = None) -> list[Head]:
+    at = datetime.now(UTC)
+    return [
+        Head(n, 0, Event(n, n, "t", account, "entry.created", at, payload or {"n": n}))
+        for n in range(1, count + 1)
+    ]
+
+
+def test_a_redirect_is_not_followed_and_counts_as_a_failure(
+    receiver: Receiver, sender_with: Callable[..., WebhookSender]
+) -> None:
+    elsewhere = Receiver()
+    elsewhere.start()
+    try:
+        receiver.behaviour = always(307)
+        receiver.answer_headers = {"Location": elsewhere.url}
+        [attempt] = sender_with().send_round(
+            receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 2)]
+        )
+        assert attempt.status_code == 307 and not attempt.ok
+        assert attempt.error == "answered 307: ok"
+        assert elsewhere.requests() == []
+    finally:
+        elsewhere.stop()
+
+
+def test_an_answer_later_than_the_timeout_is_a_failure_that_says_so(
+    receiver: Receiver, sender_with: Callable[..., WebhookSender]
+) -> None:
+    receiver.behaviour = lambda headers, body: (200, 1.5)
+    sender = sender_with(webhook_timeout=0.5)
+    started = time.monotonic()
+    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    assert time.monotonic() - started < 1.4
+    assert attempt.status_code is None and attempt.error == "no answer within 0.5 s"
+
+
+def test_a_receiver_that_refuses_connections_is_a_failure_naming_the_error(
+    sender_with: Callable[..., WebhookSender],
+) -> None:
+    down = Receiver()  # a free port, nothing listening
+    [attempt] = sender_with().send_round(down.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    assert attempt.status_code is None
+    assert attempt.error is not None and attempt.error.startswith("curl error 7:")
+
+
+def test_a_long_answer_is_cut_off_and_its_status_kept(
+    receiver: Receiver, sender_with: Callable[..., WebhookSender]
+) -> None:
+    """The sender reads ANSWER_READ_MAX bytes of an answer, not more: here the receiver
+    stalls after twice that, and the attempt still ends at once with its status."""
+    receiver.answer_body = b"x" * (2 * ANSWER_READ_MAX)
+    receiver.answer_length = 3 * ANSWER_READ_MAX
+    sender = sender_with(webhook_timeout=3.0)
+    started = time.monotonic()
+    [ok] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    assert ok.ok and ok.status_code == 200, ok
+    receiver.behaviour = always(500)
+    [failed] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    assert failed.status_code == 500
+    assert failed.error == "answered 500: " + "x" * ERROR_MAX
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_large_event_goes_in_one_request_and_connections_are_kept_alive(
+    receiver: Receiver, sender_with: Callable[..., WebhookSender]
+) -> None:
+    """No `Expect: 100-continue` (libcurl's before a body over 1 MiB, which waits up to a
+    second for a receiver that does not answer it), and a connection per sender thread,
+    not per delivery."""
+    sender = sender_with()
+    large = queue_of("a", 1, {"text": "y" * (1 << 20)})
+    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [large])
+    assert attempt.ok and "expect" not in receiver.requests()[0].headers
+    queues = [queue_of(account, 20) for account in "abcdefgh"]
+    attempts = sender.send_round(receiver.url, ["whsec_" + "A" * 32], queues)
+    assert len(attempts) == 160 and all(attempt.ok for attempt in attempts)
+    assert len(receiver.delivered()) == 161
+    assert receiver.connections_accepted <= SENDER_THREADS
