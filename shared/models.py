@@ -724,11 +724,12 @@ class WebhookDelivery(Base):
             "event_id",
             postgresql_where="status = 'pending'",
         ),
+        # Each account's queue, latest wait last (migration 0016).
         Index(
-            "ix_webhook_deliveries_queue",
+            "ix_webhook_deliveries_queue_until",
             "endpoint_id",
             text("(COALESCE(account_id, ''))"),
-            "event_id",
+            "next_attempt_at",
             postgresql_where="status = 'pending'",
         ),
     )

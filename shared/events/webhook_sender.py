@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Deliveries read per round, and the threads that send the round's queues side by side.
 WINDOW = 1000
-SENDER_THREADS = 4
+SENDER_THREADS = 16
 # What of a receiver's answer, or of an error, the delivery log keeps.
 ERROR_MAX = 300
 # How much of a receiver's answer is read (so that its connection is kept alive).
@@ -66,6 +66,12 @@ NEXT_DUE = text("""
     WHERE endpoint_id = :endpoint AND status = 'pending'
 """)
 
+# A round's rows are looked for between its first and last event id (the primary key's
+# range), so that no plan reads the endpoint's other pending deliveries; and planned for
+# each round (record_attempts). A generic plan made while the table was small (psycopg
+# prepares a statement on its fifth run) read every pending delivery of the endpoint and
+# compared each with every id of the round: behind a backlog of 40,000, one round's
+# record took 14 s, held the fan-out's lock as long, and the lag grew (PERFORMANCE.md).
 DELIVERED = text("""
     UPDATE webhook_deliveries d
     SET status = 'delivered', attempts = d.attempts + 1,
@@ -74,12 +80,13 @@ DELIVERED = text("""
         delivered_at = now()
     FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS integer[]),
                 CAST(:latencies AS integer[])) AS v(event_id, code, latency)
-    WHERE d.endpoint_id = :endpoint AND d.event_id = v.event_id AND d.status = 'pending'
+    WHERE d.endpoint_id = :endpoint AND d.event_id BETWEEN :first AND :last
+      AND d.event_id = v.event_id AND d.status = 'pending'
 """)
 
 # A failed attempt: retried after its backoff (and its whole queue waits as long), or
 # failed for good once the retry window from its first attempt has passed (its queue
-# goes on at once).
+# goes on at once). Its rows are found as DELIVERED's.
 NOT_DELIVERED = text("""
     WITH v AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS integer[]),
@@ -96,7 +103,8 @@ NOT_DELIVERED = text("""
                           THEN 'failed' ELSE 'pending' END,
             next_attempt_at = now() + make_interval(secs => v.delay)
         FROM v
-        WHERE d.endpoint_id = :endpoint AND d.event_id = v.event_id AND d.status = 'pending'
+        WHERE d.endpoint_id = :endpoint AND d.event_id BETWEEN :first AND :last
+          AND d.event_id = v.event_id AND d.status = 'pending'
         RETURNING d.event_id, d.account_id, d.status, d.next_attempt_at
     ), waiting AS (
         UPDATE webhook_deliveries q SET next_attempt_at = t.next_attempt_at
@@ -344,14 +352,23 @@ def record_attempts(
     session: Session, endpoint_id: str, attempts: list[Attempt], settings: Settings
 ) -> None:
     """Write a round's outcomes (see NOT_DELIVERED), then the endpoint's health."""
-    # Taken before any row: a redelivery holds the lock while it waits for these rows.
-    session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": FAN_OUT_LOCK})
+    # Taken before any row: a redelivery holds the lock while it waits for these rows. The
+    # round's statements are planned with its arrays, not by a generic plan (DELIVERED).
+    session.execute(
+        text("""
+            SELECT pg_advisory_xact_lock_shared(:key),
+                   set_config('plan_cache_mode', 'force_custom_plan', true)
+        """),
+        {"key": FAN_OUT_LOCK},
+    )
     delivered = [attempt for attempt in attempts if attempt.ok]
     if delivered:
         session.execute(
             DELIVERED,
             {
                 "endpoint": endpoint_id,
+                "first": min(a.event_id for a in delivered),
+                "last": max(a.event_id for a in delivered),
                 "ids": [a.event_id for a in delivered],
                 "codes": [a.status_code for a in delivered],
                 "latencies": [a.latency_ms for a in delivered],
@@ -366,6 +383,8 @@ def record_attempts(
             {
                 "endpoint": endpoint_id,
                 "window": settings.webhook_retry_hours * 3600,
+                "first": min(a.event_id for a in failed),
+                "last": max(a.event_id for a in failed),
                 "ids": [a.event_id for a in failed],
                 "codes": [a.status_code for a in failed],
                 "latencies": [a.latency_ms for a in failed],

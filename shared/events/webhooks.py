@@ -305,7 +305,9 @@ def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
 # one queue of their own). Every pending delivery of a queue has the same next attempt
 # time: while its head waits for a retry, the whole queue waits with it. So "due"
 # (next_attempt_at <= now) is a plain condition on each row, and the due deliveries of a
-# queue are always a prefix of it. A delivery added to a waiting queue waits as long.
+# queue are always a prefix of it. A delivery added to a waiting queue waits as long:
+# until the queue's latest time, one entry of its index (migration 0016; the index ended
+# in event_id before, and this read the whole queue for each delivery added).
 QUEUE_WAITS_UNTIL = """
     GREATEST(now(), COALESCE((
         SELECT max(q.next_attempt_at) FROM webhook_deliveries q

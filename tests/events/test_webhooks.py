@@ -706,6 +706,116 @@ DELIVERY_LOCKS_HELD = text(f"""
 """)
 
 
+def test_recording_a_round_reads_its_own_rows_only_behind_any_backlog(
+    hooks: FlaskClient,
+    admin: Caller,
+    sessions: sessionmaker[Session],
+    celery_app: TallyCelery,
+    base_settings: Settings,
+) -> None:
+    """On a connection whose statements take a generic plan made while the endpoint had
+    ten pending deliveries (and the table's statistics said so: tally analyzes it once a
+    minute, shared.platform.statistics), recording a round of ten reads about ten rows,
+    not the endpoint's 5,000 others (such a plan once compared every pending delivery
+    with every id of the round: 14 s a round behind 40,000)."""
+    endpoint = add_endpoint(hooks, admin, "http://127.0.0.1:9/hook")["id"]
+
+    def pending(first: int, last: int) -> None:
+        with transaction(sessions) as session:
+            session.execute(
+                text("""
+                    INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id)
+                    SELECT :endpoint, n, 'account-' || n % 7
+                    FROM generate_series(CAST(:f AS bigint), CAST(:l AS bigint)) n
+                """),
+                {"endpoint": endpoint, "f": first, "l": last},
+            )
+
+    def record(session: Session, ids: range) -> None:
+        attempts = [Attempt(n, 200, 5, None) for n in ids]
+        record_attempts(session, endpoint, attempts, base_settings)
+
+    pending(1, 10)
+    engine = celery_app.resources.engine
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE webhook_deliveries"))
+        connection.commit()
+    with engine.connect() as connection:
+        connection.execute(text("SET plan_cache_mode = force_generic_plan"))
+        connection.commit()
+        with Session(bind=connection) as session:
+            for n in range(1, 7):  # prepared on its fifth run, planned then
+                record(session, range(n, n + 1))
+                session.commit()
+            pending(1_000, 6_000)
+            before = rows_read(session)
+            record(session, range(5_990, 6_000))
+            read = rows_read(session) - before
+            # And its statements were planned for the round, not by that generic plan
+            # (within the range it would still compare each row with each id).
+            mode = session.scalar(text("SHOW plan_cache_mode"))
+            session.commit()
+    assert read <= 30
+    assert mode == "force_custom_plan"
+    with sessions() as session:
+        statuses = session.execute(
+            text("""
+                SELECT status, count(*) FROM webhook_deliveries
+                WHERE endpoint_id = :endpoint GROUP BY status
+            """),
+            {"endpoint": endpoint},
+        ).all()
+    assert dict(statuses) == {"delivered": 16, "pending": 4_995}
+
+
+def test_a_delivery_added_to_a_long_queue_reads_one_entry_of_it(
+    hooks: FlaskClient,
+    admin: Caller,
+    factory: Factory,
+    sessions: sessionmaker[Session],
+) -> None:
+    """The fan-out finds how long a queue waits in one entry of the queue's index, not by
+    reading the whole queue for each delivery it adds (migration 0016)."""
+    endpoint = add_endpoint(hooks, admin, "http://127.0.0.1:9/hook")["id"]
+    account = new_ulid()
+    with transaction(sessions) as session:
+        session.execute(
+            text("""
+                INSERT INTO webhook_deliveries (endpoint_id, event_id, account_id)
+                SELECT :endpoint, n, :account
+                FROM generate_series(CAST(1e12 AS bigint), CAST(1e12 AS bigint) + 2999) n
+            """),
+            {"endpoint": endpoint, "account": account},
+        )
+    with sessions() as session:  # as tally's own maintenance would, once a minute
+        session.execute(text("ANALYZE webhook_deliveries"))
+        session.commit()
+    with transaction(sessions) as session:
+        write_events(
+            session, [(factory.tenant_id, account, "entry.created", {"n": n}) for n in range(5)]
+        )
+    with transaction(sessions) as session:
+        number_events(session)
+    with transaction(sessions) as session:
+        before = rows_read(session)
+        assert fan_out(session) == 5
+        read = rows_read(session) - before
+    assert read <= 30
+
+
+def rows_read(session: Session) -> int:
+    """The rows of webhook_deliveries read by index or by scan on this connection that its
+    statistics have not yet flushed, earlier transactions' included: so compare two
+    readings taken in one transaction."""
+    read = session.scalar(
+        text("""
+            SELECT idx_tup_fetch + seq_tup_read FROM pg_stat_xact_user_tables
+            WHERE relname = 'webhook_deliveries'
+        """)
+    )
+    return int(read or 0)
+
+
 def test_retention_takes_the_finished_deliveries_of_events_gone(
     hooks: FlaskClient,
     admin: Caller,
