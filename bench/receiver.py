@@ -19,8 +19,9 @@ import h11
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, records: list[tuple[str, float, float]]) -> None:
+    def __init__(self, records: list[tuple[str, float, float]], latency: float) -> None:
         self.records = records
+        self.latency = latency
         self.http = h11.Connection(h11.SERVER)
         self.body = bytearray()
         self.headers: dict[bytes, bytes] = {}
@@ -44,12 +45,19 @@ class _Connection(asyncio.Protocol):
                 self.body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 self._record()
-                answer = h11.Response(status_code=204, headers=[])
-                self.transport.write(self.http.send(answer) + self.http.send(h11.EndOfMessage()))
-                self.http.start_next_cycle()
+                if self.latency:
+                    # The sender sends nothing more on this connection before the answer.
+                    asyncio.get_running_loop().call_later(self.latency, self._answer)
+                    return
+                self._answer()
             elif isinstance(event, h11.ConnectionClosed):
                 self.transport.close()
                 return
+
+    def _answer(self) -> None:
+        answer = h11.Response(status_code=204, headers=[])
+        self.transport.write(self.http.send(answer) + self.http.send(h11.EndOfMessage()))
+        self.http.start_next_cycle()
 
     def _record(self) -> None:
         arrived = time.time()
@@ -60,12 +68,12 @@ class _Connection(asyncio.Protocol):
         )
 
 
-def _serve(port: int, ready: Any, stop: Any, out: Any) -> None:
+def _serve(port: int, latency: float, ready: Any, stop: Any, out: Any) -> None:
     records: list[tuple[str, float, float]] = []
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(records), "127.0.0.1", port)
+        server = await loop.create_server(lambda: _Connection(records, latency), "127.0.0.1", port)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.1)
@@ -76,14 +84,16 @@ def _serve(port: int, ready: Any, stop: Any, out: Any) -> None:
 
 
 class Receiver:
-    def __init__(self, port: int) -> None:
+    """`latency`: seconds each answer waits, as a receiver across a network would."""
+
+    def __init__(self, port: int, latency: float = 0.0) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/hook"
         self._ready = multiprocessing.Event()
         self._stop = multiprocessing.Event()
         self._records, self._out = multiprocessing.Pipe(duplex=False)
         self._process = multiprocessing.Process(
-            target=_serve, args=(port, self._ready, self._stop, self._out), daemon=True
+            target=_serve, args=(port, latency, self._ready, self._stop, self._out), daemon=True
         )
 
     def start(self) -> Receiver:

@@ -6,7 +6,11 @@ Each round sends WINDOW deliveries as the sender's rounds do: accounts' queues s
 side on its threads, each queue in order. The events are `entry.created` with the
 payload the ledger writes. Run it on two commits to compare HTTP clients.
 
+`--latency-ms` makes each answer wait (a receiver across a network), which bounds an
+endpoint's rate by its sender threads (`--threads`, TALLY_WEBHOOK_SENDER_THREADS).
+
 Usage: python bench/webhook_sender.py [--deliveries 12000] [--accounts 50]
+                                      [--latency-ms 0] [--threads 16]
 """
 
 from __future__ import annotations
@@ -55,10 +59,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=12_000)
     parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=Settings().webhook_sender_threads)
     args = parser.parse_args()
-    settings = Settings().with_overrides({"webhook_allow_private": True})
+    settings = Settings().with_overrides(
+        {"webhook_allow_private": True, "webhook_sender_threads": args.threads}
+    )
     sender = WebhookSender(settings, None, None)  # type: ignore[arg-type]  # no database
-    receiver = Receiver(free_port()).start()
+    receiver = Receiver(free_port(), args.latency_ms / 1000).start()
     try:
         work = rounds(args.deliveries, args.accounts)
         # Connections, threads and caches first.
@@ -72,6 +80,8 @@ def main() -> None:
     assert len(arrived) == warm + sent, "a delivery did not arrive"
     print(f"calibration (fixed CPU loop): {calibration_ms():.1f} ms")
     figures = {
+        "threads": args.threads,
+        "latency_ms": args.latency_ms,
         "deliveries": sent,
         "cpu_us_per_delivery": round(cpu / sent * 1e6, 1),
         "wall_us_per_delivery": round(wall / sent * 1e6, 1),

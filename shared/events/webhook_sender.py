@@ -42,9 +42,8 @@ from shared.platform.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_DISABLED
 
 log = logging.getLogger(__name__)
 
-# Deliveries read per round, and the threads that send the round's queues side by side.
+# Deliveries read per round (TALLY_WEBHOOK_SENDER_THREADS send its queues side by side).
 WINDOW = 1000
-SENDER_THREADS = 16
 # What of a receiver's answer, or of an error, the delivery log keeps.
 ERROR_MAX = 300
 # How much of a receiver's answer is read (so that its connection is kept alive).
@@ -192,7 +191,8 @@ class WebhookSender:
 
     @cached_property
     def pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="webhooks")
+        threads = self.settings.webhook_sender_threads
+        return ThreadPoolExecutor(threads, thread_name_prefix="webhooks")
 
     def close(self) -> None:
         if "pool" in self.__dict__:

@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     # disabled. Receivers on private, loopback or link-local addresses are refused
     # unless allowed (tests and single-machine setups).
     webhook_timeout: float = 5.0
+    # Deliveries in flight at once per endpoint run, each account's queue on one thread:
+    # an endpoint's rate is at most this many over its receiver's answer time.
+    webhook_sender_threads: int = Field(default=16, ge=1, le=256)
     webhook_retry_hours: float = 72.0
     webhook_disable_after_hours: float = 120.0
     webhook_allow_private: bool = False

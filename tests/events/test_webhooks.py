@@ -28,7 +28,6 @@ from shared.events.webhook_sender import (
     ANSWER_READ_MAX,
     DISABLED_EVENT,
     ERROR_MAX,
-    SENDER_THREADS,
     Attempt,
     Head,
     Run,
@@ -919,4 +918,4 @@ def test_a_large_event_goes_in_one_request_and_connections_are_kept_alive(
     attempts = sender.send_round(receiver.url, ["whsec_" + "A" * 32], queues)
     assert len(attempts) == 160 and all(attempt.ok for attempt in attempts)
     assert len(receiver.delivered()) == 161
-    assert receiver.connections_accepted <= SENDER_THREADS
+    assert receiver.connections_accepted <= sender.settings.webhook_sender_threads
