@@ -19,6 +19,8 @@ import json
 import logging
 import queue
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from shared.events.log import DELIVERY_LOCK, FAN_OUT_LOCK, Event, event_document, write_events
-from shared.events.webhooks import signing_secrets, url_refusal
+from shared.events.webhooks import public_address, signing_secrets, url_refusal
 from shared.fields import format_timestamp
 from shared.models import DeliveryStatus, EndpointStatus, WebhookEndpoint
 from shared.platform.config import Settings
@@ -270,7 +272,7 @@ class WebhookSender:
         try:
             return self.handles.get_nowait()
         except queue.Empty:
-            return new_handle(self.settings.webhook_timeout)
+            return new_handle(self.settings.webhook_timeout, self.settings.webhook_allow_private)
 
     def send(self, handle: pycurl.Curl, url: str, secrets: list[str], head: Head) -> Attempt:
         """POST one event, signed; what the receiver answered."""
@@ -295,11 +297,13 @@ class WebhookSender:
             status, start_of_body = post(handle, url, headers, body.encode())
         except pycurl.error as failure:
             code, message = failure.args
-            error = (
-                f"no answer within {self.settings.webhook_timeout} s"
-                if code == pycurl.E_OPERATION_TIMEDOUT
-                else f"curl error {code}: {message}"[:ERROR_MAX]
-            )
+            refused, _refused.address = _refused.address, None
+            if refused is not None:
+                error = f"not sent: connecting to {refused}, a private or reserved address"
+            elif code == pycurl.E_OPERATION_TIMEDOUT:
+                error = f"no answer within {self.settings.webhook_timeout} s"
+            else:
+                error = f"curl error {code}: {message}"[:ERROR_MAX]
             latency = int((time.monotonic() - started) * 1000)
             return Attempt(head.event_id, None, latency, error, attempts_before=tried)
         latency = int((time.monotonic() - started) * 1000)
@@ -307,9 +311,10 @@ class WebhookSender:
         return Attempt(head.event_id, status, latency, refused, attempts_before=tried)
 
 
-def new_handle(timeout: float) -> pycurl.Curl:
+def new_handle(timeout: float, allow_private: bool) -> pycurl.Curl:
     """A libcurl handle for deliveries: POST over HTTP(S) only, no redirects, no proxy
-    from the environment, the whole exchange within `timeout`."""
+    from the environment, the whole exchange within `timeout`, and unless private
+    addresses are allowed, connections to public ones only."""
     handle = pycurl.Curl()
     handle.setopt(pycurl.POST, 1)
     handle.setopt(pycurl.TIMEOUT_MS, int(timeout * 1000))
@@ -320,7 +325,30 @@ def new_handle(timeout: float) -> pycurl.Curl:
     handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
     handle.setopt(pycurl.PROXY, "")
     handle.setopt(pycurl.CAINFO, certifi.where())
+    if not allow_private:
+        handle.setopt(pycurl.OPENSOCKETFUNCTION, _open_public_socket)
     return handle
+
+
+class _Refusal(threading.local):
+    """The address a thread's last connection was refused for (a handle serves one thread
+    at a time): `send` names it in the attempt's error."""
+
+    address: str | None = None
+
+
+_refused = _Refusal()
+
+
+def _open_public_socket(purpose: int, address: pycurl.CurlSockAddr) -> socket.socket | int:
+    """libcurl's socket for each new connection, refused for an address that is not
+    public: url_refusal checked the name before the round, and it may resolve elsewhere
+    now (DNS rebinding)."""
+    host = str(address.addr[0])
+    if not public_address(host):
+        _refused.address = host
+        return int(pycurl.SOCKET_BAD)
+    return socket.socket(address.family, address.socktype, address.protocol)
 
 
 def post(handle: pycurl.Curl, url: str, headers: list[str], body: bytes) -> tuple[int, str]:

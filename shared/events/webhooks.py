@@ -156,7 +156,8 @@ def resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
-def _public(address: str) -> bool:
+def public_address(address: str) -> bool:
+    """Whether tally may send to this IP address when private ones are not allowed."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -195,7 +196,7 @@ def url_refusal(url: str, allow_private: bool, resolver: Resolver = resolve) -> 
     if allow_private:
         return None
     for address in addresses:
-        if not _public(address):
+        if not public_address(address):
             return f"{parts.hostname} resolves to {address}, a private or reserved address"
     return None
 

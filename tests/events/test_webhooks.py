@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import WebhookVerificationError as LibraryRefused
 from tally_client import WebhookVerificationError, verify_webhook
 
 from cli.main import cli
+from shared.events import webhook_sender
 from shared.events.log import DELIVERY_LOCK, Event, number_events, write_events
 from shared.events.webhook_sender import (
     ANSWER_READ_MAX,
@@ -468,6 +469,21 @@ def test_a_receiver_whose_name_turns_private_is_not_sent_to(
     assert "not sent" in (delivery.last_error or "")
     public = url_refusal("https://example.com/x", False, lambda host, port: ["93.184.215.14"])
     assert public is None
+
+
+def test_a_name_that_turns_private_after_the_check_is_refused_on_connecting(
+    receiver: Receiver,
+    sender_with: Callable[..., WebhookSender],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the round's check saw a public address (here: a check that passes),
+    then the name resolved to a private one. The connection itself is refused."""
+    monkeypatch.setattr(webhook_sender, "url_refusal", lambda url, allow_private: None)
+    sender = sender_with(webhook_allow_private=False)
+    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    assert attempt.status_code is None and not attempt.ok
+    assert attempt.error == "not sent: connecting to 127.0.0.1, a private or reserved address"
+    assert receiver.requests() == [] and receiver.connections_accepted == 0
 
 
 def test_admin_routes_answer_4xx_problems_naming_the_field(
