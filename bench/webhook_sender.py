@@ -71,9 +71,10 @@ def main() -> None:
         work = rounds(args.deliveries, args.accounts)
         # Connections, threads and caches first.
         warm = len(sender.send_round(receiver.url, [SECRET], work[0]))
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall, receiver_cpu = time.process_time(), time.perf_counter(), receiver.cpu_seconds()
         sent = sum(len(sender.send_round(receiver.url, [SECRET], queues)) for queues in work)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        receiver_cpu = receiver.cpu_seconds() - receiver_cpu
     finally:
         sender.close()
         arrived = receiver.stop()
@@ -85,6 +86,7 @@ def main() -> None:
         "deliveries": sent,
         "cpu_us_per_delivery": round(cpu / sent * 1e6, 1),
         "wall_us_per_delivery": round(wall / sent * 1e6, 1),
+        "receiver_cpu_us_per_delivery": round(receiver_cpu / sent * 1e6, 1),
         "deliveries_per_s": round(sent / wall),
     }
     rows = [tuple(figures), tuple(str(value) for value in figures.values())]
