@@ -71,7 +71,7 @@ NEXT_DUE = text("""
 # range), so that no plan reads the endpoint's other pending deliveries; and planned for
 # each round (record_attempts). A generic plan made while the table was small (psycopg
 # prepares a statement on its fifth run) read every pending delivery of the endpoint and
-# compared each with every id of the round: behind a backlog of 40,000, one round's
+# compared each with every id of the round: behind a backlog of some 30,000, one round's
 # record took 14 s, held the fan-out's lock as long, and the lag grew (PERFORMANCE.md).
 DELIVERED = text("""
     UPDATE webhook_deliveries d
@@ -299,16 +299,16 @@ class WebhookSender:
             code, message = failure.args
             refused, _refused.address = _refused.address, None
             if refused is not None:
-                error = f"not sent: connecting to {refused}, a private or reserved address"
+                reason = f"not sent: connecting to {refused}, a private or reserved address"
             elif code == pycurl.E_OPERATION_TIMEDOUT:
-                error = f"no answer within {self.settings.webhook_timeout} s"
+                reason = f"no answer within {self.settings.webhook_timeout} s"
             else:
-                error = f"curl error {code}: {message}"[:ERROR_MAX]
+                reason = f"curl error {code}: {message}"[:ERROR_MAX]
             latency = int((time.monotonic() - started) * 1000)
-            return Attempt(head.event_id, None, latency, error, attempts_before=tried)
+            return Attempt(head.event_id, None, latency, reason, attempts_before=tried)
         latency = int((time.monotonic() - started) * 1000)
-        refused = None if 200 <= status < 300 else f"answered {status}: {start_of_body}"
-        return Attempt(head.event_id, status, latency, refused, attempts_before=tried)
+        error = None if 200 <= status < 300 else f"answered {status}: {start_of_body}"
+        return Attempt(head.event_id, status, latency, error, attempts_before=tried)
 
 
 def new_handle(timeout: float, allow_private: bool) -> pycurl.Curl:

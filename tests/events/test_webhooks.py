@@ -732,7 +732,7 @@ def test_recording_a_round_reads_its_own_rows_only_behind_any_backlog(
     ten pending deliveries (and the table's statistics said so: tally analyzes it once a
     minute, shared.platform.statistics), recording a round of ten reads about ten rows,
     not the endpoint's 5,000 others (such a plan once compared every pending delivery
-    with every id of the round: 14 s a round behind 40,000)."""
+    with every id of the round: 14 s a round behind some 30,000)."""
     endpoint = add_endpoint(hooks, admin, "http://127.0.0.1:9/hook")["id"]
 
     def pending(first: int, last: int) -> None:
