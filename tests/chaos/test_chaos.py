@@ -84,7 +84,9 @@ def _redis_work(rig: Rig, queue: str) -> int:
 
 def test_redis_restarted_empty(rig: Rig) -> None:
     """Redis is wiped while it holds work; a request accepted meanwhile for an account
-    nobody else touches can only reach a worker through the outbox relay."""
+    nobody else touches is announced to no worker, and is applied all the same: found in
+    PostgreSQL by the interactive lane's next drain (shared.flow.dispatch,
+    ScanningDispatcher) or by the outbox relay, whichever comes first."""
 
     def wipe_redis(evidence: dict[str, Any]) -> None:
         deadline = time.monotonic() + AIM_LIMIT
@@ -120,13 +122,12 @@ def test_redis_restarted_empty(rig: Rig) -> None:
     # so that the points load is rejected some spends after the fault too.
     run, _ = run_scenario(rig, wipe_redis, clients_see_it=False, after=4.0)
     assert run.evidence["pending"] > 0 and run.evidence["redis_held"] > 0
-    # The relay handed over what Redis lost: the probe's account at least.
     relayed = _worker_metric(rig, "tally_relay_accounts_total") - run.evidence["relayed_before"]
-    assert relayed > 0
     with rig.sessions() as session:
         probe = session.get_one(AdjustmentRequest, run.probes["chaos-probe-quiet"])
         assert probe.status == "completed"
-    print(f"  relay: {relayed:.0f} accounts handed over again after the wipe")
+    print(f"  relay: {relayed:.0f} accounts handed over again after the wipe (the drain's")
+    print("  scan of PostgreSQL finds the rest)")
 
 
 def _stop_postgres(rig: Rig, stop: Callable[[], None], evidence: dict[str, Any]) -> None:
