@@ -887,9 +887,7 @@ def test_an_answer_later_than_the_timeout_is_a_failure_that_says_so(
 ) -> None:
     receiver.behaviour = lambda headers, body: (200, 1.5)
     sender = sender_with(webhook_timeout=0.5)
-    started = time.monotonic()
     [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
-    assert time.monotonic() - started < 1.4
     assert attempt.status_code is None and attempt.error == "no answer within 0.5 s"
 
 
@@ -906,18 +904,17 @@ def test_a_long_answer_is_cut_off_and_its_status_kept(
     receiver: Receiver, sender_with: Callable[..., WebhookSender]
 ) -> None:
     """The sender reads ANSWER_READ_MAX bytes of an answer, not more: here the receiver
-    stalls after twice that, and the attempt still ends at once with its status."""
+    stalls after twice that, and the attempt still ends with its status (reading on, it
+    would end in the timeout, with none)."""
     receiver.answer_body = b"x" * (2 * ANSWER_READ_MAX)
     receiver.answer_length = 3 * ANSWER_READ_MAX
     sender = sender_with(webhook_timeout=3.0)
-    started = time.monotonic()
     [ok] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
     assert ok.ok and ok.status_code == 200, ok
     receiver.behaviour = always(500)
     [failed] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
     assert failed.status_code == 500
     assert failed.error == "answered 500: " + "x" * ERROR_MAX
-    assert time.monotonic() - started < 2.5
 
 
 def test_a_large_event_goes_in_one_request_and_connections_are_kept_alive(
