@@ -25,7 +25,7 @@ from receiver import Receiver
 
 from cli.embedded import free_port
 from shared.events.log import Event
-from shared.events.webhook_sender import WINDOW, Head, WebhookSender
+from shared.events.webhook_sender import WINDOW, Head, WebhookSender, as_queues
 from shared.platform.config import Settings
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -39,20 +39,15 @@ PAYLOAD = {
 
 
 def rounds(deliveries: int, accounts: int) -> list[list[list[Head]]]:
-    """The deliveries as rounds of WINDOW, each round's split into one queue per account."""
+    """The deliveries as rounds of WINDOW, each round's split into its accounts' queues."""
     at = datetime.now(UTC)
-    heads = [
-        Head(n, 0, Event(n, n, "bench", f"account-{n % accounts}", "entry.created", at, PAYLOAD))
-        for n in range(1, deliveries + 1)
-    ]
-    result = []
-    for start in range(0, deliveries, WINDOW):
-        queues: dict[str, list[Head]] = {}
-        for head in heads[start : start + WINDOW]:
-            assert head.event is not None
-            queues.setdefault(str(head.event.account_id), []).append(head)
-        result.append(list(queues.values()))
-    return result
+    heads = []
+    for n in range(1, deliveries + 1):
+        account = f"account-{n % accounts}"
+        heads.append(
+            (account, Head(n, 0, Event(n, n, "bench", account, "entry.created", at, PAYLOAD)))
+        )
+    return [as_queues(heads[start : start + WINDOW]) for start in range(0, deliveries, WINDOW)]
 
 
 def main() -> None:
@@ -60,9 +55,10 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=12_000)
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--threads", type=int, default=Settings().webhook_sender_threads)
+    defaults = Settings()
+    parser.add_argument("--threads", type=int, default=defaults.webhook_sender_threads)
     args = parser.parse_args()
-    settings = Settings().with_overrides(
+    settings = defaults.with_overrides(
         {"webhook_allow_private": True, "webhook_sender_threads": args.threads}
     )
     sender = WebhookSender(settings, None, None)  # type: ignore[arg-type]  # no database

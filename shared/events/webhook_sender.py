@@ -22,7 +22,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -171,10 +171,19 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str
 
 def due_queues(session: Session, endpoint_id: str, limit: int) -> list[list[Head]]:
     """The endpoint's oldest due deliveries, as the due prefix of each queue, in order."""
+    rows = session.execute(DUE, {"endpoint": endpoint_id, "limit": limit})
+    return as_queues(
+        (row[9], Head(row[0], row[1], Event(*row[2:9]) if row[2] is not None else None))
+        for row in rows
+    )
+
+
+def as_queues(heads: Iterable[tuple[str | None, Head]]) -> list[list[Head]]:
+    """Deliveries (their account, the head) in event order as their queues: one per
+    account, and tenant-wide events (no account) one of their own."""
     queues: dict[str, list[Head]] = {}
-    for row in session.execute(DUE, {"endpoint": endpoint_id, "limit": limit}):
-        event = Event(*row[2:9]) if row[2] is not None else None
-        queues.setdefault(row[9] or "", []).append(Head(row[0], row[1], event))
+    for account, head in heads:
+        queues.setdefault(account or "", []).append(head)
     return list(queues.values())
 
 
@@ -391,17 +400,7 @@ def record_attempts(
     )
     delivered = [attempt for attempt in attempts if attempt.ok]
     if delivered:
-        session.execute(
-            DELIVERED,
-            {
-                "endpoint": endpoint_id,
-                "first": min(a.event_id for a in delivered),
-                "last": max(a.event_id for a in delivered),
-                "ids": [a.event_id for a in delivered],
-                "codes": [a.status_code for a in delivered],
-                "latencies": [a.latency_ms for a in delivered],
-            },
-        )
+        session.execute(DELIVERED, {"endpoint": endpoint_id, **_rows_of(delivered)})
         WEBHOOK_ATTEMPTS.labels("delivered").inc(len(delivered))
     failed = [attempt for attempt in attempts if not attempt.ok]
     backoff = (settings.webhook_backoff_base, settings.webhook_backoff_cap)
@@ -411,11 +410,7 @@ def record_attempts(
             {
                 "endpoint": endpoint_id,
                 "window": settings.webhook_retry_hours * 3600,
-                "first": min(a.event_id for a in failed),
-                "last": max(a.event_id for a in failed),
-                "ids": [a.event_id for a in failed],
-                "codes": [a.status_code for a in failed],
-                "latencies": [a.latency_ms for a in failed],
+                **_rows_of(failed),
                 "errors": [a.error for a in failed],
                 "finals": [a.final for a in failed],
                 "delays": [backoff_delay(a.attempts_before + 1, *backoff) for a in failed],
@@ -426,6 +421,19 @@ def record_attempts(
     now = session.scalar(select(func.now()))
     assert now is not None
     note_health(session, endpoint_id, attempts, now, settings)
+
+
+def _rows_of(attempts: list[Attempt]) -> dict[str, object]:
+    """The parameters DELIVERED and NOT_DELIVERED share: the attempts' event id range (how
+    their rows are found) and their ids, status codes and latencies."""
+    ids = [a.event_id for a in attempts]
+    return {
+        "first": min(ids),
+        "last": max(ids),
+        "ids": ids,
+        "codes": [a.status_code for a in attempts],
+        "latencies": [a.latency_ms for a in attempts],
+    }
 
 
 def note_health(

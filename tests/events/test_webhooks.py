@@ -62,6 +62,8 @@ FAST = {
     "webhook_timeout": 1.0,
 }
 HOOKS = "/api/v2/webhooks/"
+# An endpoint's secrets, for the tests that call `send_round` directly.
+SECRETS = ["whsec_" + "A" * 32]
 
 
 @pytest.fixture
@@ -480,7 +482,7 @@ def test_a_name_that_turns_private_after_the_check_is_refused_on_connecting(
     then the name resolved to a private one. The connection itself is refused."""
     monkeypatch.setattr(webhook_sender, "url_refusal", lambda url, allow_private: None)
     sender = sender_with(webhook_allow_private=False)
-    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    [attempt] = sender.send_round(receiver.url, SECRETS, [queue_of("a", 1)])
     assert attempt.status_code is None and not attempt.ok
     assert attempt.error == "not sent: connecting to 127.0.0.1, a private or reserved address"
     assert receiver.requests() == [] and receiver.connections_accepted == 0
@@ -872,9 +874,7 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failure(
     try:
         receiver.behaviour = always(307)
         receiver.answer_headers = {"Location": elsewhere.url}
-        [attempt] = sender_with().send_round(
-            receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 2)]
-        )
+        [attempt] = sender_with().send_round(receiver.url, SECRETS, [queue_of("a", 2)])
         assert attempt.status_code == 307 and not attempt.ok
         assert attempt.error == "answered 307: ok"
         assert elsewhere.requests() == []
@@ -887,7 +887,7 @@ def test_an_answer_later_than_the_timeout_is_a_failure_that_says_so(
 ) -> None:
     receiver.behaviour = lambda headers, body: (200, 1.5)
     sender = sender_with(webhook_timeout=0.5)
-    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    [attempt] = sender.send_round(receiver.url, SECRETS, [queue_of("a", 1)])
     assert attempt.status_code is None and attempt.error == "no answer within 0.5 s"
 
 
@@ -895,7 +895,7 @@ def test_a_receiver_that_refuses_connections_is_a_failure_naming_the_error(
     sender_with: Callable[..., WebhookSender],
 ) -> None:
     down = Receiver()  # a free port, nothing listening
-    [attempt] = sender_with().send_round(down.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    [attempt] = sender_with().send_round(down.url, SECRETS, [queue_of("a", 1)])
     assert attempt.status_code is None
     assert attempt.error is not None and attempt.error.startswith("curl error 7:")
 
@@ -909,10 +909,10 @@ def test_a_long_answer_is_cut_off_and_its_status_kept(
     receiver.answer_body = b"x" * (2 * ANSWER_READ_MAX)
     receiver.answer_length = 3 * ANSWER_READ_MAX
     sender = sender_with(webhook_timeout=3.0)
-    [ok] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    [ok] = sender.send_round(receiver.url, SECRETS, [queue_of("a", 1)])
     assert ok.ok and ok.status_code == 200, ok
     receiver.behaviour = always(500)
-    [failed] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [queue_of("a", 1)])
+    [failed] = sender.send_round(receiver.url, SECRETS, [queue_of("a", 1)])
     assert failed.status_code == 500
     assert failed.error == "answered 500: " + "x" * ERROR_MAX
 
@@ -925,10 +925,10 @@ def test_a_large_event_goes_in_one_request_and_connections_are_kept_alive(
     not per delivery."""
     sender = sender_with()
     large = queue_of("a", 1, {"text": "y" * (1 << 20)})
-    [attempt] = sender.send_round(receiver.url, ["whsec_" + "A" * 32], [large])
+    [attempt] = sender.send_round(receiver.url, SECRETS, [large])
     assert attempt.ok and "expect" not in receiver.requests()[0].headers
     queues = [queue_of(account, 20) for account in "abcdefgh"]
-    attempts = sender.send_round(receiver.url, ["whsec_" + "A" * 32], queues)
+    attempts = sender.send_round(receiver.url, SECRETS, queues)
     assert len(attempts) == 160 and all(attempt.ok for attempt in attempts)
     assert len(receiver.delivered()) == 161
     assert receiver.connections_accepted <= sender.settings.webhook_sender_threads
