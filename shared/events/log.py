@@ -1,8 +1,10 @@
 """The event log: what each event type means, the sequencer that numbers committed
 events, and reading them back by position.
 
-Events are written by the database itself (the triggers of migration 0009), in the
-transaction of the change they describe, with no number. `number_events` numbers
+Events are written in the transaction of the change they describe, with no number: by
+the statement that makes the change where one statement alone makes it (a request's
+accept, a chunk's entries and outcomes: migration 0017), by the database's triggers
+for the rest (migration 0009), by `write_events` for tally's own notices. `number_events` numbers
 them afterwards, one pass at a time under a transaction-level advisory lock: a pass
 sees every event committed before it took the lock, gives them the next ids in write
 order (and each account's next `account_seq`), and commits before the next pass can
@@ -24,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from shared.fields import format_timestamp
 
-# The types, in the order docs/events.md documents them. Written by the triggers of
-# migration 0009 unless marked; "tally" ones are written by tally's own jobs.
+# The types, in the order docs/events.md documents them. Written with their changes
+# (module docstring) unless marked; "tally" ones are written by tally's own jobs.
 EVENT_TYPES = (
     "request.accepted",
     "request.applied",
@@ -227,7 +229,7 @@ def write_events(
     session: Session, events: Sequence[tuple[str, str | None, str, dict[str, Any]]]
 ) -> None:
     """Write events that tally's own jobs make (tenant, account, type, payload), unnumbered
-    like the triggers' (the next sequencer pass numbers them), in the caller's transaction."""
+    like every event (the next sequencer pass numbers them), in the caller's transaction."""
     if not events:
         return
     session.execute(

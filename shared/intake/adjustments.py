@@ -120,11 +120,12 @@ class Recorded:
 
 
 # The accept path in one round trip: find the user and its account, insert the request
-# unless its key is taken, and return what the answer needs. Zero rows: no such user; no
-# account_id: the account does not exist yet; no request_id: the key is taken.
+# unless its key is taken, write its `request.accepted` event (docs/events.md), and
+# return what the answer needs. Zero rows: no such user; no account_id: the account does
+# not exist yet; no request_id: the key is taken.
 _SUBMIT = """
     WITH target AS (
-        SELECT id, username, real_name, email, description, avatar FROM users
+        SELECT id, username, real_name, email, description, avatar, external_id FROM users
         WHERE tenant_id = %(tenant)s AND {column} = %(target)s
     ), account AS (
         SELECT accounts.id, accounts.user_id FROM accounts
@@ -140,6 +141,15 @@ _SUBMIT = """
         FROM account
         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
         RETURNING id, account_id, created_at
+    ), logged AS (
+        INSERT INTO events (tenant_id, account_id, type, payload)
+        SELECT %(tenant)s, inserted.account_id, 'request.accepted', jsonb_build_object(
+            'request_id', inserted.id, 'idempotency_key', CAST(%(key)s AS text),
+            'operation', CAST(%(entry_type)s AS text), 'amount', CAST(%(amount)s AS bigint),
+            'user_id', COALESCE(target.external_id, target.id::text),
+            'points_type', CAST(%(points_type)s AS text),
+            'related_id', NULLIF(CAST(%(related_id)s AS text), ''))
+        FROM inserted CROSS JOIN target
     )
     SELECT target.*, account.id AS account_id, inserted.id AS request_id, inserted.created_at
     FROM target LEFT JOIN account ON true LEFT JOIN inserted ON true

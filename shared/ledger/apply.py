@@ -197,7 +197,9 @@ MOVES_OF = text("""
 # end below zero (points coming into an account an admin took below zero), as may one a
 # negative-allowing rule applied. Each period total changed moves its account from its
 # old scores to its new ones in `period_scores` (what board sizes and ranks are summed
-# from, migration 0012).
+# from, migration 0012). It writes the events of its entries and of the requests it
+# applied (docs/events.md; this is the only writer of ledger entries and of completed
+# requests, migration 0017), as MARK_REJECTED writes its rejections'.
 WRITE_ENTRIES = text("""
     WITH chain AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:ulids AS text[]),
@@ -226,14 +228,17 @@ WRITE_ENTRIES = text("""
         JOIN adjustment_requests r ON r.id = c.request_id
         JOIN accounts a ON a.id = r.account_id
         ORDER BY c.request_id
-        RETURNING id, request_id, tenant_id, account_id, points_type, type, amount,
-                  balance_after, created_at
+        RETURNING id, ulid, request_id, tenant_id, account_id, points_type, type, amount,
+                  frozen_amount, expired, balance_before, balance_after, reputation_context,
+                  comment, reason, source, related_id, created_at
     ), completed AS (
         UPDATE adjustment_requests r
         SET status = 'completed', ledger_entry_id = e.id, attempts = r.attempts + 1,
             started_at = COALESCE(r.started_at, now()), completed_at = now(), cut = c.cut
         FROM entries e JOIN chain c ON c.request_id = e.request_id
         WHERE r.id = e.request_id
+        RETURNING r.id, r.user_id, r.idempotency_key, r.entry_type, r.amount, r.batch_id,
+                  r.cut
     ), added AS (
         SELECT e.account_id, p.period,
                CASE p.period WHEN 'all' THEN DATE '1970-01-01'
@@ -300,20 +305,67 @@ WRITE_ENTRIES = text("""
         ORDER BY 1, 2, 3, 4, 5, 6, 7
         ON CONFLICT (tenant_id, points_type, period, starts, kind, score, shard) DO UPDATE
         SET users = s.users + excluded.users
+    ), applied AS (
+        -- Each entry with its request; the user's public id by key, whatever the estimates.
+        SELECT e.*, r.idempotency_key, r.entry_type AS operation, r.amount AS asked,
+               r.batch_id, r.cut,
+               (SELECT COALESCE(u.external_id, u.id::text) FROM users u
+                WHERE u.id = r.user_id) AS user_ref
+        FROM entries e JOIN completed r ON r.id = e.request_id
+    ), logged AS (
+        -- The chunk's events (docs/events.md): its entries, then the requests a caller
+        -- made that it applied, each in request order.
+        INSERT INTO events (tenant_id, account_id, type, payload)
+        SELECT a.tenant_id, a.account_id, x.type, x.payload
+        FROM applied a
+        CROSS JOIN LATERAL (VALUES
+            (0, 'entry.created', jsonb_build_object(
+                'entry_id', a.id, 'entry_ulid', a.ulid, 'request_id', a.request_id,
+                'type', a.type, 'amount', a.amount, 'frozen_amount', a.frozen_amount,
+                'expired', a.expired, 'balance_before', a.balance_before,
+                'balance_after', a.balance_after, 'user_id', a.user_ref,
+                'points_type', a.points_type, 'reputation_context', a.reputation_context,
+                'comment', a.comment, 'reason', a.reason, 'source', a.source,
+                'related_id', NULLIF(a.related_id, ''))),
+            (1, 'request.applied', jsonb_build_object(
+                'request_id', a.request_id, 'idempotency_key', a.idempotency_key,
+                'operation', a.operation, 'amount', a.asked, 'user_id', a.user_ref,
+                'points_type', a.points_type, 'batch_id', a.batch_id, 'entry_id', a.id,
+                'cut', a.cut))
+        ) AS x(step, type, payload)
+        WHERE x.step = 0 OR a.operation NOT IN ('expire', 'timeout')
+        ORDER BY x.step, a.request_id
     )
     SELECT e.request_id, e.id AS entry_id, e.balance_after, e.created_at
     FROM entries e JOIN chain c ON c.request_id = e.request_id
     WHERE c.reported
 """)
 
+# The chunk's rejections and their events, after its entries' (docs/events.md, "Order").
 MARK_REJECTED = text("""
-    UPDATE adjustment_requests r
-    SET status = 'rejected', error_code = v.code, error_message = v.message,
-        attempts = r.attempts + 1, started_at = COALESCE(r.started_at, now()),
-        completed_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS text[]), CAST(:messages AS text[]))
-        AS v(id, code, message)
-    WHERE r.id = v.id
+    WITH rejected AS (
+        UPDATE adjustment_requests r
+        SET status = 'rejected', error_code = v.code, error_message = v.message,
+            attempts = r.attempts + 1, started_at = COALESCE(r.started_at, now()),
+            completed_at = now()
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS text[]),
+                    CAST(:messages AS text[])) AS v(id, code, message)
+        WHERE r.id = v.id
+        RETURNING r.id, r.tenant_id, r.account_id, r.user_id, r.idempotency_key,
+                  r.entry_type, r.amount, r.batch_id, r.error_code, r.error_message
+    )
+    INSERT INTO events (tenant_id, account_id, type, payload)
+    SELECT r.tenant_id, r.account_id, 'request.rejected', jsonb_build_object(
+        'request_id', r.id, 'idempotency_key', r.idempotency_key,
+        'operation', r.entry_type, 'amount', r.amount,
+        'user_id', COALESCE(u.external_id, u.id::text), 'points_type', a.points_type,
+        'batch_id', r.batch_id,
+        'error', jsonb_build_object('code', r.error_code, 'message', r.error_message))
+    FROM rejected r
+    JOIN accounts a ON a.id = r.account_id
+    JOIN users u ON u.id = r.user_id
+    WHERE r.entry_type NOT IN ('expire', 'timeout')
+    ORDER BY r.id
 """)
 
 UPDATE_ACCOUNTS = text("""

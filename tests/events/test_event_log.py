@@ -10,6 +10,7 @@ through the route, notices, the database's refusals).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,28 @@ def test_an_applied_adjustment_is_accepted_then_an_entry_then_applied(
     assert entry["reason"] == "welcome"
     assert applied["request_id"] == accepted["request_id"] == entry["request_id"]
     assert applied["entry_id"] == entry["entry_id"]
+
+
+def documented_fields(kind: str) -> set[str]:
+    """The top-level fields docs/events.md gives `kind`'s data: its row of the types'
+    table, and `user_id` and `points_type`, which every account event carries."""
+    document = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    [row] = [line for line in document.splitlines() if line.startswith(f"| `{kind}` |")]
+    data = re.sub(r"\([^)]*\)", "", row.split(" | ")[2])  # no nested fields, no notes
+    return set(re.findall(r"`(\w+)`", data)) | {"user_id", "points_type"}
+
+
+def test_a_request_and_its_entry_carry_the_documented_fields(
+    desk: Desk, sessions: sessionmaker[Session], worker: None
+) -> None:
+    desk.adjust(40, idempotency_key="given")
+    assert desk.post(f"{desk.base}/adjust", {"amount": -50}).status_code == 409
+    events = events_of(sessions, desk.caller.tenant_id)
+    assert sorted({kind for kind, _ in events}) == [
+        "entry.created", "request.accepted", "request.applied", "request.rejected"
+    ]  # fmt: skip
+    for kind, data in events:
+        assert set(data) == documented_fields(kind), kind
 
 
 def test_a_rejected_request_says_why(
