@@ -1,27 +1,33 @@
-"""What writing a single adjustment's events costs in the accept and in the apply:
-the triggers of migration 0009 against the statements of migration 0017.
+"""What a single adjustment's events cost PostgreSQL, written by triggers (before
+migration 0017), by the statements that make the changes (since), or not at all.
 
 `make bench` reads whole processes on a machine whose speed drifts by half within
-minutes, so a tenth of a millisecond is lost in it. This runs the two statements that
-write the events of a single adjustment (the accept's; the chunk's write of one
-request, as scenario b applies them) in three variants, taking turns request by
-request on three connections to one database, so that a drift reaches all three alike:
+minutes, so a tenth of a millisecond is lost in it. This takes turns, adjustment by
+adjustment, between three databases on this server, one per variant, so that a drift
+reaches all three alike:
 
-  triggers    the statements of a checkout before 0017 (BEFORE), whose events the
-              triggers write
-  statements  this checkout's statements, which write the events themselves
-  none        BEFORE's statements with the triggers silent: no event at all
+  triggers    migrated to BEFORE's head (a checkout before 0017) and written with
+              BEFORE's statements: the triggers write the events
+  statements  migrated to this checkout's head and written with its statements
+  none        as `triggers`, with every `events_*` trigger disabled: no event at all
 
-The database is migrated to BEFORE's head (0016, triggers and all). The three event
-triggers are set to fire only in sessions with `session_replication_role = replica`
-(the triggers connection's); the foreign keys' triggers fire in every session. Each
-turn accepts a request and applies one queued request of another account in a
-transaction that is rolled back. It prints, per variant, the median time of each
-statement (the client's clock around it, the triggers included) and the PostgreSQL
-backend's CPU per turn (read from /proc over all turns: the database must be on this
-machine); and the differences to `none`.
+Each turn accepts a request, one statement in its own transaction as the API does,
+and applies it with `apply_pending` as a worker does, committed (scenario b's chunks
+of one). Every --every turns the sequencer numbers what was written, as the pump would
+(in `none` it finds nothing). Each database is analyzed, from a connection of its own,
+whenever its requests have grown by 10 % and 50 rows since it last was, as autovacuum
+would (this server runs without it): the statements' cached generic plans are made
+again for the tables' sizes, where plans made for a few rows would scan the growing
+requests table on every apply. It prints, per variant, the median ms of the accept and
+of the apply, the numbering's ms per adjustment, and the PostgreSQL backend's CPU per
+adjustment over the whole run (read from /proc: the server must be on this machine),
+and each figure's growth over `none`.
+
+The databases are TALLY_DATABASE_URL's name with `_triggers`, `_statements` and `_none`
+appended, made anew (dropped first if there).
 
 Usage: TALLY_DATABASE_URL=... python bench/event_writes.py BEFORE [--turns 3000]
+       [--every 60]
 """
 
 from __future__ import annotations
@@ -29,32 +35,33 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import os
 import statistics
+import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import psutil
 from common import aligned, calibration_ms  # bench/common.py, beside this script
 from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from shared.events.log import number_events
 from shared.intake.adjustments import Adjustment
 from shared.intake.auth import Principal
 from shared.intake.validation import UserRef
-from shared.models import ReputationType, Role, new_ulid
-from shared.platform.config import load_settings
+from shared.models import Role
+from shared.platform.config import PointsType, load_settings
 from shared.platform.db import make_engine
 
 TENANT = "eventwrites"
-ACCOUNTS = 64
-EVENT_TRIGGERS = {
-    "adjustment_requests": ("events_requests_accepted", "events_requests_final"),
-    "ledger_entries": ("events_entries",),
-}
+USERS = 64
 VARIANTS = ("triggers", "statements", "none")
+HERE = Path(__file__).resolve().parents[1]
 
 
 def load(tree: Path, module: str, name: str) -> ModuleType:
@@ -68,15 +75,34 @@ def load(tree: Path, module: str, name: str) -> ModuleType:
     return loaded
 
 
-def migrate_before(url: str, before: Path) -> None:
-    """Migrate to BEFORE's head, in a process of BEFORE's own (its migrations)."""
-    import subprocess
+def fresh_database(url: str, tree: Path) -> None:
+    """Drop and create the database of `url`, and migrate it with `tree`'s migrations."""
+    parsed = make_url(url)
+    with make_engine(parsed.set(database="postgres").render_as_string(False)).connect() as admin:
+        admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+        admin.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}"'))
+        admin.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    env = os.environ | {"TALLY_DATABASE_URL": url, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=tree, env=env,
+                   check=True, capture_output=True)  # fmt: skip
 
-    subprocess.run(
-        [sys.executable, "-m", "cli", "db", "upgrade"], cwd=before, check=True,
-        env={"TALLY_DATABASE_URL": url, "TALLY_ENV_FILE": "/dev/null", "PYTHONPATH": str(before),
-             "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+
+@dataclass
+class Variant:
+    name: str
+    accept: ModuleType  # shared.intake.adjustments of its tree
+    apply: ModuleType  # shared.ledger.apply of its tree
+    connection: Connection
+    backend: psutil.Process
+    analyzer: Connection  # another backend, whose CPU is not counted
+    analyzed_at: int = 0  # requests when last analyzed
+    accepts: list[float] = field(default_factory=list)
+    applies: list[float] = field(default_factory=list)
+    numbering: float = 0.0  # ms, all passes
+
+    def cpu_ms(self) -> float:
+        times = self.backend.cpu_times()
+        return float(times.user + times.system) * 1000
 
 
 def provision(connection: Connection) -> tuple[Principal, list[int]]:
@@ -89,125 +115,132 @@ def provision(connection: Connection) -> tuple[Principal, list[int]]:
         text("INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
              " role) SELECT :t, 'ew_' || g, '', '', '', '', :role"
              " FROM generate_series(0, :n) g ON CONFLICT DO NOTHING"),
-        {"t": TENANT, "n": ACCOUNTS, "role": Role.USER.value},
+        {"t": TENANT, "n": USERS, "role": Role.USER.value},
     )  # fmt: skip
     ids = connection.scalars(
         text("SELECT id FROM users WHERE tenant_id = :t ORDER BY id"), {"t": TENANT}
     ).all()
+    connection.commit()
     return Principal(ids[0], TENANT, "ew_0", "", Role.MODERATOR), list(ids[1:])
+
+
+def adjust(variant: Variant, principal: Principal, user: int, points: PointsType,
+           key: str) -> None:  # fmt: skip
+    """Accept one request of 5 points for `user`, then apply it: two transactions."""
+    started = time.perf_counter()
+    recorded = variant.accept.submit(
+        variant.connection, principal, UserRef("user_id", user_id=user),
+        Adjustment(None, points.name, 5, comment="event writes"), points, key,
+    )  # fmt: skip
+    variant.connection.commit()
+    accepted = time.perf_counter()
+    with Session(bind=variant.connection) as session:
+        applied = variant.apply.apply_pending(session, [recorded.account_id], 1)
+        session.commit()
+    assert len(applied.outcomes) == 1
+    variant.accepts.append((accepted - started) * 1000)
+    variant.applies.append((time.perf_counter() - accepted) * 1000)
+
+
+def analyze_if_grown(variant: Variant, requests: int) -> None:
+    """ANALYZE once the requests have grown by autovacuum's default threshold."""
+    if requests > 50 + 1.1 * variant.analyzed_at:
+        variant.analyzer.execute(text("ANALYZE"))
+        variant.analyzer.commit()
+        variant.analyzed_at = requests
+
+
+def number(variant: Variant) -> None:
+    started = time.perf_counter()
+    with Session(bind=variant.connection) as session:
+        number_events(session)
+        session.commit()
+    variant.numbering += (time.perf_counter() - started) * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path, help="a checkout before migration 0017")
     parser.add_argument("--turns", type=int, default=3000)
+    parser.add_argument("--every", type=int, default=60, help="turns between numberings")
     args = parser.parse_args()
+    before = args.before.resolve()
     settings = load_settings()
-    url = settings.database_url
-    migrate_before(url, args.before.resolve())
-    old_accept = load(args.before, "shared.intake.adjustments", "before_adjustments")
-    old_apply = load(args.before, "shared.ledger.apply", "before_apply")
-    new_accept = load(Path(__file__).parents[1], "shared.intake.adjustments", "this_adjustments")
-    new_apply = load(Path(__file__).parents[1], "shared.ledger.apply", "this_apply")
-    statements = {
-        "triggers": (old_accept, old_apply),
-        "statements": (new_accept, new_apply),
-        "none": (old_accept, old_apply),
-    }
-    engine = make_engine(url, pool_size=4, pre_ping=False)
-    with engine.begin() as connection:
-        # The foreign keys' checks of the tables the two statements write.
-        checks = connection.execute(
-            text("SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE tgisinternal"
-                 " AND tgrelid IN ('adjustment_requests'::regclass, 'period_totals'::regclass)")
-        ).all()  # fmt: skip
-        for table, trigger in checks:
-            connection.execute(text(f'ALTER TABLE {table} ENABLE ALWAYS TRIGGER "{trigger}"'))
-        for table, triggers in EVENT_TRIGGERS.items():
-            for trigger in triggers:
-                connection.execute(text(f"ALTER TABLE {table} ENABLE REPLICA TRIGGER {trigger}"))
-        principal, users = provision(connection)
     points = settings.points_type(settings.default_points_type)
     assert points is not None
-    # One queued request of each user, accepted for good (the turns apply them, rolled back).
-    with engine.begin() as connection:
-        for user in users:
-            new_accept.submit(connection, principal, UserRef("user_id", user_id=user),
-                              Adjustment(None, points.name, 5, comment="queued"), points,
-                              f"queued-{user}")  # fmt: skip
-        queued = connection.execute(
-            text("SELECT r.id, a.balance FROM adjustment_requests r"
-                 " JOIN accounts a ON a.id = r.account_id"
-                 " WHERE r.tenant_id = :t AND r.status = 'queued' ORDER BY r.id"),
-            {"t": TENANT},
-        ).all()  # fmt: skip
-        connection.execute(text("ANALYZE"))
-    connections = {variant: engine.connect() for variant in VARIANTS}
-    connections["triggers"].execute(text("SET session_replication_role = replica"))
-    connections["triggers"].commit()
-    backends = {
-        variant: psutil.Process(c.scalar(text("SELECT pg_backend_pid()")))
-        for variant, c in connections.items()
-    }
-    for c in connections.values():
-        c.commit()
-    timings: dict[str, dict[str, list[float]]] = {v: {"accept": [], "apply": []} for v in VARIANTS}
-    cpu_before = {v: sum(backends[v].cpu_times()[:2]) for v in VARIANTS}
-    calibration = calibration_ms()
-    for turn, variant in itertools.product(range(args.turns), VARIANTS):
-        accept_module, apply_module = statements[variant]
-        connection = connections[variant]
-        user = users[turn % len(users)]
-        request_id, balance = queued[(turn + 1) % len(queued)]
-        started = time.perf_counter()
-        accept_module.submit(connection, principal, UserRef("user_id", user_id=user),
-                             Adjustment(None, points.name, 5, comment="turn"), points,
-                             f"turn-{variant}-{turn}")  # fmt: skip
-        accepted = time.perf_counter()
-        connection.execute(
-            apply_module.WRITE_ENTRIES, write_values(request_id, balance, apply_module.PERIODS)
-        )
-        applied = time.perf_counter()
-        rollback(connection)
-        timings[variant]["accept"].append((accepted - started) * 1000)
-        timings[variant]["apply"].append((applied - accepted) * 1000)
-    cpu = {v: (sum(backends[v].cpu_times()[:2]) - cpu_before[v]) * 1000 / args.turns
-           for v in VARIANTS}  # fmt: skip
-    print(f"calibration (fixed CPU loop): {calibration:.1f} ms; {args.turns} turns")
-    medians = {v: {s: statistics.median(timings[v][s]) for s in ("accept", "apply")}
-               for v in VARIANTS}  # fmt: skip
-    rows: list[tuple[str, ...]] = [
-        ("variant", "accept ms", "apply ms", "PostgreSQL CPU ms per turn", "over none (ms)")
-    ]
-    for variant in VARIANTS:
-        extra = (medians[variant]["accept"] - medians["none"]["accept"]
-                 + medians[variant]["apply"] - medians["none"]["apply"])  # fmt: skip
-        rows.append((variant, f"{medians[variant]['accept']:.3f}",
-                     f"{medians[variant]['apply']:.3f}", f"{cpu[variant]:.3f}",
-                     f"{extra:+.3f} (CPU {cpu[variant] - cpu['none']:+.3f})"))  # fmt: skip
-    print(aligned(rows))
-    for c in connections.values():
-        c.close()
-
-
-def rollback(connection: Connection) -> None:
-    """Rolled back through libpq: psycopg's own rollback() forgets the connection's
-    prepared statements, which the API's and the workers' connections, whose
-    transactions commit, keep (bench/apply_chunks.py)."""
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    raw.pgconn.exec_(b"ROLLBACK")
-    connection.rollback()
-
-
-def write_values(request_id: int, balance: int, periods: list[str]) -> dict[str, Any]:
-    """WRITE_ENTRIES' parameters for one request of 5 points applied alone."""
-    return {
-        "ids": [request_id], "ulids": [new_ulid()], "before": [balance], "amounts": [5],
-        "frozen": [0], "expired": [0], "cut": [0], "capped": [0], "reported": [True],
-        "at": datetime.now(UTC), "periods": periods,
-        "reversal": int(ReputationType.REVERSAL), "manual": int(ReputationType.MANUAL),
+    modules = {
+        "before": (load(before, "shared.intake.adjustments", "before_adjustments"),
+                   load(before, "shared.ledger.apply", "before_apply")),
+        "here": (load(HERE, "shared.intake.adjustments", "here_adjustments"),
+                 load(HERE, "shared.ledger.apply", "here_apply")),
     }  # fmt: skip
+    variants: list[Variant] = []
+    principal: Principal | None = None
+    users: list[int] = []
+    base = make_url(settings.database_url)
+    for name in VARIANTS:
+        url = base.set(database=f"{base.database}_{name}").render_as_string(False)
+        tree = HERE if name == "statements" else before
+        fresh_database(url, tree)
+        engine = make_engine(url, pool_size=2, pre_ping=False)
+        connection, analyzer = engine.connect(), engine.connect()
+        if name == "none":
+            triggers = connection.execute(
+                text("SELECT c.relname, t.tgname FROM pg_trigger t"
+                     " JOIN pg_class c ON c.oid = t.tgrelid"
+                     " WHERE t.tgname LIKE 'events\\_%' AND c.relname <> 'events'"
+                     " AND t.tgparentid = 0")
+            ).all()  # fmt: skip
+            for table, trigger in triggers:
+                connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
+        principal, users = provision(connection)
+        accept, apply = modules["here" if name == "statements" else "before"]
+        pid = connection.scalar(text("SELECT pg_backend_pid()"))
+        connection.commit()
+        variants.append(Variant(name, accept, apply, connection, psutil.Process(pid), analyzer))
+    assert principal is not None
+    # Each user's account and first entry, then statistics, in every variant alike.
+    for variant, user in itertools.product(variants, users):
+        adjust(variant, principal, user, points, f"first-{user}")
+    for variant in variants:
+        number(variant)
+        analyze_if_grown(variant, len(users))
+        variant.accepts.clear()
+        variant.applies.clear()
+        variant.numbering = 0.0
+    calibration = calibration_ms()
+    cpu_before = {v.name: v.cpu_ms() for v in variants}
+    for turn in range(args.turns):
+        for variant in variants:
+            adjust(variant, principal, users[turn % len(users)], points, f"turn-{turn}")
+        for variant in variants:
+            analyze_if_grown(variant, len(users) + turn + 1)
+        if (turn + 1) % args.every == 0:
+            for variant in variants:
+                number(variant)
+    for variant in variants:
+        number(variant)
+    cpu = {v.name: (v.cpu_ms() - cpu_before[v.name]) / args.turns for v in variants}
+    print(f"calibration (fixed CPU loop): {calibration:.1f} ms; {args.turns} adjustments "
+          f"each, numbered every {args.every}")  # fmt: skip
+    figures = {
+        v.name: (statistics.median(v.accepts), statistics.median(v.applies),
+                 v.numbering / args.turns, cpu[v.name])
+        for v in variants
+    }  # fmt: skip
+    none = figures["none"]
+    rows: list[tuple[str, ...]] = [
+        ("variant", "accept ms", "apply ms", "numbering ms/adj", "PostgreSQL CPU ms/adj",
+         "growth: ms (CPU)")
+    ]  # fmt: skip
+    for name, (accept_ms, apply_ms, numbering_ms, cpu_ms) in figures.items():
+        growth = accept_ms + apply_ms + numbering_ms - none[0] - none[1] - none[2]
+        rows.append((name, f"{accept_ms:.3f}", f"{apply_ms:.3f}", f"{numbering_ms:.3f}",
+                     f"{cpu_ms:.3f}", f"{growth:+.3f} ({cpu_ms - none[3]:+.3f})"))  # fmt: skip
+    print(aligned(rows))
+    for variant in variants:
+        variant.connection.close()
+        variant.analyzer.close()
 
 
 if __name__ == "__main__":
