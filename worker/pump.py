@@ -28,7 +28,7 @@ from celery import bootsteps
 
 from shared.events import stream
 from shared.events.log import number_events
-from shared.events.notices import note_crossings
+from shared.events.notices import note_crossings, thresholded
 from shared.events.webhooks import endpoints_due, fan_out, queue_deliveries
 from shared.flow.dispatch import Lane, queue_of
 from shared.platform.db import transaction
@@ -64,10 +64,11 @@ def pump_events(app: TallyCelery) -> int:
     feed's long-polls and send a delivery task for each endpoint with a delivery due and
     no task queued (so a lost task is sent again). How many were numbered."""
     resources = app.resources
+    points_types = resources.settings.points_types
     with transaction(resources.sessions) as session:
-        numbered = number_events(session)
+        numbered = number_events(session, thresholded(points_types))
         # Written unnumbered: the next pass numbers them (after the entries they follow).
-        note_crossings(session, resources.settings.points_types, numbered.entries)
+        note_crossings(session, points_types, numbered.entries)
         fan_out(session)
         due = endpoints_due(session)
     if numbered.count:

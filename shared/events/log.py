@@ -4,19 +4,20 @@ events, and reading them back by position.
 Events are written in the transaction of the change they describe, with no number: by
 the statement that makes the change where one statement alone makes it (a request's
 accept, a chunk's entries and outcomes: migration 0017), by the database's triggers
-for the rest (migration 0009), by `write_events` for tally's own notices. `number_events` numbers
-them afterwards, one pass at a time under a transaction-level advisory lock: a pass
-sees every event committed before it took the lock, gives them the next ids in write
-order (and each account's next `account_seq`), and commits before the next pass can
-start. So an id is visible only once every smaller id is: a reader that has seen id N
-never later finds an event below N, whatever order the writers committed in. A plain
-sequence filled at insert would not give that (docs/events.md, "Order").
+for the rest (migration 0009), by `write_events` for tally's own notices.
+`number_events` numbers them afterwards, one pass at a time under a transaction-level
+advisory lock: a pass sees every event committed before it took the lock, gives them
+the next ids in write order (and each account's next `account_seq`), and commits
+before the next pass can start. So an id is visible only once every smaller id is: a
+reader that has seen id N never later finds an event below N, whatever order the
+writers committed in. A plain sequence filled at insert would not give that
+(docs/events.md, "Order").
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,15 +97,17 @@ NUMBER = text("""
     UPDATE events e SET id = n.id, account_seq = n.account_seq
     FROM numbered n WHERE e.seq = n.seq
     RETURNING e.id, e.tenant_id, e.account_id, e.type,
-              CASE WHEN e.type = 'entry.created' THEN e.payload END AS payload
+              CASE WHEN e.type = 'entry.created'
+                        AND e.payload->>'points_type' = ANY(CAST(:followed AS text[]))
+                   THEN e.payload END AS payload
 """)
 
 
 @dataclass(frozen=True)
 class Numbered:
     """What a sequencer pass numbered: how many, the last id, the tenants they are of, and
-    the entries among them with their payloads (for the notices that follow balances;
-    no other payload is read back)."""
+    the entries among them of the points types asked for, with their payloads (for the
+    notices that follow balances; no other payload is read back)."""
 
     count: int
     last_id: int
@@ -112,18 +115,23 @@ class Numbered:
     entries: list[tuple[int, str, str, dict[str, Any]]]  # (id, tenant, account, payload)
 
 
-def number_events(session: Session) -> Numbered:
-    """Number every committed event that has no id yet. The caller commits."""
+def number_events(session: Session, followed: Collection[str] = ()) -> Numbered:
+    """Number every committed event that has no id yet, and return the entries of the
+    points types `followed` (those with balance thresholds) with their payloads: an
+    entry's payload read back costs its JSON twice, out of PostgreSQL and into Python.
+    The caller commits."""
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK})
     last_id, count = 0, 0
     tenants: set[str] = set()
     entries: list[tuple[int, str, str, dict[str, Any]]] = []
     while True:
-        rows = session.execute(NUMBER, {"limit": NUMBER_PER_STATEMENT}).all()
+        rows = session.execute(
+            NUMBER, {"limit": NUMBER_PER_STATEMENT, "followed": sorted(followed)}
+        ).all()
         for row in rows:
             last_id = max(last_id, row.id)
             tenants.add(row.tenant_id)
-            if row.type == "entry.created":
+            if row.payload is not None:
                 entries.append((row.id, row.tenant_id, row.account_id, row.payload))
         count += len(rows)
         if not rows:

@@ -27,6 +27,13 @@ def crossings(before: int, after: int, thresholds: Iterable[int]) -> list[tuple[
     return found
 
 
+def thresholded(points_types: Mapping[str, PointsType]) -> list[str]:
+    """The points types with balance thresholds: those whose entries `note_crossings`
+    reads (the sequencer returns only theirs)."""
+    return sorted(name for name, points_type in points_types.items()
+                  if points_type.balance_thresholds)  # fmt: skip
+
+
 def note_crossings(
     session: Session,
     points_types: Mapping[str, PointsType],

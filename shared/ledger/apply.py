@@ -316,25 +316,25 @@ WRITE_ENTRIES = text("""
         -- The chunk's events (docs/events.md): its entries, then the requests a caller
         -- made that it applied, each in request order.
         INSERT INTO events (tenant_id, account_id, type, payload)
-        SELECT a.tenant_id, a.account_id, x.type, x.payload
-        FROM applied a
+        SELECT w.tenant_id, w.account_id, x.type, x.payload
+        FROM applied w
         CROSS JOIN LATERAL (VALUES
             (0, 'entry.created', jsonb_build_object(
-                'entry_id', a.id, 'entry_ulid', a.ulid, 'request_id', a.request_id,
-                'type', a.type, 'amount', a.amount, 'frozen_amount', a.frozen_amount,
-                'expired', a.expired, 'balance_before', a.balance_before,
-                'balance_after', a.balance_after, 'user_id', a.user_ref,
-                'points_type', a.points_type, 'reputation_context', a.reputation_context,
-                'comment', a.comment, 'reason', a.reason, 'source', a.source,
-                'related_id', NULLIF(a.related_id, ''))),
+                'entry_id', w.id, 'entry_ulid', w.ulid, 'request_id', w.request_id,
+                'type', w.type, 'amount', w.amount, 'frozen_amount', w.frozen_amount,
+                'expired', w.expired, 'balance_before', w.balance_before,
+                'balance_after', w.balance_after, 'user_id', w.user_ref,
+                'points_type', w.points_type, 'reputation_context', w.reputation_context,
+                'comment', w.comment, 'reason', w.reason, 'source', w.source,
+                'related_id', NULLIF(w.related_id, ''))),
             (1, 'request.applied', jsonb_build_object(
-                'request_id', a.request_id, 'idempotency_key', a.idempotency_key,
-                'operation', a.operation, 'amount', a.asked, 'user_id', a.user_ref,
-                'points_type', a.points_type, 'batch_id', a.batch_id, 'entry_id', a.id,
-                'cut', a.cut))
+                'request_id', w.request_id, 'idempotency_key', w.idempotency_key,
+                'operation', w.operation, 'amount', w.asked, 'user_id', w.user_ref,
+                'points_type', w.points_type, 'batch_id', w.batch_id, 'entry_id', w.id,
+                'cut', w.cut))
         ) AS x(step, type, payload)
-        WHERE x.step = 0 OR a.operation NOT IN ('expire', 'timeout')
-        ORDER BY x.step, a.request_id
+        WHERE x.step = 0 OR w.operation NOT IN ('expire', 'timeout')
+        ORDER BY x.step, w.request_id
     )
     SELECT e.request_id, e.id AS entry_id, e.balance_after, e.created_at
     FROM entries e JOIN chain c ON c.request_id = e.request_id

@@ -34,7 +34,7 @@ from shared.events.log import (
     read_events,
     write_events,
 )
-from shared.events.notices import crossings, note_crossings, warn_expiring_lots
+from shared.events.notices import crossings, note_crossings, thresholded, warn_expiring_lots
 from shared.intake.adjustments import Adjustment
 from shared.models import Role, new_ulid
 from shared.platform.config import PointsType
@@ -368,8 +368,12 @@ def test_balance_crossings_are_written_once_per_crossing_by_the_pump(
     for amount in (30, 30, 10, -40, 30):  # 30, 60 (up), 70, 30 (down), 60 (up)
         desk.adjust(amount) if amount > 0 else desk.post(f"{desk.base}/adjust", {"amount": amount})
     with transaction(sessions) as session:
-        numbered = number_events(session)
+        numbered = number_events(session, thresholded(types))
         note_crossings(session, types, numbered.entries)
+    assert [payload["balance_after"] for *_, payload in numbered.entries] == [30, 60, 70, 30, 60]
+    desk.adjust(5)
+    with transaction(sessions) as session:  # no points type followed: no payload read back
+        assert number_events(session, thresholded({})).entries == []
     crossed = [data for kind, data in events_of(sessions, desk.caller.tenant_id)
                if kind == "balance.crossed"]  # fmt: skip
     assert [(c["direction"], c["balance_before"], c["balance_after"]) for c in crossed] == [
