@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 from shared.events.log import number_events
 from shared.intake.adjustments import Adjustment
 from shared.intake.auth import Principal
+from shared.intake.users import ensure_tenant
 from shared.intake.validation import UserRef
 from shared.models import Role
 from shared.platform.config import PointsType, load_settings
@@ -107,10 +108,9 @@ class Variant:
 
 def provision(connection: Connection) -> tuple[Principal, list[int]]:
     """The tenant's moderator and its users."""
-    connection.execute(
-        text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"),
-        {"t": TENANT},
-    )
+    with Session(bind=connection) as session:
+        ensure_tenant(session, TENANT)
+        session.commit()
     connection.execute(
         text("INSERT INTO users (tenant_id, username, real_name, email, avatar, description,"
              " role) SELECT :t, 'ew_' || g, '', '', '', '', :role"
