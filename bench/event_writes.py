@@ -14,11 +14,11 @@ reaches all three alike:
 Each turn accepts a request, one statement in its own transaction as the API does,
 and applies it with `apply_pending` as a worker does, committed (scenario b's chunks
 of one). Every --every turns the sequencer numbers what was written, as the pump would
-(in `none` it finds nothing). Each database is analyzed, from a connection of its own,
-whenever its requests have grown by 10 % and 50 rows since it last was, as autovacuum
-would (this server runs without it): the statements' cached generic plans are made
-again for the tables' sizes, where plans made for a few rows would scan the growing
-requests table on every apply. It prints, per variant, the median ms of the accept and
+(in `none` it finds nothing). After every turn tally's own maintenance
+(`shared.platform.statistics.maintain`, which beat runs) analyzes what has grown by 50
+rows and a tenth, from a connection of its own: the statements' cached generic plans
+are made again for the tables' sizes, where plans made for a few rows would scan the
+growing requests table on every apply. It prints, per variant, the median ms of the accept and
 of the apply, the numbering's ms per adjustment, and the PostgreSQL backend's CPU per
 adjustment over the whole run (read from /proc: the server must be on this machine),
 and each figure's growth over `none`.
@@ -58,6 +58,7 @@ from shared.intake.validation import UserRef
 from shared.models import Role
 from shared.platform.config import PointsType, load_settings
 from shared.platform.db import make_engine
+from shared.platform.statistics import maintain
 
 TENANT = "eventwrites"
 USERS = 64
@@ -95,8 +96,7 @@ class Variant:
     apply: ModuleType  # shared.ledger.apply of its tree
     connection: Connection
     backend: psutil.Process
-    analyzer: Connection  # another backend, whose CPU is not counted
-    analyzed_at: int = 0  # requests when last analyzed
+    analyzer: Connection  # autocommit, another backend, whose CPU is not counted
     accepts: list[float] = field(default_factory=list)
     applies: list[float] = field(default_factory=list)
     numbering: float = 0.0  # ms, all passes
@@ -142,14 +142,6 @@ def adjust(variant: Variant, principal: Principal, user: int, points: PointsType
     variant.applies.append((time.perf_counter() - accepted) * 1000)
 
 
-def analyze_if_grown(variant: Variant, requests: int) -> None:
-    """ANALYZE once the requests have grown by autovacuum's default threshold."""
-    if requests > 50 + 1.1 * variant.analyzed_at:
-        variant.analyzer.execute(text("ANALYZE"))
-        variant.analyzer.commit()
-        variant.analyzed_at = requests
-
-
 def number(variant: Variant) -> None:
     started = time.perf_counter()
     with Session(bind=variant.connection) as session:
@@ -183,7 +175,8 @@ def main() -> None:
         tree = HERE if name == "statements" else before
         fresh_database(url, tree)
         engine = make_engine(url, pool_size=2, pre_ping=False)
-        connection, analyzer = engine.connect(), engine.connect()
+        connection = engine.connect()
+        analyzer = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         if name == "none":
             triggers = connection.execute(
                 text("SELECT c.relname, t.tgname FROM pg_trigger t"
@@ -204,7 +197,7 @@ def main() -> None:
         adjust(variant, principal, user, points, f"first-{user}")
     for variant in variants:
         number(variant)
-        analyze_if_grown(variant, len(users))
+        maintain(variant.analyzer)
         variant.accepts.clear()
         variant.applies.clear()
         variant.numbering = 0.0
@@ -214,7 +207,7 @@ def main() -> None:
         for variant in variants:
             adjust(variant, principal, users[turn % len(users)], points, f"turn-{turn}")
         for variant in variants:
-            analyze_if_grown(variant, len(users) + turn + 1)
+            maintain(variant.analyzer)
         if (turn + 1) % args.every == 0:
             for variant in variants:
                 number(variant)
