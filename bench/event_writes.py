@@ -204,7 +204,10 @@ def main() -> None:
     calibration = calibration_ms()
     cpu_before = {v.name: v.cpu_ms() for v in variants}
     for turn in range(args.turns):
-        for variant in variants:
+        # In turns by rotation: the variant that goes first pays more (about 0.045 ms of
+        # CPU an adjustment here, whichever it is), so each goes first as often.
+        first = turn % len(variants)
+        for variant in variants[first:] + variants[:first]:
             adjust(variant, principal, users[turn % len(users)], points, f"turn-{turn}")
         for variant in variants:
             maintain(variant.analyzer)
