@@ -127,10 +127,8 @@ class Settings(BaseSettings):
     # How often beat has the tables whose rows changed by a tenth since their last ANALYZE
     # analyzed, and the period totals vacuumed once a hundredth of their rows are dead
     # (shared.platform.statistics), for databases where autovacuum does not or runs
-    # behind the writes; 0: never. Every 10 s, not autovacuum's minute: the plans cached
-    # while a new database's tables were nearly empty scan them until their first ANALYZE
-    # (in make bench (b), 10 % more CPU per adjustment over its first minute; PERFORMANCE.md).
-    analyze_interval: float = 10.0
+    # behind the writes; 0: never.
+    analyze_interval: float = 60.0
     # How many pending requests one account transaction applies at most.
     apply_chunk: int = 5000
     max_amount: int = 1_000_000_000
