@@ -4,8 +4,8 @@ Fills (once) 10,000,000 entries over 100,000 users of one tenant, spread over 73
 (bench/read_latency.py's set-based fill, with the period totals the applier keeps, then
 ANALYZE), then, while a writer process records and applies adjustments at --rate a
 second through the real applier (a chunk of rate/10 requests on as many accounts every
-0.1 s, so the period totals are written as reads run; the table maintenance beat asks
-for runs before the reads and every 60 s, as TALLY_ANALYZE_INTERVAL's default), prints
+0.1 s, so the period totals are written as reads run; the table maintenance runs
+before the reads and every TALLY_ANALYZE_INTERVAL seconds, as beat asks for it), prints
 p50 / p99 of:
   - the leaderboard's first page of each period,
   - a user's own rank (a random user, week),
@@ -52,9 +52,6 @@ from shared.platform.db import autocommit
 from shared.platform.resources import Resources
 from shared.platform.statistics import maintain
 
-# TALLY_ANALYZE_INTERVAL's default: how often beat has the tables maintained.
-MAINTENANCE_SECONDS = 60.0
-
 
 def maintain_now(resources: Resources) -> list[str]:
     """What beat's tally.maintain_tables does (shared.platform.statistics)."""
@@ -67,12 +64,12 @@ def write(
     users: list[int],
     stop: Event,
     applied: Synchronized[int],
-    maintenance_seconds: float = MAINTENANCE_SECONDS,
 ) -> None:
     """Adjustments at `rate` a second through the real accept and apply functions, in a
     process of their own (as the API and the workers are), until `stop` is set; the
-    table maintenance every `maintenance_seconds`, as beat asks for it."""
+    table maintenance every TALLY_ANALYZE_INTERVAL seconds, as beat asks for it."""
     resources = Resources(load_settings())
+    maintenance_seconds = resources.settings.analyze_interval
     with resources.sessions.begin() as session:
         admin = session.query(User).filter_by(tenant_id=TENANT, username="bench_admin").one()
         principal = Principal(admin.id, TENANT, admin.username, "", Role.ADMIN)
@@ -81,7 +78,7 @@ def write(
     next_tick = time.monotonic()
     next_maintenance = next_tick + maintenance_seconds
     while not stop.is_set():
-        if time.monotonic() >= next_maintenance:  # as beat asks for it
+        if maintenance_seconds and time.monotonic() >= next_maintenance:  # as beat asks
             next_maintenance += maintenance_seconds
             print(f"  (maintenance: {maintain_now(resources)})", flush=True)
         accounts = []
