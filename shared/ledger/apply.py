@@ -237,8 +237,10 @@ WRITE_ENTRIES = text("""
             started_at = COALESCE(r.started_at, now()), completed_at = now(), cut = c.cut
         FROM entries e JOIN chain c ON c.request_id = e.request_id
         WHERE r.id = e.request_id
-        RETURNING r.id, r.user_id, r.idempotency_key, r.entry_type, r.amount, r.batch_id,
-                  r.cut
+        -- The user's public id by key, whatever the estimates, once per request.
+        RETURNING r.id, r.idempotency_key, r.entry_type, r.amount, r.batch_id, r.cut,
+                  (SELECT COALESCE(u.external_id, u.id::text) FROM users u
+                   WHERE u.id = r.user_id) AS user_ref
     ), added AS (
         SELECT e.account_id, p.period,
                CASE p.period WHEN 'all' THEN DATE '1970-01-01'
@@ -306,11 +308,9 @@ WRITE_ENTRIES = text("""
         ON CONFLICT (tenant_id, points_type, period, starts, kind, score, shard) DO UPDATE
         SET users = s.users + excluded.users
     ), applied AS (
-        -- Each entry with its request; the user's public id by key, whatever the estimates.
+        -- Each entry with its request.
         SELECT e.*, r.idempotency_key, r.entry_type AS operation, r.amount AS asked,
-               r.batch_id, r.cut,
-               (SELECT COALESCE(u.external_id, u.id::text) FROM users u
-                WHERE u.id = r.user_id) AS user_ref
+               r.batch_id, r.cut, r.user_ref
         FROM entries e JOIN completed r ON r.id = e.request_id
     ), logged AS (
         -- The chunk's events (docs/events.md): its entries, then the requests a caller
@@ -351,19 +351,21 @@ MARK_REJECTED = text("""
         FROM unnest(CAST(:ids AS bigint[]), CAST(:codes AS text[]),
                     CAST(:messages AS text[])) AS v(id, code, message)
         WHERE r.id = v.id
-        RETURNING r.id, r.tenant_id, r.account_id, r.user_id, r.idempotency_key,
-                  r.entry_type, r.amount, r.batch_id, r.error_code, r.error_message
+        -- The user's public id as WRITE_ENTRIES finds it.
+        RETURNING r.id, r.tenant_id, r.account_id, r.idempotency_key, r.entry_type,
+                  r.amount, r.batch_id, r.error_code, r.error_message,
+                  (SELECT COALESCE(u.external_id, u.id::text) FROM users u
+                   WHERE u.id = r.user_id) AS user_ref
     )
     INSERT INTO events (tenant_id, account_id, type, payload)
     SELECT r.tenant_id, r.account_id, 'request.rejected', jsonb_build_object(
         'request_id', r.id, 'idempotency_key', r.idempotency_key,
         'operation', r.entry_type, 'amount', r.amount,
-        'user_id', COALESCE(u.external_id, u.id::text), 'points_type', a.points_type,
+        'user_id', r.user_ref, 'points_type', a.points_type,
         'batch_id', r.batch_id,
         'error', jsonb_build_object('code', r.error_code, 'message', r.error_message))
     FROM rejected r
     JOIN accounts a ON a.id = r.account_id
-    JOIN users u ON u.id = r.user_id
     WHERE r.entry_type NOT IN ('expire', 'timeout')
     ORDER BY r.id
 """)
